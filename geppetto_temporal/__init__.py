@@ -1,0 +1,71 @@
+"""geppetto-temporal: durable LLM inference sessions on Temporal.
+
+A `Session` is a conversation (a Temporal workflow); `start_inference` returns an
+`ExecutionHandle` (a child workflow) that you can wait for, cancel or re-attach to.
+`EngineBuilder` describes the model; `@tool` functions run as activities on workers
+made with `create_worker`.
+"""
+
+from geppetto_temporal.client import ExecutionHandle, Session
+from geppetto_temporal.connection import connect, data_converter
+from geppetto_temporal.engines import EngineBuilder, EngineSpec
+from geppetto_temporal.errors import (
+    ConfigurationError,
+    GeppettoError,
+    InferenceCancelled,
+    InferenceError,
+    InferenceFailed,
+    InvalidPromptError,
+    MaxIterationsReached,
+    SessionBusyError,
+    SessionClosedError,
+    SessionError,
+    SessionNotFoundError,
+)
+from geppetto_temporal.tools import (
+    Tool,
+    ToolChoice,
+    ToolConfig,
+    ToolContext,
+    ToolErrorHandling,
+    ToolRegistry,
+    tool,
+)
+from geppetto_temporal.turns import Block, BlockKind, InferenceStatus, Turn, TurnMetadata, Usage
+from geppetto_temporal.worker import create_worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Block",
+    "BlockKind",
+    "ConfigurationError",
+    "EngineBuilder",
+    "EngineSpec",
+    "ExecutionHandle",
+    "GeppettoError",
+    "InferenceCancelled",
+    "InferenceError",
+    "InferenceFailed",
+    "InferenceStatus",
+    "InvalidPromptError",
+    "MaxIterationsReached",
+    "Session",
+    "SessionBusyError",
+    "SessionClosedError",
+    "SessionError",
+    "SessionNotFoundError",
+    "Tool",
+    "ToolChoice",
+    "ToolConfig",
+    "ToolContext",
+    "ToolErrorHandling",
+    "ToolRegistry",
+    "Turn",
+    "TurnMetadata",
+    "Usage",
+    "connect",
+    "create_worker",
+    "data_converter",
+    "tool",
+]

@@ -1,0 +1,137 @@
+"""The worker side of an inference: the LLM step and the tool call activities."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from geppetto_temporal.activities._heartbeat import heartbeating
+from geppetto_temporal.activities._models import (
+    LLM_STEP_ACTIVITY,
+    TOOL_CALL_ACTIVITY,
+    LLMStepInput,
+    LLMStepResult,
+    ToolCallInput,
+    ToolCallResult,
+)
+from geppetto_temporal.engines._errors import classify_error
+from geppetto_temporal.engines._factory import EngineFactory
+from geppetto_temporal.engines._step import StepOutput
+from geppetto_temporal.engines.middleware import BUILTIN_MIDDLEWARE, Middleware, apply_middleware
+from geppetto_temporal.errors import ErrorType
+from geppetto_temporal.tools._config import ToolChoice, ToolErrorHandling
+from geppetto_temporal.tools._registry import ToolRegistry
+from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext
+from geppetto_temporal.turns import BlockKind, PayloadKey
+
+
+class InferenceActivities:
+    """Holds the worker's tool registry, middleware and provider clients; its methods are the activities."""
+
+    def __init__(
+        self,
+        tools: ToolRegistry | None = None,
+        *,
+        middleware: Mapping[str, Middleware] | None = None,
+        engines: EngineFactory | None = None,
+    ) -> None:
+        self.tools = tools or ToolRegistry()
+        self.middleware = {**BUILTIN_MIDDLEWARE, **(middleware or {})}
+        self.engines = engines or EngineFactory()
+
+    @activity.defn(name=LLM_STEP_ACTIVITY)
+    async def llm_step(self, input: LLMStepInput) -> LLMStepResult:
+        """Call the model once, streaming; on cancellation return the partial text instead of failing."""
+        spec = input.engine
+        info = activity.info()
+        try:
+            engine = self.engines.build(spec)
+            blocks = apply_middleware(input.turn.blocks, spec, self.middleware)
+        except ApplicationError:
+            raise
+        except Exception as err:
+            raise ApplicationError(
+                str(err), type=ErrorType.INVALID_REQUEST, non_retryable=True
+            ) from err
+        allowed = self.tools.select(spec.tools.allowed_tools)
+        definitions = (
+            [] if spec.tools.tool_choice == ToolChoice.NONE else [t.definition() for t in allowed]
+        )
+        output = StepOutput()
+        async with heartbeating():
+            try:
+                await engine.stream_step(blocks, definitions, spec, output)
+            except asyncio.CancelledError:
+                details = activity.cancellation_details()
+                if details is None or not details.cancel_requested:
+                    raise  # worker shutdown or timeout: let Temporal retry the whole step
+                return LLMStepResult(
+                    blocks=output.blocks(interrupted=True, attempt=info.attempt),
+                    usage=output.usage,
+                    stop_reason="cancelled",
+                    model=output.model or spec.model,
+                    interrupted=True,
+                )
+            except Exception as err:
+                raise classify_error(err, spec) from err
+        new_blocks = output.blocks(attempt=info.attempt)
+        allowed_names = {t.name for t in allowed}
+        options = {
+            name: self.tools.activity_options(name, spec.tools)
+            for name in {
+                str(b.payload.get(PayloadKey.NAME))
+                for b in new_blocks
+                if b.kind == BlockKind.TOOL_CALL
+            }
+            if name in allowed_names
+        }
+        return LLMStepResult(
+            blocks=new_blocks,
+            usage=output.usage,
+            stop_reason=output.stop_reason,
+            model=output.model or spec.model,
+            tool_options=options,
+        )
+
+    @activity.defn(name=TOOL_CALL_ACTIVITY)
+    async def tool_call(self, input: ToolCallInput) -> ToolCallResult:
+        """Run one tool call with its timeout; errors become results unless error handling is `retry`."""
+        tool = self.tools.get(input.name)
+        if tool is None:
+            return ToolCallResult(
+                call_id=input.call_id, error=f"tool {input.name!r} is not available on this worker"
+            )
+        info = activity.info()
+        context = ToolContext(
+            session_id=input.session_id,
+            inference_id=input.inference_id,
+            call_id=input.call_id,
+            attempt=info.attempt,
+        )
+        retrying = input.error_handling == ToolErrorHandling.RETRY
+        async with heartbeating():
+            try:
+                result = await asyncio.wait_for(
+                    tool.invoke(input.args, context), timeout=input.timeout_seconds
+                )
+            except ToolArgumentsError as err:
+                # The same arguments fail the same way: never worth a retry.
+                return ToolCallResult(call_id=input.call_id, error=str(err))
+            except TimeoutError:
+                message = f"tool {input.name} timed out after {input.timeout_seconds:g}s"
+                if retrying:
+                    raise ApplicationError(message, type=ErrorType.TOOL_TIMEOUT) from None
+                return ToolCallResult(call_id=input.call_id, error=message)
+            except Exception as err:
+                message = f"{type(err).__name__}: {err}"
+                if retrying:
+                    raise ApplicationError(
+                        message,
+                        type=type(err).__name__,
+                        non_retryable=isinstance(err, tool.non_retryable_errors),
+                    ) from err
+                return ToolCallResult(call_id=input.call_id, error=message)
+        return ToolCallResult(call_id=input.call_id, result=result)

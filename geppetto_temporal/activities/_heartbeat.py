@@ -1,0 +1,31 @@
+"""Keep an activity heartbeating while it waits, so cancellation and worker loss are noticed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from temporalio import activity
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(interval: float = 0.5) -> AsyncIterator[None]:
+    """Heartbeat every `interval` seconds in the background for the duration of the block.
+
+    Temporal delivers cancellation only in answer to a heartbeat, and the SDK
+    throttles what it sends, so calling often is cheap and keeps cancels prompt.
+    """
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

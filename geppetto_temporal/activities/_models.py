@@ -1,0 +1,57 @@
+"""Inputs and results of the LLM-step and tool-call activities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from geppetto_temporal.engines._spec import EngineSpec
+from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
+from geppetto_temporal.turns import Block, Turn, Usage
+
+LLM_STEP_ACTIVITY = "geppetto.llm_step"
+TOOL_CALL_ACTIVITY = "geppetto.tool_call"
+
+
+class LLMStepInput(BaseModel):
+    """One provider call: the turn so far and the engine to call."""
+
+    engine: EngineSpec
+    turn: Turn
+    session_id: str
+    inference_id: str
+    step: int
+
+
+class LLMStepResult(BaseModel):
+    """The blocks one provider call added, its usage, and how to run the tools it asked for."""
+
+    blocks: list[Block] = Field(default_factory=list)
+    usage: Usage = Usage()
+    stop_reason: str | None = None
+    model: str | None = None
+    #: The call was cancelled mid-stream; `blocks` holds the partial text.
+    interrupted: bool = False
+    #: Activity options per requested tool this worker knows; a name missing here is unknown.
+    tool_options: dict[str, ToolActivityOptions] = Field(default_factory=dict)
+
+
+class ToolCallInput(BaseModel):
+    """One tool call to execute."""
+
+    call_id: str
+    name: str
+    args: Any = None
+    session_id: str
+    inference_id: str
+    error_handling: ToolErrorHandling = ToolErrorHandling.CONTINUE
+    timeout_seconds: float
+
+
+class ToolCallResult(BaseModel):
+    """A tool's JSON result, or the error the model should see."""
+
+    call_id: str
+    result: Any = None
+    error: str | None = None

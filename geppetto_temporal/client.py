@@ -1,0 +1,413 @@
+"""The public client API: Session and ExecutionHandle.
+
+A `Session` is a handle on a SessionWorkflow; an `ExecutionHandle` is a handle on
+one InferenceWorkflow. Both are thin: all state lives in Temporal, so any process
+can attach to either by id and pick up where another left off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.client import (
+    WorkflowExecutionStatus as ExecutionStatus,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from geppetto_temporal.engines._builder import EngineBuilder
+from geppetto_temporal.engines._spec import EngineSpec
+from geppetto_temporal.errors import (
+    ErrorType,
+    InferenceCancelled,
+    InferenceFailed,
+    InvalidPromptError,
+    MaxIterationsReached,
+    SessionBusyError,
+    SessionClosedError,
+    SessionError,
+    SessionNotFoundError,
+)
+from geppetto_temporal.turns import InferenceStatus, Turn
+from geppetto_temporal.workflows._models import (
+    DEFAULT_TASK_QUEUE,
+    SESSION_WORKFLOW,
+    CancelInferenceRequest,
+    CloseRequest,
+    InferenceResult,
+    SessionInput,
+    SessionStatus,
+    SessionSummary,
+    SessionTranscript,
+    StartInferenceRequest,
+    StartInferenceResponse,
+    SubmitPromptRequest,
+    session_id_of,
+)
+
+EngineLike = EngineBuilder | EngineSpec | str
+
+__all__ = ["ExecutionHandle", "Session"]
+
+
+def _to_spec(engine: EngineLike) -> EngineSpec:
+    if isinstance(engine, EngineSpec):
+        return engine
+    if isinstance(engine, EngineBuilder):
+        return engine.build()
+    return EngineSpec.parse(engine)
+
+
+def new_session_id() -> str:
+    """A fresh, unique session id."""
+    return f"session-{uuid.uuid4().hex[:12]}"
+
+
+class ExecutionHandle:
+    """One running (or finished) inference: wait for it, cancel it, ask whether it runs.
+
+    Re-attach from another process with `ExecutionHandle.attach(client, inference_id)`.
+    """
+
+    def __init__(
+        self, client: Client, inference_id: str, *, session: Session | None = None
+    ) -> None:
+        self.client = client
+        self.inference_id = inference_id
+        self.session_id = session_id_of(inference_id)
+        self._session = session
+        self._handle: WorkflowHandle[object, InferenceResult] = client.get_workflow_handle(
+            inference_id, result_type=InferenceResult
+        )
+
+    @classmethod
+    def attach(cls, client: Client, inference_id: str) -> ExecutionHandle:
+        """A handle on an existing inference, by its id (`<session_id>/inference/<n>`)."""
+        return cls(client, inference_id)
+
+    @property
+    def workflow_handle(self) -> WorkflowHandle[object, InferenceResult]:
+        """The underlying Temporal workflow handle."""
+        return self._handle
+
+    def __repr__(self) -> str:
+        return f"ExecutionHandle({self.inference_id!r})"
+
+    async def result(self) -> InferenceResult:
+        """The raw result, whatever the status; `wait()` is usually what you want."""
+        try:
+            result = await self._handle.result()
+        except WorkflowFailureError as err:
+            raise InferenceFailed(
+                f"inference {self.inference_id} failed: {err.cause or err}",
+                turn=None,
+                inference_id=self.inference_id,
+            ) from err
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise SessionNotFoundError(
+                    f"no inference {self.inference_id}", session_id=self.session_id
+                ) from err
+            raise
+        if self._session is not None:
+            self._session._last_finished = self.inference_id
+        await self._until_recorded()
+        return result
+
+    async def _until_recorded(self) -> None:
+        # The result is readable before the session has processed the child's
+        # completion. Waiting for that gives read-your-writes: after wait(),
+        # turns() shows this turn and the next prompt is accepted.
+        session = self.client.get_workflow_handle(self.session_id)
+        delay = 0.002
+        for _ in range(100):
+            try:
+                status: SessionStatus = await session.query("status", result_type=SessionStatus)
+            except RPCError:
+                return  # session gone or unqueryable: nothing more to wait for
+            if status.active_inference_id != self.inference_id:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    async def wait(self) -> Turn:
+        """Wait for the inference and return its turn.
+
+        Raises `InferenceCancelled`, `InferenceFailed` or `MaxIterationsReached`,
+        each carrying the partial turn in `.turn`.
+        """
+        result = await self.result()
+        if result.status == InferenceStatus.COMPLETED:
+            return result.turn
+        message = (
+            f"inference {self.inference_id} {result.status.value}: {result.error or ''}".rstrip(
+                ": "
+            )
+        )
+        error_class = {
+            InferenceStatus.CANCELLED: InferenceCancelled,
+            InferenceStatus.MAX_ITERATIONS: MaxIterationsReached,
+        }.get(result.status, InferenceFailed)
+        raise error_class(message, turn=result.turn, inference_id=self.inference_id)
+
+    async def cancel(self) -> None:
+        """Ask the inference to stop; idempotent, and a no-op once it has finished."""
+        try:
+            await self._handle.cancel()
+        except RPCError as err:
+            if err.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+                raise
+
+    async def is_running(self) -> bool:
+        """Whether the inference is still running."""
+        try:
+            description = await self._handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return description.status == ExecutionStatus.RUNNING
+
+
+class Session:
+    """A durable conversation: its id is the Temporal workflow id of its SessionWorkflow."""
+
+    def __init__(self, client: Client, session_id: str) -> None:
+        self.client = client
+        self.session_id = session_id
+        self._handle: WorkflowHandle[object, SessionSummary] = client.get_workflow_handle(
+            session_id, result_type=SessionSummary
+        )
+        self._last_finished: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Session({self.session_id!r})"
+
+    @property
+    def workflow_handle(self) -> WorkflowHandle[object, SessionSummary]:
+        """The underlying Temporal workflow handle."""
+        return self._handle
+
+    @classmethod
+    async def create(
+        cls,
+        client: Client,
+        engine: EngineLike = "openai:gpt-4o-mini",
+        *,
+        session_id: str | None = None,
+        task_queue: str = DEFAULT_TASK_QUEUE,
+        reuse_existing: bool = False,
+    ) -> Session:
+        """Start a new session (a SessionWorkflow) with this engine.
+
+        With `reuse_existing`, an open session of that id is attached to instead
+        (its engine is kept); a closed one raises `SessionClosedError`.
+        """
+        session_id = session_id or new_session_id()
+        spec = _to_spec(engine)
+        try:
+            await client.start_workflow(
+                SESSION_WORKFLOW,
+                SessionInput(engine=spec),
+                id=session_id,
+                task_queue=task_queue,
+                id_conflict_policy=(
+                    WorkflowIDConflictPolicy.USE_EXISTING
+                    if reuse_existing
+                    else WorkflowIDConflictPolicy.FAIL
+                ),
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                static_summary=f"geppetto session on {spec.spec_string}",
+            )
+        except WorkflowAlreadyStartedError as err:
+            session = cls(client, session_id)
+            if await session._is_open():
+                raise SessionError(
+                    f"session {session_id} already exists; attach to it or pass reuse_existing=True",
+                    session_id=session_id,
+                ) from err
+            raise SessionClosedError(
+                f"session {session_id} is closed; choose another session id", session_id=session_id
+            ) from err
+        return cls(client, session_id)
+
+    @classmethod
+    def attach(cls, client: Client, session_id: str) -> Session:
+        """A handle on an existing session; nothing is checked until it is used."""
+        return cls(client, session_id)
+
+    async def _is_open(self) -> bool:
+        try:
+            description = await self._handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return description.status == ExecutionStatus.RUNNING
+
+    async def start_inference(
+        self, prompt: str, *, engine: EngineLike | None = None
+    ) -> ExecutionHandle:
+        """Start an inference for `prompt` and return its handle.
+
+        Raises `SessionBusyError` while another runs, `SessionClosedError` after
+        `close()`, `InvalidPromptError` for an empty prompt. `engine` switches the
+        session's engine from this prompt on.
+        """
+        if not prompt.strip():
+            raise InvalidPromptError("the prompt is empty", session_id=self.session_id)
+        request = StartInferenceRequest(
+            prompt=prompt,
+            engine=_to_spec(engine) if engine is not None else None,
+            after_inference_id=self._last_finished,
+        )
+        try:
+            response = await self._update_start(request)
+        except SessionBusyError as busy:
+            # The running inference may in fact be over: its result is out before
+            # the session records it. If so, ask the session to wait for it.
+            active = busy.active_inference_id
+            if active is None or active == request.after_inference_id:
+                raise
+            if await ExecutionHandle(self.client, active).is_running():
+                raise
+            response = await self._update_start(
+                request.model_copy(update={"after_inference_id": active})
+            )
+        return ExecutionHandle(self.client, response.inference_id, session=self)
+
+    async def _update_start(self, request: StartInferenceRequest) -> StartInferenceResponse:
+        try:
+            response: StartInferenceResponse = await self._handle.execute_update(
+                "start_inference", request, result_type=StartInferenceResponse
+            )
+            return response
+        except WorkflowUpdateFailedError as err:
+            raise self._map_update_error(err) from err
+        except RPCError as err:
+            raise await self._map_rpc_error(err) from err
+
+    def _map_update_error(self, err: WorkflowUpdateFailedError) -> Exception:
+        cause = err.cause
+        if not isinstance(cause, ApplicationError):
+            return SessionError(
+                f"session {self.session_id}: {cause or err}", session_id=self.session_id
+            )
+        if cause.type == ErrorType.SESSION_BUSY:
+            details = list(cause.details)
+            return SessionBusyError(
+                cause.message,
+                session_id=self.session_id,
+                active_inference_id=str(details[0]) if details else None,
+            )
+        if cause.type == ErrorType.SESSION_CLOSED:
+            return SessionClosedError(cause.message, session_id=self.session_id)
+        if cause.type == ErrorType.INVALID_PROMPT:
+            return InvalidPromptError(cause.message, session_id=self.session_id)
+        return SessionError(
+            f"session {self.session_id}: {cause.message}", session_id=self.session_id
+        )
+
+    async def _map_rpc_error(self, err: RPCError) -> Exception:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            try:
+                await self._handle.describe()
+            except RPCError:
+                return SessionNotFoundError(
+                    f"no session {self.session_id}", session_id=self.session_id
+                )
+            return SessionClosedError(
+                f"session {self.session_id} is closed", session_id=self.session_id
+            )
+        return err
+
+    async def submit_prompt(
+        self, prompt: str, *, idempotency_key: str | None = None, engine: EngineLike | None = None
+    ) -> None:
+        """Fire and forget: run `prompt` now or queue it behind the running inference.
+
+        Repeating an `idempotency_key` never queues the prompt twice.
+        """
+        if not prompt.strip():
+            raise InvalidPromptError("the prompt is empty", session_id=self.session_id)
+        request = SubmitPromptRequest(
+            prompt=prompt,
+            idempotency_key=idempotency_key,
+            engine=_to_spec(engine) if engine is not None else None,
+        )
+        try:
+            await self._handle.signal("submit_prompt", request)
+        except RPCError as err:
+            raise await self._map_rpc_error(err) from err
+
+    async def cancel_active(self) -> None:
+        """Cancel the running inference, if any; idempotent."""
+        try:
+            await self._handle.signal("cancel_inference", CancelInferenceRequest())
+        except RPCError as err:
+            raise await self._map_rpc_error(err) from err
+
+    async def status(self) -> SessionStatus:
+        """Phase, active inference, queue depth, turn count and usage."""
+        try:
+            status: SessionStatus = await self._handle.query("status", result_type=SessionStatus)
+            return status
+        except RPCError as err:
+            raise await self._map_rpc_error(err) from err
+
+    async def is_running(self) -> bool:
+        """Whether an inference is running now."""
+        return (await self.status()).active_inference_id is not None
+
+    async def active(self) -> ExecutionHandle | None:
+        """A handle on the running inference, if any."""
+        active_id = (await self.status()).active_inference_id
+        return ExecutionHandle(self.client, active_id, session=self) if active_id else None
+
+    async def engine(self) -> EngineSpec:
+        """The engine the next prompt will use."""
+        spec: EngineSpec = await self._handle.query("engine", result_type=EngineSpec)
+        return spec
+
+    async def transcript(self) -> SessionTranscript:
+        """The session's blocks and turn boundaries, in one query."""
+        try:
+            transcript: SessionTranscript = await self._handle.query(
+                "transcript", result_type=SessionTranscript
+            )
+            return transcript
+        except RPCError as err:
+            raise await self._map_rpc_error(err) from err
+
+    async def turns(self) -> list[Turn]:
+        """One cumulative turn per prompt, oldest first."""
+        return (await self.transcript()).to_turns()
+
+    async def latest(self) -> Turn | None:
+        """The latest turn, if any."""
+        turns = await self.turns()
+        return turns[-1] if turns else None
+
+    async def close(self, *, cancel_active: bool = False) -> SessionSummary:
+        """Stop taking prompts and end the session once queued prompts have run.
+
+        With `cancel_active`, the running inference is cancelled and queued
+        prompts are recorded as cancelled turns instead of running.
+        """
+        try:
+            summary: SessionSummary = await self._handle.execute_update(
+                "close", CloseRequest(cancel_active=cancel_active), result_type=SessionSummary
+            )
+            return summary
+        except WorkflowUpdateFailedError as err:
+            raise self._map_update_error(err) from err
+        except RPCError as err:
+            raise await self._map_rpc_error(err) from err

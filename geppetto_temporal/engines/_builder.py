@@ -1,0 +1,114 @@
+"""EngineBuilder: the client-side way to describe an engine, producing an `EngineSpec`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from geppetto_temporal.engines._spec import EngineSpec
+from geppetto_temporal.retry import RetrySpec
+from geppetto_temporal.tools._config import ToolChoice, ToolConfig, ToolErrorHandling
+
+
+class EngineBuilder:
+    """Fluent builder for an `EngineSpec` (geppetto's EngineBuilder, minus anything not serialisable).
+
+    Example: `EngineBuilder("openai:gpt-4o-mini").system_prompt("Be brief.").tools("get_weather")`.
+    """
+
+    def __init__(self, model: str | EngineSpec = "openai:gpt-4o-mini", **settings: Any) -> None:
+        base = model if isinstance(model, EngineSpec) else EngineSpec.parse(model)
+        self._spec = base.model_copy(update=settings) if settings else base
+
+    def _with(self, **update: Any) -> EngineBuilder:
+        # Validate eagerly so a bad value fails where it was written, not in a worker.
+        self._spec = EngineSpec.model_validate({**self._spec.model_dump(), **update})
+        return self
+
+    def _with_tools(self, **update: Any) -> EngineBuilder:
+        tools = ToolConfig.model_validate({**self._spec.tools.model_dump(), **update})
+        return self._with(tools=tools)
+
+    def base_url(self, url: str | None) -> EngineBuilder:
+        """Talk to an OpenAI-compatible server (Ollama, vLLM, llama.cpp, ...) at this URL."""
+        return self._with(base_url=url)
+
+    def api_key_env(self, name: str) -> EngineBuilder:
+        """Read the API key from this worker environment variable instead of the provider default."""
+        return self._with(api_key_env=name)
+
+    def system_prompt(self, prompt: str | None) -> EngineBuilder:
+        """A system prompt added in front of every provider call."""
+        return self._with(system_prompt=prompt)
+
+    def sampling(
+        self,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+    ) -> EngineBuilder:
+        """Sampling parameters; None leaves the provider default."""
+        return self._with(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+
+    def tools(self, *names: str) -> EngineBuilder:
+        """Allow only these tools (by default every tool of the worker is offered)."""
+        return self._with_tools(allowed_tools=tuple(names))
+
+    def no_tools(self) -> EngineBuilder:
+        """Offer no tools at all."""
+        return self._with_tools(allowed_tools=(), tool_choice=ToolChoice.NONE)
+
+    def tool_choice(self, choice: ToolChoice | str) -> EngineBuilder:
+        """auto, none or required."""
+        return self._with_tools(tool_choice=ToolChoice(choice))
+
+    def max_parallel_tools(self, n: int) -> EngineBuilder:
+        """How many tool calls of one step run at once (default 3)."""
+        return self._with_tools(max_parallel_tools=n)
+
+    def tool_error_handling(self, mode: ToolErrorHandling | str) -> EngineBuilder:
+        """continue (default), abort or retry."""
+        return self._with_tools(error_handling=ToolErrorHandling(mode))
+
+    def tool_timeout(self, seconds: float) -> EngineBuilder:
+        """Default timeout of a tool call (a tool's own `timeout` wins)."""
+        return self._with_tools(timeout_seconds=seconds)
+
+    def tool_retry(self, retry: RetrySpec) -> EngineBuilder:
+        """Default retry policy of tool calls (a tool's own policy wins)."""
+        return self._with_tools(retry=retry)
+
+    def max_iterations(self, n: int) -> EngineBuilder:
+        """Most LLM calls in one inference's tool loop (default 5)."""
+        return self._with(max_iterations=n)
+
+    def middleware(self, names: Sequence[str]) -> EngineBuilder:
+        """Worker-side middleware applied around each provider call, in order."""
+        return self._with(middleware=tuple(names))
+
+    def llm_activity(
+        self,
+        *,
+        timeout_seconds: float | None = None,
+        heartbeat_seconds: float | None = None,
+        retry: RetrySpec | None = None,
+    ) -> EngineBuilder:
+        """Timeouts and retry policy of the LLM step activity."""
+        update: dict[str, Any] = {}
+        if timeout_seconds is not None:
+            update["llm_timeout_seconds"] = timeout_seconds
+        if heartbeat_seconds is not None:
+            update["llm_heartbeat_seconds"] = heartbeat_seconds
+        if retry is not None:
+            update["llm_retry"] = retry
+        return self._with(**update)
+
+    def extra(self, **params: Any) -> EngineBuilder:
+        """Provider-specific request parameters, passed through unchanged."""
+        return self._with(extra={**self._spec.extra, **params})
+
+    def build(self) -> EngineSpec:
+        """The finished, immutable spec."""
+        return self._spec

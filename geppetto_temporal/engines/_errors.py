@@ -1,0 +1,116 @@
+"""One error taxonomy for provider failures, expressed as Temporal retry decisions.
+
+Provider SDK retries are off; Temporal owns retries. Rate limits, overload,
+5xx, timeouts and broken connections are retryable (honouring Retry-After);
+other 4xx are final, with a message that names the model and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from temporalio.exceptions import ApplicationError
+
+from geppetto_temporal.engines._spec import EngineSpec
+from geppetto_temporal.errors import ErrorType
+
+_RETRYABLE_STATUS = {408, 409, 429}
+_MAX_SERVER_DELAY = 120.0
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """The delay a server asked for, from `retry-after-ms` or `retry-after` (seconds)."""
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue  # an HTTP date; rare for LLM APIs, fall back to the retry policy
+        if 0 <= seconds <= _MAX_SERVER_DELAY:
+            return seconds
+    return None
+
+
+def _status_error(
+    status: int, message: str, spec: EngineSpec, headers: Mapping[str, str] | None
+) -> ApplicationError:
+    where = f"{spec.spec_string} returned HTTP {status}"
+    if status in _RETRYABLE_STATUS or status >= 500:
+        kind = ErrorType.PROVIDER_RATE_LIMITED if status == 429 else ErrorType.PROVIDER_UNAVAILABLE
+        delay = retry_after_seconds(headers)
+        return ApplicationError(
+            f"{where}: {message} (will retry)",
+            type=kind,
+            next_retry_delay=timedelta(seconds=delay) if delay is not None else None,
+        )
+    lowered = message.lower()
+    if status in (401, 403):
+        kind = ErrorType.PROVIDER_AUTH
+        hint = f"check {spec.key_env} in the worker's environment"
+    elif status == 404:
+        kind = ErrorType.PROVIDER_NOT_FOUND
+        hint = f"check the model name {spec.model!r} and the base URL"
+    elif "context" in lowered and (
+        "length" in lowered or "too long" in lowered or "window" in lowered
+    ):
+        kind = ErrorType.PROVIDER_CONTEXT_TOO_LONG
+        hint = "the conversation is longer than the model's context window; start a new session or use a larger model"
+    else:
+        kind = ErrorType.PROVIDER_REQUEST_REJECTED
+        hint = "the provider rejected the request; it will not be retried"
+    return ApplicationError(f"{where}: {message} — {hint}", type=kind, non_retryable=True)
+
+
+def classify_error(err: BaseException, spec: EngineSpec) -> ApplicationError:
+    """Map an SDK or HTTP exception to an `ApplicationError` with the right retry behaviour."""
+    if isinstance(err, ApplicationError):
+        return err
+    status = getattr(err, "status_code", None)
+    response: Any = getattr(err, "response", None)
+    if isinstance(status, int):
+        headers = getattr(response, "headers", None)
+        return _status_error(status, _provider_message(err), spec, headers)
+    if _is_transport_error(err):
+        return ApplicationError(
+            f"{spec.spec_string}: connection problem: {err or type(err).__name__} (will retry)",
+            type=ErrorType.PROVIDER_STREAM,
+        )
+    return ApplicationError(
+        f"{spec.spec_string}: {type(err).__name__}: {err}",
+        type=type(err).__name__,
+    )
+
+
+# SDKs wrap different HTTP stacks (httpx, httpx2, aiohttp); judge by the class family.
+_TRANSPORT_CLASS_NAMES = {
+    "TransportError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "RemoteProtocolError",
+    "ClientPayloadError",
+    "ClientConnectionError",
+}
+
+
+def _is_transport_error(err: BaseException) -> bool:
+    if isinstance(err, (asyncio.TimeoutError, ConnectionError, EOFError)):
+        return True
+    return any(cls.__name__ in _TRANSPORT_CLASS_NAMES for cls in type(err).__mro__)
+
+
+def _provider_message(err: BaseException) -> str:
+    body: Any = getattr(err, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+    return str(getattr(err, "message", None) or err)

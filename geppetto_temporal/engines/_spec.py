@@ -1,0 +1,105 @@
+"""EngineSpec: the serialisable description of a model engine that travels through Temporal.
+
+It holds no secrets: only the *name* of the environment variable with the API
+key, which the worker reads inside the LLM activity.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from geppetto_temporal.errors import ConfigurationError
+from geppetto_temporal.retry import RetrySpec
+from geppetto_temporal.tools._config import ToolConfig
+
+
+class Provider(StrEnum):
+    """The provider APIs an engine can speak."""
+
+    OPENAI = "openai"
+    OPENAI_RESPONSES = "openai-responses"
+    ANTHROPIC = "anthropic"
+
+
+#: The environment variable each provider's official SDK reads its key from.
+DEFAULT_API_KEY_ENV: dict[str, str] = {
+    Provider.OPENAI: "OPENAI_API_KEY",
+    Provider.OPENAI_RESPONSES: "OPENAI_API_KEY",
+    Provider.ANTHROPIC: "ANTHROPIC_API_KEY",
+}
+
+DEFAULT_MIDDLEWARE: tuple[str, ...] = ("system_prompt", "tool_result_reorder")
+
+
+class EngineSpec(BaseModel):
+    """Provider, model, sampling, tools and activity settings of an engine; safe to store in history."""
+
+    model_config = ConfigDict(frozen=True)
+
+    provider: str = Provider.OPENAI
+    model: str
+    base_url: str | None = None
+    #: Name of the worker environment variable that holds the API key (never the key itself).
+    api_key_env: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
+    system_prompt: str | None = None
+    middleware: tuple[str, ...] = DEFAULT_MIDDLEWARE
+    tools: ToolConfig = ToolConfig()
+    max_iterations: int = Field(default=5, ge=1, le=1000)
+    llm_timeout_seconds: float = Field(default=300.0, gt=0)
+    llm_heartbeat_seconds: float = Field(default=30.0, gt=0)
+    llm_retry: RetrySpec = RetrySpec(maximum_attempts=5)
+    #: Provider-specific request parameters passed through unchanged.
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in {p.value for p in Provider}:
+            known = ", ".join(p.value for p in Provider)
+            raise ValueError(f"unknown provider {value!r}; known providers: {known}")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model must not be empty")
+        return value
+
+    @property
+    def key_env(self) -> str:
+        """The environment variable the worker reads the API key from."""
+        return self.api_key_env or DEFAULT_API_KEY_ENV[self.provider]
+
+    @property
+    def spec_string(self) -> str:
+        """`provider:model`, the form `parse` accepts."""
+        return f"{self.provider}:{self.model}"
+
+    @classmethod
+    def parse(cls, spec: str, **overrides: Any) -> EngineSpec:
+        """Parse `provider:model` (e.g. `openai:gpt-4o-mini`); a bare model means `openai`."""
+        provider, sep, model = spec.partition(":")
+        if not sep:
+            provider, model = Provider.OPENAI, spec
+        try:
+            return cls(provider=provider.strip(), model=model.strip(), **overrides)
+        except ValueError as err:
+            raise ConfigurationError(f"invalid model spec {spec!r}: {_first_error(err)}") from None
+
+
+def _first_error(err: ValueError) -> str:
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        items = errors()
+        if items:
+            return str(items[0].get("msg", err))
+    return str(err)

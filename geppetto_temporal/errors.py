@@ -1,0 +1,96 @@
+"""The exceptions geppetto-temporal raises to its callers.
+
+Workflow code cannot raise these classes across the Temporal boundary, so it
+raises `temporalio.exceptions.ApplicationError` with one of the `ErrorType`
+strings below; the client maps them back onto this hierarchy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from geppetto_temporal.turns import Turn
+
+
+class ErrorType:
+    """`ApplicationError.type` strings used between workflows, activities and the client."""
+
+    SESSION_BUSY = "SessionBusy"
+    SESSION_CLOSED = "SessionClosed"
+    INVALID_PROMPT = "InvalidPrompt"
+    INVALID_REQUEST = "InvalidRequest"
+    MISSING_API_KEY = "MissingApiKey"
+    PROVIDER_RATE_LIMITED = "ProviderRateLimited"
+    PROVIDER_UNAVAILABLE = "ProviderUnavailable"
+    PROVIDER_REQUEST_REJECTED = "ProviderRequestRejected"
+    PROVIDER_AUTH = "ProviderAuthError"
+    PROVIDER_NOT_FOUND = "ProviderNotFound"
+    PROVIDER_CONTEXT_TOO_LONG = "ProviderContextTooLong"
+    PROVIDER_STREAM = "ProviderStreamError"
+    UNKNOWN_PROVIDER = "UnknownProvider"
+    TOOL_FAILED = "ToolFailed"
+    TOOL_TIMEOUT = "ToolTimeout"
+
+
+class GeppettoError(Exception):
+    """Base class of every error this library raises."""
+
+
+class ConfigurationError(GeppettoError):
+    """A model spec, tool or connection setting is invalid."""
+
+
+class SessionError(GeppettoError):
+    """A session rejected a request; the session itself is unharmed and stays usable."""
+
+    def __init__(self, message: str, *, session_id: str | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+
+
+class SessionBusyError(SessionError):
+    """The session already runs an inference; wait for it, cancel it, or use `submit_prompt`."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        session_id: str | None = None,
+        active_inference_id: str | None = None,
+    ) -> None:
+        super().__init__(message, session_id=session_id)
+        self.active_inference_id = active_inference_id
+
+
+class SessionClosedError(SessionError):
+    """The session was closed and takes no more prompts."""
+
+
+class SessionNotFoundError(SessionError):
+    """No session workflow exists with that id."""
+
+
+class InvalidPromptError(SessionError):
+    """The prompt was empty or otherwise unusable."""
+
+
+class InferenceError(GeppettoError):
+    """An inference did not complete normally; `turn` holds what it produced."""
+
+    def __init__(self, message: str, *, turn: Turn | None, inference_id: str) -> None:
+        super().__init__(message)
+        self.turn = turn
+        self.inference_id = inference_id
+
+
+class InferenceCancelled(InferenceError):
+    """The inference was cancelled; `turn` keeps the partial output, marked interrupted."""
+
+
+class InferenceFailed(InferenceError):
+    """The inference failed (provider error, aborted tool loop, ...); `turn` keeps partial output."""
+
+
+class MaxIterationsReached(InferenceError):
+    """The tool loop hit `max_iterations` with tool calls still pending; `turn` is kept."""

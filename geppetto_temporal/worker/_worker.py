@@ -1,0 +1,67 @@
+"""Worker factory: the workflows and activities of geppetto on one task queue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from geppetto_temporal.activities._activities import InferenceActivities
+from geppetto_temporal.engines._factory import EngineFactory
+from geppetto_temporal.engines.middleware import Middleware
+from geppetto_temporal.tools._registry import ToolRegistry
+from geppetto_temporal.tools._tool import Tool
+from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
+from geppetto_temporal.workflows.inference import InferenceWorkflow
+from geppetto_temporal.workflows.session import SessionWorkflow
+
+#: Workflow classes a worker (or a Replayer) must register.
+WORKFLOWS: tuple[type, ...] = (SessionWorkflow, InferenceWorkflow)
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox with our deterministic modules and pydantic passed through.
+
+    Passing them through means they are imported once per process, not once per
+    workflow run, which is most of the sandbox's per-run cost.
+    """
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(
+        "geppetto_temporal", "pydantic", "pydantic_core", "annotated_types", "typing_inspection"
+    )
+    return SandboxedWorkflowRunner(restrictions=restrictions)
+
+
+def create_worker(
+    client: Client,
+    *,
+    task_queue: str = DEFAULT_TASK_QUEUE,
+    tools: ToolRegistry | Iterable[Tool | Callable[..., Any]] | None = None,
+    middleware: Mapping[str, Middleware] | None = None,
+    engines: EngineFactory | None = None,
+    **worker_options: Any,
+) -> Worker:
+    """A Temporal worker running geppetto's workflows and activities with the given tools.
+
+    `worker_options` are passed to `temporalio.worker.Worker` (concurrency limits,
+    identity, ...). Heartbeats are sent at least every second so that a cancel
+    reaches a streaming LLM call or a tool within about a second.
+    """
+    registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
+    activities = InferenceActivities(registry, middleware=middleware, engines=engines)
+    options: dict[str, Any] = {
+        "max_heartbeat_throttle_interval": timedelta(seconds=1),
+        "default_heartbeat_throttle_interval": timedelta(seconds=1),
+        "workflow_runner": workflow_runner(),
+    }
+    options.update(worker_options)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(WORKFLOWS),
+        activities=[activities.llm_step, activities.tool_call],
+        **options,
+    )

@@ -1,0 +1,165 @@
+"""Inputs, results, requests and query answers of the session and inference workflows."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from geppetto_temporal.engines._spec import EngineSpec
+from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, Usage
+
+SESSION_WORKFLOW = "geppetto.Session"
+INFERENCE_WORKFLOW = "geppetto.Inference"
+DEFAULT_TASK_QUEUE = "geppetto"
+
+
+def inference_workflow_id(session_id: str, n: int) -> str:
+    """The workflow id (and inference id) of a session's n-th inference."""
+    return f"{session_id}/inference/{n}"
+
+
+def session_id_of(inference_id: str) -> str:
+    """The session an inference id belongs to."""
+    session_id, sep, _ = inference_id.rpartition("/inference/")
+    return session_id if sep else inference_id
+
+
+class SessionPhase(StrEnum):
+    """Where a session is in its life."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class TurnRecord(BaseModel):
+    """A turn without its blocks: turn i is `blocks[:end]` of the session's single block list."""
+
+    id: str
+    end: int
+    metadata: TurnMetadata
+
+
+class QueuedPrompt(BaseModel):
+    """A prompt sent with `submit_prompt` while the session was busy."""
+
+    prompt: str
+    idempotency_key: str | None = None
+    engine: EngineSpec | None = None
+
+
+class SessionState(BaseModel):
+    """Everything a session carries across continue-as-new.
+
+    One block list plus per-turn boundaries, so state grows with the
+    conversation, not with the square of the number of prompts.
+    """
+
+    blocks: list[Block] = Field(default_factory=list)
+    turns: list[TurnRecord] = Field(default_factory=list)
+    queue: list[QueuedPrompt] = Field(default_factory=list)
+    #: Recent idempotency keys of submitted prompts, oldest first.
+    seen_keys: list[str] = Field(default_factory=list)
+    next_inference: int = 1
+    usage: Usage = Usage()
+    closing: bool = False
+
+
+class SessionInput(BaseModel):
+    """How a session workflow starts (or continues as new)."""
+
+    engine: EngineSpec
+    state: SessionState = Field(default_factory=SessionState)
+
+
+class StartInferenceRequest(BaseModel):
+    """The `start_inference` update: run this prompt now, or be rejected as busy."""
+
+    prompt: str
+    engine: EngineSpec | None = None
+    #: The caller saw this inference finish; wait for the session to record it instead of failing as busy.
+    after_inference_id: str | None = None
+
+
+class StartInferenceResponse(BaseModel):
+    """The accepted inference."""
+
+    inference_id: str
+    turn_id: str
+
+
+class SubmitPromptRequest(BaseModel):
+    """The `submit_prompt` signal: run this prompt now, or queue it while busy."""
+
+    prompt: str
+    idempotency_key: str | None = None
+    engine: EngineSpec | None = None
+
+
+class CancelInferenceRequest(BaseModel):
+    """The `cancel_inference` signal; an inference id limits it to that inference."""
+
+    inference_id: str | None = None
+
+
+class CloseRequest(BaseModel):
+    """The `close` update: stop taking prompts; with `cancel_active`, also cancel running and queued work."""
+
+    cancel_active: bool = False
+
+
+class SessionStatus(BaseModel):
+    """The `status` query's answer."""
+
+    session_id: str
+    phase: SessionPhase
+    active_inference_id: str | None
+    queued_prompts: int
+    turn_count: int
+    usage: Usage
+    provider: str
+    model: str
+
+
+class SessionTranscript(BaseModel):
+    """The `transcript` query's answer: the block list and the turn boundaries."""
+
+    blocks: list[Block]
+    turns: list[TurnRecord]
+
+    def to_turns(self) -> list[Turn]:
+        """The cumulative turns, one per prompt."""
+        return [
+            Turn(id=record.id, blocks=self.blocks[: record.end], metadata=record.metadata)
+            for record in self.turns
+        ]
+
+
+class SessionSummary(BaseModel):
+    """What a closed session returns."""
+
+    session_id: str
+    turn_count: int
+    usage: Usage
+
+
+class InferenceInput(BaseModel):
+    """The input of one InferenceWorkflow: the turn to complete and the engine."""
+
+    session_id: str
+    inference_id: str
+    turn: Turn
+    engine: EngineSpec
+
+
+class InferenceResult(BaseModel):
+    """How an inference ended and the whole turn it produced (partial if not completed)."""
+
+    inference_id: str
+    status: InferenceStatus
+    turn: Turn
+    usage: Usage = Usage()
+    error: str | None = None
+    iterations: int = 0

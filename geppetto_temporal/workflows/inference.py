@@ -1,0 +1,264 @@
+"""InferenceWorkflow: one inference, i.e. the tool loop, as a child of its session.
+
+Each LLM step and each tool call is an activity with its own timeouts and
+retries. Cancellation (of this workflow) reaches the running activity; the
+workflow then returns the partial turn with status `cancelled` rather than
+failing, so the session keeps what was produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from geppetto_temporal.activities._models import (
+        LLM_STEP_ACTIVITY,
+        TOOL_CALL_ACTIVITY,
+        LLMStepInput,
+        LLMStepResult,
+        ToolCallInput,
+        ToolCallResult,
+    )
+    from geppetto_temporal.engines._spec import EngineSpec
+    from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
+    from geppetto_temporal.turns import (
+        Block,
+        BlockMetaKey,
+        InferenceStatus,
+        PayloadKey,
+        Turn,
+        Usage,
+        pending_tool_calls,
+        tool_use_block,
+    )
+    from geppetto_temporal.workflows._models import (
+        INFERENCE_WORKFLOW,
+        InferenceInput,
+        InferenceResult,
+    )
+
+# The activity enforces the tool's own timeout precisely; Temporal's timeout is
+# the backstop for a tool that never yields.
+_TOOL_TIMEOUT_GRACE = timedelta(seconds=5)
+
+
+def describe_activity_error(err: BaseException) -> str:
+    """A one-line reason from an ActivityError chain, without Temporal's wrapping."""
+    cause = err.__cause__ if isinstance(err, ActivityError) and err.__cause__ else err
+    if isinstance(cause, TimeoutError):
+        return (
+            f"timed out ({cause.type.name.lower().replace('_', '-') if cause.type else 'timeout'})"
+        )
+    if isinstance(cause, CancelledError):
+        return "cancelled"
+    if isinstance(cause, ApplicationError):
+        return cause.message
+    return str(cause)
+
+
+@workflow.defn(name=INFERENCE_WORKFLOW)
+class InferenceWorkflow:
+    """Runs the tool loop of one inference until the model stops calling tools."""
+
+    def __init__(self) -> None:
+        self._cancel_requested = False
+        self._status = InferenceStatus.RUNNING
+        self._iterations = 0
+
+    @workflow.query(name="status")
+    def status(self) -> InferenceStatus:
+        """Running, or how the inference ended."""
+        return self._status
+
+    @workflow.run
+    async def run(self, input: InferenceInput) -> InferenceResult:
+        loop = asyncio.create_task(self._loop(input))
+        try:
+            return await asyncio.shield(loop)
+        except asyncio.CancelledError:
+            # Workflow cancellation: let the loop interrupt its activity and
+            # return the partial turn instead of failing the workflow.
+            self._cancel_requested = True
+            loop.cancel()
+            return await loop
+
+    async def _loop(self, input: InferenceInput) -> InferenceResult:
+        spec = input.engine
+        blocks = list(input.turn.blocks)
+        usage = Usage()
+        model: str | None = spec.model
+        stop_reason: str | None = None
+        status = InferenceStatus.MAX_ITERATIONS
+        error: str | None = None
+        for step in range(1, spec.max_iterations + 1):
+            self._iterations = step
+            if self._cancel_requested:
+                status = InferenceStatus.CANCELLED
+                break
+            try:
+                result = await self._llm_step(input, spec, blocks, step)
+            except asyncio.CancelledError:
+                status = InferenceStatus.CANCELLED
+                break
+            except ActivityError as err:
+                if self._cancel_requested:
+                    status = InferenceStatus.CANCELLED
+                else:
+                    status, error = InferenceStatus.FAILED, describe_activity_error(err)
+                break
+            blocks.extend(result.blocks)
+            usage = usage + result.usage
+            model, stop_reason = result.model or model, result.stop_reason
+            if result.interrupted or self._cancel_requested:
+                status = InferenceStatus.CANCELLED
+                break
+            calls = pending_tool_calls(result.blocks)
+            if not calls:
+                status = InferenceStatus.COMPLETED
+                break
+            results, abort_reason, cancelled = await self._run_tools(
+                input, spec, calls, result.tool_options
+            )
+            blocks.extend(results)
+            if cancelled or self._cancel_requested:
+                status = InferenceStatus.CANCELLED
+                break
+            if abort_reason is not None:
+                status, error = InferenceStatus.FAILED, abort_reason
+                break
+        if status == InferenceStatus.MAX_ITERATIONS:
+            error = (
+                f"max iterations ({spec.max_iterations}) reached with tool calls still being made"
+            )
+        elif status == InferenceStatus.CANCELLED and error is None:
+            error = "cancelled"
+        self._status = status
+        metadata = input.turn.metadata.model_copy(
+            update={
+                "session_id": input.session_id,
+                "inference_id": input.inference_id,
+                "provider": spec.provider,
+                "model": model,
+                "usage": usage,
+                "stop_reason": stop_reason,
+                "status": status,
+                "error": error,
+            }
+        )
+        return InferenceResult(
+            inference_id=input.inference_id,
+            status=status,
+            turn=Turn(id=input.turn.id, blocks=blocks, metadata=metadata, data=input.turn.data),
+            usage=usage,
+            error=error,
+            iterations=self._iterations,
+        )
+
+    async def _llm_step(
+        self, input: InferenceInput, spec: EngineSpec, blocks: list[Block], step: int
+    ) -> LLMStepResult:
+        result: LLMStepResult = await workflow.execute_activity(
+            LLM_STEP_ACTIVITY,
+            LLMStepInput(
+                engine=spec,
+                turn=Turn(id=input.turn.id, blocks=blocks, metadata=input.turn.metadata),
+                session_id=input.session_id,
+                inference_id=input.inference_id,
+                step=step,
+            ),
+            result_type=LLMStepResult,
+            start_to_close_timeout=timedelta(seconds=spec.llm_timeout_seconds),
+            heartbeat_timeout=timedelta(seconds=spec.llm_heartbeat_seconds),
+            retry_policy=spec.llm_retry.to_retry_policy(),
+            # Wait for the activity to acknowledge a cancel: it returns the partial text.
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"{spec.spec_string} step {step}",
+        )
+        return result
+
+    async def _run_tools(
+        self,
+        input: InferenceInput,
+        spec: EngineSpec,
+        calls: list[Block],
+        options: dict[str, ToolActivityOptions],
+    ) -> tuple[list[Block], str | None, bool]:
+        """Run a step's tool calls, at most `max_parallel_tools` at once, results in call order."""
+        config = spec.tools
+        limit = asyncio.Semaphore(config.max_parallel_tools)
+
+        async def run_one(call: Block) -> ToolCallResult:
+            call_id = call.call_id or ""
+            name = str(call.payload.get(PayloadKey.NAME, ""))
+            opts = options.get(name)
+            if opts is None:
+                known = ", ".join(sorted(options)) or "none"
+                return ToolCallResult(
+                    call_id=call_id,
+                    error=f"unknown tool {name!r} (tools called that exist: {known})",
+                )
+            if call.metadata.get(BlockMetaKey.ARGS_INVALID):
+                raw = str(call.payload.get(PayloadKey.ARGS, ""))[:200]
+                return ToolCallResult(
+                    call_id=call_id, error=f"arguments for {name} are not valid JSON: {raw!r}"
+                )
+            async with limit:
+                try:
+                    outcome: ToolCallResult = await workflow.execute_activity(
+                        TOOL_CALL_ACTIVITY,
+                        ToolCallInput(
+                            call_id=call_id,
+                            name=name,
+                            args=call.payload.get(PayloadKey.ARGS),
+                            session_id=input.session_id,
+                            inference_id=input.inference_id,
+                            error_handling=config.error_handling,
+                            timeout_seconds=opts.timeout_seconds,
+                        ),
+                        result_type=ToolCallResult,
+                        start_to_close_timeout=timedelta(seconds=opts.timeout_seconds)
+                        + _TOOL_TIMEOUT_GRACE,
+                        heartbeat_timeout=timedelta(seconds=config.heartbeat_seconds),
+                        retry_policy=opts.retry.to_retry_policy(),
+                        cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+                        summary=f"tool {name}",
+                    )
+                    return outcome
+                except ActivityError as err:
+                    return ToolCallResult(
+                        call_id=call_id, error=f"{name}: {describe_activity_error(err)}"
+                    )
+
+        tasks = [asyncio.create_task(run_one(call)) for call in calls]
+        cancelled = False
+        try:
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError:
+            cancelled = True
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+        results: list[Block] = []
+        first_error: str | None = None
+        for call, task in zip(calls, tasks, strict=True):
+            if task.cancelled() or task.exception() is not None:
+                outcome = ToolCallResult(
+                    call_id=call.call_id or "", error="cancelled before it finished"
+                )
+            else:
+                outcome = task.result()
+            if outcome.error is not None and first_error is None:
+                first_error = outcome.error
+            # Every call gets a result, even a cancelled one: providers reject a
+            # conversation with an unanswered tool call.
+            results.append(
+                tool_use_block(outcome.call_id, result=outcome.result, error=outcome.error)
+            )
+        abort_reason = None
+        if first_error is not None and config.error_handling == ToolErrorHandling.ABORT:
+            abort_reason = f"tool call failed and error_handling is abort: {first_error}"
+        return results, abort_reason, cancelled

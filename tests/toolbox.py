@@ -1,0 +1,43 @@
+"""Tools used by the tests: slow, failing and flaky ones."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from geppetto_temporal import ToolContext, tool
+
+#: How often each flaky call id has been attempted, to prove retries happen.
+ATTEMPTS: Counter[str] = Counter()
+
+
+@tool(timeout=60)
+async def slow_tool(seconds: float) -> dict[str, float]:
+    """Sleep for a while (cancellation and timeout tests)."""
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
+
+
+@tool(timeout=0.5)
+async def sleepy_tool(seconds: float) -> str:
+    """Sleeps longer than its own 0.5 s timeout allows."""
+    await asyncio.sleep(seconds)
+    return "woke up"
+
+
+@tool
+def failing_tool(reason: str) -> str:
+    """Always raises."""
+    raise RuntimeError(f"tool exploded: {reason}")
+
+
+@tool(retry_policy=None)
+def flaky_tool(ctx: ToolContext, succeed_on_attempt: int) -> dict[str, int]:
+    """Fails until the given attempt, counting attempts per call id."""
+    ATTEMPTS[ctx.call_id] += 1
+    if ctx.attempt < succeed_on_attempt:
+        raise ConnectionError(f"transient failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+ALL = [slow_tool, sleepy_tool, failing_tool, flaky_tool]
