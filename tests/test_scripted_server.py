@@ -89,7 +89,7 @@ BASE_SCRIPT: dict[str, Any] = {
             "name": "slow-start",
             "when": {"last_user_contains": "slow start"},
             "reply": {"text": "worth the wait"},
-            "faults": [{"delay": 0.3}],
+            "faults": [{"delay": 0.5}],
         },
         {
             "name": "always-error",
@@ -494,12 +494,12 @@ async def test_error_reply_always_errors(client: openai.AsyncOpenAI) -> None:
 async def test_delay_fault(client: openai.AsyncOpenAI, server: ScriptedModelServer) -> None:
     started = time.monotonic()
     first = await client.chat.completions.create(model="m", messages=user("slow start"))
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - started >= 0.5
     assert first.choices[0].message.content == "worth the wait"
     started = time.monotonic()
     await client.chat.completions.create(model="m", messages=user("slow start"))
-    assert time.monotonic() - started < 0.25
-    assert [r.fault for r in server.requests()] == ["faults[0]: delay=0.3", None]
+    assert time.monotonic() - started < 0.4
+    assert [r.fault for r in server.requests()] == ["faults[0]: delay=0.5", None]
 
 
 async def test_cut_stream_raises_in_client(

@@ -291,7 +291,10 @@ class ChatCompletionsWire:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             return _json({**base, "choices": [choice]})
 
-        first: dict[str, Any] = {"role": "assistant", "content": "" if reply.text is not None else None}
+        first: dict[str, Any] = {
+            "role": "assistant",
+            "content": "" if reply.text is not None else None,
+        }
         yield SSEEvent(chunk(first))
         if reply.text:
             for piece in reply.chunks(reply.text):
@@ -383,7 +386,9 @@ async def _read_chunked_body(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)
 
 
-async def _read_request(reader: asyncio.StreamReader) -> _HttpRequest | None:
+async def _read_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> _HttpRequest | None:
     """Read one request; ``None`` when the client closed the connection between requests."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -409,8 +414,15 @@ async def _read_request(reader: asyncio.StreamReader) -> _HttpRequest | None:
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
 
+    if headers.get("expect", "").lower() == "100-continue":
+        # curl sends this for bodies over 1 KiB and otherwise waits a full second before sending.
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = await _read_chunked_body(reader)
+        try:
+            body = await _read_chunked_body(reader)
+        except asyncio.LimitOverrunError as exc:
+            raise _HttpError(400, "malformed chunked body") from exc
     elif "content-length" in headers:
         try:
             length = int(headers["content-length"])
@@ -670,6 +682,7 @@ class ScriptedModelServer:
 
     @property
     def port(self) -> int:
+        """The bound TCP port."""
         if self._port is None:
             raise RuntimeError("server not started")
         return self._port
@@ -748,7 +761,7 @@ class ScriptedModelServer:
         try:
             while True:
                 try:
-                    req = await _read_request(reader)
+                    req = await _read_request(reader, writer)
                 except _HttpError as exc:
                     conn.keep_alive = False
                     await conn.send_json(

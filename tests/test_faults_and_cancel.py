@@ -1,0 +1,178 @@
+"""Provider faults are retried or fail fast; cancellation keeps partial output; no key leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+
+from geppetto_temporal import (
+    BlockKind,
+    InferenceCancelled,
+    InferenceFailed,
+    InferenceStatus,
+)
+from geppetto_temporal.testing import ScriptedModelServer
+from geppetto_temporal.turns import BlockMetaKey, PayloadKey
+from tests.conftest import SECRET_API_KEY
+
+
+def faulty(*faults: dict[str, Any]) -> dict[str, Any]:
+    return {"rules": [{"name": "answer", "reply": {"text": "finally an answer"}, "faults": list(faults)}]}
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 429, "retry_after": 0.2},
+        {"status": 500},
+        {"status": 503},
+        {"cut_after_chunks": 1},
+    ],
+    ids=["429-retry-after", "500", "503", "cut-stream"],
+)
+async def test_transient_fault_then_success_gives_one_final_turn(
+    new_session: Any, model_server: ScriptedModelServer, fault: dict[str, Any]
+) -> None:
+    session, base_url = await new_session(faulty(fault))
+    turn = await (await session.start_inference(f"try {fault}")).wait()
+    assert turn.last_text == "finally an answer"
+    texts = [b for b in turn.blocks if b.kind == BlockKind.LLM_TEXT]
+    assert len(texts) == 1  # nothing from the failed attempt leaks into the turn
+    assert texts[0].metadata[BlockMetaKey.ATTEMPT] == 2
+    requests = model_server.requests(base_url)
+    assert len(requests) == 2 and requests[0].fault is not None and requests[1].fault is None
+    assert len(await session.turns()) == 1
+
+
+async def test_retry_after_is_honoured(new_session: Any, model_server: ScriptedModelServer) -> None:
+    session, base_url = await new_session(faulty({"status": 429, "retry_after": 1.5}))
+    await (await session.start_inference("rate limited")).wait()
+    first, second = model_server.requests(base_url)
+    assert second.received_at - first.received_at >= 1.4
+
+
+async def test_unauthorized_fails_fast_with_clear_error(new_session: Any, model_server: ScriptedModelServer) -> None:
+    script = {"rules": [{"reply": {"error": {"status": 401, "message": "Incorrect API key provided"}}}]}
+    session, base_url = await new_session(script)
+    started = time.monotonic()
+    handle = await session.start_inference("hello")
+    with pytest.raises(InferenceFailed) as info:
+        await handle.wait()
+    assert time.monotonic() - started < 5  # no retry loop
+    message = str(info.value)
+    assert "HTTP 401" in message and "OPENAI_API_KEY" in message and "openai:scripted" in message
+    assert len(model_server.requests(base_url)) == 1
+    assert info.value.turn is not None and info.value.turn.metadata.status == InferenceStatus.FAILED
+    # The failed turn is kept and the session takes the next prompt.
+    turns = await session.turns()
+    assert turns[-1].metadata.status == InferenceStatus.FAILED
+    assert not await session.is_running()
+
+
+SLOW_STORY = {
+    "rules": [
+        {"name": "story", "when": {"last_user_contains": "story"}, "reply": {"text": "Once upon a time " * 40, "chunk_size": 4, "chunk_delay": 0.05}},
+        {"name": "other", "reply": {"text": "Sure: {last_user}"}},
+    ]
+}
+
+
+async def test_cancel_during_stream_keeps_partial_text(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    session, base_url = await new_session(SLOW_STORY)
+    handle = await session.start_inference("tell me a story")
+    await asyncio.sleep(1.0)
+    await handle.cancel()
+    await handle.cancel()  # idempotent
+    with pytest.raises(InferenceCancelled) as info:
+        await handle.wait()
+    turn = info.value.turn
+    assert turn is not None and turn.metadata.status == InferenceStatus.CANCELLED
+    [partial] = [b for b in turn.blocks if b.kind == BlockKind.LLM_TEXT]
+    assert partial.metadata[BlockMetaKey.INTERRUPTED] is True
+    assert partial.text.startswith("Once upon a time")
+    assert 0 < len(partial.text) < len("Once upon a time " * 40)
+    # The HTTP stream really stopped: the server saw the client go away.
+    for _ in range(50):
+        if model_server.requests(base_url)[0].outcome != "pending":
+            break
+        await asyncio.sleep(0.05)
+    assert model_server.requests(base_url)[0].outcome == "client_disconnected"
+    # Cancel after completion is a no-op, and the session goes on.
+    await handle.cancel()
+    await session.cancel_active()
+    nxt = await (await session.start_inference("and now?")).wait()
+    assert nxt.last_text == "Sure: and now?"
+    turns = await session.turns()
+    assert [t.metadata.status for t in turns] == [InferenceStatus.CANCELLED, InferenceStatus.COMPLETED]
+    # The next request carried the interrupted text as context.
+    last_request = model_server.requests(base_url)[-1].body["messages"]
+    assert last_request[1]["role"] == "assistant" and last_request[1]["content"] == partial.text
+
+
+SLOW_TOOL = {
+    "rules": [
+        {"name": "call", "when": {"last_user_contains": "slow"}, "reply": {"tool_calls": [{"name": "slow_tool", "arguments": {"seconds": 30}}, {"name": "calculate", "arguments": {"expression": "2 + 2"}}]}},
+        {"name": "other", "reply": {"text": "Fine: {last_user}"}},
+    ]
+}
+
+
+async def test_cancel_during_tool_via_session(new_session: Any) -> None:
+    session, _ = await new_session(SLOW_TOOL)
+    handle = await session.start_inference("run the slow tool")
+    await asyncio.sleep(1.5)
+    assert await session.is_running()
+    started = time.monotonic()
+    await session.cancel_active()
+    with pytest.raises(InferenceCancelled) as info:
+        await handle.wait()
+    assert time.monotonic() - started < 10
+    turn = info.value.turn
+    assert turn is not None
+    results = {b.call_id: b.payload for b in turn.blocks if b.kind == BlockKind.TOOL_USE}
+    calls = [b for b in turn.blocks if b.kind == BlockKind.TOOL_CALL]
+    # Every call has a result, so the conversation stays valid for the provider.
+    assert len(results) == 2
+    slow, fast = calls
+    assert results[slow.call_id][PayloadKey.ERROR] is not None
+    assert results[fast.call_id][PayloadKey.RESULT] == {"expression": "2 + 2", "result": 4}
+    nxt = await (await session.start_inference("next one")).wait()
+    assert nxt.last_text == "Fine: next one"
+
+
+async def test_cancel_before_anything_ran_and_when_idle(new_session: Any) -> None:
+    session, _ = await new_session(SLOW_STORY)
+    await session.cancel_active()  # idle: no-op
+    handle = await session.start_inference("a story please")
+    await handle.cancel()
+    with pytest.raises(InferenceCancelled):
+        await handle.wait()
+    assert not await session.is_running()
+
+
+async def test_no_history_contains_the_api_key(
+    client: Client, new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    session, base_url = await new_session(
+        {"rules": [{"when": {"last_role": "user"}, "reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Rome"}}]}}, {"reply": {"text": "{tool_results}"}}]}
+    )
+    await (await session.start_inference("weather in Rome")).wait()
+    # The key was really used on the wire: this server answers 401 without it ...
+    first = model_server.requests(base_url)[0]
+    assert first.status == 200 and "authorization" in first.headers
+    # ... and appears in no workflow history of the namespace.
+    scanned = 0
+    async for execution in client.list_workflows():
+        history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+        text = json.dumps(history.to_json_dict())
+        assert SECRET_API_KEY not in text, execution.id
+        assert "S3CR3T" not in text, execution.id
+        scanned += 1
+    assert scanned >= 2

@@ -1,0 +1,296 @@
+"""The tool loop: parallel calls, call order, limits, error handling, timeouts, bad calls."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from geppetto_temporal import (
+    BlockKind,
+    EngineBuilder,
+    InferenceFailed,
+    InferenceStatus,
+    MaxIterationsReached,
+)
+from geppetto_temporal.testing import ScriptedModelServer
+from geppetto_temporal.turns import Block, PayloadKey
+from tests import toolbox
+
+
+def tool_results(blocks: list[Block]) -> list[dict[str, Any]]:
+    return [b.payload for b in blocks if b.kind == BlockKind.TOOL_USE]
+
+
+def tool_messages(server: ScriptedModelServer, base_url: str) -> list[str]:
+    """The tool message contents the model received, over all requests of a script."""
+    contents: list[str] = []
+    for request in server.requests(base_url):
+        for message in request.body.get("messages", []):
+            if message.get("role") == "tool":
+                contents.append(message["content"])
+    return contents
+
+
+WEATHER_AND_MATH = {
+    "rules": [
+        {
+            "name": "calls",
+            "when": {"last_role": "user"},
+            "reply": {
+                "text": "Let me check.",
+                "tool_calls": [
+                    {"name": "get_weather", "arguments": {"city": "Paris"}},
+                    {"name": "calculate", "arguments": {"expression": "6 * 7"}},
+                    {"name": "get_weather", "arguments": {"city": "Berlin"}},
+                ],
+            },
+        },
+        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "Done: {tool_results}"}},
+    ]
+}
+
+
+async def test_parallel_tool_calls_keep_call_order(new_session: Any, model_server: ScriptedModelServer) -> None:
+    session, base_url = await new_session(WEATHER_AND_MATH)
+    turn = await (await session.start_inference("weather in Paris and Berlin, and 6*7?")).wait()
+    kinds = [b.kind for b in turn.blocks]
+    assert kinds == [
+        BlockKind.USER,
+        BlockKind.LLM_TEXT,
+        BlockKind.TOOL_CALL,
+        BlockKind.TOOL_CALL,
+        BlockKind.TOOL_CALL,
+        BlockKind.TOOL_USE,
+        BlockKind.TOOL_USE,
+        BlockKind.TOOL_USE,
+        BlockKind.LLM_TEXT,
+    ]
+    calls = [b for b in turn.blocks if b.kind == BlockKind.TOOL_CALL]
+    results = [b for b in turn.blocks if b.kind == BlockKind.TOOL_USE]
+    # Results pair with calls by id, in call order.
+    assert [r.call_id for r in results] == [c.call_id for c in calls]
+    assert results[0].payload[PayloadKey.RESULT]["city"] == "Paris"
+    assert results[1].payload[PayloadKey.RESULT] == {"expression": "6 * 7", "result": 42}
+    assert results[2].payload[PayloadKey.RESULT]["city"] == "Berlin"
+    # The model saw the three results, in order, in its second request.
+    seen = tool_messages(model_server, base_url)
+    assert [json.loads(c).get("city", json.loads(c).get("result")) for c in seen] == ["Paris", 42, "Berlin"]
+    assert turn.last_text.startswith("Done: ")
+
+
+async def test_max_parallel_tools_one_still_runs_all(new_session: Any) -> None:
+    session, _ = await new_session(
+        WEATHER_AND_MATH, configure=lambda b: b.max_parallel_tools(1)
+    )
+    turn = await (await session.start_inference("go")).wait()
+    assert len(tool_results(turn.blocks)) == 3
+
+
+LOOPING = {
+    "rules": [
+        {
+            "name": "loop",
+            "reply": {"tool_calls": [{"name": "calculate", "arguments": {"expression": "1 + 1"}}]},
+        }
+    ]
+}
+
+
+async def test_max_iterations_keeps_partial_turn(new_session: Any) -> None:
+    session, _ = await new_session(LOOPING, configure=lambda b: b.max_iterations(3))
+    handle = await session.start_inference("loop forever")
+    with pytest.raises(MaxIterationsReached) as info:
+        await handle.wait()
+    turn = info.value.turn
+    assert turn is not None
+    assert turn.metadata.status == InferenceStatus.MAX_ITERATIONS
+    assert len([b for b in turn.blocks if b.kind == BlockKind.TOOL_CALL]) == 3
+    assert len(tool_results(turn.blocks)) == 3
+    # The session kept the partial turn and takes the next prompt.
+    stored = (await session.turns())[-1]
+    assert stored.metadata.status == InferenceStatus.MAX_ITERATIONS
+    assert len(stored.blocks) == len(turn.blocks)
+
+
+FAILING = {
+    "rules": [
+        {
+            "name": "call",
+            "when": {"last_role": "user"},
+            "reply": {"tool_calls": [{"name": "failing_tool", "arguments": {"reason": "boom"}}]},
+        },
+        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "Saw: {tool_results}"}},
+    ]
+}
+
+
+async def test_error_handling_continue_hands_error_to_model(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    session, base_url = await new_session(FAILING)
+    turn = await (await session.start_inference("try it")).wait()
+    [result] = tool_results(turn.blocks)
+    assert result[PayloadKey.ERROR] == "RuntimeError: tool exploded: boom"
+    assert json.loads(tool_messages(model_server, base_url)[0]) == {
+        "error": "RuntimeError: tool exploded: boom"
+    }
+    assert "tool exploded" in turn.last_text
+
+
+async def test_error_handling_abort_ends_the_loop(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    session, base_url = await new_session(FAILING, configure=lambda b: b.tool_error_handling("abort"))
+    handle = await session.start_inference("try it")
+    with pytest.raises(InferenceFailed) as info:
+        await handle.wait()
+    assert "abort" in str(info.value) and "tool exploded" in str(info.value)
+    assert info.value.turn is not None
+    assert info.value.turn.blocks[-1].kind == BlockKind.TOOL_USE
+    # Aborting means the model was never called again.
+    assert len(model_server.requests(base_url)) == 1
+    # The session is idle and usable.
+    assert not await session.is_running()
+
+
+FLAKY = {
+    "rules": [
+        {
+            "name": "call",
+            "when": {"last_role": "user"},
+            "reply": {"tool_calls": [{"name": "flaky_tool", "arguments": {"succeed_on_attempt": 3}}]},
+        },
+        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "Result: {tool_results}"}},
+    ]
+}
+
+
+async def test_error_handling_retry_retries_the_tool_activity(new_session: Any) -> None:
+    from geppetto_temporal.retry import RetrySpec
+
+    session, _ = await new_session(
+        FLAKY,
+        configure=lambda b: b.tool_error_handling("retry").tool_retry(
+            RetrySpec(maximum_attempts=5, initial_interval_seconds=0.05, backoff_coefficient=1.0)
+        ),
+    )
+    turn = await (await session.start_inference("flaky, retried until it works")).wait()
+    [result] = tool_results(turn.blocks)
+    assert result[PayloadKey.RESULT] == {"attempt": 3}
+    call_id = result[PayloadKey.ID]
+    assert toolbox.ATTEMPTS[call_id] == 3
+
+
+async def test_error_handling_retry_gives_final_error_to_model(new_session: Any) -> None:
+    from geppetto_temporal.retry import RetrySpec
+
+    session, _ = await new_session(
+        FLAKY,
+        configure=lambda b: b.tool_error_handling("retry").tool_retry(
+            RetrySpec(maximum_attempts=2, initial_interval_seconds=0.05)
+        ),
+    )
+    turn = await (await session.start_inference("flaky, retried twice")).wait()
+    [result] = tool_results(turn.blocks)
+    assert "transient failure on attempt 2" in result[PayloadKey.ERROR]
+    assert turn.metadata.status == InferenceStatus.COMPLETED
+
+
+async def test_continue_mode_does_not_retry_tool_exceptions(new_session: Any) -> None:
+    session, _ = await new_session(FLAKY)
+    turn = await (await session.start_inference("flaky, not retried")).wait()
+    [result] = tool_results(turn.blocks)
+    assert "transient failure on attempt 1" in result[PayloadKey.ERROR]
+    assert toolbox.ATTEMPTS[result[PayloadKey.ID]] == 1
+
+
+SLEEPY = {
+    "rules": [
+        {
+            "name": "call",
+            "when": {"last_role": "user"},
+            "reply": {"tool_calls": [{"name": "sleepy_tool", "arguments": {"seconds": 30}}]},
+        },
+        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "After: {tool_results}"}},
+    ]
+}
+
+
+async def test_tool_timeout_is_enforced(new_session: Any) -> None:
+    session, _ = await new_session(SLEEPY)
+    turn = await (await session.start_inference("sleep")).wait()
+    [result] = tool_results(turn.blocks)
+    assert result[PayloadKey.ERROR] == "tool sleepy_tool timed out after 0.5s"
+    assert "timed out" in turn.last_text
+
+
+BAD_CALLS = {
+    "rules": [
+        {
+            "name": "calls",
+            "when": {"last_role": "user"},
+            "reply": {
+                "tool_calls": [
+                    {"name": "launch_rockets", "arguments": {"count": 3}},
+                    {"name": "calculate", "raw_arguments": "{\"expression\": \"1 +"},
+                    {"name": "get_weather", "arguments": {"town": "Paris"}},
+                ]
+            },
+        },
+        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "I see: {tool_results}"}},
+    ]
+}
+
+
+async def test_unknown_tool_and_malformed_arguments_reach_the_model(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    session, base_url = await new_session(BAD_CALLS)
+    turn = await (await session.start_inference("do bad things")).wait()
+    errors = [r[PayloadKey.ERROR] for r in tool_results(turn.blocks)]
+    assert errors[0].startswith("unknown tool 'launch_rockets'")
+    assert errors[1].startswith("arguments for calculate are not valid JSON")
+    assert "invalid arguments for get_weather" in errors[2] and "city" in errors[2]
+    # The malformed call is kept verbatim so the model sees what it sent.
+    bad_call = [b for b in turn.blocks if b.kind == BlockKind.TOOL_CALL][1]
+    assert bad_call.payload[PayloadKey.ARGS] == "{\"expression\": \"1 +"
+    seen = [json.loads(c)["error"] for c in tool_messages(model_server, base_url)]
+    assert seen == errors
+    assert turn.metadata.status == InferenceStatus.COMPLETED
+
+
+async def test_allowed_tools_limits_what_the_model_sees(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    script = {"rules": [{"reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}, "when": {"last_role": "user"}}, {"when": {"last_role": "tool"}, "reply": {"text": "{tool_results}"}}]}
+    session, base_url = await new_session(script, configure=lambda b: b.tools("calculate"))
+    turn = await (await session.start_inference("weather?")).wait()
+    first_request = model_server.requests(base_url)[0].body
+    assert [t["function"]["name"] for t in first_request["tools"]] == ["calculate"]
+    [result] = tool_results(turn.blocks)
+    assert result[PayloadKey.ERROR].startswith("unknown tool 'get_weather'")
+
+
+async def test_system_prompt_middleware_reaches_the_model(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    script = {"rules": [{"reply": {"text": "ok"}}]}
+    session, base_url = await new_session(script, configure=lambda b: b.system_prompt("Be terse."))
+    turn = await (await session.start_inference("hi")).wait()
+    messages = model_server.requests(base_url)[0].body["messages"]
+    assert messages[0] == {"role": "system", "content": "Be terse."}
+    # The stored turn is not rewritten by middleware.
+    assert [b.kind for b in turn.blocks] == [BlockKind.USER, BlockKind.LLM_TEXT]
+
+
+def test_engine_builder_validates_eagerly() -> None:
+    from geppetto_temporal import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="unknown provider"):
+        EngineBuilder("gemini:pro")
+    with pytest.raises(ValueError):
+        EngineBuilder("openai:gpt-4o").max_parallel_tools(0)
+    spec = EngineBuilder("openai:gpt-4o").tools("a", "b").max_iterations(7).build()
+    assert spec.tools.allowed_tools == ("a", "b") and spec.max_iterations == 7
