@@ -22,7 +22,11 @@ from tests.conftest import SECRET_API_KEY
 
 
 def faulty(*faults: dict[str, Any]) -> dict[str, Any]:
-    return {"rules": [{"name": "answer", "reply": {"text": "finally an answer"}, "faults": list(faults)}]}
+    return {
+        "rules": [
+            {"name": "answer", "reply": {"text": "finally an answer"}, "faults": list(faults)}
+        ]
+    }
 
 
 @pytest.mark.parametrize(
@@ -56,8 +60,12 @@ async def test_retry_after_is_honoured(new_session: Any, model_server: ScriptedM
     assert second.received_at - first.received_at >= 1.4
 
 
-async def test_unauthorized_fails_fast_with_clear_error(new_session: Any, model_server: ScriptedModelServer) -> None:
-    script = {"rules": [{"reply": {"error": {"status": 401, "message": "Incorrect API key provided"}}}]}
+async def test_unauthorized_fails_fast_with_clear_error(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    script = {
+        "rules": [{"reply": {"error": {"status": 401, "message": "Incorrect API key provided"}}}]
+    }
     session, base_url = await new_session(script)
     started = time.monotonic()
     handle = await session.start_inference("hello")
@@ -76,7 +84,11 @@ async def test_unauthorized_fails_fast_with_clear_error(new_session: Any, model_
 
 SLOW_STORY = {
     "rules": [
-        {"name": "story", "when": {"last_user_contains": "story"}, "reply": {"text": "Once upon a time " * 40, "chunk_size": 4, "chunk_delay": 0.05}},
+        {
+            "name": "story",
+            "when": {"last_user_contains": "story"},
+            "reply": {"text": "Once upon a time " * 40, "chunk_size": 4, "chunk_delay": 0.05},
+        },
         {"name": "other", "reply": {"text": "Sure: {last_user}"}},
     ]
 }
@@ -110,7 +122,10 @@ async def test_cancel_during_stream_keeps_partial_text(
     nxt = await (await session.start_inference("and now?")).wait()
     assert nxt.last_text == "Sure: and now?"
     turns = await session.turns()
-    assert [t.metadata.status for t in turns] == [InferenceStatus.CANCELLED, InferenceStatus.COMPLETED]
+    assert [t.metadata.status for t in turns] == [
+        InferenceStatus.CANCELLED,
+        InferenceStatus.COMPLETED,
+    ]
     # The next request carried the interrupted text as context.
     last_request = model_server.requests(base_url)[-1].body["messages"]
     assert last_request[1]["role"] == "assistant" and last_request[1]["content"] == partial.text
@@ -118,7 +133,16 @@ async def test_cancel_during_stream_keeps_partial_text(
 
 SLOW_TOOL = {
     "rules": [
-        {"name": "call", "when": {"last_user_contains": "slow"}, "reply": {"tool_calls": [{"name": "slow_tool", "arguments": {"seconds": 30}}, {"name": "calculate", "arguments": {"expression": "2 + 2"}}]}},
+        {
+            "name": "call",
+            "when": {"last_user_contains": "slow"},
+            "reply": {
+                "tool_calls": [
+                    {"name": "slow_tool", "arguments": {"seconds": 30}},
+                    {"name": "calculate", "arguments": {"expression": "2 + 2"}},
+                ]
+            },
+        },
         {"name": "other", "reply": {"text": "Fine: {last_user}"}},
     ]
 }
@@ -161,7 +185,17 @@ async def test_no_history_contains_the_api_key(
     client: Client, new_session: Any, model_server: ScriptedModelServer
 ) -> None:
     session, base_url = await new_session(
-        {"rules": [{"when": {"last_role": "user"}, "reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Rome"}}]}}, {"reply": {"text": "{tool_results}"}}]}
+        {
+            "rules": [
+                {
+                    "when": {"last_role": "user"},
+                    "reply": {
+                        "tool_calls": [{"name": "get_weather", "arguments": {"city": "Rome"}}]
+                    },
+                },
+                {"reply": {"text": "{tool_results}"}},
+            ]
+        }
     )
     await (await session.start_inference("weather in Rome")).wait()
     # The key was really used on the wire: this server answers 401 without it ...
@@ -170,7 +204,9 @@ async def test_no_history_contains_the_api_key(
     # ... and appears in no workflow history of the namespace.
     scanned = 0
     async for execution in client.list_workflows():
-        history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+        history = await client.get_workflow_handle(
+            execution.id, run_id=execution.run_id
+        ).fetch_history()
         text = json.dumps(history.to_json_dict())
         assert SECRET_API_KEY not in text, execution.id
         assert "S3CR3T" not in text, execution.id

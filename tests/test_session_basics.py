@@ -60,7 +60,9 @@ async def test_empty_prompt_is_rejected_and_session_stays_usable(new_session: An
 
 
 async def test_submitted_prompts_queue_behind_the_active_one(new_session: Any) -> None:
-    slow = {"rules": [{"reply": {"text": "reply to {last_user}", "chunk_size": 1, "chunk_delay": 0.02}}]}
+    slow = {
+        "rules": [{"reply": {"text": "reply to {last_user}", "chunk_size": 1, "chunk_delay": 0.02}}]
+    }
     session, _ = await new_session(slow)
     first = await session.start_inference("first")
     await session.submit_prompt("second", idempotency_key="k2")
@@ -69,7 +71,11 @@ async def test_submitted_prompts_queue_behind_the_active_one(new_session: Any) -
     await first.wait()
     for _ in range(200):
         status = await session.status()
-        if status.turn_count == 3 and status.active_inference_id is None and not status.queued_prompts:
+        if (
+            status.turn_count == 3
+            and status.active_inference_id is None
+            and not status.queued_prompts
+        ):
             break
         await asyncio.sleep(0.1)
     turns = await session.turns()
@@ -78,9 +84,7 @@ async def test_submitted_prompts_queue_behind_the_active_one(new_session: Any) -
     assert all(t.metadata.status == InferenceStatus.COMPLETED for t in turns)
 
 
-async def test_handle_reattaches_from_another_client(
-    new_session: Any, temporal_env: Any
-) -> None:
+async def test_handle_reattaches_from_another_client(new_session: Any, temporal_env: Any) -> None:
     slow = {"rules": [{"reply": {"text": "patience", "chunk_size": 1, "chunk_delay": 0.05}}]}
     session, _ = await new_session(slow)
     handle = await session.start_inference("wait for me")

@@ -47,12 +47,18 @@ WEATHER_AND_MATH = {
                 ],
             },
         },
-        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "Done: {tool_results}"}},
+        {
+            "name": "answer",
+            "when": {"last_role": "tool"},
+            "reply": {"text": "Done: {tool_results}"},
+        },
     ]
 }
 
 
-async def test_parallel_tool_calls_keep_call_order(new_session: Any, model_server: ScriptedModelServer) -> None:
+async def test_parallel_tool_calls_keep_call_order(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
     session, base_url = await new_session(WEATHER_AND_MATH)
     turn = await (await session.start_inference("weather in Paris and Berlin, and 6*7?")).wait()
     kinds = [b.kind for b in turn.blocks]
@@ -76,14 +82,16 @@ async def test_parallel_tool_calls_keep_call_order(new_session: Any, model_serve
     assert results[2].payload[PayloadKey.RESULT]["city"] == "Berlin"
     # The model saw the three results, in order, in its second request.
     seen = tool_messages(model_server, base_url)
-    assert [json.loads(c).get("city", json.loads(c).get("result")) for c in seen] == ["Paris", 42, "Berlin"]
+    assert [json.loads(c).get("city", json.loads(c).get("result")) for c in seen] == [
+        "Paris",
+        42,
+        "Berlin",
+    ]
     assert turn.last_text.startswith("Done: ")
 
 
 async def test_max_parallel_tools_one_still_runs_all(new_session: Any) -> None:
-    session, _ = await new_session(
-        WEATHER_AND_MATH, configure=lambda b: b.max_parallel_tools(1)
-    )
+    session, _ = await new_session(WEATHER_AND_MATH, configure=lambda b: b.max_parallel_tools(1))
     turn = await (await session.start_inference("go")).wait()
     assert len(tool_results(turn.blocks)) == 3
 
@@ -142,7 +150,9 @@ async def test_error_handling_continue_hands_error_to_model(
 async def test_error_handling_abort_ends_the_loop(
     new_session: Any, model_server: ScriptedModelServer
 ) -> None:
-    session, base_url = await new_session(FAILING, configure=lambda b: b.tool_error_handling("abort"))
+    session, base_url = await new_session(
+        FAILING, configure=lambda b: b.tool_error_handling("abort")
+    )
     handle = await session.start_inference("try it")
     with pytest.raises(InferenceFailed) as info:
         await handle.wait()
@@ -160,9 +170,15 @@ FLAKY = {
         {
             "name": "call",
             "when": {"last_role": "user"},
-            "reply": {"tool_calls": [{"name": "flaky_tool", "arguments": {"succeed_on_attempt": 3}}]},
+            "reply": {
+                "tool_calls": [{"name": "flaky_tool", "arguments": {"succeed_on_attempt": 3}}]
+            },
         },
-        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "Result: {tool_results}"}},
+        {
+            "name": "answer",
+            "when": {"last_role": "tool"},
+            "reply": {"text": "Result: {tool_results}"},
+        },
     ]
 }
 
@@ -213,7 +229,11 @@ SLEEPY = {
             "when": {"last_role": "user"},
             "reply": {"tool_calls": [{"name": "sleepy_tool", "arguments": {"seconds": 30}}]},
         },
-        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "After: {tool_results}"}},
+        {
+            "name": "answer",
+            "when": {"last_role": "tool"},
+            "reply": {"text": "After: {tool_results}"},
+        },
     ]
 }
 
@@ -234,12 +254,16 @@ BAD_CALLS = {
             "reply": {
                 "tool_calls": [
                     {"name": "launch_rockets", "arguments": {"count": 3}},
-                    {"name": "calculate", "raw_arguments": "{\"expression\": \"1 +"},
+                    {"name": "calculate", "raw_arguments": '{"expression": "1 +'},
                     {"name": "get_weather", "arguments": {"town": "Paris"}},
                 ]
             },
         },
-        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "I see: {tool_results}"}},
+        {
+            "name": "answer",
+            "when": {"last_role": "tool"},
+            "reply": {"text": "I see: {tool_results}"},
+        },
     ]
 }
 
@@ -255,7 +279,7 @@ async def test_unknown_tool_and_malformed_arguments_reach_the_model(
     assert "invalid arguments for get_weather" in errors[2] and "city" in errors[2]
     # The malformed call is kept verbatim so the model sees what it sent.
     bad_call = [b for b in turn.blocks if b.kind == BlockKind.TOOL_CALL][1]
-    assert bad_call.payload[PayloadKey.ARGS] == "{\"expression\": \"1 +"
+    assert bad_call.payload[PayloadKey.ARGS] == '{"expression": "1 +'
     seen = [json.loads(c)["error"] for c in tool_messages(model_server, base_url)]
     assert seen == errors
     assert turn.metadata.status == InferenceStatus.COMPLETED
@@ -264,7 +288,15 @@ async def test_unknown_tool_and_malformed_arguments_reach_the_model(
 async def test_allowed_tools_limits_what_the_model_sees(
     new_session: Any, model_server: ScriptedModelServer
 ) -> None:
-    script = {"rules": [{"reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}, "when": {"last_role": "user"}}, {"when": {"last_role": "tool"}, "reply": {"text": "{tool_results}"}}]}
+    script = {
+        "rules": [
+            {
+                "reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]},
+                "when": {"last_role": "user"},
+            },
+            {"when": {"last_role": "tool"}, "reply": {"text": "{tool_results}"}},
+        ]
+    }
     session, base_url = await new_session(script, configure=lambda b: b.tools("calculate"))
     turn = await (await session.start_inference("weather?")).wait()
     first_request = model_server.requests(base_url)[0].body

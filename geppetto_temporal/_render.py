@@ -1,0 +1,60 @@
+"""Terminal rendering of turns for the CLI: compact tool calls and results, then the answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from geppetto_temporal.turns import Block, BlockKind, BlockMetaKey, PayloadKey, Turn, Usage
+
+_MAX_RESULT = 160
+
+
+def _short(value: Any, limit: int = _MAX_RESULT) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_call(block: Block) -> str:
+    """`name(arg=value, ...)` for a tool_call block."""
+    args = block.payload.get(PayloadKey.ARGS)
+    if isinstance(args, dict):
+        inner = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
+    else:
+        inner = _short(args or "")
+    return f"{block.payload.get(PayloadKey.NAME, '?')}({inner})"
+
+
+def render_blocks(console: Console, blocks: list[Block]) -> None:
+    """Print the blocks an inference produced."""
+    for block in blocks:
+        if block.kind == BlockKind.TOOL_CALL:
+            console.print(Text("  → ", style="cyan") + Text(format_call(block), style="cyan"))
+        elif block.kind == BlockKind.TOOL_USE:
+            error = block.payload.get(PayloadKey.ERROR)
+            if error is not None:
+                console.print(Text(f"  ← error: {_short(error)}", style="red"))
+            else:
+                console.print(
+                    Text(f"  ← {_short(block.payload.get(PayloadKey.RESULT))}", style="green")
+                )
+        elif block.kind == BlockKind.LLM_TEXT:
+            style = "yellow" if block.metadata.get(BlockMetaKey.INTERRUPTED) else ""
+            console.print(Text(block.text, style=style))
+            if block.metadata.get(BlockMetaKey.INTERRUPTED):
+                console.print(Text("  [interrupted]", style="yellow"))
+
+
+def render_turn(console: Console, turn: Turn) -> None:
+    """Print what the latest inference of a turn produced."""
+    render_blocks(console, turn.blocks_since_last_user())
+
+
+def format_usage(usage: Usage | None) -> str:
+    """`12 in / 34 out tokens`."""
+    if usage is None:
+        return "no usage reported"
+    return f"{usage.input_tokens} in / {usage.output_tokens} out tokens"

@@ -1,0 +1,65 @@
+"""Where commands get their Temporal client and worker: a cluster, or the embedded dev server.
+
+With `TEMPORAL_ADDRESS` set a command is a pure client of that cluster and its
+workers. Without it, the command shares the local embedded dev server and runs
+an in-process worker for as long as it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from geppetto_temporal.connection import connect, temporal_address_from_env
+from geppetto_temporal.devserver import DevServerInfo, EmbeddedServer
+from geppetto_temporal.tools._registry import ToolRegistry
+from geppetto_temporal.worker._worker import create_worker
+from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
+
+#: Custom search attributes registered on the embedded dev server.
+SEARCH_ATTRIBUTES: dict[str, str] = {}
+
+
+@dataclass
+class Runtime:
+    """A connected client, and the embedded server and worker when there are any."""
+
+    client: Client
+    task_queue: str
+    server: DevServerInfo | None = None
+    worker: Worker | None = None
+
+    def ui_link(self, workflow_id: str) -> str | None:
+        """A Temporal Web UI link to a workflow, when the UI address is known."""
+        if self.server is None:
+            return None
+        return f"{self.server.ui_url}/namespaces/default/workflows/{workflow_id}"
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    *,
+    tools: ToolRegistry | None = None,
+    task_queue: str = DEFAULT_TASK_QUEUE,
+    with_worker: bool = True,
+    keep_server: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> AsyncIterator[Runtime]:
+    """Connect to `TEMPORAL_ADDRESS`, or to the embedded server with an in-process worker."""
+    if temporal_address_from_env():
+        yield Runtime(client=await connect(), task_queue=task_queue)
+        return
+    async with EmbeddedServer(
+        search_attributes=SEARCH_ATTRIBUTES, keep_running=keep_server, log=log
+    ) as info:
+        client = await connect(info.address, namespace="default")
+        if not with_worker:
+            yield Runtime(client=client, task_queue=task_queue, server=info)
+            return
+        worker = create_worker(client, task_queue=task_queue, tools=tools or ToolRegistry())
+        async with worker:
+            yield Runtime(client=client, task_queue=task_queue, server=info, worker=worker)

