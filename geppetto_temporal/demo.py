@@ -16,7 +16,7 @@ from rich.rule import Rule
 from rich.text import Text
 
 from geppetto_temporal._render import format_usage, render_turn
-from geppetto_temporal._runtime import Runtime, open_runtime
+from geppetto_temporal.runtime import Runtime, open_runtime
 from geppetto_temporal.client import Session, new_session_id
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.errors import InferenceCancelled
