@@ -18,11 +18,11 @@ from rich.text import Text
 
 from geppetto_temporal import devserver
 from geppetto_temporal._render import format_usage, render_turn
-from geppetto_temporal.runtime import open_runtime
 from geppetto_temporal.client import Session, new_session_id
 from geppetto_temporal.connection import temporal_address_from_env
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.errors import GeppettoError, InferenceError
+from geppetto_temporal.runtime import open_runtime
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 

@@ -42,6 +42,7 @@ from geppetto_temporal.workflows._models import (
     SESSION_WORKFLOW,
     CancelInferenceRequest,
     CloseRequest,
+    InferenceInput,
     InferenceResult,
     SessionInput,
     SessionStatus,
@@ -50,6 +51,7 @@ from geppetto_temporal.workflows._models import (
     StartInferenceRequest,
     StartInferenceResponse,
     SubmitPromptRequest,
+    TurnLookup,
     session_id_of,
 )
 
@@ -102,7 +104,7 @@ class ExecutionHandle:
         return f"ExecutionHandle({self.inference_id!r})"
 
     async def result(self) -> InferenceResult:
-        """The raw result, whatever the status; `wait()` is usually what you want."""
+        """The raw result, whatever the status: the status and the blocks the inference added."""
         try:
             result = await self._handle.result()
         except WorkflowFailureError as err:
@@ -119,44 +121,66 @@ class ExecutionHandle:
             raise
         if self._session is not None:
             self._session._last_finished = self.inference_id
-        await self._until_recorded()
         return result
 
-    async def _until_recorded(self) -> None:
-        # The result is readable before the session has processed the child's
-        # completion. Waiting for that gives read-your-writes: after wait(),
-        # turns() shows this turn and the next prompt is accepted.
-        session = self.client.get_workflow_handle(self.session_id)
-        delay = 0.002
-        for _ in range(100):
-            try:
-                status: SessionStatus = await session.query("status", result_type=SessionStatus)
-            except RPCError:
-                return  # session gone or unqueryable: nothing more to wait for
-            if status.active_inference_id != self.inference_id:
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+    async def turn(self) -> Turn:
+        """Wait for the inference and return its whole turn, whatever the status."""
+        return await self._recorded_turn(await self.result())
 
     async def wait(self) -> Turn:
         """Wait for the inference and return its turn.
 
         Raises `InferenceCancelled`, `InferenceFailed` or `MaxIterationsReached`,
-        each carrying the partial turn in `.turn`.
+        each carrying the partial turn in `.turn`. When it returns, the session
+        has recorded the turn: `turns()` shows it and the next prompt is accepted.
         """
         result = await self.result()
+        turn = await self._recorded_turn(result)
         if result.status == InferenceStatus.COMPLETED:
-            return result.turn
-        message = (
-            f"inference {self.inference_id} {result.status.value}: {result.error or ''}".rstrip(
-                ": "
-            )
-        )
+            return turn
+        message = f"inference {self.inference_id} {result.status.value}: {result.error or ''}"
         error_class = {
             InferenceStatus.CANCELLED: InferenceCancelled,
             InferenceStatus.MAX_ITERATIONS: MaxIterationsReached,
         }.get(result.status, InferenceFailed)
-        raise error_class(message, turn=result.turn, inference_id=self.inference_id)
+        raise error_class(message.rstrip(": "), turn=turn, inference_id=self.inference_id)
+
+    async def _recorded_turn(self, result: InferenceResult) -> Turn:
+        # The child's result is readable a moment before the session has
+        # processed it. Asking the session for the turn gives read-your-writes
+        # (turns() shows it, the next prompt is accepted) and the whole turn,
+        # which the child does not send back.
+        session = self.client.get_workflow_handle(self.session_id)
+        delay = 0.002
+        for _ in range(60):
+            try:
+                lookup: TurnLookup = await session.query(
+                    "turn", self.inference_id, result_type=TurnLookup
+                )
+            except RPCError:
+                break  # no session or no worker to answer: rebuild from the child
+            if lookup.recorded and lookup.turn is not None:
+                return lookup.turn
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        return await self._turn_from_child(result)
+
+    async def _turn_from_child(self, result: InferenceResult) -> Turn:
+        async for event in self._handle.fetch_history_events():
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            [started] = await self.client.data_converter.decode(payloads, [InferenceInput])
+            assert isinstance(started, InferenceInput)
+            return Turn(
+                id=started.turn.id,
+                blocks=[*started.turn.blocks, *result.blocks],
+                metadata=result.metadata,
+                data=started.turn.data,
+            )
+        raise InferenceFailed(
+            f"inference {self.inference_id} has no history",
+            turn=None,
+            inference_id=self.inference_id,
+        )
 
     async def cancel(self) -> None:
         """Ask the inference to stop; idempotent, and a no-op once it has finished."""

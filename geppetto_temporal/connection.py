@@ -5,13 +5,45 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import temporalio.api.common.v1
+from pydantic_core import to_json
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+)
 from temporalio.envconfig import ClientConfig
 
-#: Pydantic-aware JSON payloads; workers and clients must agree on it.
-DATA_CONVERTER: DataConverter = pydantic_data_converter
+from geppetto_temporal._wire import COMPACT
+
+
+class CompactJSONPayloadConverter(PydanticJSONPlainPayloadConverter):
+    """Pydantic JSON with geppetto's wire models in their compact form (defaults left out)."""
+
+    def to_payload(self, value: Any) -> temporalio.api.common.v1.Payload | None:
+        return temporalio.api.common.v1.Payload(
+            metadata={"encoding": self.encoding.encode()}, data=to_json(value, context=COMPACT)
+        )
+
+
+class GeppettoPayloadConverter(CompositePayloadConverter):
+    """The default payload converters, with JSON handled by `CompactJSONPayloadConverter`."""
+
+    def __init__(self) -> None:
+        json_converter = CompactJSONPayloadConverter()
+        super().__init__(
+            *(
+                json_converter if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+#: Pydantic-aware, compact JSON payloads; workers and clients must agree on it.
+DATA_CONVERTER: DataConverter = DataConverter(payload_converter_class=GeppettoPayloadConverter)
 
 
 def data_converter() -> DataConverter:

@@ -16,10 +16,10 @@ from rich.rule import Rule
 from rich.text import Text
 
 from geppetto_temporal._render import format_usage, render_turn
-from geppetto_temporal.runtime import Runtime, open_runtime
 from geppetto_temporal.client import Session, new_session_id
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.errors import InferenceCancelled
+from geppetto_temporal.runtime import Runtime, open_runtime
 from geppetto_temporal.testing import ScriptedModelServer, load_demo_script
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools.examples import calculate, current_time, get_weather

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from temporalio.common import RetryPolicy
 
+from geppetto_temporal._wire import WireModel
 
-class RetrySpec(BaseModel):
+
+class RetrySpec(WireModel):
     """How often and how fast Temporal retries an activity (LLM step or tool call)."""
 
     model_config = ConfigDict(frozen=True)

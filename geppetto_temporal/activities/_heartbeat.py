@@ -18,9 +18,11 @@ async def heartbeating(interval: float = 0.5) -> AsyncIterator[None]:
     """
 
     async def beat() -> None:
+        # No beat at t=0: the first heartbeat is sent at once (unthrottled), an
+        # RPC a short activity does not need.
         while True:
-            activity.heartbeat()
             await asyncio.sleep(interval)
+            activity.heartbeat()
 
     task = asyncio.create_task(beat())
     try:

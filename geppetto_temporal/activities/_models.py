@@ -4,27 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from geppetto_temporal._wire import WireModel
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
-from geppetto_temporal.turns import Block, Turn, Usage
+from geppetto_temporal.turns import Block, Usage
 
 LLM_STEP_ACTIVITY = "geppetto.llm_step"
 TOOL_CALL_ACTIVITY = "geppetto.tool_call"
 
 
-class LLMStepInput(BaseModel):
-    """One provider call: the turn so far and the engine to call."""
+class LLMStepInput(WireModel):
+    """One provider call: the conversation so far and the engine to call."""
 
     engine: EngineSpec
-    turn: Turn
+    blocks: list[Block]
     session_id: str
     inference_id: str
     step: int
 
 
-class LLMStepResult(BaseModel):
+class LLMStepResult(WireModel):
     """The blocks one provider call added, its usage, and how to run the tools it asked for."""
 
     blocks: list[Block] = Field(default_factory=list)
@@ -37,7 +38,7 @@ class LLMStepResult(BaseModel):
     tool_options: dict[str, ToolActivityOptions] = Field(default_factory=dict)
 
 
-class ToolCallInput(BaseModel):
+class ToolCallInput(WireModel):
     """One tool call to execute."""
 
     call_id: str
@@ -49,7 +50,7 @@ class ToolCallInput(BaseModel):
     timeout_seconds: float
 
 
-class ToolCallResult(BaseModel):
+class ToolCallResult(WireModel):
     """A tool's JSON result, or the error the model should see."""
 
     call_id: str

@@ -9,8 +9,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from geppetto_temporal._wire import WireModel
 from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.retry import RetrySpec
 from geppetto_temporal.tools._config import ToolConfig
@@ -34,7 +35,7 @@ DEFAULT_API_KEY_ENV: dict[str, str] = {
 DEFAULT_MIDDLEWARE: tuple[str, ...] = ("system_prompt", "tool_result_reorder")
 
 
-class EngineSpec(BaseModel):
+class EngineSpec(WireModel):
     """Provider, model, sampling, tools and activity settings of an engine; safe to store in history."""
 
     model_config = ConfigDict(frozen=True)

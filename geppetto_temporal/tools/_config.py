@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from geppetto_temporal._wire import WireModel
 from geppetto_temporal.retry import RetrySpec
 
 
@@ -30,7 +31,7 @@ class ToolErrorHandling(StrEnum):
     RETRY = "retry"
 
 
-class ToolConfig(BaseModel):
+class ToolConfig(WireModel):
     """The tool policy of an engine (geppetto's `tools.ToolConfig`)."""
 
     model_config = ConfigDict(frozen=True)
@@ -48,7 +49,7 @@ class ToolConfig(BaseModel):
     heartbeat_seconds: float = Field(default=10.0, gt=0)
 
 
-class ToolActivityOptions(BaseModel):
+class ToolActivityOptions(WireModel):
     """How the workflow schedules one tool's activity, as reported by the worker that owns it."""
 
     model_config = ConfigDict(frozen=True)

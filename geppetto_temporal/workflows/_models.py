@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from geppetto_temporal._wire import WireModel
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, Usage
 
@@ -34,7 +35,7 @@ class SessionPhase(StrEnum):
     CLOSED = "closed"
 
 
-class TurnRecord(BaseModel):
+class TurnRecord(WireModel):
     """A turn without its blocks: turn i is `blocks[:end]` of the session's single block list."""
 
     id: str
@@ -42,7 +43,7 @@ class TurnRecord(BaseModel):
     metadata: TurnMetadata
 
 
-class QueuedPrompt(BaseModel):
+class QueuedPrompt(WireModel):
     """A prompt sent with `submit_prompt` while the session was busy."""
 
     prompt: str
@@ -50,7 +51,7 @@ class QueuedPrompt(BaseModel):
     engine: EngineSpec | None = None
 
 
-class SessionState(BaseModel):
+class SessionState(WireModel):
     """Everything a session carries across continue-as-new.
 
     One block list plus per-turn boundaries, so state grows with the
@@ -67,14 +68,14 @@ class SessionState(BaseModel):
     closing: bool = False
 
 
-class SessionInput(BaseModel):
+class SessionInput(WireModel):
     """How a session workflow starts (or continues as new)."""
 
     engine: EngineSpec
     state: SessionState = Field(default_factory=SessionState)
 
 
-class StartInferenceRequest(BaseModel):
+class StartInferenceRequest(WireModel):
     """The `start_inference` update: run this prompt now, or be rejected as busy."""
 
     prompt: str
@@ -83,14 +84,14 @@ class StartInferenceRequest(BaseModel):
     after_inference_id: str | None = None
 
 
-class StartInferenceResponse(BaseModel):
+class StartInferenceResponse(WireModel):
     """The accepted inference."""
 
     inference_id: str
     turn_id: str
 
 
-class SubmitPromptRequest(BaseModel):
+class SubmitPromptRequest(WireModel):
     """The `submit_prompt` signal: run this prompt now, or queue it while busy."""
 
     prompt: str
@@ -98,19 +99,19 @@ class SubmitPromptRequest(BaseModel):
     engine: EngineSpec | None = None
 
 
-class CancelInferenceRequest(BaseModel):
+class CancelInferenceRequest(WireModel):
     """The `cancel_inference` signal; an inference id limits it to that inference."""
 
     inference_id: str | None = None
 
 
-class CloseRequest(BaseModel):
+class CloseRequest(WireModel):
     """The `close` update: stop taking prompts; with `cancel_active`, also cancel running and queued work."""
 
     cancel_active: bool = False
 
 
-class SessionStatus(BaseModel):
+class SessionStatus(WireModel):
     """The `status` query's answer."""
 
     session_id: str
@@ -123,7 +124,7 @@ class SessionStatus(BaseModel):
     model: str
 
 
-class SessionTranscript(BaseModel):
+class SessionTranscript(WireModel):
     """The `transcript` query's answer: the block list and the turn boundaries."""
 
     blocks: list[Block]
@@ -137,7 +138,7 @@ class SessionTranscript(BaseModel):
         ]
 
 
-class SessionSummary(BaseModel):
+class SessionSummary(WireModel):
     """What a closed session returns."""
 
     session_id: str
@@ -145,7 +146,7 @@ class SessionSummary(BaseModel):
     usage: Usage
 
 
-class InferenceInput(BaseModel):
+class InferenceInput(WireModel):
     """The input of one InferenceWorkflow: the turn to complete and the engine."""
 
     session_id: str
@@ -154,12 +155,32 @@ class InferenceInput(BaseModel):
     engine: EngineSpec
 
 
-class InferenceResult(BaseModel):
-    """How an inference ended and the whole turn it produced (partial if not completed)."""
+class InferenceResult(WireModel):
+    """How an inference ended, and the blocks it added to its input turn (partial if not completed).
+
+    Only the new blocks travel back: the session already holds the input, and
+    sending the whole turn again would double the history bytes of every prompt.
+    """
 
     inference_id: str
     status: InferenceStatus
-    turn: Turn
-    usage: Usage = Usage()
-    error: str | None = None
+    blocks: list[Block] = Field(default_factory=list)
+    metadata: TurnMetadata = Field(default_factory=TurnMetadata)
     iterations: int = 0
+
+    @property
+    def usage(self) -> Usage:
+        """Token usage of all LLM calls of the inference."""
+        return self.metadata.usage or Usage()
+
+    @property
+    def error(self) -> str | None:
+        """Why the inference did not complete, if it did not."""
+        return self.metadata.error
+
+
+class TurnLookup(WireModel):
+    """The `turn` query's answer: the turn of an inference once the session has recorded it."""
+
+    recorded: bool
+    turn: Turn | None = None

@@ -30,7 +30,6 @@ with workflow.unsafe.imports_passed_through():
         BlockMetaKey,
         InferenceStatus,
         PayloadKey,
-        Turn,
         Usage,
         pending_tool_calls,
         tool_use_block,
@@ -152,9 +151,8 @@ class InferenceWorkflow:
         return InferenceResult(
             inference_id=input.inference_id,
             status=status,
-            turn=Turn(id=input.turn.id, blocks=blocks, metadata=metadata, data=input.turn.data),
-            usage=usage,
-            error=error,
+            blocks=blocks[len(input.turn.blocks) :],
+            metadata=metadata,
             iterations=self._iterations,
         )
 
@@ -165,7 +163,7 @@ class InferenceWorkflow:
             LLM_STEP_ACTIVITY,
             LLMStepInput(
                 engine=spec,
-                turn=Turn(id=input.turn.id, blocks=blocks, metadata=input.turn.metadata),
+                blocks=blocks,
                 session_id=input.session_id,
                 inference_id=input.inference_id,
                 step=step,

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         StartInferenceRequest,
         StartInferenceResponse,
         SubmitPromptRequest,
+        TurnLookup,
         TurnRecord,
         inference_workflow_id,
     )
@@ -46,7 +47,6 @@ MAX_REMEMBERED_KEYS = 1000
 class _ActiveInference:
     inference_id: str
     record: TurnRecord
-    start: int
     cancel_requested: bool = False
     started: bool = False
     watcher: asyncio.Task[None] | None = None
@@ -93,6 +93,24 @@ class SessionWorkflow:
     def transcript(self) -> SessionTranscript:
         """All blocks and turn boundaries (turn i is `blocks[:turns[i].end]`)."""
         return SessionTranscript(blocks=self._state.blocks, turns=self._state.turns)
+
+    @workflow.query(name="turn")
+    def turn(self, inference_id: str) -> TurnLookup:
+        """The turn of an inference, once its result is recorded (`recorded` is False before)."""
+        active = self._active
+        if active is not None and active.inference_id == inference_id:
+            return TurnLookup(recorded=False)
+        for record in reversed(self._state.turns):
+            if record.metadata.inference_id == inference_id:
+                return TurnLookup(
+                    recorded=True,
+                    turn=Turn(
+                        id=record.id,
+                        blocks=self._state.blocks[: record.end],
+                        metadata=record.metadata,
+                    ),
+                )
+        return TurnLookup(recorded=False)
 
     @workflow.query(name="engine")
     def engine(self) -> EngineSpec:
@@ -235,7 +253,7 @@ class SessionWorkflow:
             ),
         )
         self._state.turns.append(record)
-        active = _ActiveInference(inference_id=inference_id, record=record, start=record.end)
+        active = _ActiveInference(inference_id=inference_id, record=record)
         self._active = active
         turn = Turn(id=record.id, blocks=list(self._state.blocks), metadata=record.metadata)
         try:
@@ -277,8 +295,8 @@ class SessionWorkflow:
     ) -> None:
         record = active.record
         if result is not None:
-            self._state.blocks.extend(result.turn.blocks[active.start :])
-            record.metadata = result.turn.metadata
+            self._state.blocks.extend(result.blocks)
+            record.metadata = result.metadata
             self._state.usage = self._state.usage + result.usage
         else:
             record.metadata = record.metadata.model_copy(
