@@ -8,11 +8,12 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
@@ -45,11 +46,42 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 DEFAULT_MODEL = "openai:gpt-4o-mini"
+#: How long Ctrl-C waits for the in-process worker to record the cancelled inference.
+CANCEL_WAIT_SECONDS = 15.0
 T = TypeVar("T")
 
 
 def _progress(line: str) -> None:
     err_console.print(Text(line, style="dim"))
+
+
+def _error(message: str) -> None:
+    # soft_wrap: one line however long, so logs and `2>&1 | grep` see the whole message.
+    err_console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Report a bad option (model spec, tool module, engine setting) as one line, exit 1."""
+    try:
+        yield
+    except GeppettoError as err:
+        _error(str(err))
+        raise typer.Exit(1) from None
+    except ValidationError as err:
+        _error(f"invalid {_describe_validation(err)}")
+        raise typer.Exit(1) from None
+
+
+def _describe_validation(err: ValidationError) -> str:
+    """`where: what` for the first problem pydantic found, on one line."""
+    errors = err.errors()
+    if not errors:
+        return str(err).splitlines()[0]
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "value"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
 def _run(coro: Coroutine[Any, Any, T], *, quiet_worker: bool = True) -> T:
@@ -66,7 +98,7 @@ def _run(coro: Coroutine[Any, Any, T], *, quiet_worker: bool = True) -> T:
         err_console.print(Text("interrupted", style="yellow"))
         raise typer.Exit(130) from None
     except (GeppettoError, devserver.DevServerError) as err:
-        err_console.print(Text(f"error: {err}", style="red"))
+        _error(str(err))
         raise typer.Exit(1) from None
 
 
@@ -122,15 +154,16 @@ def run(
     ] = False,
 ) -> None:
     """Run one prompt in a session and print the answer (Ctrl-C cancels the inference)."""
-    registry = _load_tools(tools, example_tools)
+    with _user_errors():
+        registry = _load_tools(tools, example_tools)
+        builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
+        if base_url:
+            builder = builder.base_url(base_url)
+        if system:
+            builder = builder.system_prompt(system)
+        if max_iterations is not None:
+            builder = builder.max_iterations(max_iterations)
     configured = any(v is not None for v in (model, base_url, system, max_iterations))
-    builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
-    if base_url:
-        builder = builder.base_url(base_url)
-    if system:
-        builder = builder.system_prompt(system)
-    if max_iterations:
-        builder = builder.max_iterations(max_iterations)
     raise typer.Exit(
         _run(_run_prompt(prompt, session, builder, configured, registry, task_queue, as_json))
     )
@@ -162,15 +195,26 @@ async def _run_prompt(
         try:
             turn = await handle.wait()
         except asyncio.CancelledError:
-            # Ctrl-C: stop the inference, keep the session.
+            # Ctrl-C: stop the inference, keep the session. Wait until the session has
+            # recorded the cancelled turn: the in-process worker is the one that processes
+            # the cancellation, and without it the next `run` would find the session busy.
+            recorded = False
             with contextlib.suppress(Exception):
                 await asyncio.shield(handle.cancel())
-            _progress(f"cancelled {handle.inference_id}; session {session.session_id} is kept")
+                await asyncio.wait_for(handle.turn(), timeout=CANCEL_WAIT_SECONDS)
+                recorded = True
+            if recorded:
+                _progress(f"cancelled {handle.inference_id}; session {session.session_id} is kept")
+            else:
+                _progress(
+                    f"asked to cancel {handle.inference_id} (not confirmed yet); "
+                    f"session {session.session_id} is kept"
+                )
             raise
         except InferenceError as err:
             if err.turn is not None and not as_json:
                 render_turn(console, err.turn)
-            err_console.print(Text(f"error: {err}", style="red"))
+            _error(str(err))
             return 1
         if as_json:
             console.print_json(turn.model_dump_json())
@@ -203,7 +247,8 @@ def worker(
     task_queue: Annotated[str, typer.Option("--task-queue")] = DEFAULT_TASK_QUEUE,
 ) -> None:
     """Run a worker: against TEMPORAL_ADDRESS (TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS from env), or the embedded server."""
-    registry = _load_tools(tools, example_tools)
+    with _user_errors():
+        registry = _load_tools(tools, example_tools)
     _run(_serve_worker(registry, task_queue), quiet_worker=False)
 
 
@@ -238,12 +283,26 @@ def fake_llm(
     ] = None,
 ) -> None:
     """Serve the scripted OpenAI-compatible model (Chat Completions, streaming, tool calls, faults)."""
-    from geppetto_temporal.testing import serve
+    from geppetto_temporal.testing import Script, serve
 
-    if script is not None and not script.is_file():
-        err_console.print(Text(f"error: no script file at {script}", style="red"))
-        raise typer.Exit(2)
-    serve(str(script) if script else None, host, port)
+    if script is not None:
+        if not script.is_file():
+            _error(f"no script file at {script}")
+            raise typer.Exit(2)
+        # Check the script here so a typo is one line, not a traceback.
+        try:
+            Script.load(script)
+        except ValidationError as err:
+            _error(f"invalid script {script}: {_describe_validation(err)}")
+            raise typer.Exit(2) from None
+        except (OSError, RuntimeError, ValueError) as err:
+            _error(f"cannot read script {script}: {err}")
+            raise typer.Exit(2) from None
+    try:
+        serve(str(script) if script else None, host, port)
+    except OSError as err:
+        _error(f"cannot serve on {host}:{port}: {err.strerror or err}")
+        raise typer.Exit(1) from None
 
 
 @server_app.command("start")
@@ -273,7 +332,8 @@ def server_status() -> None:
     if info is None:
         console.print(f"not running (data dir {devserver.default_data_dir()})")
         raise typer.Exit(1)
-    console.print(
+    # Plain print: machine-readable output must not be wrapped or markup-parsed by rich.
+    typer.echo(
         json.dumps(
             {
                 "pid": info.pid,

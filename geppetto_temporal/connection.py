@@ -52,15 +52,20 @@ def data_converter() -> DataConverter:
 
 
 async def connect(
-    address: str | None = None, *, namespace: str | None = None, **kwargs: Any
+    address: str | None = None,
+    *,
+    namespace: str | None = None,
+    from_env: bool = True,
+    **kwargs: Any,
 ) -> Client:
     """Connect to Temporal with geppetto's data converter.
 
     Settings come from Temporal's own environment conventions (`TEMPORAL_ADDRESS`,
     `TEMPORAL_NAMESPACE`, `TEMPORAL_API_KEY`, TLS variables, config profiles);
-    explicit arguments win.
+    explicit arguments win. `from_env=False` ignores them (the embedded server
+    needs no API key or TLS, whatever the shell has set for a cluster).
     """
-    config: dict[str, Any] = dict(ClientConfig.load_client_connect_config())
+    config: dict[str, Any] = dict(ClientConfig.load_client_connect_config()) if from_env else {}
     if address is not None:
         config["target_host"] = address
     config.setdefault("target_host", "localhost:7233")

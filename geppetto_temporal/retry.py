@@ -39,7 +39,9 @@ class RetrySpec(WireModel):
             initial_interval_seconds=policy.initial_interval.total_seconds(),
             backoff_coefficient=policy.backoff_coefficient,
             maximum_interval_seconds=(
-                policy.maximum_interval.total_seconds() if policy.maximum_interval else 100.0
+                policy.maximum_interval.total_seconds()
+                if policy.maximum_interval
+                else 100 * policy.initial_interval.total_seconds()
             ),
             non_retryable_error_types=tuple(policy.non_retryable_error_types or ()),
         )

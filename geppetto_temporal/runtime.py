@@ -8,8 +8,9 @@ an in-process worker for as long as it runs.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -17,6 +18,7 @@ from temporalio.worker import Worker
 from geppetto_temporal.connection import connect, temporal_address_from_env
 from geppetto_temporal.devserver import DevServerInfo, EmbeddedServer
 from geppetto_temporal.tools._registry import ToolRegistry
+from geppetto_temporal.tools._tool import Tool
 from geppetto_temporal.worker._worker import create_worker
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 
@@ -43,7 +45,7 @@ class Runtime:
 @contextlib.asynccontextmanager
 async def open_runtime(
     *,
-    tools: ToolRegistry | None = None,
+    tools: ToolRegistry | Iterable[Tool | Callable[..., Any]] | None = None,
     task_queue: str = DEFAULT_TASK_QUEUE,
     with_worker: bool = True,
     keep_server: bool = False,
@@ -56,10 +58,10 @@ async def open_runtime(
     async with EmbeddedServer(
         search_attributes=SEARCH_ATTRIBUTES, keep_running=keep_server, log=log
     ) as info:
-        client = await connect(info.address, namespace="default")
+        client = await connect(info.address, namespace="default", from_env=False)
         if not with_worker:
             yield Runtime(client=client, task_queue=task_queue, server=info)
             return
-        worker = create_worker(client, task_queue=task_queue, tools=tools or ToolRegistry())
+        worker = create_worker(client, task_queue=task_queue, tools=tools)
         async with worker:
             yield Runtime(client=client, task_queue=task_queue, server=info, worker=worker)

@@ -212,3 +212,45 @@ async def test_no_history_contains_the_api_key(
         assert "S3CR3T" not in text, execution.id
         scanned += 1
     assert scanned >= 2
+
+
+async def test_stalled_stream_is_retried_after_idle_timeout(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    session, base_url = await new_session(
+        faulty({"stall_after_chunks": 1}),
+        configure=lambda b: b.llm_activity(stream_idle_seconds=1.0),
+    )
+    turn = await (await session.start_inference("stall once")).wait()
+    assert turn.last_text == "finally an answer"
+    assert [r.fault is not None for r in model_server.requests(base_url)] == [True, False]
+
+
+async def test_final_failure_keeps_partial_text(new_session: Any) -> None:
+    from geppetto_temporal.retry import RetrySpec
+
+    long_reply = {
+        "rules": [
+            {
+                "name": "answer",
+                "reply": {"text": "partial words that never finish " * 4, "chunk_size": 8},
+                "faults": [{"cut_after_chunks": 3}, {"cut_after_chunks": 3}],
+            }
+        ]
+    }
+    session, _ = await new_session(
+        long_reply,
+        configure=lambda b: b.llm_activity(
+            retry=RetrySpec(maximum_attempts=2, initial_interval_seconds=0.05)
+        ),
+    )
+    handle = await session.start_inference("this will break")
+    with pytest.raises(InferenceFailed) as info:
+        await handle.wait()
+    turn = info.value.turn
+    assert turn is not None
+    [partial] = [b for b in turn.blocks if b.kind == BlockKind.LLM_TEXT]
+    assert partial.metadata[BlockMetaKey.INTERRUPTED] is True
+    assert partial.metadata["failed"] is True
+    assert partial.text.startswith("partial words")
+    assert (await session.turns())[-1].blocks[-1].text == partial.text

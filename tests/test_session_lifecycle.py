@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateStage
 
 from geppetto_temporal import (
     EngineBuilder,
@@ -16,7 +16,8 @@ from geppetto_temporal import (
     SessionError,
     SessionNotFoundError,
 )
-from geppetto_temporal.workflows import SessionPhase
+from geppetto_temporal.workflows import SessionPhase, SessionSummary
+from geppetto_temporal.workflows._models import CloseRequest
 from tests.conftest import TASK_QUEUE
 
 SLOW_ECHO = {
@@ -56,6 +57,25 @@ async def test_close_with_cancel_records_unrun_prompts(new_session: Any) -> None
     # Nothing accepted is dropped silently: the queued prompt is kept, with the reason.
     assert turns[1].prompt == "queued"
     assert "closed before this prompt ran" in (turns[1].metadata.error or "")
+
+
+async def test_prompt_submitted_while_closing_is_kept_not_run(new_session: Any) -> None:
+    session, base_url = await new_session(SLOW_ECHO)
+    await session.start_inference("still running " * 3)
+    closing = await session.workflow_handle.start_update(
+        "close",
+        CloseRequest(),
+        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+        result_type=SessionSummary,
+    )
+    await session.submit_prompt("too late")
+    summary = await closing.result()
+    turns = await session.turns()
+    assert summary.turn_count == 2
+    assert turns[0].metadata.status == InferenceStatus.COMPLETED
+    assert turns[1].prompt == "too late"
+    assert turns[1].metadata.status == InferenceStatus.CANCELLED
+    assert "closed before this prompt arrived" in (turns[1].metadata.error or "")
 
 
 async def test_engine_switch_between_prompts(new_session: Any, model_server: Any) -> None:

@@ -76,7 +76,17 @@ class InferenceActivities:
                     interrupted=True,
                 )
             except Exception as err:
-                raise classify_error(err, spec) from err
+                error = classify_error(err, spec)
+                if output.text:
+                    # Carry the partial text so a final failure keeps it in the turn.
+                    error = ApplicationError(
+                        error.message,
+                        output.text,
+                        type=error.type,
+                        non_retryable=error.non_retryable,
+                        next_retry_delay=error.next_retry_delay,
+                    )
+                raise error from err
         new_blocks = output.blocks(attempt=info.attempt)
         allowed_names = {t.name for t in allowed}
         options = {

@@ -17,8 +17,9 @@ class EngineBuilder:
     """
 
     def __init__(self, model: str | EngineSpec = "openai:gpt-4o-mini", **settings: Any) -> None:
-        base = model if isinstance(model, EngineSpec) else EngineSpec.parse(model)
-        self._spec = base.model_copy(update=settings) if settings else base
+        self._spec = model if isinstance(model, EngineSpec) else EngineSpec.parse(model)
+        if settings:
+            self._with(**settings)
 
     def _with(self, **update: Any) -> EngineBuilder:
         # Validate eagerly so a bad value fails where it was written, not in a worker.
@@ -94,9 +95,12 @@ class EngineBuilder:
         timeout_seconds: float | None = None,
         heartbeat_seconds: float | None = None,
         retry: RetrySpec | None = None,
+        stream_idle_seconds: float | None = None,
     ) -> EngineBuilder:
-        """Timeouts and retry policy of the LLM step activity."""
+        """Timeouts and retry policy of the LLM step activity, and how long a stream may stall."""
         update: dict[str, Any] = {}
+        if stream_idle_seconds is not None:
+            update["stream_idle_timeout_seconds"] = stream_idle_seconds
         if timeout_seconds is not None:
             update["llm_timeout_seconds"] = timeout_seconds
         if heartbeat_seconds is not None:

@@ -56,6 +56,8 @@ class EngineSpec(WireModel):
     max_iterations: int = Field(default=5, ge=1, le=1000)
     llm_timeout_seconds: float = Field(default=300.0, gt=0)
     llm_heartbeat_seconds: float = Field(default=30.0, gt=0)
+    #: A stream that sends nothing for this long is treated as stalled and the step retried.
+    stream_idle_timeout_seconds: float = Field(default=180.0, gt=0)
     llm_retry: RetrySpec = RetrySpec(maximum_attempts=5)
     #: Provider-specific request parameters passed through unchanged.
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -146,29 +147,40 @@ class OpenAIChatEngine:
         request = build_request(blocks, tools, spec)
         stream = await self.client.chat.completions.create(**request)
         # Closing the stream closes the HTTP response: on cancellation this is
-        # what actually stops the provider from generating.
-        async with stream:
-            async for chunk in stream:
-                output.chunks += 1
-                if chunk.model:
-                    output.model = chunk.model
-                if chunk.usage is not None:
-                    output.usage = usage_from_openai(chunk.usage)
-                for choice in chunk.choices:
-                    delta = choice.delta
-                    if delta is not None:
-                        if delta.content:
-                            output.add_text(delta.content)
-                        for call in delta.tool_calls or ():
-                            function = call.function
-                            output.add_tool_call_delta(
-                                call.index,
-                                call_id=call.id,
-                                name=function.name if function else None,
-                                arguments=function.arguments if function else None,
-                            )
-                    if choice.finish_reason:
-                        output.stop_reason = choice.finish_reason
+        # what actually stops the provider from generating. The idle timeout
+        # catches a stream that stalls (the activity heartbeats regardless).
+        idle = spec.stream_idle_timeout_seconds
+        loop = asyncio.get_running_loop()
+        try:
+            async with stream, asyncio.timeout(idle) as deadline:
+                async for chunk in stream:
+                    deadline.reschedule(loop.time() + idle)
+                    self._apply(chunk, output)
+        except TimeoutError:
+            raise ConnectionError(f"the stream sent nothing for {idle:g}s") from None
         if output.stop_reason is None:
             # A stream that ends without a finish reason was cut short; retry the step.
             raise ConnectionError("the stream ended before the model finished (no finish_reason)")
+
+    @staticmethod
+    def _apply(chunk: Any, output: StepOutput) -> None:
+        output.chunks += 1
+        if chunk.model:
+            output.model = chunk.model
+        if chunk.usage is not None:
+            output.usage = usage_from_openai(chunk.usage)
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta is not None:
+                if delta.content:
+                    output.add_text(delta.content)
+                for call in delta.tool_calls or ():
+                    function = call.function
+                    output.add_tool_call_delta(
+                        call.index,
+                        call_id=call.id,
+                        name=function.name if function else None,
+                        arguments=function.arguments if function else None,
+                    )
+            if choice.finish_reason:
+                output.stop_reason = choice.finish_reason

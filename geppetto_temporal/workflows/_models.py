@@ -49,6 +49,9 @@ class QueuedPrompt(WireModel):
     prompt: str
     idempotency_key: str | None = None
     engine: EngineSpec | None = None
+    #: Set when the prompt will not run (the session is closing); it is still
+    #: recorded as a cancelled turn with this reason, never dropped.
+    unrun_reason: str | None = None
 
 
 class SessionState(WireModel):

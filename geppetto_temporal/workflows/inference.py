@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         InferenceStatus,
         PayloadKey,
         Usage,
+        llm_text_block,
         pending_tool_calls,
         tool_use_block,
     )
@@ -57,6 +58,16 @@ def describe_activity_error(err: BaseException) -> str:
     if isinstance(cause, ApplicationError):
         return cause.message
     return str(cause)
+
+
+def partial_text(err: ActivityError) -> str | None:
+    """The partial text a failed LLM step attached to its error, if any."""
+    cause = err.__cause__
+    if isinstance(cause, ApplicationError) and cause.details:
+        first = cause.details[0]
+        if isinstance(first, str):
+            return first
+    return None
 
 
 @workflow.defn(name=INFERENCE_WORKFLOW)
@@ -108,6 +119,14 @@ class InferenceWorkflow:
                     status = InferenceStatus.CANCELLED
                 else:
                     status, error = InferenceStatus.FAILED, describe_activity_error(err)
+                    partial = partial_text(err)
+                    if partial:
+                        blocks.append(
+                            llm_text_block(
+                                partial,
+                                metadata={BlockMetaKey.INTERRUPTED: True, "failed": True},
+                            )
+                        )
                 break
             blocks.extend(result.blocks)
             usage = usage + result.usage
@@ -194,10 +213,9 @@ class InferenceWorkflow:
             name = str(call.payload.get(PayloadKey.NAME, ""))
             opts = options.get(name)
             if opts is None:
-                known = ", ".join(sorted(options)) or "none"
                 return ToolCallResult(
                     call_id=call_id,
-                    error=f"unknown tool {name!r} (tools called that exist: {known})",
+                    error=f"unknown tool {name!r}: no tool of that name is available to this model",
                 )
             if call.metadata.get(BlockMetaKey.ARGS_INVALID):
                 raw = str(call.payload.get(PayloadKey.ARGS, ""))[:200]

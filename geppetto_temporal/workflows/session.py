@@ -170,8 +170,18 @@ class SessionWorkflow:
         if not request.prompt.strip():
             workflow.logger.warning("ignoring an empty prompt submitted by signal")
             return
+        # A signal cannot be refused; after close() the prompt is kept as a
+        # cancelled turn so the caller can see it did not run.
+        reason = (
+            "the session was closed before this prompt arrived" if self._state.closing else None
+        )
         self._state.queue.append(
-            QueuedPrompt(prompt=request.prompt, idempotency_key=key, engine=request.engine)
+            QueuedPrompt(
+                prompt=request.prompt,
+                idempotency_key=key,
+                engine=request.engine,
+                unrun_reason=reason,
+            )
         )
 
     @workflow.signal(name="cancel_inference")
@@ -191,9 +201,12 @@ class SessionWorkflow:
         """Stop taking prompts; queued prompts still run unless `cancel_active` is set."""
         self._state.closing = True
         if request.cancel_active:
+            # Mark rather than record now: the running inference's blocks must
+            # land before these prompts' user blocks. The main loop records them.
             for queued in self._state.queue:
-                self._record_unrun(queued.prompt, "the session was closed before this prompt ran")
-            self._state.queue.clear()
+                queued.unrun_reason = (
+                    queued.unrun_reason or "the session was closed before this prompt ran"
+                )
             if self._active is not None:
                 await self.cancel_inference(CancelInferenceRequest())
         await workflow.wait_condition(lambda: self._active is None and not self._state.queue)
@@ -216,12 +229,20 @@ class SessionWorkflow:
             )
             if self._state.queue:
                 queued = self._state.queue.pop(0)
+                if queued.unrun_reason is not None:
+                    self._record_unrun(queued.prompt, queued.unrun_reason)
+                    continue
                 try:
                     await self._begin(queued.prompt, queued.engine)
                 except ApplicationError as err:
                     workflow.logger.error("queued prompt could not start: %s", err)
                 continue
             if self._state.closing:
+                # Let in-flight handlers (e.g. a last signal) finish, then make
+                # sure nothing they queued is left behind.
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if self._state.queue or self._active is not None:
+                    continue
                 break
             # Continue-as-new only between inferences and after every handler has returned.
             await workflow.wait_condition(workflow.all_handlers_finished)
