@@ -1,0 +1,1 @@
+"""Recorded workflow histories for the replay (determinism) tests; see README.md."""

