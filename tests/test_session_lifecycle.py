@@ -60,7 +60,7 @@ async def test_close_with_cancel_records_unrun_prompts(new_session: Any) -> None
 
 
 async def test_prompt_submitted_while_closing_is_kept_not_run(new_session: Any) -> None:
-    session, base_url = await new_session(SLOW_ECHO)
+    session, _ = await new_session(SLOW_ECHO)
     await session.start_inference("still running " * 3)
     closing = await session.workflow_handle.start_update(
         "close",
