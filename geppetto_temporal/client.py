@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 from temporalio.client import (
     Client,
@@ -23,6 +24,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from geppetto_temporal._subscribe import follow_inference
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.errors import (
@@ -36,6 +38,7 @@ from geppetto_temporal.errors import (
     SessionError,
     SessionNotFoundError,
 )
+from geppetto_temporal.events import Event, EventSink
 from geppetto_temporal.turns import InferenceStatus, Turn
 from geppetto_temporal.workflows._models import (
     DEFAULT_TASK_QUEUE,
@@ -52,6 +55,7 @@ from geppetto_temporal.workflows._models import (
     StartInferenceResponse,
     SubmitPromptRequest,
     TurnLookup,
+    inference_workflow_id,
     session_id_of,
 )
 
@@ -66,6 +70,10 @@ def _to_spec(engine: EngineLike) -> EngineSpec:
     if isinstance(engine, EngineBuilder):
         return engine.build()
     return EngineSpec.parse(engine)
+
+
+def _inference_number(inference_id: str) -> int:
+    return int(inference_id.rsplit("/", 1)[1])
 
 
 def new_session_id() -> str:
@@ -182,6 +190,25 @@ class ExecutionHandle:
             inference_id=self.inference_id,
         )
 
+    def events(self, from_seq: int = 0) -> AsyncIterator[Event]:
+        """The inference's events from `from_seq` on: live, in order, ending after `inference-finished`.
+
+        A subscriber that attaches late, or after the end, gets the whole
+        stream; every subscriber sees the same events with the same `meta.seq`.
+        """
+        return follow_inference(
+            self.client,
+            self.inference_id,
+            from_seq=from_seq,
+            defaults={"session_id": self.session_id, "inference_id": self.inference_id},
+        )
+
+    async def forward_events(self, *sinks: EventSink, from_seq: int = 0) -> None:
+        """Deliver the inference's events to each sink, in order, until it finishes."""
+        async for event in self.events(from_seq):
+            for sink in sinks:
+                await sink.publish(event)
+
     async def cancel(self) -> None:
         """Ask the inference to stop; idempotent, and a no-op once it has finished."""
         try:
@@ -189,6 +216,16 @@ class ExecutionHandle:
         except RPCError as err:
             if err.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
                 raise
+
+    async def exists(self) -> bool:
+        """Whether the inference's workflow exists (it may not have started yet)."""
+        try:
+            await self._handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
 
     async def is_running(self) -> bool:
         """Whether the inference is still running."""
@@ -410,6 +447,36 @@ class Session:
             return transcript
         except RPCError as err:
             raise await self._map_rpc_error(err) from err
+
+    async def events(self, *, poll_interval: float = 0.2) -> AsyncIterator[Event]:
+        """Follow the session: the events of each inference in turn, as they run.
+
+        Starts with the running inference (from its first event), or else the
+        next one. Inferences are followed in order by number, so one that starts
+        and ends between two looks is not missed. It never ends by itself:
+        break out of it or cancel the task.
+        """
+        status = await self.status()
+        if status.active_inference_id is not None:
+            number = _inference_number(status.active_inference_id)
+        else:
+            number = await self._latest_inference_number() + 1
+        while True:
+            handle = ExecutionHandle(
+                self.client, inference_workflow_id(self.session_id, number), session=self
+            )
+            if not await handle.exists():
+                await asyncio.sleep(poll_interval)
+                continue
+            async for event in handle.events():
+                yield event
+            number += 1
+
+    async def _latest_inference_number(self) -> int:
+        for turn in reversed((await self.transcript()).turns):
+            if turn.metadata.inference_id:
+                return _inference_number(turn.metadata.inference_id)
+        return 0
 
     async def turns(self) -> list[Turn]:
         """One cumulative turn per prompt, oldest first."""

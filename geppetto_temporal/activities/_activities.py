@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from geppetto_temporal.activities._events import StepEventPublisher
 from geppetto_temporal.activities._heartbeat import heartbeating
 from geppetto_temporal.activities._models import (
     LLM_STEP_ACTIVITY,
@@ -22,6 +24,7 @@ from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines._step import StepOutput
 from geppetto_temporal.engines.middleware import BUILTIN_MIDDLEWARE, Middleware, apply_middleware
 from geppetto_temporal.errors import ErrorType
+from geppetto_temporal.events import message_id_for
 from geppetto_temporal.tools._config import ToolChoice, ToolErrorHandling
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext
@@ -60,8 +63,16 @@ class InferenceActivities:
         definitions = (
             [] if spec.tools.tool_choice == ToolChoice.NONE else [t.definition() for t in allowed]
         )
-        output = StepOutput()
-        async with heartbeating():
+        publisher = (
+            StepEventPublisher(
+                message_id=message_id_for(input.inference_id, input.step),
+                interval=spec.stream_batch_seconds,
+            )
+            if spec.stream_events
+            else None
+        )
+        output = StepOutput(listener=publisher)
+        async with heartbeating(), publisher or contextlib.nullcontext():
             try:
                 await engine.stream_step(blocks, definitions, spec, output)
             except asyncio.CancelledError:
@@ -86,6 +97,10 @@ class InferenceActivities:
                         non_retryable=error.non_retryable,
                         next_retry_delay=error.next_retry_delay,
                     )
+                if publisher is not None:
+                    limit = spec.llm_retry.maximum_attempts
+                    retrying = not error.non_retryable and (limit == 0 or info.attempt < limit)
+                    await publisher.failed(error.message, retrying=retrying)
                 raise error from err
         new_blocks = output.blocks(attempt=info.attempt)
         allowed_names = {t.name for t in allowed}

@@ -56,6 +56,10 @@ class EngineSpec(WireModel):
     max_iterations: int = Field(default=5, ge=1, le=1000)
     llm_timeout_seconds: float = Field(default=300.0, gt=0)
     llm_heartbeat_seconds: float = Field(default=30.0, gt=0)
+    #: Publish live events (deltas) to the inference's stream.
+    stream_events: bool = True
+    #: Deltas arriving within this interval are sent as one event batch (one signal).
+    stream_batch_seconds: float = Field(default=0.1, gt=0)
     #: A stream that sends nothing for this long is treated as stalled and the step retried.
     stream_idle_timeout_seconds: float = Field(default=180.0, gt=0)
     llm_retry: RetrySpec = RetrySpec(maximum_attempts=5)

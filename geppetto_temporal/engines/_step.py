@@ -28,11 +28,25 @@ class _PendingToolCall:
     arguments: str = ""
 
 
+class StepListener(Protocol):
+    """Told about deltas as they stream (the activity's event publisher)."""
+
+    def on_text(self, delta: str) -> None:
+        """A text delta arrived."""
+        ...
+
+    def on_thinking(self, delta: str) -> None:
+        """A reasoning delta arrived."""
+        ...
+
+
 @dataclass
 class StepOutput:
     """The text, tool calls, usage and stop reason of one LLM call, filled in while streaming."""
 
+    listener: StepListener | None = None
     text: str = ""
+    thinking: str = ""
     tool_calls: dict[int, _PendingToolCall] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     stop_reason: str | None = None
@@ -42,6 +56,14 @@ class StepOutput:
     def add_text(self, delta: str) -> None:
         """Append a text delta."""
         self.text += delta
+        if self.listener is not None:
+            self.listener.on_text(delta)
+
+    def add_thinking(self, delta: str) -> None:
+        """Append a reasoning delta."""
+        self.thinking += delta
+        if self.listener is not None:
+            self.listener.on_thinking(delta)
 
     def add_tool_call_delta(
         self, index: int, *, call_id: str | None, name: str | None, arguments: str | None

@@ -9,9 +9,12 @@ failing, so the session keeps what was produced.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
+from temporalio.contrib.workflow_streams import WorkflowStream
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -24,9 +27,25 @@ with workflow.unsafe.imports_passed_through():
         ToolCallResult,
     )
     from geppetto_temporal.engines._spec import EngineSpec
+    from geppetto_temporal.events import (
+        EVENTS_TOPIC,
+        ErrorEvent,
+        EventMeta,
+        FinalEvent,
+        InferenceFinishedEvent,
+        InferenceStartedEvent,
+        InterruptEvent,
+        ToolCall,
+        ToolCallEvent,
+        ToolCallExecuteEvent,
+        ToolCallExecutionResultEvent,
+        ToolResult,
+        message_id_for,
+    )
     from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
     from geppetto_temporal.turns import (
         Block,
+        BlockKind,
         BlockMetaKey,
         InferenceStatus,
         PayloadKey,
@@ -70,14 +89,54 @@ def partial_text(err: ActivityError) -> str | None:
     return None
 
 
+def _tool_call(block: Block) -> ToolCall:
+    args = block.payload.get(PayloadKey.ARGS)
+    return ToolCall(
+        id=block.call_id or "",
+        name=str(block.payload.get(PayloadKey.NAME, "")),
+        input=args if isinstance(args, str) else json.dumps(args),
+    )
+
+
 @workflow.defn(name=INFERENCE_WORKFLOW)
 class InferenceWorkflow:
-    """Runs the tool loop of one inference until the model stops calling tools."""
+    """Runs the tool loop of one inference until the model stops calling tools.
 
-    def __init__(self) -> None:
+    It hosts the inference's event stream: its activities publish live deltas
+    to it, and the workflow publishes everything else (tool calls, finals, the
+    end), which costs no history events.
+    """
+
+    @workflow.init
+    def __init__(self, input: InferenceInput) -> None:
         self._cancel_requested = False
         self._status = InferenceStatus.RUNNING
         self._iterations = 0
+        self._input = input
+        self._stream = WorkflowStream()
+        self._events = self._stream.topic(EVENTS_TOPIC)
+
+    def _emit(
+        self,
+        event: Any,
+        *,
+        step: int | None = None,
+        usage: Usage | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        meta = EventMeta(
+            message_id=message_id_for(self._input.inference_id, step) if step else None,
+            session_id=self._input.session_id,
+            inference_id=self._input.inference_id,
+            turn_id=self._input.turn.id,
+            ts=workflow.now(),
+            model=self._input.engine.model,
+            usage=usage,
+            attempt=attempt,
+        )
+        data = event.model_dump(mode="json", exclude_none=True)
+        data["meta"] = meta.model_dump(mode="json", exclude_none=True)
+        self._events.publish(data)
 
     @workflow.query(name="status")
     def status(self) -> InferenceStatus:
@@ -99,6 +158,7 @@ class InferenceWorkflow:
     async def _loop(self, input: InferenceInput) -> InferenceResult:
         spec = input.engine
         blocks = list(input.turn.blocks)
+        self._emit(InferenceStartedEvent(prompt=input.turn.prompt))
         usage = Usage()
         model: str | None = spec.model
         stop_reason: str | None = None
@@ -119,6 +179,7 @@ class InferenceWorkflow:
                     status = InferenceStatus.CANCELLED
                 else:
                     status, error = InferenceStatus.FAILED, describe_activity_error(err)
+                    self._emit(ErrorEvent(error_string=error), step=step)
                     partial = partial_text(err)
                     if partial:
                         blocks.append(
@@ -131,10 +192,20 @@ class InferenceWorkflow:
             blocks.extend(result.blocks)
             usage = usage + result.usage
             model, stop_reason = result.model or model, result.stop_reason
+            text = "".join(b.text for b in result.blocks if b.kind == BlockKind.LLM_TEXT)
+            attempt = next((b.metadata.get(BlockMetaKey.ATTEMPT) for b in result.blocks), None)
+            if result.interrupted:
+                self._emit(
+                    InterruptEvent(text=text), step=step, usage=result.usage, attempt=attempt
+                )
+            else:
+                self._emit(FinalEvent(text=text), step=step, usage=result.usage, attempt=attempt)
             if result.interrupted or self._cancel_requested:
                 status = InferenceStatus.CANCELLED
                 break
             calls = pending_tool_calls(result.blocks)
+            for call in calls:
+                self._emit(ToolCallEvent(tool_call=_tool_call(call)), step=step)
             if not calls:
                 status = InferenceStatus.COMPLETED
                 break
@@ -155,6 +226,7 @@ class InferenceWorkflow:
         elif status == InferenceStatus.CANCELLED and error is None:
             error = "cancelled"
         self._status = status
+        self._emit(InferenceFinishedEvent(status=status, error=error), usage=usage)
         metadata = input.turn.metadata.model_copy(
             update={
                 "session_id": input.session_id,
@@ -208,21 +280,38 @@ class InferenceWorkflow:
         config = spec.tools
         limit = asyncio.Semaphore(config.max_parallel_tools)
 
+        def finished(outcome: ToolCallResult) -> ToolCallResult:
+            if outcome.error is not None:
+                text, is_error = f"Error: {outcome.error}", True
+            else:
+                text, is_error = json.dumps(outcome.result), False
+            self._emit(
+                ToolCallExecutionResultEvent(
+                    tool_result=ToolResult(id=outcome.call_id, result=text), is_error=is_error
+                )
+            )
+            return outcome
+
         async def run_one(call: Block) -> ToolCallResult:
             call_id = call.call_id or ""
             name = str(call.payload.get(PayloadKey.NAME, ""))
             opts = options.get(name)
             if opts is None:
-                return ToolCallResult(
-                    call_id=call_id,
-                    error=f"unknown tool {name!r}: no tool of that name is available to this model",
+                return finished(
+                    ToolCallResult(
+                        call_id=call_id,
+                        error=f"unknown tool {name!r}: no tool of that name is available to this model",
+                    )
                 )
             if call.metadata.get(BlockMetaKey.ARGS_INVALID):
                 raw = str(call.payload.get(PayloadKey.ARGS, ""))[:200]
-                return ToolCallResult(
-                    call_id=call_id, error=f"arguments for {name} are not valid JSON: {raw!r}"
+                return finished(
+                    ToolCallResult(
+                        call_id=call_id, error=f"arguments for {name} are not valid JSON: {raw!r}"
+                    )
                 )
             async with limit:
+                self._emit(ToolCallExecuteEvent(tool_call=_tool_call(call)))
                 try:
                     outcome: ToolCallResult = await workflow.execute_activity(
                         TOOL_CALL_ACTIVITY,
@@ -243,11 +332,11 @@ class InferenceWorkflow:
                         cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
                         summary=f"tool {name}",
                     )
-                    return outcome
                 except ActivityError as err:
-                    return ToolCallResult(
+                    outcome = ToolCallResult(
                         call_id=call_id, error=f"{name}: {describe_activity_error(err)}"
                     )
+                return finished(outcome)
 
         tasks = [asyncio.create_task(run_one(call)) for call in calls]
         cancelled = False

@@ -1,0 +1,72 @@
+"""Reading an inference's event stream: typed events, offsets as `seq`, cumulative text rebuilt."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.contrib.workflow_streams import WorkflowStreamClient
+
+from geppetto_temporal.events import (
+    EVENTS_TOPIC,
+    Event,
+    InferenceFinishedEvent,
+    PartialEvent,
+    PartialThinkingEvent,
+    StartEvent,
+    parse_event,
+)
+
+#: How often a caught-up subscriber polls; each poll is an update in the inference's history.
+POLL_COOLDOWN = timedelta(milliseconds=50)
+
+
+class _Completions:
+    """Rebuilds `completion` of partial events, which travel with only their delta.
+
+    A `start` with a higher attempt for the same message restarts its text, so a
+    retried call's output replaces the failed attempt's instead of appending to it.
+    """
+
+    def __init__(self) -> None:
+        self._text: dict[tuple[str, str], str] = {}
+        self._attempt: dict[str, int] = {}
+
+    def apply(self, event: Event) -> None:
+        message = event.meta.message_id or ""
+        if isinstance(event, StartEvent):
+            attempt = event.meta.attempt or 1
+            if attempt > self._attempt.get(message, 0):
+                self._attempt[message] = attempt
+                self._text.pop((message, "partial"), None)
+                self._text.pop((message, "partial-thinking"), None)
+        elif isinstance(event, PartialEvent | PartialThinkingEvent):
+            key = (message, event.type)
+            event.completion = self._text.get(key, "") + event.delta
+            self._text[key] = event.completion
+
+
+async def follow_inference(
+    client: Client, inference_id: str, *, from_seq: int = 0, defaults: dict[str, Any] | None = None
+) -> AsyncIterator[Event]:
+    """Yield an inference's events from `from_seq` on, live, ending after `inference-finished`.
+
+    It reads from offset 0 even when resuming, so `completion` of partial
+    events is right; earlier events are just not yielded.
+    """
+    stream = WorkflowStreamClient.create(client, inference_id)
+    completions = _Completions()
+    async for item in stream.subscribe(EVENTS_TOPIC, from_offset=0, poll_cooldown=POLL_COOLDOWN):
+        event = parse_event(item.data)
+        event.meta.seq = item.offset
+        if defaults:
+            for name, value in defaults.items():
+                if getattr(event.meta, name) is None:
+                    setattr(event.meta, name, value)
+        completions.apply(event)
+        if item.offset >= from_seq:
+            yield event
+        if isinstance(event, InferenceFinishedEvent):
+            return

@@ -1,0 +1,235 @@
+"""Events: geppetto's event vocabulary as typed models, and the sinks that receive them.
+
+Every inference has a durable, ordered stream of these events, hosted by its
+InferenceWorkflow (Temporal Workflow Streams). The JSON form is geppetto's:
+`{"type": ..., "meta": {...}, <fields>}`. `meta.seq` is the event's offset in
+the stream, identical for every subscriber, so a consumer can resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from geppetto_temporal.turns import InferenceStatus, Usage
+
+#: The Workflow Streams topic an inference's events are published on.
+EVENTS_TOPIC = "events"
+
+
+def message_id_for(inference_id: str, step: int) -> str:
+    """The message id of an inference's n-th LLM call: the same for every attempt of that call."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"geppetto:{inference_id}/step/{step}"))
+
+
+class EventMeta(BaseModel):
+    """Who and when: ids, the stream offset, the attempt that produced the event, and usage."""
+
+    model_config = ConfigDict(extra="allow")
+
+    message_id: str | None = None
+    session_id: str | None = None
+    inference_id: str | None = None
+    turn_id: str | None = None
+    #: Offset in the inference's stream; set by the subscriber, so identical for all.
+    seq: int | None = None
+    #: Activity attempt for events from an LLM or tool activity (a retry has a higher one).
+    attempt: int | None = None
+    ts: datetime | None = None
+    model: str | None = None
+    usage: Usage | None = None
+
+
+class _Event(BaseModel):
+    meta: EventMeta = Field(default_factory=EventMeta)
+
+
+class InferenceStartedEvent(_Event):
+    """The inference began (published by the workflow)."""
+
+    type: Literal["inference-started"] = "inference-started"
+    prompt: str = ""
+
+
+class StartEvent(_Event):
+    """An LLM call began streaming; a repeated `start` with a higher attempt replaces the earlier output."""
+
+    type: Literal["start"] = "start"
+
+
+class PartialEvent(_Event):
+    """Streamed text: `delta` is the new text, `completion` all text of this call so far."""
+
+    type: Literal["partial"] = "partial"
+    delta: str = ""
+    completion: str = ""
+
+
+class PartialThinkingEvent(_Event):
+    """Streamed reasoning text."""
+
+    type: Literal["partial-thinking"] = "partial-thinking"
+    delta: str = ""
+    completion: str = ""
+
+
+class FinalEvent(_Event):
+    """An LLM call finished; `text` is its whole text (empty for a tools-only reply)."""
+
+    type: Literal["final"] = "final"
+    text: str = ""
+
+
+class InterruptEvent(_Event):
+    """An LLM call was cancelled; `text` is what it had produced."""
+
+    type: Literal["interrupt"] = "interrupt"
+    text: str = ""
+
+
+class ErrorEvent(_Event):
+    """An LLM call or the inference failed; `retrying` says whether another attempt follows."""
+
+    type: Literal["error"] = "error"
+    error_string: str = ""
+    retrying: bool = False
+
+
+class ToolCall(BaseModel):
+    """A tool call as events carry it; `input` is the JSON arguments as a string."""
+
+    id: str
+    name: str
+    input: str
+
+
+class ToolResult(BaseModel):
+    """A tool result as events carry it: the JSON result, or `Error: <message>`."""
+
+    id: str
+    result: str
+
+
+class ToolCallEvent(_Event):
+    """The model asked for a tool call."""
+
+    type: Literal["tool-call"] = "tool-call"
+    tool_call: ToolCall
+
+
+class ToolCallExecuteEvent(_Event):
+    """A tool call is about to run."""
+
+    type: Literal["tool-call-execute"] = "tool-call-execute"
+    tool_call: ToolCall
+
+
+class ToolCallExecutionResultEvent(_Event):
+    """A tool call finished (or failed)."""
+
+    type: Literal["tool-call-execution-result"] = "tool-call-execution-result"
+    tool_result: ToolResult
+    is_error: bool = False
+
+
+class InferenceFinishedEvent(_Event):
+    """The inference ended; always the last event of its stream."""
+
+    type: Literal["inference-finished"] = "inference-finished"
+    status: InferenceStatus
+    error: str | None = None
+
+
+class InfoEvent(_Event):
+    """Informational marker (e.g. `thinking-started`)."""
+
+    type: Literal["info"] = "info"
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class LogEvent(_Event):
+    """A log line for UIs that show them."""
+
+    type: Literal["log"] = "log"
+    level: str = "info"
+    message: str = ""
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+Event = Annotated[
+    InferenceStartedEvent
+    | StartEvent
+    | PartialEvent
+    | PartialThinkingEvent
+    | FinalEvent
+    | InterruptEvent
+    | ErrorEvent
+    | ToolCallEvent
+    | ToolCallExecuteEvent
+    | ToolCallExecutionResultEvent
+    | InferenceFinishedEvent
+    | InfoEvent
+    | LogEvent,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: str | bytes | dict[str, Any]) -> Event:
+    """An event from its JSON (text or decoded)."""
+    if isinstance(data, dict):
+        return EVENT_ADAPTER.validate_python(data)
+    return EVENT_ADAPTER.validate_json(data)
+
+
+def event_to_json(event: Event) -> str:
+    """The geppetto JSON form of an event."""
+    return event.model_dump_json(exclude_none=True)
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Receives events, in order (geppetto's `EventSink.PublishEvent`)."""
+
+    async def publish(self, event: Event) -> None:
+        """Handle one event; an exception stops the forwarding that called it."""
+        ...
+
+
+class CallbackSink:
+    """An EventSink that calls a function (sync or async) for each event."""
+
+    def __init__(self, callback: Callable[[Event], Awaitable[None] | None]) -> None:
+        self._callback = callback
+
+    async def publish(self, event: Event) -> None:
+        outcome = self._callback(event)
+        if outcome is not None:
+            await outcome
+
+
+class QueueSink:
+    """An EventSink that puts each event on an `asyncio.Queue`."""
+
+    def __init__(self, queue: asyncio.Queue[Event] | None = None) -> None:
+        self.queue: asyncio.Queue[Event] = queue if queue is not None else asyncio.Queue()
+
+    async def publish(self, event: Event) -> None:
+        await self.queue.put(event)
+
+
+class ListSink:
+    """An EventSink that keeps every event in a list (tests, debugging)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event) -> None:
+        self.events.append(event)

@@ -1,0 +1,237 @@
+"""The event stream of an inference: order, completeness, replay, retries, cancel, fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from geppetto_temporal import InferenceCancelled
+from geppetto_temporal.events import (
+    Event,
+    EventSink,
+    FinalEvent,
+    InferenceFinishedEvent,
+    InterruptEvent,
+    ListSink,
+    PartialEvent,
+    QueueSink,
+    StartEvent,
+    ToolCallEvent,
+    ToolCallExecuteEvent,
+    ToolCallExecutionResultEvent,
+    event_to_json,
+    parse_event,
+)
+from geppetto_temporal.turns import InferenceStatus
+
+TOOL_SCRIPT = {
+    "rules": [
+        {
+            "name": "calls",
+            "when": {"last_role": "user"},
+            "reply": {
+                "text": "Checking both.",
+                "chunk_size": 3,
+                "tool_calls": [
+                    {"name": "get_weather", "arguments": {"city": "Paris"}},
+                    {"name": "calculate", "arguments": {"expression": "2 * 21"}},
+                ],
+            },
+        },
+        {
+            "name": "answer",
+            "when": {"last_role": "tool"},
+            "reply": {
+                "text": "Paris is fine and the answer is 42.",
+                "chunk_size": 4,
+                "chunk_delay": 0.01,
+            },
+        },
+    ]
+}
+
+
+def types(events: list[Event]) -> list[str]:
+    return [e.type for e in events]
+
+
+def collapse_partials(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        if name == "partial" and out and out[-1] == "partial":
+            continue
+        out.append(name)
+    return out
+
+
+async def test_tool_inference_stream_is_ordered_and_complete(new_session: Any) -> None:
+    session, _ = await new_session(TOOL_SCRIPT)
+    handle = await session.start_inference("weather and math")
+    events = [e async for e in handle.events()]
+    turn = await handle.wait()
+    assert collapse_partials(types(events)) == [
+        "inference-started",
+        "start",
+        "partial",
+        "final",
+        "tool-call",
+        "tool-call",
+        *sorted_tool_phase(events),
+        "start",
+        "partial",
+        "final",
+        "inference-finished",
+    ]
+    # seq is the stream offset: 0, 1, 2, ... with no gaps.
+    assert [e.meta.seq for e in events] == list(range(len(events)))
+    # Every event says where it belongs.
+    assert all(e.meta.inference_id == handle.inference_id for e in events)
+    assert all(e.meta.session_id == session.session_id for e in events)
+    finals = [e for e in events if isinstance(e, FinalEvent)]
+    assert [f.text for f in finals] == ["Checking both.", "Paris is fine and the answer is 42."]
+    assert finals[1].text == turn.last_text
+    # Deltas concatenate to the final text, and completion is cumulative.
+    second_message = finals[1].meta.message_id
+    partials = [
+        e for e in events if isinstance(e, PartialEvent) and e.meta.message_id == second_message
+    ]
+    assert "".join(p.delta for p in partials) == finals[1].text
+    assert partials[-1].completion == finals[1].text
+    assert all(f.meta.usage is not None for f in finals)
+    # Tool events pair by call id and carry results.
+    calls = [e for e in events if isinstance(e, ToolCallEvent)]
+    results = {e.tool_result.id: e for e in events if isinstance(e, ToolCallExecutionResultEvent)}
+    assert [c.tool_call.name for c in calls] == ["get_weather", "calculate"]
+    assert json.loads(results[calls[1].tool_call.id].tool_result.result)["result"] == 42
+    finished = events[-1]
+    assert isinstance(finished, InferenceFinishedEvent)
+    assert finished.status == InferenceStatus.COMPLETED
+    assert finished.meta.usage is not None and finished.meta.usage.output_tokens > 0
+
+
+def sorted_tool_phase(events: list[Event]) -> list[str]:
+    """The tool phase: each call's execute precedes its result (parallel calls interleave)."""
+    phase = [
+        e for e in events if isinstance(e, ToolCallExecuteEvent | ToolCallExecutionResultEvent)
+    ]
+    for call_id in {e.tool_call.id for e in phase if isinstance(e, ToolCallExecuteEvent)}:
+        kinds = [
+            e.type
+            for e in phase
+            if (isinstance(e, ToolCallExecuteEvent) and e.tool_call.id == call_id)
+            or (isinstance(e, ToolCallExecutionResultEvent) and e.tool_result.id == call_id)
+        ]
+        assert kinds == ["tool-call-execute", "tool-call-execution-result"]
+    return [e.type for e in phase]
+
+
+async def test_late_subscriber_gets_identical_stream(new_session: Any) -> None:
+    session, _ = await new_session(TOOL_SCRIPT)
+    handle = await session.start_inference("weather and math, again")
+    live = [e async for e in handle.events()]
+    await handle.wait()
+    late = [e async for e in handle.events()]
+    assert [event_to_json(e) for e in late] == [event_to_json(e) for e in live]
+    # Resuming from an offset gives the tail, with completions still cumulative.
+    tail = [e async for e in handle.events(from_seq=5)]
+    assert [event_to_json(e) for e in tail] == [event_to_json(e) for e in live[5:]]
+
+
+async def test_two_subscribers_see_the_same_stream(new_session: Any) -> None:
+    session, _ = await new_session(TOOL_SCRIPT)
+    handle = await session.start_inference("two watchers")
+    first, second = ListSink(), ListSink()
+    sinks: list[EventSink] = [first, QueueSink()]
+    await asyncio.gather(handle.forward_events(*sinks), handle.forward_events(second))
+    assert [event_to_json(e) for e in first.events] == [event_to_json(e) for e in second.events]
+    assert first.events[-1].type == "inference-finished"
+
+
+async def test_retried_attempt_is_marked(new_session: Any) -> None:
+    script = {
+        "rules": [
+            {
+                "reply": {"text": "attempt text " * 6, "chunk_size": 5, "chunk_delay": 0.02},
+                "faults": [{"cut_after_chunks": 6}],
+            }
+        ]
+    }
+    session, _ = await new_session(script)
+    handle = await session.start_inference("retry me")
+    events = [e async for e in handle.events()]
+    starts = [e for e in events if isinstance(e, StartEvent)]
+    assert [s.meta.attempt for s in starts] == [1, 2]
+    assert starts[0].meta.message_id == starts[1].meta.message_id
+    errors = [e for e in events if e.type == "error"]
+    assert len(errors) == 1 and errors[0].retrying is True  # type: ignore[union-attr]
+    assert errors[0].meta.attempt == 1
+    # Partials of attempt 2 restart the completion rather than appending to attempt 1's.
+    second = [e for e in events if isinstance(e, PartialEvent) and e.meta.attempt == 2]
+    final = next(e for e in events if isinstance(e, FinalEvent))
+    assert second[-1].completion == final.text == "attempt text " * 6
+    assert final.meta.attempt == 2
+
+
+async def test_cancel_yields_interrupt_then_finished_cancelled(new_session: Any) -> None:
+    script = {
+        "rules": [{"reply": {"text": "slow words " * 50, "chunk_size": 3, "chunk_delay": 0.03}}]
+    }
+    session, _ = await new_session(script)
+    handle = await session.start_inference("go slowly")
+    seen: list[Event] = []
+    async for event in handle.events():
+        seen.append(event)
+        if isinstance(event, PartialEvent) and len(event.completion) > 20:
+            await handle.cancel()
+    with pytest.raises(InferenceCancelled) as cancelled:
+        await handle.wait()
+    turn = cancelled.value.turn
+    assert turn is not None
+    interrupt = next(e for e in seen if isinstance(e, InterruptEvent))
+    assert interrupt.text == turn.last_text
+    assert interrupt.text.startswith("slow words") and len(interrupt.text) < len("slow words " * 50)
+    finished = seen[-1]
+    assert (
+        isinstance(finished, InferenceFinishedEvent)
+        and finished.status == InferenceStatus.CANCELLED
+    )
+    assert types(seen).index("interrupt") < types(seen).index("inference-finished")
+
+
+async def test_session_events_follow_successive_inferences(new_session: Any) -> None:
+    session, _ = await new_session({"rules": [{"reply": {"text": "re: {last_user}"}}]})
+    await (await session.start_inference("zero")).wait()
+
+    async def collect() -> list[Event]:
+        got: list[Event] = []
+        finished = 0
+        async for event in session.events(poll_interval=0.05):
+            got.append(event)
+            if isinstance(event, InferenceFinishedEvent):
+                finished += 1
+                if finished == 2:
+                    return got
+        return got
+
+    watcher = asyncio.create_task(collect())
+    await asyncio.sleep(0.2)
+    await (await session.start_inference("one")).wait()
+    await session.submit_prompt("two")
+    events = await asyncio.wait_for(watcher, 30)
+    finals = [e.text for e in events if isinstance(e, FinalEvent)]
+    assert finals == ["re: one", "re: two"]
+
+
+def test_events_round_trip_geppetto_json() -> None:
+    raw = {
+        "type": "partial",
+        "meta": {"message_id": "m1", "session_id": "s", "inference_id": "s/inference/1", "seq": 3},
+        "delta": "lo",
+        "completion": "hello",
+    }
+    event = parse_event(raw)
+    assert isinstance(event, PartialEvent) and event.completion == "hello"
+    assert json.loads(event_to_json(event)) == raw
