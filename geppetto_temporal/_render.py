@@ -8,6 +8,16 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from geppetto_temporal.events import (
+    ErrorEvent,
+    Event,
+    FinalEvent,
+    InferenceFinishedEvent,
+    InterruptEvent,
+    PartialEvent,
+    ToolCallEvent,
+    ToolCallExecutionResultEvent,
+)
 from geppetto_temporal.turns import Block, BlockKind, BlockMetaKey, PayloadKey, Turn, Usage
 
 _MAX_RESULT = 160
@@ -58,3 +68,50 @@ def format_usage(usage: Usage | None) -> str:
     if usage is None:
         return "no usage reported"
     return f"{usage.input_tokens} in / {usage.output_tokens} out tokens"
+
+
+class StreamPrinter:
+    """Prints an inference's events as they arrive: text as it streams, tools compactly."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._open_line = False
+
+    def _end_line(self) -> None:
+        if self._open_line:
+            self.console.print()
+            self._open_line = False
+
+    def handle(self, event: Event) -> None:
+        """Print one event."""
+        if isinstance(event, PartialEvent):
+            self.console.print(event.delta, end="", soft_wrap=True, markup=False, highlight=False)
+            self.console.file.flush()
+            self._open_line = True
+        elif isinstance(event, FinalEvent):
+            self._end_line()
+        elif isinstance(event, InterruptEvent):
+            self._end_line()
+            self.console.print(Text("  [interrupted]", style="yellow"))
+        elif isinstance(event, ErrorEvent):
+            self._end_line()
+            if event.retrying:
+                attempt = event.meta.attempt or 1
+                self.console.print(
+                    Text(
+                        f"  [attempt {attempt} failed, retrying: {_short(event.error_string)}]",
+                        style="yellow",
+                    )
+                )
+            else:
+                self.console.print(Text(f"  [error: {_short(event.error_string)}]", style="red"))
+        elif isinstance(event, ToolCallEvent):
+            self._end_line()
+            call = f"{event.tool_call.name}({_short(event.tool_call.input)})"
+            self.console.print(Text("  → ", style="cyan") + Text(call, style="cyan"))
+        elif isinstance(event, ToolCallExecutionResultEvent):
+            self._end_line()
+            style = "red" if event.is_error else "green"
+            self.console.print(Text(f"  ← {_short(event.tool_result.result)}", style=style))
+        elif isinstance(event, InferenceFinishedEvent):
+            self._end_line()

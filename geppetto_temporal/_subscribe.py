@@ -13,11 +13,14 @@ from geppetto_temporal.events import (
     EVENTS_TOPIC,
     Event,
     InferenceFinishedEvent,
+    InferenceStartedEvent,
     PartialEvent,
     PartialThinkingEvent,
     StartEvent,
     parse_event,
 )
+
+_SHARED = ("session_id", "inference_id", "turn_id", "model")
 
 #: How often a caught-up subscriber polls; each poll is an update in the inference's history.
 POLL_COOLDOWN = timedelta(milliseconds=50)
@@ -58,13 +61,19 @@ async def follow_inference(
     """
     stream = WorkflowStreamClient.create(client, inference_id)
     completions = _Completions()
+    # Activities publish lean metadata (message id, attempt, time); the ids
+    # every event shares are filled in here from the workflow's first event.
+    shared: dict[str, Any] = dict(defaults or {})
     async for item in stream.subscribe(EVENTS_TOPIC, from_offset=0, poll_cooldown=POLL_COOLDOWN):
         event = parse_event(item.data)
         event.meta.seq = item.offset
-        if defaults:
-            for name, value in defaults.items():
-                if getattr(event.meta, name) is None:
-                    setattr(event.meta, name, value)
+        if isinstance(event, InferenceStartedEvent):
+            shared.update(
+                {k: v for k, v in event.meta.model_dump().items() if k in _SHARED and v is not None}
+            )
+        for name, value in shared.items():
+            if getattr(event.meta, name) is None:
+                setattr(event.meta, name, value)
         completions.apply(event)
         if item.offset >= from_seq:
             yield event

@@ -18,11 +18,12 @@ from rich.console import Console
 from rich.text import Text
 
 from geppetto_temporal import devserver
-from geppetto_temporal._render import format_usage, render_turn
-from geppetto_temporal.client import Session, new_session_id
+from geppetto_temporal._render import StreamPrinter, format_usage
+from geppetto_temporal.client import ExecutionHandle, Session, new_session_id
 from geppetto_temporal.connection import temporal_address_from_env
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.errors import GeppettoError, InferenceError
+from geppetto_temporal.events import event_to_json
 from geppetto_temporal.runtime import open_runtime
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
@@ -150,10 +151,14 @@ def run(
     example_tools: ExamplesOption = False,
     task_queue: Annotated[str, typer.Option("--task-queue")] = DEFAULT_TASK_QUEUE,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the resulting turn as JSON.")
+        bool,
+        typer.Option("--json", help="Print the inference's events as JSON lines (for scripts)."),
+    ] = False,
+    turn_json: Annotated[
+        bool, typer.Option("--turn-json", help="Print only the resulting turn, as JSON.")
     ] = False,
 ) -> None:
-    """Run one prompt in a session and print the answer (Ctrl-C cancels the inference)."""
+    """Run one prompt in a session, streaming the answer (Ctrl-C cancels the inference)."""
     with _user_errors():
         registry = _load_tools(tools, example_tools)
         builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
@@ -165,7 +170,17 @@ def run(
             builder = builder.max_iterations(max_iterations)
     configured = any(v is not None for v in (model, base_url, system, max_iterations))
     raise typer.Exit(
-        _run(_run_prompt(prompt, session, builder, configured, registry, task_queue, as_json))
+        _run(
+            _run_prompt(
+                prompt,
+                session,
+                builder,
+                configured,
+                registry,
+                task_queue,
+                "turn" if turn_json else "json" if as_json else "text",
+            )
+        )
     )
 
 
@@ -176,7 +191,7 @@ async def _run_prompt(
     configured: bool,
     registry: ToolRegistry,
     task_queue: str,
-    as_json: bool,
+    output: str,
 ) -> int:
     async with open_runtime(tools=registry, task_queue=task_queue, log=_progress) as runtime:
         fresh = session_id is None
@@ -193,6 +208,8 @@ async def _run_prompt(
             )
         handle = await session.start_inference(prompt, engine=builder if configured else None)
         try:
+            if output != "turn":
+                await _stream(handle, as_json=output == "json")
             turn = await handle.wait()
         except asyncio.CancelledError:
             # Ctrl-C: stop the inference, keep the session. Wait until the session has
@@ -212,16 +229,25 @@ async def _run_prompt(
                 )
             raise
         except InferenceError as err:
-            if err.turn is not None and not as_json:
-                render_turn(console, err.turn)
+            if err.turn is not None and output == "turn":
+                print(err.turn.model_dump_json(indent=2), flush=True)
             _error(str(err))
             return 1
-        if as_json:
-            console.print_json(turn.model_dump_json())
-        else:
-            render_turn(console, turn)
+        if output == "turn":
+            print(turn.model_dump_json(indent=2), flush=True)
+        elif output == "text":
             _progress(f"[{format_usage(turn.metadata.usage)}; {handle.inference_id}]")
         return 0
+
+
+async def _stream(handle: ExecutionHandle, *, as_json: bool) -> None:
+    """Show the inference live: text as it streams, or one JSON event per line."""
+    printer = StreamPrinter(console)
+    async for event in handle.events():
+        if as_json:
+            print(event_to_json(event), flush=True)
+        else:
+            printer.handle(event)
 
 
 @app.command()

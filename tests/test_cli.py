@@ -340,7 +340,7 @@ def test_conversation_persists_across_processes(cli: Cli) -> None:
     second = cli.run("run", "--session", "s1", "second")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "You said: second" in second.stdout
-    third = cli.run("run", "--session", "s1", "--json", "third")
+    third = cli.run("run", "--session", "s1", "--turn-json", "third")
     turn = _turn_json(third)
 
     assert _texts(turn) == [
@@ -503,7 +503,7 @@ def test_ctrl_c_cancels_the_inference_and_keeps_the_session(cli: Cli) -> None:
     assert "interrupted" in err.splitlines()[-1]
     assert _server_status(cli).returncode == 1  # the server stopped with it
 
-    result = cli.run("run", "--session", "c1", "--json", "next")
+    result = cli.run("run", "--session", "c1", "--turn-json", "next")
     turn = _turn_json(result)
     kinds = [b["kind"] for b in turn["blocks"]]
     assert kinds == ["user", "llm_text", "user", "llm_text"]

@@ -235,3 +235,12 @@ def test_events_round_trip_geppetto_json() -> None:
     event = parse_event(raw)
     assert isinstance(event, PartialEvent) and event.completion == "hello"
     assert json.loads(event_to_json(event)) == raw
+
+
+async def test_every_event_carries_the_shared_ids(new_session: Any) -> None:
+    session, _ = await new_session(TOOL_SCRIPT)
+    handle = await session.start_inference("ids everywhere")
+    events = [e async for e in handle.events()]
+    turn = await handle.wait()
+    assert {e.meta.turn_id for e in events} == {turn.id}
+    assert {e.meta.model for e in events} == {"scripted"}
