@@ -73,8 +73,10 @@ def format_usage(usage: Usage | None) -> str:
 class StreamPrinter:
     """Prints an inference's events as they arrive: text as it streams, tools compactly."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, final_errors: bool = False) -> None:
         self.console = console
+        # A command that reports the outcome itself does not want the final error twice.
+        self._final_errors = final_errors
         self._open_line = False
 
     def _end_line(self) -> None:
@@ -103,7 +105,7 @@ class StreamPrinter:
                         style="yellow",
                     )
                 )
-            else:
+            elif self._final_errors:
                 self.console.print(Text(f"  [error: {_short(event.error_string)}]", style="red"))
         elif isinstance(event, ToolCallEvent):
             self._end_line()
