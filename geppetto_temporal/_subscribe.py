@@ -52,7 +52,12 @@ class _Completions:
 
 
 async def follow_inference(
-    client: Client, inference_id: str, *, from_seq: int = 0, defaults: dict[str, Any] | None = None
+    client: Client,
+    inference_id: str,
+    *,
+    from_seq: int = 0,
+    defaults: dict[str, Any] | None = None,
+    poll_cooldown: timedelta = POLL_COOLDOWN,
 ) -> AsyncIterator[Event]:
     """Yield an inference's events from `from_seq` on, live, ending after `inference-finished`.
 
@@ -64,7 +69,7 @@ async def follow_inference(
     # Activities publish lean metadata (message id, attempt, time); the ids
     # every event shares are filled in here from the workflow's first event.
     shared: dict[str, Any] = dict(defaults or {})
-    async for item in stream.subscribe(EVENTS_TOPIC, from_offset=0, poll_cooldown=POLL_COOLDOWN):
+    async for item in stream.subscribe(EVENTS_TOPIC, from_offset=0, poll_cooldown=poll_cooldown):
         event = parse_event(item.data)
         event.meta.seq = item.offset
         if isinstance(event, InferenceStartedEvent):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from temporalio.client import (
     Client,
@@ -24,7 +25,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from geppetto_temporal._subscribe import follow_inference
+from geppetto_temporal._subscribe import POLL_COOLDOWN, follow_inference
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.errors import (
@@ -190,17 +191,24 @@ class ExecutionHandle:
             inference_id=self.inference_id,
         )
 
-    def events(self, from_seq: int = 0) -> AsyncIterator[Event]:
+    def events(
+        self, from_seq: int = 0, *, poll_interval: float | None = None
+    ) -> AsyncIterator[Event]:
         """The inference's events from `from_seq` on: live, in order, ending after `inference-finished`.
 
         A subscriber that attaches late, or after the end, gets the whole
         stream; every subscriber sees the same events with the same `meta.seq`.
+        `poll_interval` (seconds) is how often a caught-up subscriber asks for
+        more: shorter is snappier, longer adds fewer events to the history.
         """
         return follow_inference(
             self.client,
             self.inference_id,
             from_seq=from_seq,
             defaults={"session_id": self.session_id, "inference_id": self.inference_id},
+            poll_cooldown=timedelta(seconds=poll_interval)
+            if poll_interval is not None
+            else POLL_COOLDOWN,
         )
 
     async def forward_events(self, *sinks: EventSink, from_seq: int = 0) -> None:

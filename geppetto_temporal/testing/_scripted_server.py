@@ -38,7 +38,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from geppetto_temporal.testing._script import (
     ErrorReply,
@@ -108,6 +108,8 @@ class RecordedRequest(BaseModel):
     status: int | None = None
     outcome: str = "pending"
     received_at: float
+    #: Wall-clock time each streamed SSE chunk was written (for latency measurements).
+    chunk_times: list[float] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -990,6 +992,7 @@ class ScriptedModelServer:
                 if conn.client_gone():
                     raise _ClientGone
             await conn.write_chunk(event.encode())
+            record.chunk_times.append(time.time())
             sent += 1
         if plan.cut_after_chunks is not None:
             record.outcome = "cut"
