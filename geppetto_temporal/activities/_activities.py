@@ -72,6 +72,7 @@ class InferenceActivities:
             else None
         )
         output = StepOutput(listener=publisher)
+        interrupted: LLMStepResult | None = None
         async with heartbeating(), publisher or contextlib.nullcontext():
             try:
                 await engine.stream_step(blocks, definitions, spec, output)
@@ -79,7 +80,7 @@ class InferenceActivities:
                 details = activity.cancellation_details()
                 if details is None or not details.cancel_requested:
                     raise  # worker shutdown or timeout: let Temporal retry the whole step
-                return LLMStepResult(
+                interrupted = LLMStepResult(
                     blocks=output.blocks(interrupted=True, attempt=info.attempt),
                     usage=output.usage,
                     stop_reason="cancelled",
@@ -102,6 +103,10 @@ class InferenceActivities:
                     retrying = not error.non_retryable and (limit == 0 or info.attempt < limit)
                     await publisher.failed(error.message, retrying=retrying)
                 raise error from err
+        tail = publisher.tail() if publisher is not None else []
+        if interrupted is not None:
+            interrupted.events = tail
+            return interrupted
         new_blocks = output.blocks(attempt=info.attempt)
         allowed_names = {t.name for t in allowed}
         options = {
@@ -119,6 +124,7 @@ class InferenceActivities:
             stop_reason=output.stop_reason,
             model=output.model or spec.model,
             tool_options=options,
+            events=tail,
         )
 
     @activity.defn(name=TOOL_CALL_ACTIVITY)

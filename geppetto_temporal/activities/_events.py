@@ -24,12 +24,18 @@ from geppetto_temporal.events import (
 # client's own interval only matters as a backstop.
 _CLIENT_BATCH_INTERVAL = timedelta(seconds=30)
 
+_LiveEvent = StartEvent | PartialEvent | PartialThinkingEvent | ErrorEvent
+
 
 class StepEventPublisher:
     """Publishes `start` and coalesced `partial` events of one LLM call.
 
-    Deltas that arrive within one flush interval become one `partial` event
-    and one signal, so a long reply costs a signal per interval, not per token.
+    Deltas that arrive within one flush interval become one `partial` event and
+    one signal, so a long reply costs a signal per interval, not per token. What
+    is still unsent when the call ends is not signalled at all: it goes back in
+    the activity's result (`tail()`) and the workflow publishes it, which costs
+    no history events. Signals are recorded before the activity's completion,
+    so the order in the stream is kept either way.
     """
 
     def __init__(self, *, message_id: str, interval: float) -> None:
@@ -40,23 +46,16 @@ class StepEventPublisher:
             batch_interval=_CLIENT_BATCH_INTERVAL
         )
         self._topic: TopicHandle[Any] = self._client.topic(EVENTS_TOPIC)
+        self._pending: list[dict[str, Any]] = []
         self._text = ""
         self._thinking = ""
         self._flusher: asyncio.Task[None] | None = None
 
-    def _meta_now(self) -> dict[str, Any]:
+    def _event(self, event: _LiveEvent) -> dict[str, Any]:
+        data = event.model_dump(mode="json", exclude_none=True)
         meta = self._meta.model_copy(update={"ts": datetime.now(UTC)})
-        return meta.model_dump(mode="json", exclude_none=True)
-
-    def _publish(
-        self,
-        event: StartEvent | PartialEvent | PartialThinkingEvent | ErrorEvent,
-        *,
-        now: bool = False,
-    ) -> None:
-        data = event.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
-        data["meta"] = self._meta_now()
-        self._topic.publish(data, force_flush=now)
+        data["meta"] = meta.model_dump(mode="json", exclude_none=True)
+        return data
 
     def on_text(self, delta: str) -> None:
         """A text delta arrived."""
@@ -66,30 +65,43 @@ class StepEventPublisher:
         """A reasoning delta arrived."""
         self._thinking += delta
 
-    def _drain(self, *, now: bool) -> None:
+    def _coalesce(self) -> None:
         if self._thinking:
-            self._publish(PartialThinkingEvent(delta=self._thinking))
+            self._pending.append(self._event(PartialThinkingEvent(delta=self._thinking)))
             self._thinking = ""
         if self._text:
-            self._publish(PartialEvent(delta=self._text), now=now)
+            self._pending.append(self._event(PartialEvent(delta=self._text)))
             self._text = ""
+
+    async def _send(self) -> None:
+        self._coalesce()
+        batch, self._pending = self._pending, []
+        for item in batch:
+            self._topic.publish(item)
+        if batch:
+            await self._client.flush()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            self._drain(now=True)
+            await self._send()
+
+    def tail(self) -> list[dict[str, Any]]:
+        """The events not yet signalled, for the activity's result; call after the block ends."""
+        self._coalesce()
+        tail, self._pending = self._pending, []
+        return tail
 
     async def failed(self, message: str, *, retrying: bool) -> None:
-        """Publish what was produced and an `error` event, before the activity raises."""
-        self._drain(now=False)
-        self._publish(ErrorEvent(error_string=message, retrying=retrying))
+        """Signal what was produced and an `error` event, before the activity raises."""
+        self._coalesce()
+        self._pending.append(self._event(ErrorEvent(error_string=message, retrying=retrying)))
         with contextlib.suppress(Exception):
-            await self._client.flush()
+            await self._send()
 
     async def __aenter__(self) -> StepEventPublisher:
         await self._client.__aenter__()
-        # Sent with the first batch of text (or at the end): no signal of its own.
-        self._publish(StartEvent())
+        self._pending.append(self._event(StartEvent()))
         self._flusher = asyncio.create_task(self._run())
         return self
 
@@ -103,7 +115,5 @@ class StepEventPublisher:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        self._drain(now=False)
-        # Exiting flushes: everything published reaches the workflow before the
-        # activity's result does, so the stream stays in order.
+        # A batch interrupted mid-flush is sent here, before the result.
         await self._client.__aexit__(exc_type, exc, tb)

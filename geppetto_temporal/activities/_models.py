@@ -36,6 +36,8 @@ class LLMStepResult(WireModel):
     interrupted: bool = False
     #: Activity options per requested tool this worker knows; a name missing here is unknown.
     tool_options: dict[str, ToolActivityOptions] = Field(default_factory=dict)
+    #: Live events not yet signalled to the stream; the workflow publishes them.
+    events: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class ToolCallInput(WireModel):

@@ -192,6 +192,8 @@ class InferenceWorkflow:
             blocks.extend(result.blocks)
             usage = usage + result.usage
             model, stop_reason = result.model or model, result.stop_reason
+            for live in result.events:
+                self._events.publish(live)
             text = "".join(b.text for b in result.blocks if b.kind == BlockKind.LLM_TEXT)
             attempt = next((b.metadata.get(BlockMetaKey.ATTEMPT) for b in result.blocks), None)
             if result.interrupted:
