@@ -371,6 +371,55 @@ def server_status() -> None:
     )
 
 
+@app.command()
+def chat(
+    session: Annotated[
+        str | None, typer.Option("--session", "-s", help="Continue (or start) this session id.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help=f"provider:model, e.g. openai:gpt-4o-mini (default {DEFAULT_MODEL}, or $GEPPETTO_MODEL).",
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", help="OpenAI-compatible server URL (Ollama, vLLM, ...)."),
+    ] = None,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    tools: ToolsOption = None,
+    example_tools: ExamplesOption = False,
+    task_queue: Annotated[str, typer.Option("--task-queue")] = DEFAULT_TASK_QUEUE,
+) -> None:
+    """Chat in a session interactively (Ctrl-C stops a reply; Ctrl-C or Ctrl-D at the prompt leaves)."""
+    from geppetto_temporal.chat import run_chat
+
+    with _user_errors():
+        registry = _load_tools(tools, example_tools)
+        builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
+        if base_url:
+            builder = builder.base_url(base_url)
+        if system:
+            builder = builder.system_prompt(system)
+    configured = any(v is not None for v in (model, base_url, system))
+    raise typer.Exit(
+        _run(
+            run_chat(
+                console,
+                err_console,
+                session_id=session,
+                builder=builder,
+                configured=configured,
+                registry=registry,
+                task_queue=task_queue,
+                log=_progress,
+            )
+        )
+    )
+
+
 def main() -> None:
     """Console script entry point."""
     app()

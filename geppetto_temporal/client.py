@@ -396,6 +396,18 @@ class Session:
             return SessionClosedError(
                 f"session {self.session_id} is closed", session_id=self.session_id
             )
+        if err.status in (
+            RPCStatusCode.DEADLINE_EXCEEDED,
+            RPCStatusCode.UNAVAILABLE,
+            RPCStatusCode.CANCELLED,
+            RPCStatusCode.INTERNAL,
+        ):
+            # Queries and updates need a worker to answer them.
+            return SessionError(
+                f"session {self.session_id} did not answer ({err.message or err.status.name}); "
+                "is a geppetto worker running on its task queue?",
+                session_id=self.session_id,
+            )
         return err
 
     async def submit_prompt(
