@@ -422,7 +422,20 @@ def chat(
 
 def main() -> None:
     """Console script entry point."""
-    app()
+    try:
+        app()
+        code: int = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    # Everything the command had to do is done and flushed below. Ending the
+    # process here skips interpreter finalisation, where the Temporal SDK's
+    # native runtime threads occasionally crash the process (seen as a rare
+    # SIGSEGV at exit of `geppetto chat` under load), turning success into -11.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":
