@@ -77,6 +77,10 @@ class EngineBuilder:
         """Default timeout of a tool call (a tool's own `timeout` wins)."""
         return self._with_tools(timeout_seconds=seconds)
 
+    def tool_heartbeat(self, seconds: float) -> EngineBuilder:
+        """How soon a tool call whose worker died is retried elsewhere (default 10 s)."""
+        return self._with_tools(heartbeat_seconds=seconds)
+
     def tool_retry(self, retry: RetrySpec) -> EngineBuilder:
         """Default retry policy of tool calls (a tool's own policy wins)."""
         return self._with_tools(retry=retry)
