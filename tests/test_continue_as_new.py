@@ -1,0 +1,155 @@
+"""Sessions continue as new between inferences and lose nothing: turns, queue, streams, handles."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from geppetto_temporal import EngineBuilder, InferenceStatus, Session, connect, create_worker
+from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
+from geppetto_temporal.events import FinalEvent
+from geppetto_temporal.testing import ScriptedModelServer
+from geppetto_temporal.tools.examples import calculate
+
+TASK_QUEUE = "geppetto-can-tests"
+#: Temporal suggests continue-as-new after this many history events (default 4,096).
+SUGGEST_AFTER_EVENTS = 40
+
+
+@pytest.fixture(scope="module")
+async def can_client(api_key_env: str) -> AsyncIterator[Client]:
+    """A dev server that suggests continue-as-new after a few dozen events, and a worker on it."""
+    dynamic = {
+        "frontend.enableServerVersionCheck": "false",
+        "limit.historyCount.suggestContinueAsNew": SUGGEST_AFTER_EVENTS,
+        **LATENCY_DYNAMIC_CONFIG,
+    }
+    args = [arg for k, v in dynamic.items() for arg in ("--dynamic-config-value", f"{k}={v}")]
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(find_temporal_binary()),
+        dev_server_extra_args=[*args, "--log-level", "error"],
+        ui=False,
+    )
+    try:
+        client = await connect(env.client.service_client.config.target_host, from_env=False)
+        async with create_worker(client, task_queue=TASK_QUEUE, tools=[calculate]):
+            yield client
+    finally:
+        await env.shutdown()
+
+
+async def runs_of(client: Client, workflow_id: str) -> int:
+    return len([w async for w in client.list_workflows(f"WorkflowId = '{workflow_id}'")])
+
+
+SCRIPT = {
+    "rules": [
+        {
+            "name": "math",
+            "when": {"last_role": "user", "last_user_contains": "add"},
+            "reply": {"tool_calls": [{"name": "calculate", "arguments": {"expression": "40 + 2"}}]},
+        },
+        {
+            "name": "after-math",
+            "when": {"last_role": "tool"},
+            "reply": {"text": "sum {tool_result_0}"},
+        },
+        {"name": "echo", "reply": {"text": "echo {last_user}", "chunk_size": 3}},
+    ]
+}
+
+
+async def test_session_survives_many_continue_as_new(
+    can_client: Client, model_server: ScriptedModelServer
+) -> None:
+    base_url = model_server.add_script(SCRIPT)
+    session = await Session.create(
+        can_client,
+        EngineBuilder("openai:scripted").base_url(base_url),
+        session_id=f"can-{uuid.uuid4().hex[:8]}",
+        task_queue=TASK_QUEUE,
+    )
+    handles = []
+    for i in range(6):
+        prompt = f"add please {i}" if i % 2 else f"prompt {i}"
+        handle = await session.start_inference(prompt)
+        handles.append(handle)
+        await handle.wait()
+    # Queued prompts submitted in a burst run in order, across run boundaries.
+    for i in range(6, 10):
+        await session.submit_prompt(f"queued {i}", idempotency_key=f"q{i}")
+    for _ in range(300):
+        status = await session.status()
+        if (
+            status.turn_count == 10
+            and status.active_inference_id is None
+            and not status.queued_prompts
+        ):
+            break
+        await asyncio.sleep(0.05)
+    assert await runs_of(can_client, session.session_id) >= 3, "expected several continue-as-new"
+
+    turns = await session.turns()
+    assert [t.prompt for t in turns] == [
+        "prompt 0",
+        "add please 1",
+        "prompt 2",
+        "add please 3",
+        "prompt 4",
+        "add please 5",
+        "queued 6",
+        "queued 7",
+        "queued 8",
+        "queued 9",
+    ]
+    assert all(t.metadata.status == InferenceStatus.COMPLETED for t in turns)
+    assert [t.last_text for t in turns][:2] == [
+        "echo prompt 0",
+        'sum {"expression": "40 + 2", "result": 42}',
+    ]
+    # Turns are cumulative across runs: each one extends the previous one.
+    for before, after in itertools.pairwise(turns):
+        assert after.blocks[: len(before.blocks)] == before.blocks
+    # Inference ids keep counting across runs, so no child id is ever reused.
+    assert [t.metadata.inference_id for t in turns] == [
+        f"{session.session_id}/inference/{n}" for n in range(1, 11)
+    ]
+    # Handles and event streams of inferences from earlier runs still work.
+    first = handles[0]
+    assert (await first.wait()).last_text == "echo prompt 0"
+    finals = [e for e in [e async for e in first.events()] if isinstance(e, FinalEvent)]
+    assert [f.text for f in finals] == ["echo prompt 0"]
+    # The model saw the whole conversation after the last continue-as-new.
+    last_request = model_server.requests(base_url)[-1].body["messages"]
+    assert last_request[0] == {"role": "user", "content": "prompt 0"}
+    # And the session still takes prompts and closes cleanly.
+    assert (
+        await (await session.start_inference("still there?")).wait()
+    ).last_text == "echo still there?"
+    summary = await session.close()
+    assert summary.turn_count == 11
+
+
+async def test_busy_rejection_and_updates_across_boundaries(
+    can_client: Client, model_server: ScriptedModelServer
+) -> None:
+    """Prompts fired back to back land on whichever run is current; none is lost."""
+    base_url = model_server.add_script(SCRIPT)
+    session = await Session.create(
+        can_client,
+        EngineBuilder("openai:scripted").base_url(base_url),
+        session_id=f"can-burst-{uuid.uuid4().hex[:8]}",
+        task_queue=TASK_QUEUE,
+    )
+    texts: list[str] = []
+    for i in range(12):
+        texts.append((await (await session.start_inference(f"burst {i}")).wait()).last_text)
+    assert texts == [f"echo burst {i}" for i in range(12)]
+    assert await runs_of(can_client, session.session_id) >= 3
+    assert len(await session.turns()) == 12
