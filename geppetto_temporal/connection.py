@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -13,11 +14,13 @@ from temporalio.converter import (
     CompositePayloadConverter,
     DataConverter,
     DefaultPayloadConverter,
+    ExternalStorage,
     JSONPlainPayloadConverter,
 )
 from temporalio.envconfig import ClientConfig
 
 from geppetto_temporal._wire import COMPACT
+from geppetto_temporal.storage import payload_storage_from_env
 
 
 class CompactJSONPayloadConverter(PydanticJSONPlainPayloadConverter):
@@ -46,9 +49,15 @@ class GeppettoPayloadConverter(CompositePayloadConverter):
 DATA_CONVERTER: DataConverter = DataConverter(payload_converter_class=GeppettoPayloadConverter)
 
 
-def data_converter() -> DataConverter:
-    """The data converter geppetto workflows, activities and clients use."""
-    return DATA_CONVERTER
+def data_converter(payload_storage: ExternalStorage | None = None) -> DataConverter:
+    """The data converter geppetto workflows, activities and clients use.
+
+    With `payload_storage`, payloads above its threshold are kept outside
+    workflow history; clients and workers must then use the same store.
+    """
+    if payload_storage is None:
+        return DATA_CONVERTER
+    return dataclasses.replace(DATA_CONVERTER, external_storage=payload_storage)
 
 
 async def connect(
@@ -56,6 +65,7 @@ async def connect(
     *,
     namespace: str | None = None,
     from_env: bool = True,
+    payload_storage: ExternalStorage | None = None,
     **kwargs: Any,
 ) -> Client:
     """Connect to Temporal with geppetto's data converter.
@@ -64,6 +74,8 @@ async def connect(
     `TEMPORAL_NAMESPACE`, `TEMPORAL_API_KEY`, TLS variables, config profiles);
     explicit arguments win. `from_env=False` ignores them (the embedded server
     needs no API key or TLS, whatever the shell has set for a cluster).
+    `payload_storage` (or `GEPPETTO_PAYLOAD_STORE` when `from_env`) keeps large
+    payloads out of history; see `geppetto_temporal.storage`.
     """
     config: dict[str, Any] = dict(ClientConfig.load_client_connect_config()) if from_env else {}
     if address is not None:
@@ -72,7 +84,9 @@ async def connect(
     if namespace is not None:
         config["namespace"] = namespace
     config.update(kwargs)
-    config["data_converter"] = DATA_CONVERTER
+    if payload_storage is None and from_env:
+        payload_storage = payload_storage_from_env()
+    config["data_converter"] = data_converter(payload_storage)
     target = config.pop("target_host")
     return await Client.connect(target, **config)
 

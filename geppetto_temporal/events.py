@@ -21,6 +21,16 @@ from geppetto_temporal.turns import InferenceStatus, Usage
 #: The Workflow Streams topic an inference's events are published on.
 EVENTS_TOPIC = "events"
 
+#: Longest tool input or result an event carries in full; stream reads are capped near 1 MB.
+MAX_EVENT_TEXT = 64 * 1024
+
+
+def shorten(text: str, limit: int = MAX_EVENT_TEXT) -> tuple[str, int | None]:
+    """`text`, or its first `limit` characters and its full length when it is longer."""
+    if len(text) <= limit:
+        return text, None
+    return text[:limit] + f"… [{len(text) - limit} more characters]", len(text)
+
 
 def message_id_for(inference_id: str, step: int) -> str:
     """The message id of an inference's n-th LLM call: the same for every attempt of that call."""
@@ -130,11 +140,16 @@ class ToolCallExecuteEvent(_Event):
 
 
 class ToolCallExecutionResultEvent(_Event):
-    """A tool call finished (or failed)."""
+    """A tool call finished (or failed).
+
+    A result longer than `MAX_EVENT_TEXT` is shortened in the event (the turn
+    keeps it whole); `truncated_from` then gives its full length.
+    """
 
     type: Literal["tool-call-execution-result"] = "tool-call-execution-result"
     tool_result: ToolResult
     is_error: bool = False
+    truncated_from: int | None = None
 
 
 class InferenceFinishedEvent(_Event):

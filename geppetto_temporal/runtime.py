@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 
 from geppetto_temporal.connection import connect, temporal_address_from_env
 from geppetto_temporal.devserver import DevServerInfo, EmbeddedServer
+from geppetto_temporal.storage import payload_storage, payload_storage_from_env
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import Tool
 from geppetto_temporal.worker._worker import create_worker
@@ -58,7 +59,12 @@ async def open_runtime(
     async with EmbeddedServer(
         search_attributes=SEARCH_ATTRIBUTES, keep_running=keep_server, log=log
     ) as info:
-        client = await connect(info.address, namespace="default", from_env=False)
+        # The embedded server's workers are in this machine's processes, so a
+        # directory in the data dir is a payload store they all share.
+        storage = payload_storage_from_env() or payload_storage(info.data_dir / "payloads")
+        client = await connect(
+            info.address, namespace="default", from_env=False, payload_storage=storage
+        )
         if not with_worker:
             yield Runtime(client=client, task_queue=task_queue, server=info)
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from temporalio.worker import Worker
 
 from geppetto_temporal import EngineBuilder, Session, connect, create_worker
 from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
+from geppetto_temporal.storage import payload_storage
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools import ToolRegistry
 from geppetto_temporal.tools.examples import calculate, current_time, get_weather
@@ -22,6 +24,8 @@ from tests import toolbox
 #: A fake key with the shape of a real one: tests prove it never reaches Temporal history.
 SECRET_API_KEY = "sk-test-" + "S3CR3T" * 6
 TASK_QUEUE = "geppetto-tests"
+#: Payloads above this go to the test payload store; low, so the tests exercise it.
+PAYLOAD_THRESHOLD = 64 * 1024
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +57,19 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture(scope="session")
-async def client(temporal_env: WorkflowEnvironment) -> Client:
-    """A client with geppetto's data converter."""
-    return await connect(temporal_env.client.service_client.config.target_host)
+def payload_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tests' large payloads live (Temporal External Storage)."""
+    return tmp_path_factory.mktemp("payloads")
+
+
+@pytest.fixture(scope="session")
+async def client(temporal_env: WorkflowEnvironment, payload_dir: Path) -> Client:
+    """A client with geppetto's data converter and a payload store shared with the worker."""
+    return await connect(
+        temporal_env.client.service_client.config.target_host,
+        from_env=False,
+        payload_storage=payload_storage(payload_dir, threshold=PAYLOAD_THRESHOLD),
+    )
 
 
 @pytest.fixture(scope="session")

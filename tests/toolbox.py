@@ -40,4 +40,10 @@ def flaky_tool(ctx: ToolContext, succeed_on_attempt: int) -> dict[str, int]:
     return {"attempt": ctx.attempt}
 
 
-ALL = [slow_tool, sleepy_tool, failing_tool, flaky_tool]
+@tool
+def huge_tool(megabytes: int) -> dict[str, object]:
+    """Returns a result of the given size (large-payload tests)."""
+    return {"size": megabytes, "data": "x" * (megabytes * 1024 * 1024)}
+
+
+ALL = [slow_tool, sleepy_tool, failing_tool, flaky_tool, huge_tool]

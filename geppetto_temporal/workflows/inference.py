@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         ToolCallExecutionResultEvent,
         ToolResult,
         message_id_for,
+        shorten,
     )
     from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
     from geppetto_temporal.turns import (
@@ -91,10 +92,9 @@ def partial_text(err: ActivityError) -> str | None:
 
 def _tool_call(block: Block) -> ToolCall:
     args = block.payload.get(PayloadKey.ARGS)
+    text, _ = shorten(args if isinstance(args, str) else json.dumps(args))
     return ToolCall(
-        id=block.call_id or "",
-        name=str(block.payload.get(PayloadKey.NAME, "")),
-        input=args if isinstance(args, str) else json.dumps(args),
+        id=block.call_id or "", name=str(block.payload.get(PayloadKey.NAME, "")), input=text
     )
 
 
@@ -287,9 +287,12 @@ class InferenceWorkflow:
                 text, is_error = f"Error: {outcome.error}", True
             else:
                 text, is_error = json.dumps(outcome.result), False
+            text, full_length = shorten(text)
             self._emit(
                 ToolCallExecutionResultEvent(
-                    tool_result=ToolResult(id=outcome.call_id, result=text), is_error=is_error
+                    tool_result=ToolResult(id=outcome.call_id, result=text),
+                    is_error=is_error,
+                    truncated_from=full_length,
                 )
             )
             return outcome
