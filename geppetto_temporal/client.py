@@ -40,10 +40,11 @@ from geppetto_temporal.errors import (
     SessionNotFoundError,
 )
 from geppetto_temporal.events import Event, EventSink
-from geppetto_temporal.turns import InferenceStatus, Turn
+from geppetto_temporal.turns import Block, InferenceStatus, Turn
 from geppetto_temporal.workflows._models import (
     DEFAULT_TASK_QUEUE,
     SESSION_WORKFLOW,
+    BlockRange,
     CancelInferenceRequest,
     CloseRequest,
     InferenceInput,
@@ -179,9 +180,14 @@ class ExecutionHandle:
             payloads = event.workflow_execution_started_event_attributes.input.payloads
             [started] = await self.client.data_converter.decode(payloads, [InferenceInput])
             assert isinstance(started, InferenceInput)
+            prefix: list[Block] = []
+            if started.prefix_end:
+                prefix = await self.client.get_workflow_handle(self.session_id).query(
+                    "blocks", BlockRange(end=started.prefix_end), result_type=list[Block]
+                )
             return Turn(
                 id=started.turn.id,
-                blocks=[*started.turn.blocks, *result.blocks],
+                blocks=[*prefix, *started.turn.blocks, *result.blocks],
                 metadata=result.metadata,
                 data=started.turn.data,
             )

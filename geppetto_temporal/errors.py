@@ -29,6 +29,7 @@ class ErrorType:
     PROVIDER_CONTEXT_TOO_LONG = "ProviderContextTooLong"
     PROVIDER_STREAM = "ProviderStreamError"
     UNKNOWN_PROVIDER = "UnknownProvider"
+    SESSION_UNAVAILABLE = "SessionUnavailable"
     TOOL_FAILED = "ToolFailed"
     TOOL_TIMEOUT = "ToolTimeout"
 

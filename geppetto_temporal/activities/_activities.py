@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Mapping
 
 from temporalio import activity
@@ -28,7 +29,11 @@ from geppetto_temporal.events import message_id_for
 from geppetto_temporal.tools._config import ToolChoice, ToolErrorHandling
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext
-from geppetto_temporal.turns import BlockKind, PayloadKey
+from geppetto_temporal.turns import Block, BlockKind, PayloadKey
+from geppetto_temporal.workflows._models import BlockRange
+
+#: Conversation prefixes a worker keeps; one per recently active session is enough.
+_PREFIX_CACHE_SIZE = 256
 
 
 class InferenceActivities:
@@ -44,6 +49,39 @@ class InferenceActivities:
         self.tools = tools or ToolRegistry()
         self.middleware = {**BUILTIN_MIDDLEWARE, **(middleware or {})}
         self.engines = engines or EngineFactory()
+        # Conversation prefixes by (session, length): every step of an inference
+        # reads the same one, and a prefix never changes (blocks are append-only).
+        self._prefixes: OrderedDict[tuple[str, int], list[Block]] = OrderedDict()
+
+    async def _conversation(self, input: LLMStepInput) -> list[Block]:
+        if input.prefix_end is None:
+            return input.blocks
+        key = (input.session_id, input.prefix_end)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            try:
+                prefix = (
+                    await activity.client()
+                    .get_workflow_handle(input.session_id)
+                    .query("blocks", BlockRange(end=input.prefix_end), result_type=list[Block])
+                )
+            except Exception as err:
+                raise ApplicationError(
+                    f"could not read the conversation of session {input.session_id}: {err}",
+                    type=ErrorType.SESSION_UNAVAILABLE,
+                ) from err
+            if len(prefix) != input.prefix_end:
+                raise ApplicationError(
+                    f"session {input.session_id} returned {len(prefix)} blocks, expected "
+                    f"{input.prefix_end}",
+                    type=ErrorType.SESSION_UNAVAILABLE,
+                )
+            self._prefixes[key] = prefix
+            while len(self._prefixes) > _PREFIX_CACHE_SIZE:
+                self._prefixes.popitem(last=False)
+        else:
+            self._prefixes.move_to_end(key)
+        return [*prefix, *input.blocks]
 
     @activity.defn(name=LLM_STEP_ACTIVITY)
     async def llm_step(self, input: LLMStepInput) -> LLMStepResult:
@@ -52,7 +90,7 @@ class InferenceActivities:
         info = activity.info()
         try:
             engine = self.engines.build(spec)
-            blocks = apply_middleware(input.blocks, spec, self.middleware)
+            blocks = apply_middleware(await self._conversation(input), spec, self.middleware)
         except ApplicationError:
             raise
         except Exception as err:

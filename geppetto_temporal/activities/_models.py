@@ -16,10 +16,15 @@ TOOL_CALL_ACTIVITY = "geppetto.tool_call"
 
 
 class LLMStepInput(WireModel):
-    """One provider call: the conversation so far and the engine to call."""
+    """One provider call: the conversation so far and the engine to call.
+
+    With `prefix_end`, `blocks` are only the inference's own blocks and the
+    conversation before them is read from the session workflow.
+    """
 
     engine: EngineSpec
     blocks: list[Block]
+    prefix_end: int | None = None
     session_id: str
     inference_id: str
     step: int

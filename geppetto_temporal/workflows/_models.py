@@ -150,12 +150,26 @@ class SessionSummary(WireModel):
 
 
 class InferenceInput(WireModel):
-    """The input of one InferenceWorkflow: the turn to complete and the engine."""
+    """The input of one InferenceWorkflow: the turn to complete and the engine.
+
+    With `prefix_end`, `turn.blocks` holds only this inference's own blocks (the
+    prompt); the conversation before it is the session's first `prefix_end`
+    blocks, which the LLM activity reads from the session (`blocks` query), so
+    the conversation never travels through this inference's history.
+    """
 
     session_id: str
     inference_id: str
     turn: Turn
     engine: EngineSpec
+    prefix_end: int | None = None
+
+
+class BlockRange(WireModel):
+    """The `blocks` query's argument: a slice of the session's block list."""
+
+    start: int = 0
+    end: int
 
 
 class InferenceResult(WireModel):

@@ -257,6 +257,7 @@ class InferenceWorkflow:
             LLMStepInput(
                 engine=spec,
                 blocks=blocks,
+                prefix_end=input.prefix_end,
                 session_id=input.session_id,
                 inference_id=input.inference_id,
                 step=step,

@@ -17,9 +17,10 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError
 with workflow.unsafe.imports_passed_through():
     from geppetto_temporal.engines._spec import EngineSpec
     from geppetto_temporal.errors import ErrorType
-    from geppetto_temporal.turns import InferenceStatus, Turn, TurnMetadata, user_block
+    from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, user_block
     from geppetto_temporal.workflows._models import (
         SESSION_WORKFLOW,
+        BlockRange,
         CancelInferenceRequest,
         CloseRequest,
         InferenceInput,
@@ -38,6 +39,9 @@ with workflow.unsafe.imports_passed_through():
         inference_workflow_id,
     )
     from geppetto_temporal.workflows.inference import InferenceWorkflow
+
+#: Patch id: inferences reference the conversation prefix instead of carrying it (v0.2).
+PREFIX_BY_REFERENCE = "prefix-by-reference"
 
 #: How many idempotency keys a session remembers for de-duplicating `submit_prompt`.
 MAX_REMEMBERED_KEYS = 1000
@@ -111,6 +115,11 @@ class SessionWorkflow:
                     ),
                 )
         return TurnLookup(recorded=False)
+
+    @workflow.query(name="blocks")
+    def blocks(self, block_range: BlockRange) -> list[Block]:
+        """A slice of the session's blocks (append-only, so a slice never changes)."""
+        return self._state.blocks[block_range.start : block_range.end]
 
     @workflow.query(name="engine")
     def engine(self) -> EngineSpec:
@@ -276,12 +285,23 @@ class SessionWorkflow:
         self._state.turns.append(record)
         active = _ActiveInference(inference_id=inference_id, record=record)
         self._active = active
-        turn = Turn(id=record.id, blocks=list(self._state.blocks), metadata=record.metadata)
+        if workflow.patched(PREFIX_BY_REFERENCE):
+            # The child gets only the prompt and reads the conversation before
+            # it from this workflow, so it never travels through history again.
+            prefix_end: int | None = record.end - 1
+            own = self._state.blocks[record.end - 1 :]
+        else:
+            prefix_end, own = None, list(self._state.blocks)
+        turn = Turn(id=record.id, blocks=own, metadata=record.metadata)
         try:
             child = await workflow.start_child_workflow(
                 InferenceWorkflow.run,
                 InferenceInput(
-                    session_id=session_id, inference_id=inference_id, turn=turn, engine=self._engine
+                    session_id=session_id,
+                    inference_id=inference_id,
+                    turn=turn,
+                    engine=self._engine,
+                    prefix_end=prefix_end,
                 ),
                 id=inference_id,
                 static_summary=f"inference {record.end} of {session_id} on {self._engine.spec_string}",
