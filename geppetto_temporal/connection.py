@@ -19,7 +19,7 @@ from temporalio.converter import (
 )
 from temporalio.envconfig import ClientConfig
 
-from geppetto_temporal._wire import COMPACT
+from geppetto_temporal._wire import WireModel
 from geppetto_temporal.storage import payload_storage_from_env
 
 
@@ -27,8 +27,9 @@ class CompactJSONPayloadConverter(PydanticJSONPlainPayloadConverter):
     """Pydantic JSON with geppetto's wire models in their compact form (defaults left out)."""
 
     def to_payload(self, value: Any) -> temporalio.api.common.v1.Payload | None:
+        data = value.wire_json() if isinstance(value, WireModel) else to_json(value)
         return temporalio.api.common.v1.Payload(
-            metadata={"encoding": self.encoding.encode()}, data=to_json(value, context=COMPACT)
+            metadata={"encoding": self.encoding.encode()}, data=data
         )
 
 

@@ -30,14 +30,16 @@ PAYLOAD_THRESHOLD = 64 * 1024
 
 @pytest.fixture(scope="session")
 def api_key_env() -> Iterator[str]:
-    """The worker's API key, set the way users set it: in the environment."""
-    old = os.environ.get("OPENAI_API_KEY")
-    os.environ["OPENAI_API_KEY"] = SECRET_API_KEY
+    """The worker's API keys, set the way users set them: in the environment."""
+    names = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+    old = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, SECRET_API_KEY))
     yield SECRET_API_KEY
-    if old is None:
-        os.environ.pop("OPENAI_API_KEY", None)
-    else:
-        os.environ["OPENAI_API_KEY"] = old
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

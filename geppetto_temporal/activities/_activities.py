@@ -32,8 +32,8 @@ from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext
 from geppetto_temporal.turns import Block, BlockKind, PayloadKey
 from geppetto_temporal.workflows._models import BlockRange
 
-#: Conversation prefixes a worker keeps; one per recently active session is enough.
-_PREFIX_CACHE_SIZE = 256
+#: Sessions whose conversation a worker keeps in memory (a miss costs one query).
+_CONVERSATION_CACHE_SIZE = 64
 
 
 class InferenceActivities:
@@ -49,39 +49,47 @@ class InferenceActivities:
         self.tools = tools or ToolRegistry()
         self.middleware = {**BUILTIN_MIDDLEWARE, **(middleware or {})}
         self.engines = engines or EngineFactory()
-        # Conversation prefixes by (session, length): every step of an inference
-        # reads the same one, and a prefix never changes (blocks are append-only).
-        self._prefixes: OrderedDict[tuple[str, int], list[Block]] = OrderedDict()
+        # The conversation so far, per session: every step of an inference reads
+        # it, and since blocks are append-only the next inference only needs the
+        # blocks added since. One entry per session, least recently used first.
+        self._conversations: OrderedDict[str, list[Block]] = OrderedDict()
+
+    async def _read_blocks(self, session_id: str, start: int, end: int) -> list[Block]:
+        try:
+            blocks: list[Block] = (
+                await activity.client()
+                .get_workflow_handle(session_id)
+                .query("blocks", BlockRange(start=start, end=end), result_type=list[Block])
+            )
+        except Exception as err:
+            raise ApplicationError(
+                f"could not read the conversation of session {session_id}: {err}",
+                type=ErrorType.SESSION_UNAVAILABLE,
+            ) from err
+        return blocks
 
     async def _conversation(self, input: LLMStepInput) -> list[Block]:
         if input.prefix_end is None:
             return input.blocks
-        key = (input.session_id, input.prefix_end)
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            try:
-                prefix = (
-                    await activity.client()
-                    .get_workflow_handle(input.session_id)
-                    .query("blocks", BlockRange(end=input.prefix_end), result_type=list[Block])
-                )
-            except Exception as err:
+        session_id, end = input.session_id, input.prefix_end
+        known = self._conversations.pop(session_id, [])
+        if len(known) < end:
+            # Re-read the last known block too: if the session was reset and its
+            # history diverged, it will not match, and the cache starts over.
+            overlap = 1 if known else 0
+            fresh = await self._read_blocks(session_id, len(known) - overlap, end)
+            if overlap and (not fresh or fresh[0].id != known[-1].id):
+                known, fresh = [], await self._read_blocks(session_id, 0, end)
+            known = [*known, *fresh[overlap if known else 0 :]]
+            if len(known) != end:
                 raise ApplicationError(
-                    f"could not read the conversation of session {input.session_id}: {err}",
-                    type=ErrorType.SESSION_UNAVAILABLE,
-                ) from err
-            if len(prefix) != input.prefix_end:
-                raise ApplicationError(
-                    f"session {input.session_id} returned {len(prefix)} blocks, expected "
-                    f"{input.prefix_end}",
+                    f"session {session_id} has {len(known)} blocks, expected {end}",
                     type=ErrorType.SESSION_UNAVAILABLE,
                 )
-            self._prefixes[key] = prefix
-            while len(self._prefixes) > _PREFIX_CACHE_SIZE:
-                self._prefixes.popitem(last=False)
-        else:
-            self._prefixes.move_to_end(key)
-        return [*prefix, *input.blocks]
+        self._conversations[session_id] = known
+        while len(self._conversations) > _CONVERSATION_CACHE_SIZE:
+            self._conversations.popitem(last=False)
+        return [*known[:end], *input.blocks]
 
     @activity.defn(name=LLM_STEP_ACTIVITY)
     async def llm_step(self, input: LLMStepInput) -> LLMStepResult:

@@ -68,12 +68,86 @@ def _status_error(
     return ApplicationError(f"{where}: {message} — {hint}", type=kind, non_retryable=True)
 
 
+class ProviderStreamError(Exception):
+    """An error the provider reported inside a stream that had started with HTTP 200.
+
+    Providers raise it for Responses `response.failed` / `error` events and
+    Anthropic `error` events; `classify_error` decides by `code` whether the
+    step is retried.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+#: In-stream error codes worth another attempt (OpenAI Responses, Anthropic error types).
+_RETRYABLE_STREAM_CODES = {
+    "server_error",
+    "rate_limit_exceeded",
+    "vector_store_timeout",
+    "overloaded_error",
+    "api_error",
+    "rate_limit_error",
+    "timeout_error",
+    "internal_server_error",
+    "service_unavailable",
+}
+_RATE_LIMIT_STREAM_CODES = {"rate_limit_exceeded", "rate_limit_error"}
+
+
+def _stream_error(err: ProviderStreamError, spec: EngineSpec) -> ApplicationError:
+    code = err.code or "unknown"
+    where = f"{spec.spec_string} failed mid-stream ({code})"
+    lowered = f"{code} {err.message}".lower()
+    if code in _RETRYABLE_STREAM_CODES or "overloaded" in lowered or "timeout" in lowered:
+        kind = (
+            ErrorType.PROVIDER_RATE_LIMITED
+            if code in _RATE_LIMIT_STREAM_CODES
+            else ErrorType.PROVIDER_UNAVAILABLE
+        )
+        return ApplicationError(f"{where}: {err.message} (will retry)", type=kind)
+    if "context" in lowered and ("length" in lowered or "window" in lowered or "long" in lowered):
+        kind = ErrorType.PROVIDER_CONTEXT_TOO_LONG
+        hint = "the conversation is longer than the model's context window; start a new session or use a larger model"
+    else:
+        kind = ErrorType.PROVIDER_REQUEST_REJECTED
+        hint = "the provider rejected the request; it will not be retried"
+    return ApplicationError(f"{where}: {err.message} — {hint}", type=kind, non_retryable=True)
+
+
+def _in_stream_error(err: BaseException, status: Any) -> ProviderStreamError | None:
+    """An SDK error raised for an error event inside a 200 stream (no HTTP error status).
+
+    The openai SDK raises a bare `APIError` (no status) for a Chat Completions
+    `{"error": ...}` chunk; the anthropic SDK a status error with the stream's 200.
+    """
+    if isinstance(status, int) and status >= 400:
+        return None
+    body: Any = getattr(err, "body", None)
+    if not isinstance(body, dict) or _is_transport_error(err):
+        return None
+    inner = body.get("error", body)
+    if not isinstance(inner, dict):
+        return None
+    code = inner.get("code") or inner.get("type")
+    if not isinstance(code, str) or not code or code == "error":
+        return None
+    return ProviderStreamError(_provider_message(err), code=code)
+
+
 def classify_error(err: BaseException, spec: EngineSpec) -> ApplicationError:
     """Map an SDK or HTTP exception to an `ApplicationError` with the right retry behaviour."""
     if isinstance(err, ApplicationError):
         return err
+    if isinstance(err, ProviderStreamError):
+        return _stream_error(err, spec)
     status = getattr(err, "status_code", None)
     response: Any = getattr(err, "response", None)
+    in_stream = _in_stream_error(err, status)
+    if in_stream is not None:
+        return _stream_error(in_stream, spec)
     if isinstance(status, int):
         headers = getattr(response, "headers", None)
         return _status_error(status, _provider_message(err), spec, headers)

@@ -14,6 +14,8 @@ from geppetto_temporal.errors import ErrorType
 
 # Local servers (Ollama, vLLM, llama.cpp, the scripted model) accept any key.
 _PLACEHOLDER_KEY = "not-needed"
+#: The environment variable each provider's official SDK reads its base URL from.
+_BASE_URL_ENV: dict[str, str] = {Provider.ANTHROPIC: "ANTHROPIC_BASE_URL"}
 
 
 class EngineFactory:
@@ -28,7 +30,7 @@ class EngineFactory:
         key = self._environ.get(spec.key_env)
         if key:
             return key
-        if spec.base_url or self._environ.get("OPENAI_BASE_URL"):
+        if spec.base_url or self._environ.get(_BASE_URL_ENV.get(spec.provider, "OPENAI_BASE_URL")):
             return _PLACEHOLDER_KEY
         raise ApplicationError(
             f"{spec.key_env} is not set in the worker's environment, so {spec.spec_string} cannot be "
@@ -58,6 +60,26 @@ class EngineFactory:
             # max_retries=0: Temporal's retry policy is the only retry loop.
             client = AsyncOpenAI(api_key=key, base_url=spec.base_url, max_retries=0)
             return OpenAIChatEngine(client)
+        if spec.provider == Provider.OPENAI_RESPONSES:
+            from openai import AsyncOpenAI
+
+            from geppetto_temporal.engines.openai_responses import OpenAIResponsesEngine
+
+            client = AsyncOpenAI(api_key=key, base_url=spec.base_url, max_retries=0)
+            return OpenAIResponsesEngine(client)
+        if spec.provider == Provider.ANTHROPIC:
+            from anthropic import AsyncAnthropic
+
+            from geppetto_temporal.engines.anthropic_messages import (
+                AnthropicMessagesEngine,
+                sdk_base_url,
+            )
+
+            # The SDK's own convention: ANTHROPIC_BASE_URL when the spec names no base URL.
+            base_url = sdk_base_url(spec.base_url or self._environ.get("ANTHROPIC_BASE_URL"))
+            return AnthropicMessagesEngine(
+                AsyncAnthropic(api_key=key, base_url=base_url, max_retries=0)
+            )
         raise ApplicationError(
             f"provider {spec.provider!r} is not available on this worker yet",
             type=ErrorType.UNKNOWN_PROVIDER,

@@ -15,6 +15,7 @@ from geppetto_temporal.tools._tool import ToolDefinition
 from geppetto_temporal.turns import (
     Block,
     BlockMetaKey,
+    PayloadKey,
     Usage,
     llm_text_block,
     tool_call_block,
@@ -26,6 +27,29 @@ class _PendingToolCall:
     id: str = ""
     name: str = ""
     arguments: str = ""
+    #: The provider's id of the output item that holds the call (Responses: `fc_...`), if any.
+    item_id: str = ""
+
+
+@dataclass
+class PlacedBlock:
+    """A provider block (reasoning, thinking with its signature, ...) and where it streamed.
+
+    The position is recorded when the provider adds the block: whether text had
+    started and how many tool calls had begun. `StepOutput.blocks()` uses it to
+    put the block back between the text and tool calls in output order.
+    """
+
+    block: Block
+    after_text: bool = False
+    after_calls: int = 0
+
+    @property
+    def position(self) -> int:
+        """Sort key against the text (1) and the i-th tool call (3 + 2*i)."""
+        if self.after_calls:
+            return 2 + 2 * self.after_calls
+        return 2 if self.after_text else 0
 
 
 class StepListener(Protocol):
@@ -52,6 +76,10 @@ class StepOutput:
     stop_reason: str | None = None
     model: str | None = None
     chunks: int = 0
+    #: Provider blocks other than text and tool calls, in output order (see `add_block`).
+    extra_blocks: list[PlacedBlock] = field(default_factory=list)
+    #: Extra payload of the text block, e.g. the provider's message item id (`PayloadKey.ITEM_ID`).
+    text_payload: dict[str, Any] = field(default_factory=dict)
 
     def add_text(self, delta: str) -> None:
         """Append a text delta."""
@@ -66,7 +94,13 @@ class StepOutput:
             self.listener.on_thinking(delta)
 
     def add_tool_call_delta(
-        self, index: int, *, call_id: str | None, name: str | None, arguments: str | None
+        self,
+        index: int,
+        *,
+        call_id: str | None,
+        name: str | None,
+        arguments: str | None,
+        item_id: str | None = None,
     ) -> None:
         """Merge a streamed tool-call fragment (OpenAI sends id and name once, then argument pieces)."""
         call = self.tool_calls.setdefault(index, _PendingToolCall())
@@ -76,6 +110,25 @@ class StepOutput:
             call.name += name
         if arguments:
             call.arguments += arguments
+        if item_id:
+            call.item_id = item_id
+
+    def set_tool_call_arguments(self, index: int, arguments: str) -> None:
+        """Replace a call's arguments with the final string a provider sends once a call is done."""
+        self.tool_calls.setdefault(index, _PendingToolCall()).arguments = arguments
+
+    def add_block(self, block: Block) -> Block:
+        """Add a provider block (reasoning, thinking, ...) at the current point of the output.
+
+        It lands after the text and the tool calls that began before it. The block
+        is returned so the provider can fill in its payload as the stream goes on
+        (e.g. an encrypted content or signature that arrives last). Interrupted
+        output keeps only the text, so these blocks are dropped on cancellation.
+        """
+        self.extra_blocks.append(
+            PlacedBlock(block, after_text=bool(self.text), after_calls=len(self.tool_calls))
+        )
+        return block
 
     def blocks(self, *, interrupted: bool = False, attempt: int = 1) -> list[Block]:
         """The blocks this call produced; on interruption only the text, marked as such."""
@@ -87,17 +140,29 @@ class StepOutput:
                     llm_text_block(self.text, metadata={**meta, BlockMetaKey.INTERRUPTED: True})
                 )
             return out
+        placed: list[tuple[int, Block]] = []
         if self.text:
-            out.append(llm_text_block(self.text, metadata=meta))
-        for index in sorted(self.tool_calls):
+            text = llm_text_block(self.text, metadata=meta)
+            text.payload.update(self.text_payload)
+            placed.append((1, text))
+        for position, index in enumerate(sorted(self.tool_calls)):
             call = self.tool_calls[index]
             args, valid = decode_arguments(call.arguments)
             call_meta = dict(meta)
             if not valid:
                 call_meta[BlockMetaKey.ARGS_INVALID] = True
-            out.append(
-                tool_call_block(call.id or f"call_{index}", call.name, args, metadata=call_meta)
+            block = tool_call_block(call.id or f"call_{index}", call.name, args, metadata=call_meta)
+            if call.item_id:
+                block.payload[PayloadKey.ITEM_ID] = call.item_id
+            placed.append((3 + 2 * position, block))
+        for extra in self.extra_blocks:
+            block = extra.block.model_copy(
+                update={"metadata": {**extra.block.metadata, **meta}}, deep=True
             )
+            placed.append((extra.position, block))
+        # A stable sort keeps provider blocks that share a position in the order they came.
+        placed.sort(key=lambda item: item[0])
+        out.extend(block for _, block in placed)
         return out
 
 

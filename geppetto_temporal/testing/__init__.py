@@ -7,7 +7,9 @@ from geppetto_temporal.testing._script import (
     Message,
     NormalizedRequest,
     Plan,
+    ReasoningSpec,
     Reply,
+    ReplyReasoning,
     ReplySpec,
     ReplyToolCall,
     Rule,
@@ -22,8 +24,10 @@ from geppetto_temporal.testing._script import (
 )
 from geppetto_temporal.testing._scripted_server import (
     DEFAULT_SCRIPT_ID,
+    AnthropicMessagesWire,
     ChatCompletionsWire,
     RecordedRequest,
+    ResponsesWire,
     ScriptedModelServer,
     SSEEvent,
     WireFormat,
@@ -35,6 +39,7 @@ from geppetto_temporal.testing._scripted_server import (
 
 __all__ = [
     "DEFAULT_SCRIPT_ID",
+    "AnthropicMessagesWire",
     "ChatCompletionsWire",
     "ErrorReply",
     "ErrorSpec",
@@ -42,10 +47,13 @@ __all__ = [
     "Message",
     "NormalizedRequest",
     "Plan",
+    "ReasoningSpec",
     "RecordedRequest",
     "Reply",
+    "ReplyReasoning",
     "ReplySpec",
     "ReplyToolCall",
+    "ResponsesWire",
     "Rule",
     "SSEEvent",
     "Script",

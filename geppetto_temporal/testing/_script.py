@@ -25,7 +25,9 @@ __all__ = [
     "Message",
     "NormalizedRequest",
     "Plan",
+    "ReasoningSpec",
     "Reply",
+    "ReplyReasoning",
     "ReplySpec",
     "ReplyToolCall",
     "Rule",
@@ -240,6 +242,27 @@ class UsageSpec(_StrictModel):
 
     prompt_tokens: int | None = Field(default=None, ge=0)
     completion_tokens: int | None = Field(default=None, ge=0)
+    #: Of ``prompt_tokens``, how many came from the prompt cache (default 0).
+    cached_tokens: int | None = Field(default=None, ge=0)
+    #: Of ``prompt_tokens``, how many were written to the prompt cache (Anthropic's
+    #: ``cache_creation_input_tokens``; default 0).
+    cache_creation_tokens: int | None = Field(default=None, ge=0)
+    #: Of ``completion_tokens``, how many were reasoning (default: the words of the reasoning).
+    reasoning_tokens: int | None = Field(default=None, ge=0)
+
+
+class ReasoningSpec(_StrictModel):
+    """Reasoning the scripted model shows before its answer.
+
+    The Responses wire renders it as a ``reasoning`` output item (summary streamed as
+    ``response.reasoning_summary_text.delta``; ``encrypted_content`` only when the request
+    includes ``reasoning.encrypted_content``), the Anthropic wire as a ``thinking`` block whose
+    signature is ``encrypted_content``. Chat Completions ignores it. Without
+    ``encrypted_content`` a deterministic opaque value is derived from the summary.
+    """
+
+    summary: str = ""
+    encrypted_content: str | None = None
 
 
 class _ErrorFields(_StrictModel):
@@ -271,12 +294,16 @@ class Fault(_ErrorFields):
 
     Exactly one of ``status`` / ``cut_after_chunks`` / ``stall_after_chunks`` may be given;
     ``delay`` may stand alone (sleep, then the normal reply) or precede any of them.
+    ``error_after_chunks`` with ``status`` sends the error *inside* a stream that began with
+    HTTP 200, after that many events (an SSE ``error`` event, e.g. Anthropic's mid-stream
+    ``overloaded_error``); a non-streaming request gets the plain HTTP error instead.
     """
 
     status: int | None = Field(default=None, ge=400, le=599)
     delay: float | None = Field(default=None, ge=0)
     cut_after_chunks: int | None = Field(default=None, ge=0)
     stall_after_chunks: int | None = Field(default=None, ge=0)
+    error_after_chunks: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
@@ -291,7 +318,14 @@ class Fault(_ErrorFields):
             raise ValueError(
                 "a fault needs one of 'status', 'delay', 'cut_after_chunks', 'stall_after_chunks'"
             )
-        error_only = ("message", "type", "code", "retry_after", "retry_after_ms")
+        error_only = (
+            "message",
+            "type",
+            "code",
+            "retry_after",
+            "retry_after_ms",
+            "error_after_chunks",
+        )
         if self.status is None and any(getattr(self, k) is not None for k in error_only):
             raise ValueError(f"{', '.join(error_only)} only apply to a 'status' fault")
         return self
@@ -302,6 +336,7 @@ class Fault(_ErrorFields):
             "status",
             "cut_after_chunks",
             "stall_after_chunks",
+            "error_after_chunks",
             "delay",
             "retry_after",
             "retry_after_ms",
@@ -338,6 +373,7 @@ class ReplySpec(_StrictModel):
     chunk_delay: float = Field(default=0.0, ge=0)
     delay: float = Field(default=0.0, ge=0)
     error: ErrorSpec | None = None
+    reasoning: ReasoningSpec | None = None
 
     @field_validator("text")
     @classmethod
@@ -436,9 +472,20 @@ class ReplyToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyReasoning:
+    """Rendered reasoning: the summary text and the opaque encrypted content / signature."""
+
+    summary: str
+    encrypted_content: str
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cache_creation_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -454,6 +501,7 @@ class Reply:
     usage: Usage
     chunk_size: int = 12
     chunk_delay: float = 0.0
+    reasoning: ReplyReasoning | None = None
 
     @property
     def stop_reason(self) -> Literal["tool_calls", "stop"]:
@@ -497,6 +545,9 @@ class Plan:
     delay: float = 0.0
     cut_after_chunks: int | None = None
     stall_after_chunks: int | None = None
+    #: Send this error as an SSE event after ``stream_error_after`` events of the reply's stream.
+    stream_error: ErrorReply | None = None
+    stream_error_after: int = 0
     fault: str | None = None
 
 
@@ -539,19 +590,42 @@ def _render_reply(spec: ReplySpec, request: NormalizedRequest) -> Reply:
         )
         for i, tc in enumerate(spec.tool_calls)
     )
+    reasoning: ReplyReasoning | None = None
+    if spec.reasoning is not None:
+        summary = spec.reasoning.summary
+        encrypted = spec.reasoning.encrypted_content
+        if encrypted is None:
+            digest = hashlib.sha256(f"{request.fingerprint}:{summary}".encode()).hexdigest()
+            encrypted = f"gAAAAA{digest}"
+        reasoning = ReplyReasoning(summary=summary, encrypted_content=encrypted)
     prompt = request.word_count
-    completion = len((text or "").split()) + _TOKENS_PER_TOOL_CALL * len(calls)
+    cached = cache_creation = 0
+    thinking = len(reasoning.summary.split()) if reasoning is not None else 0
+    if spec.usage is not None and spec.usage.reasoning_tokens is not None:
+        thinking = spec.usage.reasoning_tokens
+    completion = len((text or "").split()) + _TOKENS_PER_TOOL_CALL * len(calls) + thinking
     if spec.usage is not None:
         if spec.usage.prompt_tokens is not None:
             prompt = spec.usage.prompt_tokens
         if spec.usage.completion_tokens is not None:
             completion = spec.usage.completion_tokens
+        if spec.usage.cached_tokens is not None:
+            cached = spec.usage.cached_tokens
+        if spec.usage.cache_creation_tokens is not None:
+            cache_creation = spec.usage.cache_creation_tokens
     return Reply(
         text=text,
         tool_calls=calls,
-        usage=Usage(prompt_tokens=prompt, completion_tokens=completion),
+        usage=Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            reasoning_tokens=thinking,
+            cache_creation_tokens=cache_creation,
+        ),
         chunk_size=spec.chunk_size,
         chunk_delay=spec.chunk_delay,
+        reasoning=reasoning,
     )
 
 
@@ -606,7 +680,8 @@ class ScriptRunner:
         spec = rule.reply
         fault_delay = fault.delay if fault is not None and fault.delay is not None else 0.0
         fault_error = fault.to_error_reply() if fault is not None else None
-        if fault_error is not None:
+        mid_stream = fault is not None and fault.error_after_chunks is not None
+        if fault_error is not None and not mid_stream:
             return Plan(
                 rule_name=rule_name, error=fault_error, delay=fault_delay, fault=fault_label
             )
@@ -623,5 +698,7 @@ class ScriptRunner:
             delay=fault_delay + spec.delay,
             cut_after_chunks=fault.cut_after_chunks if fault is not None else None,
             stall_after_chunks=fault.stall_after_chunks if fault is not None else None,
+            stream_error=fault_error,
+            stream_error_after=(fault.error_after_chunks or 0) if fault is not None else 0,
             fault=fault_label,
         )

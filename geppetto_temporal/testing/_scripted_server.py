@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hmac
 import http
+import itertools
 import json
 import logging
 import threading
@@ -46,6 +47,7 @@ from geppetto_temporal.testing._script import (
     NormalizedRequest,
     Plan,
     Reply,
+    ReplyToolCall,
     Script,
     ScriptRunner,
     ToolCallRef,
@@ -53,8 +55,10 @@ from geppetto_temporal.testing._script import (
 
 __all__ = [
     "DEFAULT_SCRIPT_ID",
+    "AnthropicMessagesWire",
     "ChatCompletionsWire",
     "RecordedRequest",
+    "ResponsesWire",
     "SSEEvent",
     "ScriptedModelServer",
     "WireFormat",
@@ -93,7 +97,8 @@ class RecordedRequest(BaseModel):
     """One request the server received on a model endpoint, and how it was answered.
 
     ``outcome`` is ``pending`` while in flight, then ``completed``, ``error`` (an HTTP error was
-    sent), ``cut`` (connection closed mid-stream by a fault), ``client_disconnected``,
+    sent), ``stream_error`` (an SSE ``error`` event ended a stream), ``cut`` (connection closed
+    mid-stream by a fault), ``client_disconnected``,
     ``cancelled`` (server stopped mid-answer) or ``server_error`` (a bug; see the log).
     Credential header values are replaced by ``<redacted>``.
     """
@@ -110,6 +115,22 @@ class RecordedRequest(BaseModel):
     received_at: float
     #: Wall-clock time each streamed SSE chunk was written (for latency measurements).
     chunk_times: list[float] = Field(default_factory=list)
+
+    def conversation(self) -> NormalizedRequest | None:
+        """The request as the script rules saw it, whatever its wire format.
+
+        Tests use it to assert what a provider sent (e.g. the tool results, in order)
+        without caring whether it spoke Chat Completions, Responses or Anthropic Messages.
+        ``None`` when this was not a model call or its body did not parse.
+        """
+        _, api_path = ScriptedModelServer._split_path(self.path)
+        wire = _MODEL_ENDPOINTS.get(api_path)
+        if wire is None or not isinstance(self.body, dict):
+            return None
+        try:
+            return wire.parse(self.body)
+        except WireRequestError:
+            return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,10 +353,633 @@ class ChatCompletionsWire:
         return {"error": {"message": error.message, "type": etype, "param": None, "code": code}}
 
 
+class AnthropicMessagesWire:
+    """Anthropic Messages (``POST /v1/messages``), streaming with the API's named SSE events.
+
+    Requests are checked the way the real API checks them where a provider bug would hide:
+    roles, ``max_tokens``, tool results that answer the previous assistant message's tool uses,
+    tool results first in their user message, non-empty text, signed thinking blocks.
+    A script reply's ``reasoning`` becomes a ``thinking`` block whose signature is the script's
+    ``encrypted_content`` (or a value derived from the thinking text).
+    """
+
+    def parse(self, body: Any) -> NormalizedRequest:
+        if not isinstance(body, dict):
+            raise WireRequestError("request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise WireRequestError("model: Field required")
+        max_tokens = body.get("max_tokens")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise WireRequestError("max_tokens: Field required (a positive integer)")
+        raw_messages = body.get("messages")
+        if not isinstance(raw_messages, list) or not raw_messages:
+            raise WireRequestError("messages: must be a non-empty array")
+        messages: list[Message] = []
+        system = body.get("system")
+        if system is not None:
+            if not isinstance(system, (str, list)):
+                raise WireRequestError("system: must be a string or an array of text blocks")
+            messages.append(Message(role="system", text=_content_text(system)))
+        open_calls: set[str] = set()
+        for i, m in enumerate(raw_messages):
+            if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+                raise WireRequestError(f"messages.{i}.role: must be 'user' or 'assistant'")
+            content = m.get("content")
+            if isinstance(content, str):
+                content = [{"type": "text", "text": content}]
+            if not isinstance(content, list):
+                raise WireRequestError(f"messages.{i}.content: must be a string or an array")
+            blocks: list[Any] = content
+            if m["role"] == "assistant":
+                if open_calls:
+                    raise WireRequestError(_missing_tool_results(i, open_calls))
+                messages.append(self._assistant(i, blocks, open_calls))
+            else:
+                messages.extend(self._user(i, blocks, open_calls))
+        tools: list[str] = []
+        for t in body.get("tools") or []:
+            if isinstance(t, dict):
+                tools.append(str(t.get("name", "")))
+        return NormalizedRequest(
+            model=model,
+            messages=tuple(messages),
+            tools=tuple(tools),
+            stream=bool(body.get("stream")),
+        )
+
+    @staticmethod
+    def _assistant(i: int, blocks: list[Any], open_calls: set[str]) -> Message:
+        texts: list[str] = []
+        calls: list[ToolCallRef] = []
+        for j, b in enumerate(blocks):
+            where = f"messages.{i}.content.{j}"
+            kind = b.get("type") if isinstance(b, dict) else None
+            if kind == "text":
+                if not isinstance(b.get("text"), str) or not b["text"].strip():
+                    raise WireRequestError(
+                        f"{where}: text content blocks must contain non-whitespace text"
+                    )
+                texts.append(b["text"])
+            elif kind == "tool_use":
+                tool_input = b.get("input")
+                if not isinstance(b.get("id"), str) or not isinstance(b.get("name"), str):
+                    raise WireRequestError(f"{where}: tool_use needs 'id' and 'name'")
+                if not isinstance(tool_input, dict):
+                    raise WireRequestError(f"{where}.input: Input should be a valid dictionary")
+                calls.append(ToolCallRef(id=b["id"], name=b["name"], arguments=_json(tool_input)))
+                open_calls.add(b["id"])
+            elif kind == "thinking":
+                if not isinstance(b.get("signature"), str) or not b["signature"]:
+                    raise WireRequestError(f"{where}.signature: Field required")
+            elif kind == "redacted_thinking":
+                if not isinstance(b.get("data"), str):
+                    raise WireRequestError(f"{where}.data: Field required")
+            else:
+                raise WireRequestError(f"{where}: unsupported assistant content type {kind!r}")
+        return Message(role="assistant", text="".join(texts), tool_calls=tuple(calls))
+
+    @staticmethod
+    def _user(i: int, blocks: list[Any], open_calls: set[str]) -> list[Message]:
+        out: list[Message] = []
+        texts: list[str] = []
+        answered: set[str] = set()
+        for j, b in enumerate(blocks):
+            where = f"messages.{i}.content.{j}"
+            kind = b.get("type") if isinstance(b, dict) else None
+            if kind == "tool_result":
+                call_id = b.get("tool_use_id")
+                if texts:
+                    raise WireRequestError(
+                        f"{where}: tool_result blocks must come before any other content"
+                    )
+                if call_id not in open_calls:
+                    raise WireRequestError(
+                        f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                        f"{call_id}. Each `tool_result` block must have a corresponding "
+                        "`tool_use` block in the previous message."
+                    )
+                answered.add(call_id)
+                out.append(
+                    Message(role="tool", text=_content_text(b.get("content")), tool_call_id=call_id)
+                )
+            elif kind == "text":
+                if not isinstance(b.get("text"), str) or not b["text"].strip():
+                    raise WireRequestError(
+                        f"{where}: text content blocks must contain non-whitespace text"
+                    )
+                texts.append(b["text"])
+            elif kind in ("image", "document"):
+                continue
+            else:
+                raise WireRequestError(f"{where}: unsupported user content type {kind!r}")
+        if open_calls - answered:
+            raise WireRequestError(_missing_tool_results(i - 1, open_calls - answered))
+        open_calls.clear()
+        if texts:
+            out.append(Message(role="user", text="\n".join(texts)))
+        return out
+
+    @staticmethod
+    def _usage(reply: Reply, *, output: bool = True) -> dict[str, Any]:
+        # Anthropic's input_tokens excludes input read from or written to the cache.
+        u = reply.usage
+        cached = u.cached_tokens + u.cache_creation_tokens
+        usage: dict[str, Any] = {
+            "input_tokens": max(u.prompt_tokens - cached, 0),
+            "cache_creation_input_tokens": u.cache_creation_tokens,
+            "cache_read_input_tokens": u.cached_tokens,
+            "output_tokens": u.completion_tokens if output else 1,
+        }
+        if output and reply.reasoning is not None:
+            usage["output_tokens_details"] = {"thinking_tokens": u.reasoning_tokens}
+        return usage
+
+    @staticmethod
+    def _thinking(reply: Reply) -> tuple[str, str] | None:
+        """The thinking text and signature of a reply with ``reasoning``, else None."""
+        if reply.reasoning is None:
+            return None
+        return reply.reasoning.summary, reply.reasoning.encrypted_content
+
+    def _content(self, reply: Reply) -> list[dict[str, Any]]:
+        content: list[dict[str, Any]] = []
+        thinking = self._thinking(reply)
+        if thinking is not None:
+            content.append({"type": "thinking", "thinking": thinking[0], "signature": thinking[1]})
+        if reply.text:
+            content.append({"type": "text", "text": reply.text, "citations": None})
+        for tc in reply.tool_calls:
+            try:
+                tool_input: Any = json.loads(tc.arguments)
+            except ValueError:
+                tool_input = tc.arguments  # malformed arguments are only expressible when streaming
+            content.append({"type": "tool_use", "id": tc.id, "name": tc.name, "input": tool_input})
+        return content
+
+    @staticmethod
+    def _stop_reason(reply: Reply) -> str:
+        return "tool_use" if reply.tool_calls else "end_turn"
+
+    def encode_json(
+        self, reply: Reply, request: NormalizedRequest, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": request.model,
+            "content": self._content(reply),
+            "stop_reason": self._stop_reason(reply),
+            "stop_sequence": None,
+            "usage": self._usage(reply),
+        }
+
+    def encode_stream(
+        self, reply: Reply, request: NormalizedRequest, body: Mapping[str, Any]
+    ) -> Iterator[SSEEvent]:
+        delay = reply.chunk_delay
+
+        def event(name: str, data: dict[str, Any], pause: float = 0.0) -> SSEEvent:
+            return SSEEvent(_json({"type": name, **data}), event=name, delay=pause)
+
+        message: dict[str, Any] = {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": request.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": self._usage(reply, output=False),
+        }
+        yield event("message_start", {"message": message})
+        index = 0
+        thinking = self._thinking(reply)
+        if thinking is not None:
+            text, signature = thinking
+            start: dict[str, Any] = {"type": "thinking", "thinking": "", "signature": ""}
+            yield event("content_block_start", {"index": index, "content_block": start})
+            for piece in reply.chunks(text):
+                delta = {"type": "thinking_delta", "thinking": piece}
+                yield event("content_block_delta", {"index": index, "delta": delta}, delay)
+            delta = {"type": "signature_delta", "signature": signature}
+            yield event("content_block_delta", {"index": index, "delta": delta})
+            yield event("content_block_stop", {"index": index})
+            index += 1
+        if reply.text:
+            start = {"type": "text", "text": ""}
+            yield event("content_block_start", {"index": index, "content_block": start})
+            for piece in reply.chunks(reply.text):
+                delta = {"type": "text_delta", "text": piece}
+                yield event("content_block_delta", {"index": index, "delta": delta}, delay)
+            yield event("content_block_stop", {"index": index})
+            index += 1
+        for tc in reply.tool_calls:
+            start = {"type": "tool_use", "id": tc.id, "name": tc.name, "input": {}}
+            yield event("content_block_start", {"index": index, "content_block": start})
+            for piece in reply.chunks(tc.arguments):
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                yield event("content_block_delta", {"index": index, "delta": delta}, delay)
+            yield event("content_block_stop", {"index": index})
+            index += 1
+        stop = {"stop_reason": self._stop_reason(reply), "stop_sequence": None}
+        yield event("message_delta", {"delta": stop, "usage": self._usage(reply)})
+        yield event("message_stop", {})
+
+    #: The error ``type`` Anthropic uses for each status.
+    _ERROR_TYPES = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        402: "billing_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        504: "timeout_error",
+        529: "overloaded_error",
+    }
+
+    def encode_error(self, error: ErrorReply) -> dict[str, Any]:
+        etype = error.type or self._ERROR_TYPES.get(
+            error.status, "api_error" if error.status >= 500 else "invalid_request_error"
+        )
+        return {"type": "error", "error": {"type": etype, "message": error.message}}
+
+    def encode_stream_error(self, error: ErrorReply) -> SSEEvent:
+        return SSEEvent(_json(self.encode_error(error)), event="error")
+
+
+def _error_mid_stream(
+    events: Iterator[SSEEvent], error: ErrorReply, after: int, wire: WireFormat
+) -> Iterator[SSEEvent]:
+    """The first ``after`` events of a stream, then ``error`` as an SSE ``error`` event."""
+    yield from itertools.islice(events, after)
+    encode = getattr(wire, "encode_stream_error", None)
+    if encode is not None:
+        yield encode(error)
+    else:
+        yield SSEEvent(_json(wire.encode_error(error)), event="error")
+
+
+def _missing_tool_results(index: int, ids: set[str]) -> str:
+    return (
+        f"messages.{index}: `tool_use` ids were found without `tool_result` blocks immediately "
+        f"after: {', '.join(sorted(ids))}. Each `tool_use` block must have a corresponding "
+        "`tool_result` block in the next message."
+    )
+
+
+class ResponsesWire:
+    """OpenAI Responses (``POST /v1/responses``), streaming with the API's named SSE events.
+
+    Requests are checked where a provider bug would otherwise hide: tool definitions in the flat
+    Responses shape, every ``function_call_output`` answering an earlier ``function_call``,
+    reasoning items with their ``id`` and ``summary`` and followed by the item they led to, and
+    no ``temperature``/``top_p`` next to ``reasoning`` (real reasoning models reject them).
+    A script reply's ``reasoning`` becomes a ``reasoning`` output item; its summary is sent only
+    when the request asks for one (``reasoning.summary``), its ``encrypted_content`` only when
+    the request includes ``reasoning.encrypted_content``, as the real API does.
+    """
+
+    _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
+
+    def parse(self, body: Any) -> NormalizedRequest:
+        if not isinstance(body, dict):
+            raise WireRequestError("request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise WireRequestError("Missing required parameter: 'model'.")
+        if "messages" in body:
+            raise WireRequestError("Unsupported parameter: 'messages'. Use 'input'.")
+        if isinstance(body.get("reasoning"), dict) or _is_reasoning_model(model):
+            for name in ("temperature", "top_p"):
+                if body.get(name) is not None:
+                    raise WireRequestError(
+                        f"Unsupported parameter: '{name}' is not supported with this model."
+                    )
+        messages: list[Message] = []
+        instructions = body.get("instructions")
+        if isinstance(instructions, str) and instructions:
+            messages.append(Message(role="system", text=instructions))
+        raw_input = body.get("input")
+        if isinstance(raw_input, str):
+            raw_input = [{"role": "user", "content": raw_input}]
+        if not isinstance(raw_input, list) or not raw_input:
+            raise WireRequestError("'input' must be a string or a non-empty array")
+        self._items(raw_input, messages)
+        tools: list[str] = []
+        for i, t in enumerate(body.get("tools") or []):
+            if not isinstance(t, dict):
+                raise WireRequestError(f"tools[{i}] must be an object")
+            if t.get("type") == "function" and not isinstance(t.get("name"), str):
+                raise WireRequestError(f"Missing required parameter: 'tools[{i}].name'.")
+            tools.append(str(t.get("name", t.get("type", ""))))
+        return NormalizedRequest(
+            model=model,
+            messages=tuple(messages),
+            tools=tuple(tools),
+            stream=bool(body.get("stream")),
+        )
+
+    def _items(self, items: list[Any], messages: list[Message]) -> None:
+        calls: set[str] = set()
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise WireRequestError(f"input[{i}] must be an object")
+            kind = item.get("type", "message")
+            if kind == "message":
+                role = self._ROLES.get(str(item.get("role")))
+                if role is None:
+                    raise WireRequestError(f"input[{i}].role: invalid role {item.get('role')!r}")
+                text = _content_text(item.get("content"))
+                last = messages[-1] if messages else None
+                if role == "assistant" and last is not None and last.role == "assistant":
+                    if not last.tool_calls:
+                        messages[-1] = Message(role="assistant", text=last.text + text)
+                        continue
+                messages.append(Message(role=role, text=text))
+            elif kind == "function_call":
+                call_id, name = item.get("call_id"), item.get("name")
+                arguments = item.get("arguments")
+                if not isinstance(call_id, str) or not call_id or not isinstance(name, str):
+                    raise WireRequestError(
+                        f"input[{i}]: a function_call needs 'call_id', 'name' and 'arguments'"
+                    )
+                if not isinstance(arguments, str):
+                    raise WireRequestError(f"input[{i}].arguments: expected a JSON string")
+                calls.add(call_id)
+                ref = ToolCallRef(id=call_id, name=name, arguments=arguments)
+                last = messages[-1] if messages else None
+                if last is not None and last.role == "assistant":
+                    messages[-1] = Message(
+                        role="assistant", text=last.text, tool_calls=(*last.tool_calls, ref)
+                    )
+                else:
+                    messages.append(Message(role="assistant", tool_calls=(ref,)))
+            elif kind == "function_call_output":
+                call_id = item.get("call_id")
+                if call_id not in calls:
+                    raise WireRequestError(
+                        f"No tool call found for function call output with call_id {call_id}."
+                    )
+                messages.append(
+                    Message(
+                        role="tool", text=_content_text(item.get("output")), tool_call_id=call_id
+                    )
+                )
+            elif kind == "reasoning":
+                self._check_reasoning(i, item, items)
+            elif kind == "item_reference":
+                continue
+            else:
+                raise WireRequestError(f"input[{i}]: unsupported item type {kind!r}")
+
+    @staticmethod
+    def _check_reasoning(i: int, item: dict[str, Any], items: list[Any]) -> None:
+        item_id = item.get("id")
+        if not isinstance(item_id, str) or not item_id:
+            raise WireRequestError(f"Missing required parameter: 'input[{i}].id'.")
+        if not isinstance(item.get("summary"), list):
+            raise WireRequestError(f"Missing required parameter: 'input[{i}].summary'.")
+        follower = items[i + 1] if i + 1 < len(items) else None
+        follows = isinstance(follower, dict) and (
+            follower.get("type") in ("function_call", "reasoning")
+            or (follower.get("type") == "message" and follower.get("role") == "assistant")
+        )
+        if not follows:
+            raise WireRequestError(
+                f"Item '{item_id}' of type 'reasoning' was provided without its required "
+                "following item."
+            )
+
+    @staticmethod
+    def _usage(reply: Reply) -> dict[str, Any]:
+        u = reply.usage
+        return {
+            "input_tokens": u.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": u.cached_tokens},
+            "output_tokens": u.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+            "total_tokens": u.total_tokens,
+        }
+
+    @staticmethod
+    def _reasoning_item(
+        reply: Reply, body: Mapping[str, Any], item_id: str, *, done: bool
+    ) -> dict[str, Any] | None:
+        if reply.reasoning is None:
+            return None
+        options = body.get("reasoning")
+        wants_summary = isinstance(options, dict) and bool(options.get("summary"))
+        include = body.get("include")
+        wants_encrypted = isinstance(include, list) and "reasoning.encrypted_content" in include
+        summary = reply.reasoning.summary if wants_summary else ""
+        item: dict[str, Any] = {"id": item_id, "type": "reasoning", "summary": []}
+        if done:
+            if summary:
+                item["summary"] = [{"type": "summary_text", "text": summary}]
+            if wants_encrypted:
+                item["encrypted_content"] = reply.reasoning.encrypted_content
+        return item
+
+    @staticmethod
+    def _message_item(item_id: str, text: str, *, done: bool) -> dict[str, Any]:
+        content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+        return {
+            "id": item_id,
+            "type": "message",
+            "status": "completed" if done else "in_progress",
+            "role": "assistant",
+            "content": content if done else [],
+        }
+
+    @staticmethod
+    def _call_item(item_id: str, tc: ReplyToolCall, *, done: bool) -> dict[str, Any]:
+        return {
+            "id": item_id,
+            "type": "function_call",
+            "status": "completed" if done else "in_progress",
+            "call_id": tc.id,
+            "name": tc.name,
+            "arguments": tc.arguments if done else "",
+        }
+
+    @staticmethod
+    def _response(
+        response_id: str,
+        request: NormalizedRequest,
+        body: Mapping[str, Any],
+        *,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        reasoning = body.get("reasoning")
+        return {
+            "id": response_id,
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": request.model,
+            "output": output,
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": None,
+            "reasoning": reasoning if isinstance(reasoning, dict) else None,
+            "store": body.get("store", True),
+            "temperature": body.get("temperature"),
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": body.get("top_p"),
+            "truncation": "disabled",
+            "usage": usage,
+            "metadata": {},
+        }
+
+    def _ids(self, reply: Reply) -> tuple[str, str, str, list[str]]:
+        def new(prefix: str) -> str:
+            return f"{prefix}_{uuid.uuid4().hex}"
+
+        return new("resp"), new("rs"), new("msg"), [new("fc") for _ in reply.tool_calls]
+
+    def _output(
+        self, reply: Reply, body: Mapping[str, Any], ids: tuple[str, str, str, list[str]]
+    ) -> list[dict[str, Any]]:
+        _, rs_id, msg_id, fc_ids = ids
+        output: list[dict[str, Any]] = []
+        reasoning = self._reasoning_item(reply, body, rs_id, done=True)
+        if reasoning is not None:
+            output.append(reasoning)
+        if reply.text:
+            output.append(self._message_item(msg_id, reply.text, done=True))
+        for fc_id, tc in zip(fc_ids, reply.tool_calls, strict=True):
+            output.append(self._call_item(fc_id, tc, done=True))
+        return output
+
+    def encode_json(
+        self, reply: Reply, request: NormalizedRequest, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        ids = self._ids(reply)
+        output = self._output(reply, body, ids)
+        return self._response(
+            ids[0], request, body, status="completed", output=output, usage=self._usage(reply)
+        )
+
+    def encode_stream(
+        self, reply: Reply, request: NormalizedRequest, body: Mapping[str, Any]
+    ) -> Iterator[SSEEvent]:
+        ids = self._ids(reply)
+        resp_id, rs_id, msg_id, fc_ids = ids
+        delay = reply.chunk_delay
+        sequence = itertools.count()
+
+        def event(name: str, data: dict[str, Any], pause: float = 0.0) -> SSEEvent:
+            payload = {"type": name, "sequence_number": next(sequence), **data}
+            return SSEEvent(_json(payload), event=name, delay=pause)
+
+        def response(status: str, output: list[dict[str, Any]], usage: Any) -> dict[str, Any]:
+            return self._response(resp_id, request, body, status=status, output=output, usage=usage)
+
+        yield event("response.created", {"response": response("in_progress", [], None)})
+        yield event("response.in_progress", {"response": response("in_progress", [], None)})
+        index = 0
+        added = self._reasoning_item(reply, body, rs_id, done=False)
+        done = self._reasoning_item(reply, body, rs_id, done=True)
+        if added is not None and done is not None:
+            yield event("response.output_item.added", {"output_index": index, "item": added})
+            summary = done["summary"][0]["text"] if done["summary"] else ""
+            if summary:
+                where = {"item_id": rs_id, "output_index": index, "summary_index": 0}
+                part = {"type": "summary_text", "text": ""}
+                yield event("response.reasoning_summary_part.added", {**where, "part": part})
+                for piece in reply.chunks(summary):
+                    delta = {**where, "delta": piece}
+                    yield event("response.reasoning_summary_text.delta", delta, delay)
+                yield event("response.reasoning_summary_text.done", {**where, "text": summary})
+                part = {"type": "summary_text", "text": summary}
+                yield event("response.reasoning_summary_part.done", {**where, "part": part})
+            yield event("response.output_item.done", {"output_index": index, "item": done})
+            index += 1
+        if reply.text:
+            item = self._message_item(msg_id, reply.text, done=False)
+            yield event("response.output_item.added", {"output_index": index, "item": item})
+            where = {"item_id": msg_id, "output_index": index, "content_index": 0}
+            text_part: dict[str, Any] = {"type": "output_text", "text": "", "annotations": []}
+            text_part["logprobs"] = []
+            yield event("response.content_part.added", {**where, "part": text_part})
+            for piece in reply.chunks(reply.text):
+                delta = {**where, "delta": piece, "logprobs": []}
+                yield event("response.output_text.delta", delta, delay)
+            yield event("response.output_text.done", {**where, "text": reply.text, "logprobs": []})
+            text_part = {**text_part, "text": reply.text}
+            yield event("response.content_part.done", {**where, "part": text_part})
+            item = self._message_item(msg_id, reply.text, done=True)
+            yield event("response.output_item.done", {"output_index": index, "item": item})
+            index += 1
+        for fc_id, tc in zip(fc_ids, reply.tool_calls, strict=True):
+            item = self._call_item(fc_id, tc, done=False)
+            yield event("response.output_item.added", {"output_index": index, "item": item})
+            where = {"item_id": fc_id, "output_index": index}
+            for piece in reply.chunks(tc.arguments):
+                yield event(
+                    "response.function_call_arguments.delta", {**where, "delta": piece}, delay
+                )
+            yield event(
+                "response.function_call_arguments.done", {**where, "arguments": tc.arguments}
+            )
+            item = self._call_item(fc_id, tc, done=True)
+            yield event("response.output_item.done", {"output_index": index, "item": item})
+            index += 1
+        final = response("completed", self._output(reply, body, ids), self._usage(reply))
+        yield event("response.completed", {"response": final})
+
+    def encode_error(self, error: ErrorReply) -> dict[str, Any]:
+        return _CHAT_WIRE.encode_error(error)
+
+    def encode_stream_error(self, error: ErrorReply) -> SSEEvent:
+        """A ``response.failed`` event carrying the error's ``code`` (how clients decide to retry)."""
+        code = error.code
+        if code is None:
+            if error.status == 429:
+                code = "rate_limit_exceeded"
+            elif error.status >= 500:
+                code = "server_error"
+            else:
+                code = "invalid_prompt"
+        failed = {
+            "id": f"resp_{uuid.uuid4().hex}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "failed",
+            "error": {"code": code, "message": error.message},
+            "incomplete_details": None,
+            "model": "",
+            "output": [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": None,
+        }
+        data = {"type": "response.failed", "sequence_number": 0, "response": failed}
+        return SSEEvent(_json(data), event="response.failed")
+
+
+def _is_reasoning_model(model: str) -> bool:
+    return model.lower().rsplit("/", 1)[-1].startswith(("o1", "o3", "o4", "gpt-5"))
+
+
 _CHAT_WIRE = ChatCompletionsWire()
 
 # Model-call endpoints relative to a script's base URL. New wire formats plug in here.
-_MODEL_ENDPOINTS: dict[str, WireFormat] = {"/v1/chat/completions": _CHAT_WIRE}
+_MODEL_ENDPOINTS: dict[str, WireFormat] = {
+    "/v1/chat/completions": _CHAT_WIRE,
+    "/v1/messages": AnthropicMessagesWire(),
+    "/v1/responses": ResponsesWire(),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -871,7 +1515,12 @@ class ScriptedModelServer:
         if self._api_key is None:
             return True
         given = req.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {self._api_key}".encode())
+        if hmac.compare_digest(given.encode(), f"Bearer {self._api_key}".encode()):
+            return True
+        # The Anthropic SDK sends its key as `x-api-key`.
+        return hmac.compare_digest(
+            req.headers.get("x-api-key", "").encode(), self._api_key.encode()
+        )
 
     async def _send_error(
         self,
@@ -902,6 +1551,7 @@ class ScriptedModelServer:
                     code="invalid_api_key",
                 ),
                 record,
+                _MODEL_ENDPOINTS.get(api_path, _CHAT_WIRE),
             )
             return
         runner = self._runners.get(script_id)
@@ -959,6 +1609,9 @@ class ScriptedModelServer:
         assert plan.reply is not None  # a plan without an error always carries a reply
 
         if not request.stream:
+            if plan.stream_error is not None:
+                await self._send_error(conn, plan.stream_error, record, wire)
+                return
             # Faults that act on chunks degrade for a plain JSON answer: "cut" drops the
             # connection without any response, "stall" never answers.
             if plan.cut_after_chunks is not None:
@@ -973,7 +1626,10 @@ class ScriptedModelServer:
             await conn.send_json(200, wire.encode_json(plan.reply, request, body))
             record.outcome = "completed"
             return
-        await self._stream(conn, record, plan, wire.encode_stream(plan.reply, request, body))
+        events = wire.encode_stream(plan.reply, request, body)
+        if plan.stream_error is not None:
+            events = _error_mid_stream(events, plan.stream_error, plan.stream_error_after, wire)
+        await self._stream(conn, record, plan, events)
 
     async def _stream(
         self, conn: _Connection, record: RecordedRequest, plan: Plan, events: Iterator[SSEEvent]
@@ -1002,7 +1658,7 @@ class ScriptedModelServer:
             record.outcome = "client_disconnected"
         else:
             await conn.end_stream()
-            record.outcome = "completed"
+            record.outcome = "stream_error" if plan.stream_error is not None else "completed"
 
     # ---- control endpoints -------------------------------------------------------------------
 
