@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench clean
+.PHONY: demo test chromium lint typecheck check bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -18,11 +18,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/geppetto demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check geppetto_temporal tests bench
 	$(BIN)/ruff format --check geppetto_temporal tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The dashboard tests drive a real headless Chromium: Debian's package, never a downloaded browser.
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium for the dashboard tests"; \
+		apt-get update -q && apt-get install -y -q chromium || \
+		{ echo "could not install chromium: run 'apt-get install chromium' as root"; exit 1; }; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check geppetto_temporal tests bench

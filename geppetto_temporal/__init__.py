@@ -22,6 +22,7 @@ from geppetto_temporal.errors import (
     SessionError,
     SessionNotFoundError,
 )
+from geppetto_temporal.sessions import SessionInfo, describe_session, list_sessions
 from geppetto_temporal.tools import (
     Tool,
     ToolChoice,
@@ -54,6 +55,7 @@ __all__ = [
     "SessionBusyError",
     "SessionClosedError",
     "SessionError",
+    "SessionInfo",
     "SessionNotFoundError",
     "Tool",
     "ToolChoice",
@@ -67,5 +69,7 @@ __all__ = [
     "connect",
     "create_worker",
     "data_converter",
+    "describe_session",
+    "list_sessions",
     "tool",
 ]

@@ -18,13 +18,15 @@ from rich.console import Console
 from rich.text import Text
 
 from geppetto_temporal import devserver
+from geppetto_temporal._cli_schedule import schedule_app
+from geppetto_temporal._cli_sessions import sessions_app
 from geppetto_temporal._render import StreamPrinter, format_usage
 from geppetto_temporal.client import ExecutionHandle, Session, new_session_id
 from geppetto_temporal.connection import temporal_address_from_env
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.errors import GeppettoError, InferenceError
 from geppetto_temporal.events import event_to_json
-from geppetto_temporal.runtime import open_runtime
+from geppetto_temporal.runtime import SEARCH_ATTRIBUTES, open_runtime
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 
@@ -42,6 +44,8 @@ app = typer.Typer(
 )
 server_app = typer.Typer(help="Manage the embedded Temporal dev server.", no_args_is_help=True)
 app.add_typer(server_app, name="server")
+app.add_typer(schedule_app, name="schedule")
+app.add_typer(sessions_app, name="sessions")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -271,31 +275,63 @@ def worker(
     tools: ToolsOption = None,
     example_tools: ExamplesOption = False,
     task_queue: Annotated[str, typer.Option("--task-queue")] = DEFAULT_TASK_QUEUE,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            envvar="GEPPETTO_METRICS",
+            help="Serve Prometheus metrics on HOST:PORT/metrics, e.g. 0.0.0.0:9464.",
+        ),
+    ] = None,
+    otel: Annotated[
+        bool,
+        typer.Option(
+            "--otel",
+            help="Trace with OpenTelemetry (also GEPPETTO_OTEL=1); exports via OTEL_EXPORTER_OTLP_* "
+            "(needs the otel extra and an OTLP exporter).",
+        ),
+    ] = False,
 ) -> None:
     """Run a worker: against TEMPORAL_ADDRESS (TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS from env), or the embedded server."""
     with _user_errors():
         registry = _load_tools(tools, example_tools)
-    _run(_serve_worker(registry, task_queue), quiet_worker=False)
+    if otel:
+        os.environ["GEPPETTO_OTEL"] = "1"
+    _run(_serve_worker(registry, task_queue, metrics), quiet_worker=False)
 
 
-async def _serve_worker(registry: ToolRegistry, task_queue: str) -> None:
+def _observability_note(metrics: str | None) -> str:
+    from geppetto_temporal.observability import tracing_enabled_from_env
+
+    parts = [f"metrics on http://{metrics}/metrics"] if metrics else []
+    if tracing_enabled_from_env():
+        parts.append("tracing on")
+    return "".join(f"; {part}" for part in parts)
+
+
+async def _serve_worker(registry: ToolRegistry, task_queue: str, metrics: str | None) -> None:
     if temporal_address_from_env():
         from geppetto_temporal.connection import connect
         from geppetto_temporal.worker import create_worker
 
-        client = await connect()
+        client = await connect(metrics_address=metrics)
         w = create_worker(client, task_queue=task_queue, tools=registry)
         where = client.service_client.config.target_host
         _progress(
             f"worker on {where} task queue {task_queue!r}; tools: {', '.join(registry.names) or 'none'}"
+            + _observability_note(metrics)
         )
         await w.run()
         return
-    async with open_runtime(tools=registry, task_queue=task_queue, log=_progress) as runtime:
+    async with open_runtime(
+        tools=registry, task_queue=task_queue, log=_progress, metrics_address=metrics
+    ) as runtime:
         assert runtime.server is not None
         _progress(
             f"worker on embedded server {runtime.server.address} task queue {task_queue!r}; "
-            f"tools: {', '.join(registry.names) or 'none'}; UI {runtime.server.ui_url}; Ctrl-C to stop"
+            f"tools: {', '.join(registry.names) or 'none'}; UI {runtime.server.ui_url}"
+            + _observability_note(metrics)
+            + "; Ctrl-C to stop"
         )
         await asyncio.Event().wait()
 
@@ -336,7 +372,9 @@ def server_start() -> None:
     """Start the embedded dev server and keep it running after this command exits."""
 
     async def start() -> None:
-        async with devserver.EmbeddedServer(keep_running=True, log=_progress) as info:
+        async with devserver.EmbeddedServer(
+            search_attributes=SEARCH_ATTRIBUTES, keep_running=True, log=_progress
+        ) as info:
             console.print(
                 f"Temporal dev server {info.address}, UI {info.ui_url}, data {info.data_dir}"
             )
@@ -420,6 +458,70 @@ def chat(
     )
 
 
+@app.command()
+def dashboard(
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to serve on.")] = 8800,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="GEPPETTO_DASHBOARD_TOKEN",
+            help="Require this token on every request (required off loopback; $GEPPETTO_DASHBOARD_TOKEN).",
+        ),
+    ] = None,
+    tools: ToolsOption = None,
+    example_tools: ExamplesOption = False,
+    task_queue: Annotated[str, typer.Option("--task-queue")] = DEFAULT_TASK_QUEUE,
+) -> None:
+    """Serve the operators' web dashboard: sessions, live inferences, cancel/close, schedules."""
+    # Lazy: the web stack is imported only by this command.
+    from geppetto_temporal.dashboard import DashboardConfigError, check_bind
+
+    try:
+        check_bind(host, token)
+    except DashboardConfigError as err:
+        _error(str(err))
+        raise typer.Exit(2) from None
+    with _user_errors():
+        registry = _load_tools(tools, example_tools)
+    _run(_serve_dashboard(host, port, token, registry, task_queue))
+
+
+async def _serve_dashboard(
+    host: str, port: int, token: str | None, registry: ToolRegistry, task_queue: str
+) -> None:
+    import uvicorn
+
+    from geppetto_temporal.dashboard import create_app
+
+    async with open_runtime(tools=registry, task_queue=task_queue, log=_progress) as runtime:
+        app = create_app(runtime.client, token=token)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            # Open live views (SSE) would otherwise hold Ctrl-C up indefinitely.
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        shown = f"[{host}]" if ":" in host else host
+        _progress(
+            f"dashboard on http://{shown}:{port}/"
+            + (" (token required: open it once with ?token=...)" if token else "")
+            + (f"; Temporal UI {runtime.server.ui_url}" if runtime.server else "")
+            + "; Ctrl-C to stop"
+        )
+        await server.serve()
+        if not server.started:
+            raise typer.Exit(1)
+
+
 def main() -> None:
     """Console script entry point."""
     try:
@@ -431,6 +533,11 @@ def main() -> None:
     # process here skips interpreter finalisation, where the Temporal SDK's
     # native runtime threads occasionally crash the process (seen as a rare
     # SIGSEGV at exit of `geppetto chat` under load), turning success into -11.
+    # os._exit skips atexit too: export spans still buffered (GEPPETTO_OTEL) first.
+    if "opentelemetry.trace" in sys.modules:
+        from geppetto_temporal.observability import flush_traces
+
+        flush_traces()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from temporalio.client import (
     Client,
@@ -25,6 +25,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from geppetto_temporal import search
 from geppetto_temporal._subscribe import POLL_COOLDOWN, follow_inference
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.engines._spec import EngineSpec
@@ -280,18 +281,23 @@ class Session:
         session_id: str | None = None,
         task_queue: str = DEFAULT_TASK_QUEUE,
         reuse_existing: bool = False,
+        search_attributes: bool | None = None,
     ) -> Session:
         """Start a new session (a SessionWorkflow) with this engine.
 
         With `reuse_existing`, an open session of that id is attached to instead
         (its engine is kept); a closed one raises `SessionClosedError`.
+        `search_attributes` keeps geppetto's search attributes current
+        (`geppetto_temporal.search`); by default when the cluster has them registered.
         """
         session_id = session_id or new_session_id()
         spec = _to_spec(engine)
+        if search_attributes is None:
+            search_attributes = await search.search_attributes_registered(client)
         try:
             await client.start_workflow(
                 SESSION_WORKFLOW,
-                SessionInput(engine=spec),
+                SessionInput(engine=spec, search_attributes=search_attributes),
                 id=session_id,
                 task_queue=task_queue,
                 id_conflict_policy=(
@@ -301,6 +307,16 @@ class Session:
                 ),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 static_summary=f"geppetto session on {spec.spec_string}",
+                # Set at start, so a new session is listed before its first prompt.
+                search_attributes=(
+                    search.initial_search_attributes(
+                        provider=spec.provider,
+                        model=spec.model,
+                        now=datetime.now(UTC),
+                    )
+                    if search_attributes
+                    else None
+                ),
             )
         except WorkflowAlreadyStartedError as err:
             session = cls(client, session_id)
@@ -417,11 +433,17 @@ class Session:
         return err
 
     async def submit_prompt(
-        self, prompt: str, *, idempotency_key: str | None = None, engine: EngineLike | None = None
+        self,
+        prompt: str,
+        *,
+        idempotency_key: str | None = None,
+        engine: EngineLike | None = None,
+        source: str | None = None,
     ) -> None:
         """Fire and forget: run `prompt` now or queue it behind the running inference.
 
-        Repeating an `idempotency_key` never queues the prompt twice.
+        Repeating an `idempotency_key` never queues the prompt twice. `source` names
+        who sent it (a schedule's name), shown as the `GeppettoSchedule` search attribute.
         """
         if not prompt.strip():
             raise InvalidPromptError("the prompt is empty", session_id=self.session_id)
@@ -429,6 +451,7 @@ class Session:
             prompt=prompt,
             idempotency_key=idempotency_key,
             engine=_to_spec(engine) if engine is not None else None,
+            source=source,
         )
         try:
             await self._handle.signal("submit_prompt", request)

@@ -67,6 +67,8 @@ async def connect(
     namespace: str | None = None,
     from_env: bool = True,
     payload_storage: ExternalStorage | None = None,
+    tracing: bool | None = None,
+    metrics_address: str | None = None,
     **kwargs: Any,
 ) -> Client:
     """Connect to Temporal with geppetto's data converter.
@@ -77,6 +79,13 @@ async def connect(
     needs no API key or TLS, whatever the shell has set for a cluster).
     `payload_storage` (or `GEPPETTO_PAYLOAD_STORE` when `from_env`) keeps large
     payloads out of history; see `geppetto_temporal.storage`.
+
+    `tracing=True` (default: `GEPPETTO_OTEL=1`) adds Temporal's OpenTelemetry
+    plugin, which workers made from this client inherit; `metrics_address`
+    (e.g. `0.0.0.0:9464`) serves Prometheus metrics from a runtime made by
+    `observability.prometheus_runtime` (or pass `runtime=` yourself). Other
+    keyword arguments (`interceptors`, `plugins`, ...) go to `Client.connect`.
+    See `geppetto_temporal.observability`.
     """
     config: dict[str, Any] = dict(ClientConfig.load_client_connect_config()) if from_env else {}
     if address is not None:
@@ -88,6 +97,22 @@ async def connect(
     if payload_storage is None and from_env:
         payload_storage = payload_storage_from_env()
     config["data_converter"] = data_converter(payload_storage)
+    if metrics_address is not None:
+        from geppetto_temporal.observability import prometheus_runtime
+
+        config["runtime"] = prometheus_runtime(metrics_address)
+    if tracing is None:
+        from geppetto_temporal.observability import tracing_enabled_from_env
+
+        tracing = tracing_enabled_from_env()
+    if tracing:
+        from geppetto_temporal.observability import is_tracing_interceptor, tracing_plugin
+
+        plugins = list(config.get("plugins") or ())
+        if not any(is_tracing_interceptor(i) for i in config.get("interceptors") or ()) and not any(
+            type(p).__name__ == "OpenTelemetryPlugin" for p in plugins
+        ):
+            config["plugins"] = [*plugins, tracing_plugin()]
     target = config.pop("target_host")
     return await Client.connect(target, **config)
 

@@ -8,13 +8,14 @@ an in-process worker for as long as it runs.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from geppetto_temporal import search
 from geppetto_temporal.connection import connect, temporal_address_from_env
 from geppetto_temporal.devserver import DevServerInfo, EmbeddedServer
 from geppetto_temporal.storage import payload_storage, payload_storage_from_env
@@ -23,8 +24,8 @@ from geppetto_temporal.tools._tool import Tool
 from geppetto_temporal.worker._worker import create_worker
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 
-#: Custom search attributes registered on the embedded dev server.
-SEARCH_ATTRIBUTES: dict[str, str] = {}
+#: Custom search attributes registered on the embedded dev server (`geppetto_temporal.search`).
+SEARCH_ATTRIBUTES: Mapping[str, str] = search.SEARCH_ATTRIBUTES
 
 
 @dataclass
@@ -51,10 +52,16 @@ async def open_runtime(
     with_worker: bool = True,
     keep_server: bool = False,
     log: Callable[[str], None] | None = None,
+    metrics_address: str | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Connect to `TEMPORAL_ADDRESS`, or to the embedded server with an in-process worker."""
+    """Connect to `TEMPORAL_ADDRESS`, or to the embedded server with an in-process worker.
+
+    `metrics_address` serves Prometheus metrics there (see `connect`); tracing
+    follows `GEPPETTO_OTEL`.
+    """
     if temporal_address_from_env():
-        yield Runtime(client=await connect(), task_queue=task_queue)
+        client = await connect(metrics_address=metrics_address)
+        yield Runtime(client=client, task_queue=task_queue)
         return
     async with EmbeddedServer(
         search_attributes=SEARCH_ATTRIBUTES, keep_running=keep_server, log=log
@@ -63,7 +70,11 @@ async def open_runtime(
         # directory in the data dir is a payload store they all share.
         storage = payload_storage_from_env() or payload_storage(info.data_dir / "payloads")
         client = await connect(
-            info.address, namespace="default", from_env=False, payload_storage=storage
+            info.address,
+            namespace="default",
+            from_env=False,
+            payload_storage=storage,
+            metrics_address=metrics_address,
         )
         if not with_worker:
             yield Runtime(client=client, task_queue=task_queue, server=info)

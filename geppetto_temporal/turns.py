@@ -77,6 +77,10 @@ class Usage(WireModel):
     reasoning_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    #: Estimated USD cost, priced by the LLM activity from the worker's price table
+    #: (`geppetto_temporal.pricing`); 0 for a model without a price, and in usage
+    #: recorded before costs were accounted.
+    cost_usd: float = 0.0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -87,6 +91,7 @@ class Usage(WireModel):
             cache_creation_input_tokens=self.cache_creation_input_tokens
             + other.cache_creation_input_tokens,
             cache_read_input_tokens=self.cache_read_input_tokens + other.cache_read_input_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
         )
 
     @property
@@ -130,6 +135,11 @@ class TurnMetadata(WireModel):
     stop_reason: str | None = None
     status: InferenceStatus | None = None
     error: str | None = None
+
+    @property
+    def cost_usd(self) -> float:
+        """Estimated USD cost of the turn's inference (all its LLM calls)."""
+        return self.usage.cost_usd if self.usage is not None else 0.0
 
 
 class Turn(WireModel):

@@ -13,7 +13,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from geppetto_temporal import EngineBuilder, Session, connect, create_worker
+from geppetto_temporal import EngineBuilder, Session, connect, create_worker, search
 from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
 from geppetto_temporal.storage import payload_storage
 from geppetto_temporal.testing import ScriptedModelServer
@@ -51,6 +51,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=str(find_temporal_binary()),
         dev_server_extra_args=[*args, "--log-level", "error"],
         ui=False,
+        search_attributes=search.ALL_KEYS,
     )
     try:
         yield env

@@ -36,6 +36,7 @@ from geppetto_temporal.workflows._models import (
     SessionSummary,
     StartInferenceResponse,
 )
+from geppetto_temporal.workflows._schedule_models import SCHEDULED_PROMPT_WORKFLOW
 from geppetto_temporal.workflows.inference import InferenceWorkflow
 from geppetto_temporal.workflows.session import SessionWorkflow
 
@@ -51,6 +52,7 @@ MIN_HISTORIES = 15
 # `test_histories_are_all_there` checks against each history's workflow type.
 SESSION_HISTORIES = [p for p in HISTORIES if p.name.endswith("-session.json")]
 INFERENCE_HISTORIES = [p for p in HISTORIES if "-inference-" in p.name]
+SCHEDULED_HISTORIES = [p for p in HISTORIES if p.name.endswith("-scheduled.json")]
 
 #: Test argument name -> the history files the test runs on, one test per file.
 PARAMETERS: dict[str, list[Path]] = {
@@ -109,12 +111,16 @@ def test_histories_are_all_there() -> None:
     assert len(HISTORIES) >= MIN_HISTORIES, (
         f"only {len(HISTORIES)} files in {HISTORIES_DIR}; histories must never be deleted"
     )
-    assert len(SESSION_HISTORIES) + len(INFERENCE_HISTORIES) == len(HISTORIES), (
-        "history files must be named <scenario>-session.json or <scenario>-inference-<n>.json"
+    assert len(SESSION_HISTORIES) + len(INFERENCE_HISTORIES) + len(SCHEDULED_HISTORIES) == len(
+        HISTORIES
+    ), (
+        "history files must be named <scenario>-session.json, <scenario>-inference-<n>.json "
+        "or <scenario>-scheduled.json"
     )
     for name, paths in (
         (SESSION_WORKFLOW, SESSION_HISTORIES),
         (INFERENCE_WORKFLOW, INFERENCE_HISTORIES),
+        (SCHEDULED_PROMPT_WORKFLOW, SCHEDULED_HISTORIES),
     ):
         assert paths, f"no {name} histories"
         wrong = [p.name for p in paths if workflow_type(load(p)) != name]
@@ -176,9 +182,11 @@ class SessionWithTimerBeforeChild(SessionWorkflow):
     async def run(self, input: SessionInput) -> SessionSummary:
         return await super().run(input)
 
-    async def _begin(self, prompt: str, engine: EngineSpec | None) -> StartInferenceResponse:
+    async def _begin(
+        self, prompt: str, engine: EngineSpec | None, source: str | None = None
+    ) -> StartInferenceResponse:
         await workflow.sleep(0.01)
-        return await super()._begin(prompt, engine)
+        return await super()._begin(prompt, engine, source)
 
 
 @workflow.defn(name=INFERENCE_WORKFLOW)

@@ -26,6 +26,7 @@ from geppetto_temporal.engines._step import StepOutput
 from geppetto_temporal.engines.middleware import BUILTIN_MIDDLEWARE, Middleware, apply_middleware
 from geppetto_temporal.errors import ErrorType
 from geppetto_temporal.events import message_id_for
+from geppetto_temporal.pricing import with_cost
 from geppetto_temporal.tools._config import ToolChoice, ToolErrorHandling
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext
@@ -128,7 +129,7 @@ class InferenceActivities:
                     raise  # worker shutdown or timeout: let Temporal retry the whole step
                 interrupted = LLMStepResult(
                     blocks=output.blocks(interrupted=True, attempt=info.attempt),
-                    usage=output.usage,
+                    usage=with_cost(output.usage, spec.provider, output.model or spec.model),
                     stop_reason="cancelled",
                     model=output.model or spec.model,
                     interrupted=True,
@@ -166,7 +167,8 @@ class InferenceActivities:
         }
         return LLMStepResult(
             blocks=new_blocks,
-            usage=output.usage,
+            # Priced here, not in the workflow: a price change never alters a replay.
+            usage=with_cost(output.usage, spec.provider, output.model or spec.model),
             stop_reason=output.stop_reason,
             model=output.model or spec.model,
             tool_options=options,

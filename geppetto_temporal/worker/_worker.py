@@ -11,16 +11,25 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from geppetto_temporal.activities._activities import InferenceActivities
+from geppetto_temporal.activities._scheduled import SCHEDULE_ACTIVITIES
 from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines.middleware import Middleware
+from geppetto_temporal.observability import (
+    ObservabilityInterceptor,
+    client_is_traced,
+    is_tracing_interceptor,
+    tracing_interceptor,
+)
+from geppetto_temporal.pricing import price_table
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import Tool
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 from geppetto_temporal.workflows.inference import InferenceWorkflow
+from geppetto_temporal.workflows.scheduled import ScheduledPromptWorkflow
 from geppetto_temporal.workflows.session import SessionWorkflow
 
 #: Workflow classes a worker (or a Replayer) must register.
-WORKFLOWS: tuple[type, ...] = (SessionWorkflow, InferenceWorkflow)
+WORKFLOWS: tuple[type, ...] = (SessionWorkflow, InferenceWorkflow, ScheduledPromptWorkflow)
 
 
 def workflow_runner(*, sandboxed: bool = True) -> WorkflowRunner:
@@ -35,7 +44,12 @@ def workflow_runner(*, sandboxed: bool = True) -> WorkflowRunner:
     if not sandboxed:
         return UnsandboxedWorkflowRunner()
     restrictions = SandboxRestrictions.default.with_passthrough_modules(
-        "geppetto_temporal", "pydantic", "pydantic_core", "annotated_types", "typing_inspection"
+        "geppetto_temporal",
+        "pydantic",
+        "pydantic_core",
+        "annotated_types",
+        "typing_inspection",
+        "opentelemetry",
     )
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
@@ -48,6 +62,7 @@ def create_worker(
     middleware: Mapping[str, Middleware] | None = None,
     engines: EngineFactory | None = None,
     sandboxed: bool = False,
+    tracing: bool | None = None,
     **worker_options: Any,
 ) -> Worker:
     """A Temporal worker running geppetto's workflows and activities with the given tools.
@@ -56,8 +71,15 @@ def create_worker(
     identity, ...). Heartbeats are sent at least every second so that a cancel
     reaches a streaming LLM call or a tool within about a second. `sandboxed=True`
     runs the workflows in Temporal's sandbox (slower; see `workflow_runner`).
+
+    The worker records geppetto's metrics (see `geppetto_temporal.observability`)
+    wherever the client's runtime sends Temporal's. It traces when its client
+    does (`connect(tracing=True)`); `tracing=True` traces this worker even if
+    the client does not. Extra `interceptors=` run inside the tracing one.
     """
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
+    # Load the price table (and $GEPPETTO_PRICES) now: a bad file fails here, not in every LLM call.
+    price_table()
     activities = InferenceActivities(registry, middleware=middleware, engines=engines)
     options: dict[str, Any] = {
         "max_heartbeat_throttle_interval": timedelta(seconds=1),
@@ -65,10 +87,20 @@ def create_worker(
         "workflow_runner": workflow_runner(sandboxed=sandboxed),
     }
     options.update(worker_options)
+    # Tracing outermost, so geppetto's activity spans join the propagated trace.
+    interceptors = list(options.pop("interceptors", None) or ())
+    if (
+        tracing
+        and not client_is_traced(client)
+        and not any(is_tracing_interceptor(i) for i in interceptors)
+    ):
+        interceptors.insert(0, tracing_interceptor())
+    interceptors.append(ObservabilityInterceptor())
+    options["interceptors"] = interceptors
     return Worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=[activities.llm_step, activities.tool_call],
+        activities=[activities.llm_step, activities.tool_call, *SCHEDULE_ACTIVITIES],
         **options,
     )

@@ -52,6 +52,8 @@ class QueuedPrompt(WireModel):
     #: Set when the prompt will not run (the session is closing); it is still
     #: recorded as a cancelled turn with this reason, never dropped.
     unrun_reason: str | None = None
+    #: Who submitted it, e.g. a schedule's name (see `SubmitPromptRequest.source`).
+    source: str | None = None
 
 
 class SessionState(WireModel):
@@ -66,6 +68,9 @@ class SessionState(WireModel):
     queue: list[QueuedPrompt] = Field(default_factory=list)
     #: Recent idempotency keys of submitted prompts, oldest first.
     seen_keys: list[str] = Field(default_factory=list)
+    #: Idempotency key -> index in `turns` of the turn its prompt became (the
+    #: `prompt_by_key` query); as bounded as `seen_keys`.
+    prompt_turns: dict[str, int] = Field(default_factory=dict)
     next_inference: int = 1
     usage: Usage = Usage()
     closing: bool = False
@@ -76,6 +81,10 @@ class SessionInput(WireModel):
 
     engine: EngineSpec
     state: SessionState = Field(default_factory=SessionState)
+    #: Keep geppetto's search attributes (`geppetto_temporal.search`) current. Turn it
+    #: off for a cluster where they are not registered: upserting an unregistered
+    #: search attribute fails the workflow task until it is registered.
+    search_attributes: bool = True
 
 
 class StartInferenceRequest(WireModel):
@@ -85,6 +94,8 @@ class StartInferenceRequest(WireModel):
     engine: EngineSpec | None = None
     #: The caller saw this inference finish; wait for the session to record it instead of failing as busy.
     after_inference_id: str | None = None
+    #: Who sent the prompt, e.g. a schedule's name; shown as the `GeppettoSchedule` search attribute.
+    source: str | None = None
 
 
 class StartInferenceResponse(WireModel):
@@ -100,6 +111,10 @@ class SubmitPromptRequest(WireModel):
     prompt: str
     idempotency_key: str | None = None
     engine: EngineSpec | None = None
+    #: Who sent the prompt: the name of the schedule that submitted it, or None
+    #: for people and programs. Set as the `GeppettoSchedule` search attribute
+    #: when the prompt runs (a name, never content: search attributes are not encrypted).
+    source: str | None = None
 
 
 class CancelInferenceRequest(WireModel):
@@ -125,6 +140,11 @@ class SessionStatus(WireModel):
     usage: Usage
     provider: str
     model: str
+
+    @property
+    def cost_usd(self) -> float:
+        """Estimated USD cost of all the session's LLM calls."""
+        return self.usage.cost_usd
 
 
 class SessionTranscript(WireModel):
@@ -194,6 +214,20 @@ class InferenceResult(WireModel):
     def error(self) -> str | None:
         """Why the inference did not complete, if it did not."""
         return self.metadata.error
+
+
+class PromptLookup(WireModel):
+    """The `prompt_by_key` query's answer: what became of a prompt submitted with an idempotency key."""
+
+    #: The session remembers the key (it got the prompt, and has not forgotten it since).
+    received: bool
+    #: Still waiting in the queue.
+    queued: bool = False
+    #: Its turn, once it left the queue: the inference it started (None if it never ran).
+    inference_id: str | None = None
+    #: The turn's status (`running` until the inference's result is recorded) and error.
+    status: InferenceStatus | None = None
+    error: str | None = None
 
 
 class TurnLookup(WireModel):

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from temporalio import workflow
+from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from geppetto_temporal import search
     from geppetto_temporal.engines._spec import EngineSpec
     from geppetto_temporal.errors import ErrorType
+    from geppetto_temporal.search import SessionSearchStatus
     from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, user_block
     from geppetto_temporal.workflows._models import (
         SESSION_WORKFLOW,
@@ -25,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         CloseRequest,
         InferenceInput,
         InferenceResult,
+        PromptLookup,
         QueuedPrompt,
         SessionInput,
         SessionPhase,
@@ -42,6 +47,8 @@ with workflow.unsafe.imports_passed_through():
 
 #: Patch id: inferences reference the conversation prefix instead of carrying it (v0.2).
 PREFIX_BY_REFERENCE = "prefix-by-reference"
+#: Patch id: the session keeps its search attributes (`geppetto_temporal.search`) current (v0.3).
+SEARCH_ATTRIBUTES_PATCH = "search-attributes"
 
 #: How many idempotency keys a session remembers for de-duplicating `submit_prompt`.
 MAX_REMEMBERED_KEYS = 1000
@@ -51,6 +58,7 @@ MAX_REMEMBERED_KEYS = 1000
 class _ActiveInference:
     inference_id: str
     record: TurnRecord
+    source: str | None = None
     cancel_requested: bool = False
     started: bool = False
     watcher: asyncio.Task[None] | None = None
@@ -65,6 +73,7 @@ class SessionWorkflow:
         self._engine: EngineSpec = input.engine
         self._state = input.state
         self._active: _ActiveInference | None = None
+        self._search_attributes = input.search_attributes
 
     # ---- queries -------------------------------------------------------
 
@@ -116,6 +125,23 @@ class SessionWorkflow:
                 )
         return TurnLookup(recorded=False)
 
+    @workflow.query(name="prompt_by_key")
+    def prompt_by_key(self, idempotency_key: str) -> PromptLookup:
+        """What became of the prompt submitted with this idempotency key: queued, or its turn."""
+        index = self._state.prompt_turns.get(idempotency_key)
+        if index is not None and index < len(self._state.turns):
+            metadata = self._state.turns[index].metadata
+            return PromptLookup(
+                received=True,
+                inference_id=metadata.inference_id,
+                status=metadata.status,
+                error=metadata.error,
+            )
+        queued = any(q.idempotency_key == idempotency_key for q in self._state.queue)
+        return PromptLookup(
+            received=queued or idempotency_key in self._state.seen_keys, queued=queued
+        )
+
     @workflow.query(name="blocks")
     def blocks(self, block_range: BlockRange) -> list[Block]:
         """A slice of the session's blocks (append-only, so a slice never changes)."""
@@ -136,7 +162,7 @@ class SessionWorkflow:
             # The caller saw that inference finish before this session recorded it.
             await workflow.wait_condition(lambda: self._active is not active)
         self._check_can_start(request)
-        return await self._begin(request.prompt, request.engine)
+        return await self._begin(request.prompt, request.engine, request.source)
 
     @start_inference.validator
     def _validate_start_inference(self, request: StartInferenceRequest) -> None:
@@ -190,6 +216,7 @@ class SessionWorkflow:
                 idempotency_key=key,
                 engine=request.engine,
                 unrun_reason=reason,
+                source=request.source,
             )
         )
 
@@ -238,11 +265,13 @@ class SessionWorkflow:
             )
             if self._state.queue:
                 queued = self._state.queue.pop(0)
+                # State only (no command): the turn this prompt becomes, for `prompt_by_key`.
+                self._remember_turn(queued.idempotency_key, len(self._state.turns))
                 if queued.unrun_reason is not None:
                     self._record_unrun(queued.prompt, queued.unrun_reason)
                     continue
                 try:
-                    await self._begin(queued.prompt, queued.engine)
+                    await self._begin(queued.prompt, queued.engine, queued.source)
                 except ApplicationError as err:
                     workflow.logger.error("queued prompt could not start: %s", err)
                 continue
@@ -256,13 +285,22 @@ class SessionWorkflow:
             # Continue-as-new only between inferences and after every handler has returned.
             await workflow.wait_condition(workflow.all_handlers_finished)
             if self._active is None and not self._state.queue and not self._state.closing:
-                workflow.continue_as_new(SessionInput(engine=self._engine, state=self._state))
+                workflow.continue_as_new(
+                    SessionInput(
+                        engine=self._engine,
+                        state=self._state,
+                        search_attributes=self._search_attributes,
+                    )
+                )
         await workflow.wait_condition(workflow.all_handlers_finished)
+        self._index(SessionSearchStatus.CLOSED)
         return self._summary()
 
     # ---- inference lifecycle --------------------------------------------
 
-    async def _begin(self, prompt: str, engine: EngineSpec | None) -> StartInferenceResponse:
+    async def _begin(
+        self, prompt: str, engine: EngineSpec | None, source: str | None = None
+    ) -> StartInferenceResponse:
         # Everything up to `self._active = ...` runs without yielding, so a
         # concurrent update cannot slip in a second inference.
         if engine is not None:
@@ -283,8 +321,9 @@ class SessionWorkflow:
             ),
         )
         self._state.turns.append(record)
-        active = _ActiveInference(inference_id=inference_id, record=record)
+        active = _ActiveInference(inference_id=inference_id, record=record, source=source)
         self._active = active
+        self._index(SessionSearchStatus.RUNNING, schedule=source)
         if workflow.patched(PREFIX_BY_REFERENCE):
             # The child gets only the prompt and reads the conversation before
             # it from this workflow, so it never travels through history again.
@@ -345,9 +384,44 @@ class SessionWorkflow:
             )
         record.end = len(self._state.blocks)
         self._active = None
+        if self._state.closing and not self._state.queue:
+            index_status = SessionSearchStatus.CLOSED
+        elif record.metadata.status == InferenceStatus.FAILED:
+            index_status = SessionSearchStatus.FAILED
+        else:
+            index_status = SessionSearchStatus.IDLE
+        self._index(index_status)
+        usage = self._state.usage
         workflow.set_current_details(
-            f"idle after {len(self._state.turns)} turn(s); last: {record.metadata.status}"
+            f"idle after {len(self._state.turns)} turn(s); last: {record.metadata.status}; "
+            f"{usage.input_tokens} in / {usage.output_tokens} out tokens, "
+            f"~${usage.cost_usd:.4f}"
         )
+
+    def _index(self, status: SessionSearchStatus, *, schedule: str | None = None) -> None:
+        """Bring the search attributes up to date: one upsert event, only for changed values.
+
+        No content (prompts, replies) ever goes into search attributes: they are
+        indexed in plain text by the visibility store.
+        """
+        if not self._search_attributes or not workflow.patched(SEARCH_ATTRIBUTES_PATCH):
+            return
+        usage = self._state.usage
+        wanted: dict[SearchAttributeKey[Any], Any] = {
+            search.STATUS: status.value,
+            search.MODEL: self._engine.model,
+            search.PROVIDER: self._engine.provider,
+            search.PROMPT_COUNT: len(self._state.turns),
+            search.INPUT_TOKENS: usage.input_tokens,
+            search.OUTPUT_TOKENS: usage.output_tokens,
+            search.COST_USD: usage.cost_usd,
+            search.LAST_ACTIVITY: workflow.now(),
+        }
+        if schedule is not None:
+            wanted[search.SCHEDULE] = schedule
+        updates = search.changed_updates(workflow.info().typed_search_attributes, wanted)
+        if updates:
+            workflow.upsert_search_attributes(updates)
 
     async def _cancel_child(self, inference_id: str) -> None:
         try:
@@ -355,6 +429,14 @@ class SessionWorkflow:
         except Exception as err:
             # Already finished: cancel is a no-op after completion.
             workflow.logger.debug("cancel of %s had no effect: %s", inference_id, err)
+
+    def _remember_turn(self, idempotency_key: str | None, index: int) -> None:
+        if idempotency_key is None:
+            return
+        turns = self._state.prompt_turns
+        turns[idempotency_key] = index
+        while len(turns) > MAX_REMEMBERED_KEYS:
+            del turns[next(iter(turns))]
 
     def _record_unrun(self, prompt: str, reason: str) -> None:
         session_id = workflow.info().workflow_id

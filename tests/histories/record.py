@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +40,8 @@ from geppetto_temporal import (
     Session,
     connect,
     create_worker,
+    schedules,
+    search,
     tool,
 )
 from geppetto_temporal.devserver import find_temporal_binary
@@ -88,6 +90,8 @@ async def expect(error: type[E], awaitable: Awaitable[Any]) -> E:
 class Recorder:
     client: Client
     server: ScriptedModelServer
+    #: (file suffix, workflow id, run id) of other workflows a scenario ran, to record too.
+    extra: list[tuple[str, str, str | None]] = field(default_factory=list)
 
     async def session(
         self,
@@ -321,6 +325,36 @@ async def multi_turn(rec: Recorder) -> Session:
     return session
 
 
+async def scheduled_prompt(rec: Recorder) -> Session:
+    """A schedule's run (ScheduledPrompt): deliver the prompt, create the session, await the answer."""
+    name = "history-scheduled-prompt"
+    engine = EngineBuilder("openai:scripted").base_url(rec.server.add_script({"rules": [ECHO]}))
+    await schedules.create_schedule(
+        rec.client,
+        name,
+        cron="0 0 1 1 *",
+        prompt="good morning",
+        session_id=name,
+        engine=engine,
+        task_queue=TASK_QUEUE,
+    )
+    await schedules.trigger(rec.client, name)
+    deadline = time.monotonic() + 20
+    while True:
+        runs = (await schedules.describe_schedule(rec.client, name)).recent_runs
+        if runs and runs[-1].status not in ("running", "unknown"):
+            break
+        check(time.monotonic() < deadline, "the scheduled run did not finish")
+        await asyncio.sleep(0.1)
+    await schedules.delete(rec.client, name)
+    run = runs[-1]
+    check(run.answer == "Sure: good morning", f"unexpected run {run}")
+    rec.extra.append(("scheduled", run.workflow_id, run.run_id))
+    session = Session.attach(rec.client, name)
+    await session.close()
+    return session
+
+
 SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "plain-text": plain_text,
     "tool-loop": tool_loop,
@@ -333,6 +367,7 @@ SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "close-cancel-active": close_cancel_active,
     "close-idle": close_idle,
     "multi-turn": multi_turn,
+    "scheduled-prompt": scheduled_prompt,
 }
 
 
@@ -383,6 +418,7 @@ async def record(tag: str | None, names: list[str]) -> list[tuple[str, WorkflowH
             "error",
         ],
         ui=False,
+        search_attributes=search.ALL_KEYS,
     )
     recorded: list[tuple[str, WorkflowHistory]] = []
     try:
@@ -399,6 +435,13 @@ async def record(tag: str | None, names: list[str]) -> list[tuple[str, WorkflowH
                 session = await SCENARIOS[name](rec)
                 for suffix, history in await collect(client, session):
                     recorded.append((file_name(tag, name, suffix), history))
+                for suffix, workflow_id, run_id in rec.extra:
+                    history = await client.get_workflow_handle(
+                        workflow_id, run_id=run_id
+                    ).fetch_history()
+                    check(_completed(history), f"{workflow_id} is not a completed workflow")
+                    recorded.append((file_name(tag, name, suffix), history))
+                rec.extra.clear()
                 print(f"{name:<22} {time.monotonic() - t0:6.2f} s", file=sys.stderr)
     finally:
         await env.shutdown()

@@ -1,0 +1,302 @@
+"""`geppetto sessions ...`: list, inspect, cancel and close sessions (a sub-app of cli.py).
+
+`list` is a visibility query over geppetto's search attributes and `cancel` a
+describe plus a signal: neither needs a worker. `show` and `close` talk to the
+session workflow (queries, an update), so in embedded mode they run an
+in-process worker.
+The helpers of `geppetto_temporal.cli` are imported inside the commands:
+cli.py imports this module, so a module-level import back would be circular.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.table import Table
+from rich.text import Text
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from geppetto_temporal._render import format_usage, render_blocks
+from geppetto_temporal.client import Session
+from geppetto_temporal.errors import SessionError, SessionNotFoundError
+from geppetto_temporal.sessions import SessionInfo, describe_session, list_sessions
+from geppetto_temporal.workflows._models import (
+    DEFAULT_TASK_QUEUE,
+    INFERENCE_WORKFLOW,
+    SessionStatus,
+)
+
+sessions_app = typer.Typer(
+    help=(
+        "Find and manage sessions: list them by status, model or recent activity (from "
+        "Temporal's visibility store), show one's conversation, cancel its inference, close it."
+    ),
+    no_args_is_help=True,
+)
+
+T = TypeVar("T")
+
+IdArg = Annotated[str, typer.Argument(help="The session id (its workflow id).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
+TaskQueueOption = Annotated[
+    str,
+    typer.Option("--task-queue", help="Embedded mode: the in-process worker's task queue."),
+]
+
+_STATUS_STYLE = {"running": "cyan", "idle": "green", "failed": "red", "closed": "dim"}
+
+
+def _call(
+    action: Callable[[Client], Awaitable[T]],
+    *,
+    with_worker: bool,
+    task_queue: str = DEFAULT_TASK_QUEUE,
+) -> T:
+    """Run `action` with a client, mapping user-facing errors onto one line."""
+    from geppetto_temporal.cli import _progress, _run
+    from geppetto_temporal.runtime import open_runtime
+
+    async def main() -> T:
+        async with open_runtime(
+            with_worker=with_worker, task_queue=task_queue, log=_progress
+        ) as runtime:
+            return await action(runtime.client)
+
+    return _run(main())
+
+
+def _print_json(value: Any) -> None:
+    # Plain print: machine-readable output must not be wrapped or markup-parsed by rich.
+    print(json.dumps(value, indent=2, default=str), flush=True)
+
+
+def _when(value: datetime | None, *, seconds: bool = True) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def _cost(value: float) -> str:
+    return f"${value:.4f}" if value < 100 else f"${value:,.2f}"
+
+
+def _status_text(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLE.get(status, ""))
+
+
+@sessions_app.command("list")
+def list_command(
+    status: Annotated[
+        list[str] | None,
+        typer.Option("--status", help="idle, running, closed or failed (repeatable: any of them)."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="A model, e.g. gpt-4o-mini or openai:gpt-4o-mini."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Active since: 30m, 1h, 2d, 1w, or an ISO date/time (UTC if no zone)."
+        ),
+    ] = None,
+    schedule: Annotated[
+        str | None, typer.Option("--schedule", help="Sessions prompted by this schedule.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many sessions.")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List sessions, most recently active first, with status, model, prompts, tokens and cost."""
+    from geppetto_temporal.cli import _user_errors
+
+    with _user_errors():
+        from geppetto_temporal.sessions import sessions_query
+
+        sessions_query(status=status, model=model, since=since, schedule=schedule)  # validate
+
+    async def action(client: Client) -> list[SessionInfo]:
+        return await list_sessions(
+            client, status=status, model=model, since=since, schedule=schedule, limit=limit
+        )
+
+    found = _call(action, with_worker=False)
+    if as_json:
+        _print_json([s.model_dump(mode="json") for s in found])
+        return
+    from geppetto_temporal.cli import console
+
+    if not found:
+        console.print("no sessions match")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column, justify in (
+        ("SESSION", "left"),
+        ("STATUS", "left"),
+        ("MODEL", "left"),
+        ("PROMPTS", "right"),
+        ("TOKENS IN/OUT", "right"),
+        ("COST", "right"),
+        ("LAST ACTIVE (UTC)", "left"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=column != "SESSION")  # type: ignore[arg-type]
+    for s in found:
+        model_text = f"{s.provider}:{s.model}" if s.provider and s.model else s.model or "-"
+        table.add_row(
+            s.session_id,
+            _status_text(s.status),
+            model_text,
+            str(s.prompt_count),
+            f"{s.input_tokens}/{s.output_tokens}",
+            _cost(s.cost_usd),
+            _when(s.last_activity or s.start_time, seconds=False),
+        )
+    console.print(table)
+
+
+async def _status_or_none(session: Session) -> SessionStatus | None:
+    try:
+        return await session.status()
+    except SessionError:
+        return None
+
+
+@sessions_app.command("show")
+def show_command(
+    session_id: IdArg,
+    as_json: JsonOption = False,
+    task_queue: TaskQueueOption = DEFAULT_TASK_QUEUE,
+) -> None:
+    """Show a session: status, usage and cost, then its conversation turn by turn."""
+
+    async def action(client: Client) -> dict[str, Any]:
+        info = await describe_session(client, session_id)
+        session = Session.attach(client, session_id)
+        status = await _status_or_none(session)
+        transcript = await session.transcript()
+        return {"info": info, "status": status, "transcript": transcript}
+
+    result = _call(action, with_worker=True, task_queue=task_queue)
+    info: SessionInfo = result["info"]
+    status: SessionStatus | None = result["status"]
+    transcript = result["transcript"]
+    if as_json:
+        _print_json(
+            {
+                "session": info.model_dump(mode="json"),
+                "status": status.model_dump(mode="json") if status is not None else None,
+                "turns": [t.model_dump(mode="json") for t in transcript.to_turns()],
+            }
+        )
+        return
+    from geppetto_temporal.cli import console
+
+    header = Text(info.session_id, style="bold") + Text("  ") + _status_text(info.status)
+    console.print(header)
+    model = f"{info.provider}:{info.model}" if info.provider else (info.model or "-")
+    usage = status.usage if status is not None else None
+    lines = [
+        f"model {model}; {info.prompt_count} prompt(s); "
+        + (
+            format_usage(usage)
+            if usage
+            else f"{info.input_tokens} in / {info.output_tokens} out tokens"
+        )
+        + f"; ~{_cost(usage.cost_usd if usage else info.cost_usd)}",
+        f"started {_when(info.start_time)} UTC; last activity {_when(info.last_activity)} UTC"
+        + (f"; schedule {info.schedule}" if info.schedule else ""),
+    ]
+    if status is not None and status.active_inference_id:
+        lines.append(f"running {status.active_inference_id}")
+    if status is not None and status.queued_prompts:
+        lines.append(f"{status.queued_prompts} queued prompt(s)")
+    for line in lines:
+        console.print(Text(line, style="dim"))
+    start = 0
+    for record in transcript.turns:
+        blocks = transcript.blocks[start : record.end]
+        start = record.end
+        meta = record.metadata
+        console.print()
+        for block in blocks:
+            if block.kind == "user":
+                console.print(Text("> ", style="bold") + Text(block.text, style="bold"))
+        render_blocks(console, [b for b in blocks if b.kind != "user"])
+        summary = f"  [{meta.status or '?'}; {format_usage(meta.usage)}; ~{_cost(meta.cost_usd)}"
+        if meta.inference_id:
+            summary += f"; {meta.inference_id}"
+        summary += "]"
+        console.print(Text(summary, style="dim"))
+        if meta.error and meta.status not in ("completed", "cancelled"):
+            console.print(Text(f"  {meta.error}", style="red"), soft_wrap=True)
+
+
+@sessions_app.command("cancel")
+def cancel_command(session_id: IdArg, as_json: JsonOption = False) -> None:
+    """Cancel the session's running inference (its partial output is kept); a no-op when idle."""
+
+    async def action(client: Client) -> str | None:
+        # The running inference is the session's pending child: no query, so no worker needed.
+        try:
+            description = await client.get_workflow_handle(session_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise SessionNotFoundError(
+                    f"no session {session_id}", session_id=session_id
+                ) from err
+            raise
+        active = next(
+            (
+                child.workflow_id
+                for child in description.raw_description.pending_children
+                if child.workflow_type_name == INFERENCE_WORKFLOW
+            ),
+            None,
+        )
+        await Session.attach(client, session_id).cancel_active()
+        return active
+
+    active = _call(action, with_worker=False)
+    if as_json:
+        _print_json({"session_id": session_id, "cancelled": active})
+        return
+    from geppetto_temporal.cli import console
+
+    if active is None:
+        console.print(f"nothing running in {session_id}")
+    else:
+        console.print(f"cancel requested for {active}")
+
+
+@sessions_app.command("close")
+def close_command(
+    session_id: IdArg,
+    cancel_active: Annotated[
+        bool,
+        typer.Option(
+            "--cancel-active",
+            help="Cancel the running inference and skip queued prompts instead of waiting for them.",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+    task_queue: TaskQueueOption = DEFAULT_TASK_QUEUE,
+) -> None:
+    """Close a session: it takes no more prompts and ends once queued prompts have run."""
+
+    async def action(client: Client) -> Any:
+        return await Session.attach(client, session_id).close(cancel_active=cancel_active)
+
+    summary = _call(action, with_worker=True, task_queue=task_queue)
+    if as_json:
+        _print_json(summary.model_dump(mode="json"))
+        return
+    from geppetto_temporal.cli import console
+
+    console.print(
+        f"closed {session_id}: {summary.turn_count} turn(s), {format_usage(summary.usage)}, "
+        f"~{_cost(summary.usage.cost_usd)}"
+    )

@@ -1,0 +1,626 @@
+"""The dashboard's FastAPI app: server-rendered pages, fragments for live refresh, SSE, actions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.responses import StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateStage,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from geppetto_temporal._render import format_call
+from geppetto_temporal.client import ExecutionHandle, Session
+from geppetto_temporal.dashboard._data import (
+    SessionFilter,
+    list_schedule_rows,
+    list_session_rows,
+)
+from geppetto_temporal.errors import GeppettoError
+from geppetto_temporal.events import Event, event_to_json
+from geppetto_temporal.search import SessionSearchStatus
+from geppetto_temporal.turns import Block, BlockKind, BlockMetaKey, PayloadKey, Usage
+from geppetto_temporal.workflows._models import (
+    CancelInferenceRequest,
+    CloseRequest,
+    SessionStatus,
+    SessionSummary,
+    SessionTranscript,
+    inference_workflow_id,
+    session_id_of,
+)
+
+#: The cookie that carries the token after `?token=` was given once.
+TOKEN_COOKIE = "geppetto_dashboard_token"
+#: How often the pages refresh their live parts, in milliseconds.
+REFRESH_MS = 2000
+#: How long a page waits for a session's queries.
+QUERY_TIMEOUT = timedelta(seconds=3)
+#: A comment line on an idle SSE stream this often, so dead connections are noticed.
+SSE_KEEPALIVE_SECONDS = 15.0
+#: Longest tool result or argument text shown in full on a session page.
+MAX_SHOWN = 4000
+#: The statuses the session list's filter offers (those of `GeppettoStatus`).
+STATUS_CHOICES = tuple(status.value for status in SessionSearchStatus)
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+__all__ = ["TOKEN_COOKIE", "DashboardConfigError", "create_app", "is_loopback"]
+
+
+class DashboardConfigError(GeppettoError):
+    """The dashboard cannot start as configured (e.g. a public address without a token)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine only."""
+    name = host.strip().strip("[]").lower()
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse a non-loopback address without a token."""
+    if not is_loopback(host) and not token:
+        raise DashboardConfigError(
+            f"the dashboard on {host} would be reachable from other machines: "
+            "give it a token with --token or GEPPETTO_DASHBOARD_TOKEN "
+            "(or bind it to 127.0.0.1)"
+        )
+
+
+# ---- security --------------------------------------------------------------------------
+
+
+def _same(a: str | None, b: str) -> bool:
+    return a is not None and hmac.compare_digest(a.encode(), b.encode())
+
+
+class _Gate:
+    """ASGI middleware: the token on every request, and loopback Host names when there is none.
+
+    With a token, a request is let in with `Authorization: Bearer <token>`, the
+    token cookie, or `?token=<token>`; a GET with `?token=` sets the cookie
+    (HttpOnly, SameSite=Strict) and redirects to the same URL without it.
+    Without a token, only Host names of this machine are served, which stops
+    DNS-rebinding pages from reading a loopback dashboard.
+    """
+
+    def __init__(self, app: ASGIApp, *, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        if self.token is None:
+            host = (request.headers.get("host") or "").rsplit(":", 1)[0]
+            if request.headers.get("host", "").startswith("["):
+                host = request.headers["host"].split("]", 1)[0] + "]"
+            if not is_loopback(host):
+                response: Response = PlainTextResponse(
+                    "403 Forbidden: this dashboard only answers to localhost names", 403
+                )
+                await response(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        supplied = request.query_params.get("token")
+        if _same(supplied, self.token) and request.method == "GET":
+            url = request.url.remove_query_params("token")
+            target = url.path + (f"?{url.query}" if url.query else "")
+            response = RedirectResponse(target, status_code=303)
+            response.set_cookie(
+                TOKEN_COOKIE, self.token, httponly=True, samesite="strict", path="/"
+            )
+            await response(scope, receive, send)
+            return
+        authorization = request.headers.get("authorization", "")
+        bearer = authorization[7:].strip() if authorization.lower().startswith("bearer ") else None
+        if not (
+            _same(supplied, self.token)
+            or _same(bearer, self.token)
+            or _same(request.cookies.get(TOKEN_COOKIE), self.token)
+        ):
+            response = PlainTextResponse(
+                "401 Unauthorized: open the dashboard once with ?token=<token>, "
+                "or send Authorization: Bearer <token>",
+                401,
+                headers={"WWW-Authenticate": 'Bearer realm="geppetto dashboard"'},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+# ---- views of a session ------------------------------------------------------------------
+
+
+def _short(text: str, limit: int = MAX_SHOWN) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more characters]"
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, indent=None, default=str)
+
+
+@dataclass
+class BlockView:
+    """A block as the session page shows it."""
+
+    kind: str
+    label: str
+    text: str
+    error: bool = False
+    interrupted: bool = False
+
+
+@dataclass
+class TurnView:
+    """A prompt and everything the inference answered, with its status."""
+
+    number: int
+    inference_id: str | None
+    status: str
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    model: str | None = None
+    error: str | None = None
+    blocks: list[BlockView] = field(default_factory=list)
+
+
+def _block_view(block: Block) -> BlockView:
+    if block.kind == BlockKind.USER:
+        return BlockView("user", "user", block.text)
+    if block.kind == BlockKind.LLM_TEXT:
+        interrupted = bool(block.metadata.get(BlockMetaKey.INTERRUPTED))
+        return BlockView("assistant", "assistant", block.text, interrupted=interrupted)
+    if block.kind == BlockKind.TOOL_CALL:
+        return BlockView("tool-call", "tool call", _short(format_call(block)))
+    if block.kind == BlockKind.TOOL_USE:
+        error = block.payload.get(PayloadKey.ERROR)
+        if error is not None:
+            return BlockView("tool-result", "tool error", _short(_json_text(error)), error=True)
+        return BlockView(
+            "tool-result", "tool result", _short(_json_text(block.payload.get(PayloadKey.RESULT)))
+        )
+    if block.kind == BlockKind.SYSTEM:
+        return BlockView("system", "system", block.text)
+    if block.kind == BlockKind.REASONING:
+        return BlockView("reasoning", "reasoning", block.text or "(reasoning)")
+    return BlockView("other", block.kind.value, _short(_json_text(block.payload)))
+
+
+def turn_views(transcript: SessionTranscript, active_inference_id: str | None) -> list[TurnView]:
+    """The transcript cut into turns: each one's own blocks, newest last."""
+    views: list[TurnView] = []
+    start = 0
+    for number, record in enumerate(transcript.turns, 1):
+        meta = record.metadata
+        views.append(
+            TurnView(
+                number=number,
+                inference_id=meta.inference_id,
+                status=meta.status.value if meta.status is not None else "unknown",
+                usage=meta.usage,
+                cost_usd=getattr(meta, "cost_usd", None),
+                model=meta.model,
+                error=meta.error,
+                blocks=[_block_view(b) for b in transcript.blocks[start : record.end]],
+            )
+        )
+        start = record.end
+    # The session records a running turn (its prompt) when the inference starts;
+    # blocks past the last turn, or an active inference without a turn, are shown
+    # as one more turn in progress.
+    rest = transcript.blocks[start:]
+    recorded = {view.inference_id for view in views}
+    if rest or (active_inference_id and active_inference_id not in recorded):
+        views.append(
+            TurnView(
+                number=len(views) + 1,
+                inference_id=active_inference_id,
+                status="running" if active_inference_id else "pending",
+                blocks=[_block_view(b) for b in rest],
+            )
+        )
+    return views
+
+
+def _inference_number(inference_id: str) -> int | None:
+    tail = inference_id.rsplit("/", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+# ---- formatting --------------------------------------------------------------------------
+
+
+def _fmt_time(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if value.tzinfo is not None else "")
+
+
+def _fmt_cost(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def _fmt_count(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def _session_url(session_id: str, suffix: str = "") -> str:
+    return "/sessions/" + quote(session_id, safe="") + suffix
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("geppetto_temporal.dashboard", "templates"),
+        autoescape=select_autoescape(["html"], default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["time"] = _fmt_time
+    env.filters["cost"] = _fmt_cost
+    env.filters["count"] = _fmt_count
+    env.globals["session_url"] = _session_url
+    env.globals["refresh_ms"] = REFRESH_MS
+    env.globals["status_choices"] = STATUS_CHOICES
+    return env
+
+
+def _static(name: str) -> str:
+    return (resources.files("geppetto_temporal.dashboard") / "static" / name).read_text("utf-8")
+
+
+_STATIC_TYPES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+#: Pages are never cached, framed (the buttons cannot be clickjacked) or given
+#: scripts from anywhere but this server.
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+# ---- the app ----------------------------------------------------------------------------
+
+
+class _Dashboard:
+    """The routes' shared state: the client, templates and the per-process form secret."""
+
+    def __init__(self, client: Client, *, title: str, token: bool) -> None:
+        self.client = client
+        self.title = title
+        self.token = token
+        #: Put in every form and checked on every POST (CSRF).
+        self.form_secret = secrets.token_urlsafe(32)
+        self.env = _environment()
+        self.static = {name: _static(name) for name in _STATIC_TYPES}
+
+    def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        context.setdefault("title", self.title)
+        context.setdefault("form_secret", self.form_secret)
+        context.setdefault("target", self.client.service_client.config.target_host)
+        context.setdefault("namespace", self.client.namespace)
+        html = self.env.get_template(name).render(**context)
+        return HTMLResponse(html, status_code=status_code, headers=_PAGE_HEADERS)
+
+    async def session_state(self, session_id: str) -> dict[str, Any] | None:
+        """What the session page shows, or None when there is no such session."""
+        handle = self.client.get_workflow_handle(session_id)
+        try:
+            description = await handle.describe(rpc_timeout=QUERY_TIMEOUT)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        open_ = description.status == WorkflowExecutionStatus.RUNNING
+        notes: list[str] = []
+        status: SessionStatus | None = None
+        transcript: SessionTranscript | None = None
+        results = await asyncio.gather(
+            handle.query("status", result_type=SessionStatus, rpc_timeout=QUERY_TIMEOUT),
+            handle.query("transcript", result_type=SessionTranscript, rpc_timeout=QUERY_TIMEOUT),
+            return_exceptions=True,
+        )
+        if isinstance(results[0], SessionStatus):
+            status = results[0]
+        else:
+            notes.append(f"status query: {getattr(results[0], 'message', '') or results[0]!r}")
+        if isinstance(results[1], SessionTranscript):
+            transcript = results[1]
+        else:
+            notes.append(f"transcript query: {getattr(results[1], 'message', '') or results[1]!r}")
+        phase = status.phase.value if status is not None else None
+        if not open_:
+            phase = (
+                "closed"
+                if description.status
+                in (WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.CONTINUED_AS_NEW)
+                else (description.status.name.lower() if description.status else "unknown")
+            )
+        active = status.active_inference_id if status is not None and open_ else None
+        turns = turn_views(transcript, active) if transcript is not None else []
+        version = json.dumps(
+            [
+                phase,
+                active,
+                status.queued_prompts if status else None,
+                len(turns),
+                status.usage.output_tokens if status else None,
+            ]
+        )
+        return {
+            "session_id": session_id,
+            "phase": phase or "unknown",
+            "open": open_,
+            "status": status,
+            "cost_usd": getattr(status, "cost_usd", None),
+            "turns": turns,
+            "notes": notes,
+            "active": active,
+            "active_number": _inference_number(active) if active else None,
+            "started": description.start_time,
+            "closed_at": description.close_time,
+            "version": version,
+        }
+
+
+def _filters(request: Request) -> SessionFilter:
+    params = request.query_params
+    return SessionFilter(
+        status=(params.get("status") or "").strip(),
+        model=(params.get("model") or "").strip(),
+        prefix=(params.get("q") or "").strip(),
+    )
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form body (no multipart needed for two buttons)."""
+    body = (await request.body()).decode("utf-8", "replace")
+    return {key: values[-1] for key, values in parse_qs(body, keep_blank_values=True).items()}
+
+
+def _wants_json(request: Request) -> bool:
+    return request.headers.get("x-requested-with") == "fetch"
+
+
+async def _event_stream(
+    handle: ExecutionHandle, from_seq: int, keepalive: float
+) -> AsyncIterator[str]:
+    """Relay an inference's events as SSE: `id: <seq>` and the event's geppetto JSON."""
+    queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue(maxsize=1024)
+
+    async def pump() -> None:
+        try:
+            async for event in handle.events(from_seq):
+                await queue.put(event)
+            await queue.put(None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            await queue.put(err)
+
+    task = asyncio.create_task(pump())
+    try:
+        yield "retry: 2000\n\n"
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), keepalive)
+            except TimeoutError:
+                yield ": keepalive\n\n"
+                continue
+            if item is None:
+                yield "event: end\ndata: {}\n\n"
+                return
+            if isinstance(item, BaseException):
+                message = getattr(item, "message", "") or str(item) or repr(item)
+                yield f"event: stream-error\ndata: {json.dumps({'error': message})}\n\n"
+                return
+            yield f"id: {item.meta.seq}\ndata: {event_to_json(item)}\n\n"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+def create_app(
+    client: Client,
+    *,
+    token: str | None = None,
+    title: str = "geppetto",
+    sse_keepalive: float = SSE_KEEPALIVE_SECONDS,
+) -> FastAPI:
+    """The dashboard for the sessions and schedules `client` can see.
+
+    With `token`, every request must carry it (see `_Gate`); without, only
+    loopback Host names are served. Bind address checks are the caller's
+    (`check_bind`): the CLI refuses a non-loopback address without a token.
+    """
+    dash = _Dashboard(client, title=title, token=token is not None)
+    app = FastAPI(title=f"{title} dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_Gate, token=token)
+    app.state.dashboard = dash
+
+    @app.get("/static/{name}")
+    async def static(name: str) -> Response:
+        if name not in dash.static:
+            return PlainTextResponse("not found", 404)
+        return Response(
+            dash.static[name], media_type=_STATIC_TYPES[name], headers={"Cache-Control": "no-cache"}
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def sessions_page(request: Request) -> HTMLResponse:
+        filters = _filters(request)
+        rows, error = await _rows_or_error(client, filters)
+        return dash.render(
+            "sessions.html",
+            filters=filters,
+            rows=rows,
+            error=error,
+            query=request.url.query,
+            nav="sessions",
+        )
+
+    @app.get("/fragments/sessions", response_class=HTMLResponse)
+    async def sessions_fragment(request: Request) -> HTMLResponse:
+        rows, error = await _rows_or_error(client, _filters(request))
+        return dash.render("_session_rows.html", rows=rows, error=error)
+
+    @app.get("/schedules", response_class=HTMLResponse)
+    async def schedules_page() -> HTMLResponse:
+        error = None
+        try:
+            schedules = await list_schedule_rows(client)
+        except (RPCError, GeppettoError) as err:
+            schedules, error = [], getattr(err, "message", "") or str(err)
+        return dash.render("schedules.html", schedules=schedules, error=error, nav="schedules")
+
+    async def events_response(request: Request, inference_id: str) -> Response:
+        handle = ExecutionHandle(client, inference_id)
+        if not await handle.exists():
+            return PlainTextResponse(f"no inference {inference_id}", 404)
+        from_seq = 0
+        last = request.headers.get("last-event-id") or ""
+        if last.isdigit():
+            from_seq = int(last) + 1
+        elif (request.query_params.get("from") or "").isdigit():
+            from_seq = int(request.query_params["from"])
+        return StreamingResponse(
+            _event_stream(handle, from_seq, sse_keepalive),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/sessions/{session_id:path}/inferences/{number:int}/events")
+    async def session_inference_events(request: Request, session_id: str, number: int) -> Response:
+        return await events_response(request, inference_workflow_id(session_id, number))
+
+    @app.get("/inferences/{inference_id:path}/events")
+    async def inference_events(request: Request, inference_id: str) -> Response:
+        return await events_response(request, inference_id)
+
+    @app.get("/sessions/{session_id:path}/panel", response_class=HTMLResponse)
+    async def session_panel(session_id: str) -> HTMLResponse:
+        state = await dash.session_state(session_id)
+        if state is None:
+            return dash.render("_missing.html", 404, session_id=session_id)
+        return dash.render("_session_panel.html", **state)
+
+    async def action(request: Request, session_id: str, name: str) -> Response:
+        form = await _form(request)
+        if not _same(form.get("csrf"), dash.form_secret):
+            return PlainTextResponse("403 Forbidden: missing or stale form secret", 403)
+        session = Session.attach(client, session_id)
+        try:
+            if name == "cancel":
+                await session.workflow_handle.signal("cancel_inference", CancelInferenceRequest())
+                message = "asked the running inference to stop"
+            else:
+                cancel_active = form.get("cancel_active") in ("1", "on", "true")
+                # Accepted is enough: from then on the session takes no prompts;
+                # it ends once its running and queued inferences have.
+                await session.workflow_handle.start_update(
+                    "close",
+                    CloseRequest(cancel_active=cancel_active),
+                    wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                    result_type=SessionSummary,
+                    rpc_timeout=QUERY_TIMEOUT,
+                )
+                message = "closing the session" + (
+                    " (running inference cancelled)" if cancel_active else ""
+                )
+            ok = True
+        except (RPCError, WorkflowUpdateFailedError) as err:
+            ok = False
+            cause = getattr(err, "cause", None)
+            message = f"{name} failed: {getattr(cause, 'message', None) or getattr(err, 'message', '') or err}"
+        if _wants_json(request):
+            return Response(
+                json.dumps({"ok": ok, "message": message}),
+                status_code=200 if ok else 409,
+                media_type="application/json",
+            )
+        return RedirectResponse(
+            _session_url(session_id) + "?" + ("done=" if ok else "failed=") + quote(message),
+            status_code=303,
+        )
+
+    @app.post("/sessions/{session_id:path}/cancel")
+    async def cancel(request: Request, session_id: str) -> Response:
+        return await action(request, session_id, "cancel")
+
+    @app.post("/sessions/{session_id:path}/close")
+    async def close(request: Request, session_id: str) -> Response:
+        return await action(request, session_id, "close")
+
+    @app.get("/inferences/{inference_id:path}", response_class=HTMLResponse)
+    async def inference_page(inference_id: str) -> Response:
+        return RedirectResponse(_session_url(session_id_of(inference_id)), status_code=303)
+
+    @app.get("/sessions/{session_id:path}", response_class=HTMLResponse)
+    async def session_page(request: Request, session_id: str) -> HTMLResponse:
+        state = await dash.session_state(session_id)
+        if state is None:
+            return dash.render("_missing.html", 404, session_id=session_id, nav="sessions")
+        return dash.render(
+            "session.html",
+            nav="sessions",
+            flash=request.query_params.get("done"),
+            flash_error=request.query_params.get("failed"),
+            **state,
+        )
+
+    return app
+
+
+async def _rows_or_error(
+    client: Client, filters: SessionFilter
+) -> tuple[Iterable[Any], str | None]:
+    try:
+        return await list_session_rows(client, filters), None
+    except RPCError as err:
+        return [], f"cannot list sessions: {err.message or err.status.name}"
+    except GeppettoError as err:
+        return [], str(err)

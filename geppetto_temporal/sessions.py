@@ -1,0 +1,215 @@
+"""Finding sessions: visibility queries over geppetto's search attributes.
+
+`list_sessions(client, status="running", model="gpt-4o", since="1h")` answers
+from Temporal's visibility store (no worker involved, nothing replayed), so it
+is cheap for thousands of sessions. Visibility is eventually consistent: a
+change shows up in a list within about a second, not at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel
+from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from geppetto_temporal import search
+from geppetto_temporal.engines._spec import Provider
+from geppetto_temporal.errors import ConfigurationError, SessionNotFoundError
+from geppetto_temporal.search import SessionSearchStatus
+from geppetto_temporal.workflows._models import SESSION_WORKFLOW
+
+__all__ = ["SessionInfo", "describe_session", "list_sessions", "parse_since", "sessions_query"]
+
+_FAILED_EXECUTIONS = (
+    WorkflowExecutionStatus.FAILED,
+    WorkflowExecutionStatus.TERMINATED,
+    WorkflowExecutionStatus.TIMED_OUT,
+)
+
+
+class SessionInfo(BaseModel):
+    """One session as visibility sees it: its search attributes and its workflow's status."""
+
+    session_id: str
+    #: idle | running | closed | failed (see `SessionSearchStatus`).
+    status: str
+    #: The Temporal workflow execution status: Running, Completed, Failed, Terminated, ...
+    execution_status: str
+    provider: str | None = None
+    model: str | None = None
+    prompt_count: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    last_activity: datetime | None = None
+    schedule: str | None = None
+    start_time: datetime | None = None
+    close_time: datetime | None = None
+    task_queue: str | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    @classmethod
+    def from_execution(cls, execution: WorkflowExecution) -> SessionInfo:
+        """From a listed or described workflow execution."""
+        attrs = execution.typed_search_attributes
+        execution_status = execution.status or WorkflowExecutionStatus.RUNNING
+        if execution_status == WorkflowExecutionStatus.RUNNING:
+            status = attrs.get(search.STATUS) or SessionSearchStatus.IDLE.value
+        elif execution_status in _FAILED_EXECUTIONS:
+            status = SessionSearchStatus.FAILED.value
+        else:
+            status = SessionSearchStatus.CLOSED.value
+        return cls(
+            session_id=execution.id,
+            status=status,
+            execution_status=_status_name(execution_status),
+            provider=attrs.get(search.PROVIDER),
+            model=attrs.get(search.MODEL),
+            prompt_count=attrs.get(search.PROMPT_COUNT) or 0,
+            input_tokens=attrs.get(search.INPUT_TOKENS) or 0,
+            output_tokens=attrs.get(search.OUTPUT_TOKENS) or 0,
+            cost_usd=attrs.get(search.COST_USD) or 0.0,
+            last_activity=attrs.get(search.LAST_ACTIVITY),
+            schedule=attrs.get(search.SCHEDULE),
+            start_time=execution.start_time,
+            close_time=execution.close_time,
+            task_queue=execution.task_queue,
+        )
+
+
+def _status_name(status: WorkflowExecutionStatus) -> str:
+    """`Running`, `Completed`, `ContinuedAsNew`, ... as visibility queries spell them."""
+    return "".join(part.capitalize() for part in status.name.split("_"))
+
+
+_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str | datetime | timedelta, *, now: datetime | None = None) -> datetime:
+    """A point in time from `30m`, `1h`, `2d`, `1w`, an ISO date or time, or a timedelta ago."""
+    now = now or datetime.now(UTC)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, timedelta):
+        return now - value
+    match = _SINCE.match(value)
+    if match:
+        amount, unit = float(match.group(1)), match.group(2).lower()
+        return now - timedelta(**{_UNITS[unit]: amount})
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigurationError(
+            f"invalid --since {value!r}: use e.g. 30m, 1h, 2d, 1w, 2025-01-31 or 2025-01-31T09:00"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _literal(value: str) -> str:
+    if "'" in value or '"' in value or "\\" in value:
+        raise ConfigurationError(f"invalid filter value {value!r}: quotes are not allowed")
+    return f"'{value}'"
+
+
+def _split_model(model: str) -> tuple[str | None, str]:
+    provider, sep, name = model.partition(":")
+    if sep and provider in {p.value for p in Provider}:
+        return provider, name
+    return None, model
+
+
+def sessions_query(
+    *,
+    status: str | SessionSearchStatus | Sequence[str | SessionSearchStatus] | None = None,
+    model: str | None = None,
+    since: str | datetime | timedelta | None = None,
+    schedule: str | None = None,
+    now: datetime | None = None,
+) -> str:
+    """The visibility query `list_sessions` runs (also usable in the Temporal UI or CLI).
+
+    `model` is `gpt-4o` or `openai:gpt-4o`; `since` filters on `GeppettoLastActivity`.
+    """
+    clauses = [f"WorkflowType = '{SESSION_WORKFLOW}'", "ExecutionStatus != 'ContinuedAsNew'"]
+    if status is not None:
+        wanted = [status] if isinstance(status, str) else list(status)
+        parts: list[str] = []
+        for item in wanted:
+            try:
+                value = SessionSearchStatus(str(item).strip().lower())
+            except ValueError:
+                known = ", ".join(s.value for s in SessionSearchStatus)
+                raise ConfigurationError(f"invalid status {item!r}; one of {known}") from None
+            parts.append(_status_clause(value))
+        if parts:
+            clauses.append(parts[0] if len(parts) == 1 else f"({' OR '.join(parts)})")
+    if model:
+        provider, name = _split_model(model)
+        clauses.append(f"{search.MODEL.name} = {_literal(name)}")
+        if provider is not None:
+            clauses.append(f"{search.PROVIDER.name} = {_literal(provider)}")
+    if since is not None:
+        when = parse_since(since, now=now).astimezone(UTC)
+        clauses.append(
+            f"{search.LAST_ACTIVITY.name} >= '{when.isoformat().replace('+00:00', 'Z')}'"
+        )
+    if schedule:
+        clauses.append(f"{search.SCHEDULE.name} = {_literal(schedule)}")
+    return " AND ".join(clauses)
+
+
+def _status_clause(status: SessionSearchStatus) -> str:
+    name = search.STATUS.name
+    if status == SessionSearchStatus.CLOSED:
+        return "ExecutionStatus IN ('Completed', 'Canceled')"
+    if status == SessionSearchStatus.FAILED:
+        return (
+            f"(ExecutionStatus IN ('Failed', 'Terminated', 'TimedOut') OR "
+            f"(ExecutionStatus = 'Running' AND {name} = 'failed'))"
+        )
+    return f"(ExecutionStatus = 'Running' AND {name} = '{status.value}')"
+
+
+async def list_sessions(
+    client: Client,
+    *,
+    status: str | SessionSearchStatus | Sequence[str | SessionSearchStatus] | None = None,
+    model: str | None = None,
+    since: str | datetime | timedelta | None = None,
+    schedule: str | None = None,
+    limit: int | None = 100,
+) -> list[SessionInfo]:
+    """Sessions matching the filters, most recently active first (at most `limit`)."""
+    query = sessions_query(status=status, model=model, since=since, schedule=schedule)
+    sessions = [
+        SessionInfo.from_execution(execution)
+        async for execution in client.list_workflows(query, limit=limit)
+    ]
+    oldest = datetime.min.replace(tzinfo=UTC)
+    sessions.sort(key=lambda s: s.last_activity or s.start_time or oldest, reverse=True)
+    return sessions
+
+
+async def describe_session(client: Client, session_id: str) -> SessionInfo:
+    """One session's search attributes and status (no worker needed)."""
+    try:
+        description = await client.get_workflow_handle(session_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise SessionNotFoundError(f"no session {session_id}", session_id=session_id) from err
+        raise
+    if description.workflow_type != SESSION_WORKFLOW:
+        raise SessionNotFoundError(
+            f"{session_id} is a {description.workflow_type} workflow, not a session",
+            session_id=session_id,
+        )
+    return SessionInfo.from_execution(description)

@@ -1,0 +1,340 @@
+"""The web dashboard, in a real headless Chromium (Debian's `chromium`, driven by Playwright).
+
+The app runs in-process (uvicorn on a free port) against the test dev server and
+worker. Screenshots go to `test-artifacts/dashboard/`. Nothing is skipped: without
+/usr/bin/chromium the browser test fails and says how to install it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from playwright.async_api import Browser, Page, async_playwright, expect
+from temporalio.client import Client
+
+from geppetto_temporal.dashboard import TOKEN_COOKIE, SessionFilter, create_app, list_session_rows
+from geppetto_temporal.errors import InferenceCancelled
+from geppetto_temporal.turns import InferenceStatus
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard"
+TOKEN = "dashboard-test-token"
+
+ECHO = {"name": "echo", "reply": {"text": "You said: {last_user}"}}
+#: ~20 s of streaming for "story", long enough to watch it and cancel it.
+STORY = "Once upon a time there was a lighthouse keeper who counted the waves. " * 12
+STORY_SCRIPT: dict[str, Any] = {
+    "rules": [
+        {
+            "name": "story",
+            "when": {"last_user_contains": "story"},
+            "reply": {"text": STORY, "chunk_size": 4, "chunk_delay": 0.1},
+        },
+        ECHO,
+    ]
+}
+WEATHER_SCRIPT: dict[str, Any] = {
+    "rules": [
+        {
+            "when": {"last_role": "user"},
+            "reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Rome"}}]},
+        },
+        {"reply": {"text": "The weather: {tool_results}"}},
+    ]
+}
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: pytest keeps Ctrl-C."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port in this event loop; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=1
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert not task.done(), "the dashboard server did not start"
+            assert time.monotonic() < deadline, "the dashboard server took too long to start"
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's Chromium; its absence fails the test (never a skip, never a download)."""
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the dashboard tests need Debian's Chromium; "
+            "run `apt-get install chromium` (as root; .ci/run does it on CI)"
+        )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def _shot(page: Page, name: str) -> None:
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def _text_length(page: Page) -> int:
+    texts = await page.locator("#live-log pre.live-text").all_inner_texts()
+    return len("".join(texts))
+
+
+async def test_dashboard_in_chromium(
+    client: Client, new_session: Any, browser: Browser, worker: Any
+) -> None:
+    # Two sessions with completed turns (one with a tool call), one streaming slowly.
+    echo, _ = await new_session(STORY_SCRIPT)
+    await (await echo.start_inference("hello dashboard")).wait()
+    weather, _ = await new_session(WEATHER_SCRIPT)
+    await (await weather.start_inference("what is the weather in Rome?")).wait()
+    story, _ = await new_session(STORY_SCRIPT)
+    running = await story.start_inference("tell me a story")
+
+    async with serve(create_app(client)) as base:
+        context = await browser.new_context(viewport={"width": 1360, "height": 900})
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+
+        # The session list shows all three, the streaming one as running (live refresh).
+        await page.goto(base + "/")
+        await expect(page.locator("h1")).to_have_text("Sessions")
+        for session in (echo, weather, story):
+            row = page.locator(f'tr[data-session="{session.session_id}"]')
+            await expect(row).to_be_visible(timeout=10_000)
+        await expect(page.locator(f'tr[data-session="{echo.session_id}"] .badge')).to_have_text(
+            "idle", timeout=10_000
+        )
+        await expect(page.locator(f'tr[data-session="{story.session_id}"] .badge')).to_have_text(
+            "running", timeout=10_000
+        )
+        await _shot(page, "01-sessions")
+
+        # Filters: by session id prefix, then by status.
+        await page.goto(base + f"/?q={weather.session_id}")
+        await expect(page.locator("#session-rows tr[data-session]")).to_have_count(1)
+        await page.goto(base + "/?status=running")
+        await expect(page.locator(f'tr[data-session="{story.session_id}"]')).to_be_visible()
+        await expect(page.locator(f'tr[data-session="{echo.session_id}"]')).to_have_count(0)
+
+        # A finished conversation with its tool call and result.
+        await page.goto(base + f"/sessions/{weather.session_id}")
+        await expect(page.locator(".block.tool-call")).to_contain_text("get_weather")
+        await expect(page.locator(".block.tool-result")).to_contain_text("Rome")
+        await expect(page.locator(".turn-status").first).to_have_text("completed")
+        await _shot(page, "02-conversation")
+
+        # The running session: its text streams into the live view.
+        await page.goto(base + f"/sessions/{story.session_id}")
+        live_text = page.locator("#live-log pre.live-text")
+        await expect(live_text).not_to_be_empty(timeout=10_000)
+        first = await _text_length(page)
+        await asyncio.sleep(0.5)
+        second = await _text_length(page)
+        deadline = time.monotonic() + 10
+        while second <= first and time.monotonic() < deadline:  # a busy machine may stall it
+            await asyncio.sleep(0.2)
+            second = await _text_length(page)
+        assert second > first, f"the live view did not grow ({first} -> {second} characters)"
+        assert await running.is_running()
+        await _shot(page, "03-live")
+
+        # Cancel: the inference ends cancelled, and the page says so.
+        await page.locator("#cancel-button").click()
+        with pytest.raises(InferenceCancelled):
+            await asyncio.wait_for(running.wait(), 15)
+        turns = await story.turns()
+        assert turns[-1].metadata.status == InferenceStatus.CANCELLED
+        await expect(page.locator("#live-status")).to_have_text("cancelled", timeout=10_000)
+        await expect(
+            page.locator(f'.turn[data-inference="{running.inference_id}"] .turn-status')
+        ).to_have_text("cancelled", timeout=10_000)
+        await expect(page.locator("#flash")).to_contain_text("stop")
+        await expect(page.locator("#cancel-button")).to_be_disabled()
+        await _shot(page, "04-cancelled")
+
+        # The schedules page renders.
+        await page.goto(base + "/schedules")
+        await expect(page.locator("h1")).to_have_text("Schedules")
+        await _shot(page, "05-schedules")
+        await context.close()
+        assert not errors, f"JavaScript errors: {errors}"
+
+
+async def test_event_stream_relays_a_finished_inference(
+    client: Client, new_session: Any, worker: Any
+) -> None:
+    session, _ = await new_session(STORY_SCRIPT)
+    handle = await session.start_inference("hello stream")
+    await handle.wait()
+    async with (
+        serve(create_app(client)) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        response = await http.get(f"/sessions/{session.session_id}/inferences/1/events")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        body = response.text
+        assert '"type":"inference-started"' in body
+        assert '"delta":"' in body
+        assert '"type":"inference-finished"' in body and '"status":"completed"' in body
+        assert body.rstrip().endswith("event: end\ndata: {}")
+        # The same stream by inference id, resumed after the first event.
+        response = await http.get(f"/inferences/{handle.inference_id}/events?from=1")
+        assert "id: 0\n" not in response.text and "id: 1\n" in response.text
+        # The close button's POST (as the page's script sends it) closes the session.
+        page = await http.get(f"/sessions/{session.session_id}")
+        secret = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert secret is not None
+        closed = await http.post(
+            f"/sessions/{session.session_id}/close",
+            data={"csrf": secret.group(1)},
+            headers={"X-Requested-With": "fetch"},
+        )
+        assert closed.status_code == 200 and closed.json()["ok"], closed.text
+        summary = await asyncio.wait_for(session.workflow_handle.result(), 10)
+        assert summary.turn_count == 1
+        assert 'id="phase">closed<' in (await http.get(f"/sessions/{session.session_id}")).text
+        missing = await http.get(f"/sessions/{session.session_id}/inferences/99/events")
+        assert missing.status_code == 404
+        assert (await http.get("/sessions/no-such-session")).status_code == 404
+
+
+async def test_token_and_form_secret(
+    client: Client, new_session: Any, browser: Browser, worker: Any
+) -> None:
+    session, _ = await new_session(STORY_SCRIPT)
+    async with serve(create_app(client, token=TOKEN)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            assert (await http.get("/")).status_code == 401
+            assert (
+                await http.get("/", headers={"Authorization": "Bearer nope"})
+            ).status_code == 401
+            bearer = {"Authorization": f"Bearer {TOKEN}"}
+            assert (await http.get("/", headers=bearer)).status_code == 200
+            events = f"/sessions/{session.session_id}/inferences/1/events"
+            assert (await http.get(events)).status_code == 401
+            # POST actions need the token, and the page's form secret besides.
+            assert (await http.post(f"/sessions/{session.session_id}/cancel")).status_code == 401
+            forged = await http.post(
+                f"/sessions/{session.session_id}/cancel", headers=bearer, data={"csrf": "guess"}
+            )
+            assert forged.status_code == 403
+            # `?token=` sets an HttpOnly, SameSite=Strict cookie and drops the token from the URL.
+            login = await http.get(f"/?token={TOKEN}&status=idle")
+            assert login.status_code == 303 and login.headers["location"] == "/?status=idle"
+            cookie = login.headers["set-cookie"].lower()
+            assert TOKEN_COOKIE in cookie and "httponly" in cookie and "samesite=strict" in cookie
+            assert (await http.get("/")).status_code == 200  # the cookie jar has it now
+
+        context = await browser.new_context()
+        page = await context.new_page()
+        denied = await page.goto(base + "/")
+        assert denied is not None and denied.status == 401
+        await page.goto(base + f"/sessions/{session.session_id}?token={TOKEN}")
+        assert page.url == base + f"/sessions/{session.session_id}"
+        await expect(page.locator("#phase")).to_have_text("idle")
+        await page.goto(base + "/")
+        await expect(page.locator(f'tr[data-session="{session.session_id}"]')).to_be_visible(
+            timeout=10_000
+        )
+        await _shot(page, "06-token-login")
+        await context.close()
+
+    # Without a token only this machine's host names are served (no DNS rebinding).
+    async with (
+        serve(create_app(client)) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/healthz", headers={"Host": "evil.example"})).status_code == 403
+
+
+def test_cli_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GEPPETTO_DASHBOARD_TOKEN"}
+    env["GEPPETTO_HOME"] = str(tmp_path)
+    script = Path(sys.executable).with_name("geppetto")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "geppetto_temporal.cli"]
+    done = subprocess.run(
+        [*command, "dashboard", "--host", "0.0.0.0", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--token" in done.stderr and "GEPPETTO_DASHBOARD_TOKEN" in done.stderr
+
+
+async def test_session_list_without_search_attributes(
+    client: Client, new_session: Any, worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster without geppetto's search attributes, open sessions answer `status`."""
+    session, _ = await new_session(STORY_SCRIPT)
+    await (await session.start_inference("hello list")).wait()
+    monkeypatch.setenv("GEPPETTO_SEARCH_ATTRIBUTES", "off")
+    rows = await list_session_rows(client, SessionFilter(prefix=session.session_id), limit=1000)
+    assert [row.session_id for row in rows] == [session.session_id]
+    [row] = rows
+    assert (row.status, row.model_label, row.turn_count) == ("idle", "openai:scripted", 1)
+    assert row.output_tokens is not None and row.output_tokens > 0
+    assert (
+        await list_session_rows(client, SessionFilter(status="running", prefix=session.session_id))
+        == []
+    )
