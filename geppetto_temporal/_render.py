@@ -15,6 +15,7 @@ from geppetto_temporal.events import (
     InferenceFinishedEvent,
     InterruptEvent,
     PartialEvent,
+    StartEvent,
     ToolCallEvent,
     ToolCallExecutionResultEvent,
 )
@@ -78,6 +79,7 @@ class StreamPrinter:
         # A command that reports the outcome itself does not want the final error twice.
         self._final_errors = final_errors
         self._open_line = False
+        self._attempts: dict[str, int] = {}
 
     def _end_line(self) -> None:
         if self._open_line:
@@ -86,7 +88,17 @@ class StreamPrinter:
 
     def handle(self, event: Event) -> None:
         """Print one event."""
-        if isinstance(event, PartialEvent):
+        if isinstance(event, StartEvent):
+            message, attempt = event.meta.message_id or "", event.meta.attempt or 1
+            if message in self._attempts and attempt > self._attempts[message]:
+                # A worker died (or a stream broke) mid-reply: say so rather than
+                # appending the retry's text to the lost attempt's.
+                self._end_line()
+                self.console.print(Text(f"  [attempt {attempt}: starting over]", style="yellow"))
+            self._attempts[message] = max(attempt, self._attempts.get(message, 0))
+        elif isinstance(event, PartialEvent):
+            if (event.meta.attempt or 1) < self._attempts.get(event.meta.message_id or "", 0):
+                return  # a late delta from a superseded attempt
             self.console.print(event.delta, end="", soft_wrap=True, markup=False, highlight=False)
             self.console.file.flush()
             self._open_line = True

@@ -16,7 +16,6 @@ from geppetto_temporal.events import (
     InferenceStartedEvent,
     PartialEvent,
     PartialThinkingEvent,
-    StartEvent,
     parse_event,
 )
 
@@ -29,24 +28,17 @@ POLL_COOLDOWN = timedelta(milliseconds=50)
 class _Completions:
     """Rebuilds `completion` of partial events, which travel with only their delta.
 
-    A `start` with a higher attempt for the same message restarts its text, so a
-    retried call's output replaces the failed attempt's instead of appending to it.
+    Text is kept per (message, attempt): a retried call starts its completion
+    afresh, and a late delta from an attempt the server already gave up on
+    never mixes into the current attempt's text.
     """
 
     def __init__(self) -> None:
-        self._text: dict[tuple[str, str], str] = {}
-        self._attempt: dict[str, int] = {}
+        self._text: dict[tuple[str, int, str], str] = {}
 
     def apply(self, event: Event) -> None:
-        message = event.meta.message_id or ""
-        if isinstance(event, StartEvent):
-            attempt = event.meta.attempt or 1
-            if attempt > self._attempt.get(message, 0):
-                self._attempt[message] = attempt
-                self._text.pop((message, "partial"), None)
-                self._text.pop((message, "partial-thinking"), None)
-        elif isinstance(event, PartialEvent | PartialThinkingEvent):
-            key = (message, event.type)
+        if isinstance(event, PartialEvent | PartialThinkingEvent):
+            key = (event.meta.message_id or "", event.meta.attempt or 1, event.type)
             event.completion = self._text.get(key, "") + event.delta
             self._text[key] = event.completion
 

@@ -95,6 +95,14 @@ class InferenceActivities:
     @activity.defn(name=LLM_STEP_ACTIVITY)
     async def llm_step(self, input: LLMStepInput) -> LLMStepResult:
         """Call the model once, streaming; on cancellation return the partial text instead of failing."""
+        # Heartbeat from the first moment: building the engine (a first SDK
+        # import) and reading the conversation can outlast a short heartbeat
+        # timeout, and an attempt the server already gave up on must not go on
+        # to call the model.
+        async with heartbeating():
+            return await self._llm_step(input)
+
+    async def _llm_step(self, input: LLMStepInput) -> LLMStepResult:
         spec = input.engine
         info = activity.info()
         try:
@@ -120,7 +128,7 @@ class InferenceActivities:
         )
         output = StepOutput(listener=publisher)
         interrupted: LLMStepResult | None = None
-        async with heartbeating(), publisher or contextlib.nullcontext():
+        async with publisher or contextlib.nullcontext():
             try:
                 await engine.stream_step(blocks, definitions, spec, output)
             except asyncio.CancelledError:

@@ -82,6 +82,9 @@ def create_worker(
     price_table()
     activities = InferenceActivities(registry, middleware=middleware, engines=engines)
     options: dict[str, Any] = {
+        # After a worker dies, its sessions' next tasks wait this long on its
+        # sticky queue before any worker may take them (SDK default 10 s).
+        "sticky_queue_schedule_to_start_timeout": timedelta(seconds=3),
         "max_heartbeat_throttle_interval": timedelta(seconds=1),
         "default_heartbeat_throttle_interval": timedelta(seconds=1),
         "workflow_runner": workflow_runner(sandboxed=sandboxed),
