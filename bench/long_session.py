@@ -112,6 +112,7 @@ async def long_session(
         if n in marks:
             at[n] = await inference_cost(client, handle.inference_id)
             at[n]["blocks"] = len(turn.blocks)
+            print(f"  at prompt {n}: {json.dumps(at[n])}", file=sys.stderr, flush=True)
         if n % 100 == 0:
             print(
                 f"  {n} prompts, {time.perf_counter() - started:.0f}s, rss {rss_mb():.0f} MB",
