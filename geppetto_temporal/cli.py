@@ -117,6 +117,22 @@ def _load_tools(modules: list[str] | None, examples: bool) -> ToolRegistry:
     return ToolRegistry.from_modules(names) if names else ToolRegistry()
 
 
+SessionOption = Annotated[
+    str | None, typer.Option("--session", "-s", help="Continue (or start) this session id.")
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help=f"provider:model, e.g. openai:gpt-4o-mini (default {DEFAULT_MODEL}, or $GEPPETTO_MODEL).",
+    ),
+]
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option("--base-url", help="OpenAI-compatible server URL (Ollama, vLLM, ...)."),
+]
+SystemOption = Annotated[str | None, typer.Option("--system", help="System prompt.")]
 ToolsOption = Annotated[
     list[str] | None,
     typer.Option("--tools", help="Import @tool functions from this module (repeatable)."),
@@ -132,22 +148,10 @@ ExamplesOption = Annotated[
 @app.command()
 def run(
     prompt: Annotated[str, typer.Argument(help="What to ask.")],
-    session: Annotated[
-        str | None, typer.Option("--session", "-s", help="Continue (or start) this session id.")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help=f"provider:model, e.g. openai:gpt-4o-mini (default {DEFAULT_MODEL}, or $GEPPETTO_MODEL).",
-        ),
-    ] = None,
-    base_url: Annotated[
-        str | None,
-        typer.Option("--base-url", help="OpenAI-compatible server URL (Ollama, vLLM, ...)."),
-    ] = None,
-    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    session: SessionOption = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
+    system: SystemOption = None,
     max_iterations: Annotated[
         int | None, typer.Option("--max-iterations", help="Tool loop limit (default 5).")
     ] = None,
@@ -411,22 +415,10 @@ def server_status() -> None:
 
 @app.command()
 def chat(
-    session: Annotated[
-        str | None, typer.Option("--session", "-s", help="Continue (or start) this session id.")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help=f"provider:model, e.g. openai:gpt-4o-mini (default {DEFAULT_MODEL}, or $GEPPETTO_MODEL).",
-        ),
-    ] = None,
-    base_url: Annotated[
-        str | None,
-        typer.Option("--base-url", help="OpenAI-compatible server URL (Ollama, vLLM, ...)."),
-    ] = None,
-    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    session: SessionOption = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
+    system: SystemOption = None,
     tools: ToolsOption = None,
     example_tools: ExamplesOption = False,
     task_queue: Annotated[str, typer.Option("--task-queue")] = DEFAULT_TASK_QUEUE,

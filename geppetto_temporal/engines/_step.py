@@ -6,7 +6,9 @@ Providers write into it as chunks arrive, so whoever interrupts the call
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -174,6 +176,23 @@ def decode_arguments(raw: str) -> tuple[Any, bool]:
         return json.loads(raw), True
     except json.JSONDecodeError:
         return raw, False
+
+
+async def consume_stream(stream: Any, idle: float, on_item: Callable[[Any], None]) -> None:
+    """Read an SDK stream to its end, handing each item to `on_item`.
+
+    Leaving the block closes the stream, and with it the HTTP response: on
+    cancellation that is what actually stops the provider generating. A stream
+    that sends nothing for `idle` seconds is treated as broken (retryable).
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with stream, asyncio.timeout(idle) as deadline:
+            async for item in stream:
+                deadline.reschedule(loop.time() + idle)
+                on_item(item)
+    except TimeoutError:
+        raise ConnectionError(f"the stream sent nothing for {idle:g}s") from None
 
 
 class ProviderEngine(Protocol):

@@ -18,7 +18,6 @@ are skipped, as are partial thinking blocks without a signature.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -26,7 +25,7 @@ from anthropic import APIStatusError, AsyncAnthropic
 
 from geppetto_temporal.engines._errors import ProviderStreamError
 from geppetto_temporal.engines._spec import EngineSpec
-from geppetto_temporal.engines._step import StepOutput
+from geppetto_temporal.engines._step import StepOutput, consume_stream
 from geppetto_temporal.tools._config import ToolChoice
 from geppetto_temporal.tools._tool import ToolDefinition
 from geppetto_temporal.turns import Block, BlockKind, PayloadKey, Usage, new_block_id
@@ -276,18 +275,13 @@ class AnthropicMessagesEngine:
         # parameter this SDK version does not name (or a provider extra) still reaches the API.
         required = {name: body.pop(name) for name in ("model", "max_tokens", "messages")}
         state = _StreamState()
-        idle = spec.stream_idle_timeout_seconds
-        loop = asyncio.get_running_loop()
         try:
             stream = await self.client.messages.create(**required, stream=True, extra_body=body)
-            # Closing the stream closes the HTTP response, which is what stops generation on
-            # cancel. The idle timeout catches a stream that stalls.
-            async with stream, asyncio.timeout(idle) as deadline:
-                async for event in stream:
-                    deadline.reschedule(loop.time() + idle)
-                    self._apply(event, output, state)
-        except TimeoutError:
-            raise ConnectionError(f"the stream sent nothing for {idle:g}s") from None
+            await consume_stream(
+                stream,
+                spec.stream_idle_timeout_seconds,
+                lambda event: self._apply(event, output, state),
+            )
         except APIStatusError as err:
             if err.status_code < 400:
                 # An `error` event inside a stream that began with HTTP 200 (e.g. overloaded).

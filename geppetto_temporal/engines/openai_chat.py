@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 from openai import AsyncOpenAI
 
 from geppetto_temporal.engines._spec import EngineSpec
-from geppetto_temporal.engines._step import StepOutput
+from geppetto_temporal.engines._step import StepOutput, consume_stream
 from geppetto_temporal.tools._config import ToolChoice
 from geppetto_temporal.tools._tool import ToolDefinition
 from geppetto_temporal.turns import Block, BlockKind, PayloadKey, Usage
@@ -146,18 +145,9 @@ class OpenAIChatEngine:
     ) -> None:
         request = build_request(blocks, tools, spec)
         stream = await self.client.chat.completions.create(**request)
-        # Closing the stream closes the HTTP response: on cancellation this is
-        # what actually stops the provider from generating. The idle timeout
-        # catches a stream that stalls (the activity heartbeats regardless).
-        idle = spec.stream_idle_timeout_seconds
-        loop = asyncio.get_running_loop()
-        try:
-            async with stream, asyncio.timeout(idle) as deadline:
-                async for chunk in stream:
-                    deadline.reschedule(loop.time() + idle)
-                    self._apply(chunk, output)
-        except TimeoutError:
-            raise ConnectionError(f"the stream sent nothing for {idle:g}s") from None
+        await consume_stream(
+            stream, spec.stream_idle_timeout_seconds, lambda chunk: self._apply(chunk, output)
+        )
         if output.stop_reason is None:
             # A stream that ends without a finish reason was cut short; retry the step.
             raise ConnectionError("the stream ended before the model finished (no finish_reason)")

@@ -18,14 +18,13 @@ blocks (`id` = `call_id`, the `fc_...` item id in `item_id`), all in output orde
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from openai import AsyncOpenAI
 
 from geppetto_temporal.engines._errors import ProviderStreamError
 from geppetto_temporal.engines._spec import EngineSpec
-from geppetto_temporal.engines._step import StepOutput
+from geppetto_temporal.engines._step import StepOutput, consume_stream
 from geppetto_temporal.engines.openai_chat import encode_arguments, encode_tool_result
 from geppetto_temporal.tools._config import ToolChoice
 from geppetto_temporal.tools._tool import ToolDefinition
@@ -353,17 +352,7 @@ class OpenAIResponsesEngine:
         request = build_request(blocks, tools, spec)
         stream = await self.client.responses.create(**request)
         state = _StreamState(output)
-        # As for Chat: closing the stream closes the HTTP response (cancellation), and
-        # the idle timeout turns a stalled stream into a retryable connection error.
-        idle = spec.stream_idle_timeout_seconds
-        loop = asyncio.get_running_loop()
-        try:
-            async with stream, asyncio.timeout(idle) as deadline:
-                async for event in stream:
-                    deadline.reschedule(loop.time() + idle)
-                    state.apply(event)
-        except TimeoutError:
-            raise ConnectionError(f"the stream sent nothing for {idle:g}s") from None
+        await consume_stream(stream, spec.stream_idle_timeout_seconds, state.apply)
         if output.stop_reason is None:
             raise ConnectionError(
                 "the stream ended before the response finished (no response.completed)"
