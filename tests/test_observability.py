@@ -92,7 +92,10 @@ def span_exporter() -> InMemorySpanExporter:
     provider = trace.get_tracer_provider()
     if not isinstance(provider, ReplaySafeTracerProvider):
         if not isinstance(provider, trace.ProxyTracerProvider):
-            pytest.skip(f"another tracer provider ({type(provider).__name__}) is set")
+            raise AssertionError(
+                f"another tracer provider ({type(provider).__name__}) is set in this test process; "
+                "the tracing tests need the replay-safe one"
+            )
         provider = create_tracer_provider()
         trace.set_tracer_provider(provider)
     exporter = InMemorySpanExporter()
