@@ -77,6 +77,16 @@ LATENCY_DYNAMIC_CONFIG: Final[Mapping[str, str | int | bool]] = MappingProxyType
     }
 )
 
+#: SQLite settings for the embedded server's database file. In WAL mode with
+#: ``synchronous=NORMAL`` a commit is one append to the log and no fsync, so a
+#: killed server or worker loses nothing; only a power cut or kernel crash can
+#: roll back the last few transactions (the file never corrupts). The default
+#: (rollback journal, ``FULL``) fsyncs several times per transaction, and every
+#: workflow task, activity and update is one: a prompt took ~160 ms instead of ~95.
+SQLITE_PRAGMAS: Final[Mapping[str, str]] = MappingProxyType(
+    {"journal_mode": "wal", "synchronous": "normal"}
+)
+
 # The server must never phone home from a user's machine.
 _BASE_DYNAMIC_CONFIG: Final[Mapping[str, str | int | bool]] = MappingProxyType(
     {"frontend.enableServerVersionCheck": False, **LATENCY_DYNAMIC_CONFIG}
@@ -430,6 +440,8 @@ def _spawn(
         "warn",
         "--ui-disable-news-fetch",
     ]
+    for pragma, value in SQLITE_PRAGMAS.items():
+        args += ["--sqlite-pragma", f"{pragma}={value}"]
     for name, type_name in search_attributes.items():
         args += ["--search-attribute", f"{name}={type_name}"]
     for key, value in dynamic_config.items():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -151,6 +153,26 @@ async def test_state_persists_across_restarts(data_dir: Path) -> None:
         client = await Client.connect(again.address)
         description = await client.get_workflow_handle("persist-1").describe()
         assert description.workflow_type == "Nope"
+        assert description.status == WorkflowExecutionStatus.RUNNING
+
+
+async def test_database_in_wal_mode_survives_a_killed_server(data_dir: Path) -> None:
+    # WAL with synchronous=NORMAL skips fsync per commit; a killed process must still lose
+    # nothing that was acknowledged (only a power cut could).
+    async with EmbeddedServer(data_dir, keep_running=True) as info:
+        client = await Client.connect(info.address)
+        await client.start_workflow("Nope", id="wal-1", task_queue="q")
+        with sqlite3.connect(f"file:{data_dir / 'temporal.db'}?mode=ro", uri=True) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    os.kill(info.pid, signal.SIGKILL)
+    for _ in range(100):
+        if not _alive(info.pid):
+            break
+        await asyncio.sleep(0.05)
+
+    async with EmbeddedServer(data_dir) as again:
+        client = await Client.connect(again.address)
+        description = await client.get_workflow_handle("wal-1").describe()
         assert description.status == WorkflowExecutionStatus.RUNNING
 
 
