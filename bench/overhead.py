@@ -103,10 +103,20 @@ async def plain_inference(client: AsyncOpenAI, prompt: str) -> str:
     raise RuntimeError("loop did not finish")
 
 
-async def durable_inference(client: Client, builder: EngineBuilder, prompt: str) -> str:
-    """geppetto-temporal: a new session, one inference with a tool call, wait for the turn."""
+async def durable_inference(
+    client: Client, builder: EngineBuilder, prompt: str, *, lazy: bool = True
+) -> str:
+    """geppetto-temporal: a new session, one inference with a tool call, wait for the turn.
+
+    `lazy=True` (the default here, and what `geppetto run` does) starts the session
+    together with its first prompt (update-with-start).
+    """
     session = await Session.create(
-        client, builder, session_id=f"bench-{uuid.uuid4().hex[:12]}", task_queue=TASK_QUEUE
+        client,
+        builder,
+        session_id=f"bench-{uuid.uuid4().hex[:12]}",
+        task_queue=TASK_QUEUE,
+        lazy=lazy,
     )
     turn = await (await session.start_inference(prompt)).wait()
     return turn.last_text
@@ -150,6 +160,7 @@ async def main(runs: int, burst: int) -> dict[str, Any]:
                 await durable_inference(client, builder, "warm up")
             plain_ms: list[float] = []
             durable_ms: list[float] = []
+            eager_ms: list[float] = []
             next_ms: list[float] = []
             session = await Session.create(
                 client,
@@ -165,9 +176,12 @@ async def main(runs: int, burst: int) -> dict[str, Any]:
                 t2 = time.perf_counter()
                 await next_prompt(session, f"weather {i}")
                 t3 = time.perf_counter()
+                await durable_inference(client, builder, f"weather {i}", lazy=False)
+                t4 = time.perf_counter()
                 plain_ms.append((t1 - t0) * 1000)
                 durable_ms.append((t2 - t1) * 1000)
                 next_ms.append((t3 - t2) * 1000)
+                eager_ms.append((t4 - t3) * 1000)
 
             # History cost of one simple inference (new session), both workflows.
             probe = await Session.create(
@@ -175,6 +189,7 @@ async def main(runs: int, burst: int) -> dict[str, Any]:
                 builder,
                 session_id=f"bench-probe-{uuid.uuid4().hex[:8]}",
                 task_queue=TASK_QUEUE,
+                lazy=True,
             )
             handle = await probe.start_inference("weather probe")
             await handle.wait()
@@ -205,6 +220,11 @@ async def main(runs: int, burst: int) -> dict[str, Any]:
             "median": statistics.median(durable_ms),
             "p90": percentile(durable_ms, 0.9),
         },
+        "eager_session_ms": {
+            "min": min(eager_ms),
+            "median": statistics.median(eager_ms),
+            "p90": percentile(eager_ms, 0.9),
+        },
         "next_prompt_ms": {
             "min": min(next_ms),
             "median": statistics.median(next_ms),
@@ -233,6 +253,7 @@ def print_table(r: dict[str, Any]) -> None:
     rows = [
         ("plain openai loop (in process)", r["plain_ms"]),
         ("geppetto: new session + inference", r["durable_ms"]),
+        ("  same, session started before prompt", r["eager_session_ms"]),
         ("geppetto: next prompt, same session", r["next_prompt_ms"]),
     ]
     print(f"{'per inference (ms)':40} {'min':>8} {'median':>8} {'p90':>8}")

@@ -209,6 +209,8 @@ async def _run_prompt(
             session_id=session_id or new_session_id(),
             task_queue=task_queue,
             reuse_existing=True,
+            # Started together with the prompt below (update-with-start).
+            lazy=True,
         )
         if fresh:
             _progress(

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from temporalio.client import (
     Client,
+    WithStartWorkflowOperation,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
@@ -44,6 +47,7 @@ from geppetto_temporal.events import Event, EventSink
 from geppetto_temporal.turns import Block, InferenceStatus, Turn
 from geppetto_temporal.workflows._models import (
     DEFAULT_TASK_QUEUE,
+    SESSION_FEATURES,
     SESSION_WORKFLOW,
     BlockRange,
     CancelInferenceRequest,
@@ -79,9 +83,29 @@ def _inference_number(inference_id: str) -> int:
     return int(inference_id.rsplit("/", 1)[1])
 
 
+def _update_id() -> str:
+    # Temporal's default is a 36-character UUID, repeated in six events of every
+    # update; 64 random bits are as unique for the updates of one session.
+    return uuid.uuid4().hex[:16]
+
+
 def new_session_id() -> str:
     """A fresh, unique session id."""
     return f"session-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class _SessionStart:
+    """How to start a session workflow: its input and `start_workflow` options."""
+
+    input: SessionInput
+    options: dict[str, Any]
+
+    def with_update(self) -> WithStartWorkflowOperation[Any, SessionSummary]:
+        """The same start, to go with an update (update-with-start)."""
+        return WithStartWorkflowOperation(
+            SESSION_WORKFLOW, self.input, result_type=SessionSummary, **self.options
+        )
 
 
 class ExecutionHandle:
@@ -132,7 +156,7 @@ class ExecutionHandle:
             raise
         if self._session is not None:
             self._session._last_finished = self.inference_id
-        return result
+        return result.with_ids(self.inference_id)
 
     async def turn(self) -> Turn:
         """Wait for the inference and return its whole turn, whatever the status."""
@@ -263,6 +287,8 @@ class Session:
             session_id, result_type=SessionSummary
         )
         self._last_finished: str | None = None
+        # Set by `create(lazy=True)` until the workflow has been started.
+        self._pending_start: _SessionStart | None = None
 
     def __repr__(self) -> str:
         return f"Session({self.session_id!r})"
@@ -282,6 +308,7 @@ class Session:
         task_queue: str = DEFAULT_TASK_QUEUE,
         reuse_existing: bool = False,
         search_attributes: bool | None = None,
+        lazy: bool = False,
     ) -> Session:
         """Start a new session (a SessionWorkflow) with this engine.
 
@@ -289,15 +316,23 @@ class Session:
         (its engine is kept); a closed one raises `SessionClosedError`.
         `search_attributes` keeps geppetto's search attributes current
         (`geppetto_temporal.search`); by default when the cluster has them registered.
+
+        With `lazy=True` nothing is started yet: the first `start_inference` starts
+        the workflow and the inference in one call (update-with-start), which saves
+        a round trip and a workflow task; any other call starts it first. A taken
+        session id is then reported by that first call.
         """
         session_id = session_id or new_session_id()
         spec = _to_spec(engine)
         if search_attributes is None:
             search_attributes = await search.search_attributes_registered(client)
-        try:
-            await client.start_workflow(
-                SESSION_WORKFLOW,
-                SessionInput(engine=spec, search_attributes=search_attributes),
+        start = _SessionStart(
+            SessionInput(
+                engine=spec,
+                search_attributes=search_attributes,
+                features=list(SESSION_FEATURES),
+            ),
+            dict(
                 id=session_id,
                 task_queue=task_queue,
                 id_conflict_policy=(
@@ -310,25 +345,40 @@ class Session:
                 # Set at start, so a new session is listed before its first prompt.
                 search_attributes=(
                     search.initial_search_attributes(
-                        provider=spec.provider,
-                        model=spec.model,
-                        now=datetime.now(UTC),
+                        provider=spec.provider, model=spec.model, now=datetime.now(UTC)
                     )
                     if search_attributes
                     else None
                 ),
-            )
+            ),
+        )
+        session = cls(client, session_id)
+        session._pending_start = start
+        if not lazy:
+            await session._ensure_started()
+        return session
+
+    async def _ensure_started(self) -> None:
+        """Start the workflow of a lazily created session, if not done yet."""
+        start = self._pending_start
+        if start is None:
+            return
+        try:
+            await self.client.start_workflow(SESSION_WORKFLOW, start.input, **start.options)
         except WorkflowAlreadyStartedError as err:
-            session = cls(client, session_id)
-            if await session._is_open():
-                raise SessionError(
-                    f"session {session_id} already exists; attach to it or pass reuse_existing=True",
-                    session_id=session_id,
-                ) from err
-            raise SessionClosedError(
-                f"session {session_id} is closed; choose another session id", session_id=session_id
-            ) from err
-        return cls(client, session_id)
+            raise await self._already_started(err) from err
+        self._pending_start = None
+
+    async def _already_started(self, err: WorkflowAlreadyStartedError) -> Exception:
+        if await self._is_open():
+            return SessionError(
+                f"session {self.session_id} already exists; attach to it or pass reuse_existing=True",
+                session_id=self.session_id,
+            )
+        return SessionClosedError(
+            f"session {self.session_id} is closed; choose another session id",
+            session_id=self.session_id,
+        )
 
     @classmethod
     def attach(cls, client: Client, session_id: str) -> Session:
@@ -376,12 +426,29 @@ class Session:
         return ExecutionHandle(self.client, response.inference_id, session=self)
 
     async def _update_start(self, request: StartInferenceRequest) -> StartInferenceResponse:
+        start = self._pending_start
         try:
-            response: StartInferenceResponse = await self._handle.execute_update(
-                "start_inference", request, result_type=StartInferenceResponse
-            )
+            response: StartInferenceResponse
+            if start is not None:
+                # One call starts the session and the inference: the update is
+                # handled in the workflow's first task.
+                response = await self.client.execute_update_with_start_workflow(
+                    "start_inference",
+                    request,
+                    start_workflow_operation=start.with_update(),
+                    id=_update_id(),
+                    result_type=StartInferenceResponse,
+                )
+                self._pending_start = None
+            else:
+                response = await self._handle.execute_update(
+                    "start_inference", request, id=_update_id(), result_type=StartInferenceResponse
+                )
             return response
+        except WorkflowAlreadyStartedError as err:
+            raise await self._already_started(err) from err
         except WorkflowUpdateFailedError as err:
+            self._pending_start = None  # the update ran, so the workflow did start
             raise self._map_update_error(err) from err
         except RPCError as err:
             raise await self._map_rpc_error(err) from err
@@ -445,6 +512,7 @@ class Session:
         Repeating an `idempotency_key` never queues the prompt twice. `source` names
         who sent it (a schedule's name), shown as the `GeppettoSchedule` search attribute.
         """
+        await self._ensure_started()
         if not prompt.strip():
             raise InvalidPromptError("the prompt is empty", session_id=self.session_id)
         request = SubmitPromptRequest(
@@ -460,6 +528,7 @@ class Session:
 
     async def cancel_active(self) -> None:
         """Cancel the running inference, if any; idempotent."""
+        await self._ensure_started()
         try:
             await self._handle.signal("cancel_inference", CancelInferenceRequest())
         except RPCError as err:
@@ -467,6 +536,7 @@ class Session:
 
     async def status(self) -> SessionStatus:
         """Phase, active inference, queue depth, turn count and usage."""
+        await self._ensure_started()
         try:
             status: SessionStatus = await self._handle.query("status", result_type=SessionStatus)
             return status
@@ -484,11 +554,13 @@ class Session:
 
     async def engine(self) -> EngineSpec:
         """The engine the next prompt will use."""
+        await self._ensure_started()
         spec: EngineSpec = await self._handle.query("engine", result_type=EngineSpec)
         return spec
 
     async def transcript(self) -> SessionTranscript:
         """The session's blocks and turn boundaries, in one query."""
+        await self._ensure_started()
         try:
             transcript: SessionTranscript = await self._handle.query(
                 "transcript", result_type=SessionTranscript
@@ -542,9 +614,13 @@ class Session:
         With `cancel_active`, the running inference is cancelled and queued
         prompts are recorded as cancelled turns instead of running.
         """
+        await self._ensure_started()
         try:
             summary: SessionSummary = await self._handle.execute_update(
-                "close", CloseRequest(cancel_active=cancel_active), result_type=SessionSummary
+                "close",
+                CloseRequest(cancel_active=cancel_active),
+                id=_update_id(),
+                result_type=SessionSummary,
             )
             return summary
         except WorkflowUpdateFailedError as err:

@@ -440,8 +440,8 @@ def _spawn(
         "warn",
         "--ui-disable-news-fetch",
     ]
-    for pragma, value in SQLITE_PRAGMAS.items():
-        args += ["--sqlite-pragma", f"{pragma}={value}"]
+    for pragma, setting in SQLITE_PRAGMAS.items():
+        args += ["--sqlite-pragma", f"{pragma}={setting}"]
     for name, type_name in search_attributes.items():
         args += ["--search-attribute", f"{name}={type_name}"]
     for key, value in dynamic_config.items():

@@ -141,6 +141,12 @@ class TurnMetadata(WireModel):
         """Estimated USD cost of the turn's inference (all its LLM calls)."""
         return self.usage.cost_usd if self.usage is not None else 0.0
 
+    def merged(self, newer: TurnMetadata) -> TurnMetadata:
+        """This metadata updated with every field `newer` sets; a field it leaves unset is kept."""
+        return TurnMetadata.model_validate(
+            {**self.model_dump(), **newer.model_dump(exclude_unset=True)}
+        )
+
 
 class Turn(WireModel):
     """The cumulative conversation after one user prompt (and its inference)."""

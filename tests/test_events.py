@@ -244,3 +244,25 @@ async def test_every_event_carries_the_shared_ids(new_session: Any) -> None:
     turn = await handle.wait()
     assert {e.meta.turn_id for e in events} == {turn.id}
     assert {e.meta.model for e in events} == {"scripted"}
+
+
+async def test_short_step_events_are_rebuilt_from_its_blocks(new_session: Any) -> None:
+    # A step that ends before its first flush signals nothing: its result says so instead
+    # of carrying `start` and the whole text a second time, and the workflow publishes them.
+    session, _ = await new_session({"rules": [{"reply": {"text": "Short and sweet."}}]})
+    handle = await session.start_inference("quick one")
+    turn = await handle.wait()
+    events = [e async for e in handle.events()]
+    assert types(events) == ["inference-started", "start", "partial", "final", "inference-finished"]
+    start, partial = events[1], events[2]
+    assert isinstance(start, StartEvent) and isinstance(partial, PartialEvent)
+    assert partial.delta == partial.completion == turn.last_text == "Short and sweet."
+    assert start.meta.message_id == partial.meta.message_id == events[3].meta.message_id
+    assert partial.meta.attempt == 1
+    history = await handle.workflow_handle.fetch_history()
+    [completed] = [
+        json.loads(e.activity_task_completed_event_attributes.result.payloads[0].data)
+        for e in history.events
+        if e.HasField("activity_task_completed_event_attributes")
+    ]
+    assert completed["events_from_blocks"] is True and "events" not in completed

@@ -159,6 +159,17 @@ def load(path: Path) -> History:
 
 Resolver = Callable[[HistoryEvent, History], Model]
 
+
+def local_activity_type(event: HistoryEvent) -> str:
+    """The activity type recorded in a local activity marker's data."""
+    attributes = event.marker_recorded_event_attributes
+    if attributes.marker_name != "core_local_activity":
+        raise KeyError(f"marker {attributes.marker_name}")
+    [data] = attributes.details["data"].payloads
+    activity_type: str = json.loads(data.data)["activity_type"]
+    return activity_type
+
+
 #: Where a payload sits in an event -> the model it decodes into (a KeyError: no model).
 #: Every entry is the first (and only) argument or result: a second one is unknown.
 PAYLOAD_MODELS: dict[str, Resolver] = {
@@ -210,6 +221,10 @@ PAYLOAD_MODELS: dict[str, Resolver] = {
             )
         ][1]
     ),
+    # A local activity's result (a `local=True` tool): its type is in the marker's data.
+    "marker_recorded_event_attributes.details['result'].payloads[0]": (
+        lambda e, h: ACTIVITIES[local_activity_type(e)][1]
+    ),
     "workflow_execution_signaled_event_attributes.input.payloads[0]": (
         lambda e, h: SIGNALS[
             (h.workflow_type, e.workflow_execution_signaled_event_attributes.signal_name)
@@ -227,8 +242,11 @@ PAYLOAD_MODELS: dict[str, Resolver] = {
 USER_METADATA = "user_metadata."
 #: - what `workflow.patched()` records: the patch marker's data and the
 #:   `TemporalChangeVersion` search attribute. Temporal's own, read only by the SDK.
+#: - the SDK's own bookkeeping of a local activity (sequence number, attempt, type, times)
+#:   in its marker; only its activity type is read here, to find the result's model.
 PATCH_PAYLOADS = (
     "marker_recorded_event_attributes.details['patch-data']",
+    "marker_recorded_event_attributes.details['data']",
     "upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields"
     "['TemporalChangeVersion']",
 )

@@ -39,7 +39,8 @@ from tests.workers import (
 
 SESSIONS = 10
 
-#: Step 1 calls two tools, step 2 streams the answer: four activities per inference.
+#: Step 1 calls two tools, step 2 streams the answer: three activities per inference (the
+#: `calculate` example tool is a local activity).
 SCRIPT: dict[str, Any] = {
     "rules": [
         {
@@ -133,7 +134,9 @@ async def test_two_workers_share_sessions_and_either_can_take_over(
     for i, turn in enumerate(turns):
         check_turn(turn, f"job {i}")
     per_inference = [await who_ran(h, workers) for h in handles]
-    assert all(sum(c.values()) == 4 for c in per_inference), per_inference
+    # Two LLM steps and the sleep tool; `calculate` is a local activity (a marker, run
+    # by whichever worker ran that workflow task), so it has no activity events.
+    assert all(sum(c.values()) == 3 for c in per_inference), per_inference
     total = sum(per_inference, Counter[int]())
     assert set(total) == {w.pid for w in workers}, f"one worker did all the work: {total}"
     mixed = sum(1 for c in per_inference if len(c) == 2)
@@ -186,7 +189,7 @@ async def test_two_workers_share_sessions_and_either_can_take_over(
         assert [t.prompt for t in await session.turns()] == [f"job {i}", f"again {i}"]
     for handle in handles_2:
         starts = await activity_starts(handle.workflow_handle)
-        assert len(starts) == 4 and all(survivor.owns(ident) for _, ident, _ in starts), starts
+        assert len(starts) == 3 and all(survivor.owns(ident) for _, ident, _ in starts), starts
         for identity in await workflow_task_identities(handle.workflow_handle):
             assert survivor.owns(identity), identity
     for session in sessions:

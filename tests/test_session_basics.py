@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from geppetto_temporal import (
     BlockKind,
+    EngineBuilder,
     ExecutionHandle,
     InferenceStatus,
     InvalidPromptError,
     Session,
     SessionBusyError,
+    SessionClosedError,
+    SessionError,
     connect,
 )
+from tests.conftest import TASK_QUEUE
 
 ECHO: dict[str, Any] = {"rules": [{"name": "echo", "reply": {"text": "You said: {last_user}"}}]}
 
@@ -115,3 +122,70 @@ async def test_twenty_prompt_session_keeps_cumulative_turns(new_session: Any) ->
     # Distinct turn ids, and each turn extends the previous one.
     assert len({t.id for t in turns}) == 20
     assert turns[5].blocks[:10] == turns[4].blocks
+
+
+async def _lazy(
+    client: Client, base_url: str, session_id: str, **kwargs: Any
+) -> tuple[Session, EngineBuilder]:
+    builder = EngineBuilder("openai:scripted").base_url(base_url)
+    return await Session.create(
+        client, builder, session_id=session_id, task_queue=TASK_QUEUE, lazy=True, **kwargs
+    ), builder
+
+
+async def test_lazy_session_starts_with_its_first_prompt(
+    client: Client, worker: Any, model_server: Any
+) -> None:
+    base_url = model_server.add_script(ECHO)
+    session_id = f"lazy-{uuid.uuid4().hex[:10]}"
+    session, _ = await _lazy(client, base_url, session_id)
+    # Nothing exists on the server until the first prompt.
+    with pytest.raises(RPCError):
+        await session.workflow_handle.describe()
+    turn = await (await session.start_inference("first")).wait()
+    assert turn.last_text == "You said: first"
+    turn = await (await session.start_inference("second")).wait()
+    assert [t.prompt for t in await session.turns()] == ["first", "second"]
+    # Update-with-start: the update is accepted in the workflow's very first task.
+    events = [e.event_type for e in (await session.workflow_handle.fetch_history()).events]
+    assert events[:5] == [
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
+    ]
+
+
+async def test_lazy_session_reports_a_taken_id_on_first_prompt(
+    client: Client, worker: Any, model_server: Any
+) -> None:
+    base_url = model_server.add_script(ECHO)
+    session_id = f"lazy-{uuid.uuid4().hex[:10]}"
+    first, _ = await _lazy(client, base_url, session_id)
+    await (await first.start_inference("mine")).wait()
+
+    taken, _ = await _lazy(client, base_url, session_id)
+    with pytest.raises(SessionError, match="already exists"):
+        await taken.start_inference("yours")
+    # reuse_existing attaches instead, and the prompt runs on the open session.
+    shared, _ = await _lazy(client, base_url, session_id, reuse_existing=True)
+    await (await shared.start_inference("ours")).wait()
+    assert [t.prompt for t in await first.turns()] == ["mine", "ours"]
+
+    await first.close()
+    closed, _ = await _lazy(client, base_url, session_id)
+    with pytest.raises(SessionClosedError):
+        await closed.start_inference("too late")
+
+
+async def test_lazy_session_starts_on_any_other_call(
+    client: Client, worker: Any, model_server: Any
+) -> None:
+    base_url = model_server.add_script(ECHO)
+    session, _ = await _lazy(client, base_url, f"lazy-{uuid.uuid4().hex[:10]}")
+    status = await session.status()
+    assert status.turn_count == 0 and status.active_inference_id is None
+    # Already started now: the first prompt is a plain update.
+    turn = await (await session.start_inference("after status")).wait()
+    assert turn.last_text == "You said: after status"

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 
 from geppetto_temporal import (
     BlockKind,
@@ -197,6 +198,49 @@ async def test_error_handling_retry_retries_the_tool_activity(new_session: Any) 
     assert result[PayloadKey.RESULT] == {"attempt": 3}
     call_id = result[PayloadKey.ID]
     assert toolbox.ATTEMPTS[call_id] == 3
+
+
+async def test_local_tools_run_in_the_workflow_task(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    # The example tools are `local=True`: one step's three calls and the next LLM call are
+    # scheduled from one workflow task, and the calls leave markers, not activity events.
+    session, base_url = await new_session(WEATHER_AND_MATH)
+    handle = await session.start_inference("weather and math, locally")
+    turn = await handle.wait()
+    assert turn.last_text.startswith("Done: ")
+    assert len(tool_messages(model_server, base_url)) == 3
+    events = (await handle.workflow_handle.fetch_history()).events
+    activities = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert activities == ["geppetto.llm_step", "geppetto.llm_step"]
+    markers = [
+        e.marker_recorded_event_attributes.marker_name
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    ]
+    assert markers == ["core_local_activity"] * 3
+    tasks = [e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED]
+    assert len(tasks) == 3
+
+
+async def test_error_handling_retry_retries_a_local_tool(new_session: Any) -> None:
+    from geppetto_temporal.retry import RetrySpec
+
+    script = json.loads(json.dumps(FLAKY).replace("flaky_tool", "flaky_local_tool"))
+    session, _ = await new_session(
+        script,
+        configure=lambda b: b.tool_error_handling("retry").tool_retry(
+            RetrySpec(maximum_attempts=5, initial_interval_seconds=0.05, backoff_coefficient=1.0)
+        ),
+    )
+    turn = await (await session.start_inference("flaky and local, retried")).wait()
+    [result] = tool_results(turn.blocks)
+    assert result[PayloadKey.RESULT] == {"attempt": 3}
+    assert toolbox.ATTEMPTS[result[PayloadKey.ID]] == 3
 
 
 async def test_error_handling_retry_gives_final_error_to_model(new_session: Any) -> None:

@@ -40,10 +40,19 @@ def flaky_tool(ctx: ToolContext, succeed_on_attempt: int) -> dict[str, int]:
     return {"attempt": ctx.attempt}
 
 
+@tool(retry_policy=None, local=True)
+def flaky_local_tool(ctx: ToolContext, succeed_on_attempt: int) -> dict[str, int]:
+    """`flaky_tool` as a local activity."""
+    ATTEMPTS[ctx.call_id] += 1
+    if ctx.attempt < succeed_on_attempt:
+        raise ConnectionError(f"transient failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
 @tool
 def huge_tool(megabytes: int) -> dict[str, object]:
     """Returns a result of the given size (large-payload tests)."""
     return {"size": megabytes, "data": "x" * (megabytes * 1024 * 1024)}
 
 
-ALL = [slow_tool, sleepy_tool, failing_tool, flaky_tool, huge_tool]
+ALL = [slow_tool, sleepy_tool, failing_tool, flaky_tool, flaky_local_tool, huge_tool]

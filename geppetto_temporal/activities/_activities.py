@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from geppetto_temporal.activities._events import StepEventPublisher
+from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
 from geppetto_temporal.activities._heartbeat import heartbeating
 from geppetto_temporal.activities._models import (
     LLM_STEP_ACTIVITY,
@@ -173,6 +173,8 @@ class InferenceActivities:
             }
             if name in allowed_names
         }
+        text = "".join(b.text for b in new_blocks if b.kind == BlockKind.LLM_TEXT)
+        from_blocks = spec.stream_events and rebuildable(tail, text)
         return LLMStepResult(
             blocks=new_blocks,
             # Priced here, not in the workflow: a price change never alters a replay.
@@ -180,7 +182,8 @@ class InferenceActivities:
             stop_reason=output.stop_reason,
             model=output.model or spec.model,
             tool_options=options,
-            events=tail,
+            events=[] if from_blocks else tail,
+            events_from_blocks=from_blocks,
         )
 
     @activity.defn(name=TOOL_CALL_ACTIVITY)

@@ -27,6 +27,18 @@ _CLIENT_BATCH_INTERVAL = timedelta(seconds=30)
 _LiveEvent = StartEvent | PartialEvent | PartialThinkingEvent | ErrorEvent
 
 
+def rebuildable(tail: list[dict[str, Any]], text: str) -> bool:
+    """Whether a step's unsent events are just `start` and one `partial` carrying `text`.
+
+    A `start` still in the tail means nothing was signalled (it is the first
+    event every flush sends), so the workflow can publish both from the blocks.
+    """
+    types = [event.get("type") for event in tail]
+    if types == ["start"]:
+        return text == ""
+    return types == ["start", "partial"] and text != "" and tail[1].get("delta") == text
+
+
 class StepEventPublisher:
     """Publishes `start` and coalesced `partial` events of one LLM call.
 

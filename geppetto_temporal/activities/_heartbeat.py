@@ -17,6 +17,11 @@ async def heartbeating(interval: float = 0.5) -> AsyncIterator[None]:
     throttles what it sends, so calling often is cheap and keeps cancels prompt.
     """
 
+    if activity.info().is_local:
+        # A local activity cannot heartbeat: its workflow task stands in for it.
+        yield
+        return
+
     async def beat() -> None:
         # No beat at t=0: the first heartbeat is sent at once (unthrottled), an
         # RPC a short activity does not need.

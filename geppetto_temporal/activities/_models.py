@@ -43,6 +43,10 @@ class LLMStepResult(WireModel):
     tool_options: dict[str, ToolActivityOptions] = Field(default_factory=dict)
     #: Live events not yet signalled to the stream; the workflow publishes them.
     events: list[dict[str, Any]] = Field(default_factory=list)
+    #: Nothing of this call was signalled and its live events were exactly `start`
+    #: plus one `partial` with the text of `blocks`: the workflow rebuilds them
+    #: instead of the result carrying the text twice (`events` is then empty).
+    events_from_blocks: bool = False
 
 
 class ToolCallInput(WireModel):

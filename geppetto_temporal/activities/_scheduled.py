@@ -16,6 +16,7 @@ from geppetto_temporal.activities._heartbeat import heartbeating
 from geppetto_temporal.errors import ErrorType
 from geppetto_temporal.turns import BlockKind, InferenceStatus
 from geppetto_temporal.workflows._models import (
+    SESSION_FEATURES,
     SESSION_WORKFLOW,
     CancelInferenceRequest,
     InferenceResult,
@@ -48,7 +49,7 @@ async def deliver_scheduled_prompt(input: DeliverPromptInput) -> DeliverPromptRe
     try:
         await activity.client().start_workflow(
             SESSION_WORKFLOW,
-            SessionInput(engine=input.engine),
+            SessionInput(engine=input.engine, features=list(SESSION_FEATURES)),
             id=input.session_id,
             task_queue=activity.info().task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

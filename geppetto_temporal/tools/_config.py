@@ -56,3 +56,5 @@ class ToolActivityOptions(WireModel):
 
     timeout_seconds: float
     retry: RetrySpec
+    #: Run as a local activity (see `tool(local=True)`).
+    local: bool = False

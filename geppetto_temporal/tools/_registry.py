@@ -67,6 +67,7 @@ class ToolRegistry:
         return ToolActivityOptions(
             timeout_seconds=t.timeout if t.timeout is not None else config.timeout_seconds,
             retry=RetrySpec.model_validate(retry.model_dump()),
+            local=t.local,
         )
 
     def merge(self, other: ToolRegistry) -> ToolRegistry:

@@ -52,8 +52,10 @@ class Tool:
         timeout: float | None = None,
         retry_policy: RetryPolicy | RetrySpec | None = None,
         non_retryable_errors: tuple[type[BaseException], ...] = (),
+        local: bool = False,
     ) -> None:
         self.fn = fn
+        self.local = local
         self.name = name or fn.__name__
         self.description = description or inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0]
         self.timeout = timeout
@@ -148,6 +150,7 @@ def tool(
     timeout: float | None = None,
     retry_policy: RetryPolicy | RetrySpec | None = None,
     non_retryable_errors: tuple[type[BaseException], ...] = (),
+    local: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -160,6 +163,7 @@ def tool(
     timeout: float | None = None,
     retry_policy: RetryPolicy | RetrySpec | None = None,
     non_retryable_errors: tuple[type[BaseException], ...] = (),
+    local: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed function (sync or async) into a `Tool`.
 
@@ -167,6 +171,14 @@ def tool(
     of the docstring is the description. `timeout` (seconds) and `retry_policy`
     override the engine's defaults for this tool; `non_retryable_errors` are
     exception types that are never retried.
+
+    `local=True` runs the tool as a Temporal *local activity*, inside the
+    workflow task of the worker that runs the inference: no round trip through
+    the server and one workflow task less per step (about 10 ms and 0.6 KB of
+    history per call). The price: it cannot heartbeat, so a cancel reaches it
+    only when it returns (or at the next workflow-task heartbeat, ~8 s), and a
+    worker crash retries it with the workflow task. Use it for quick tools (well
+    under a few seconds), such as lookups and arithmetic.
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -177,6 +189,7 @@ def tool(
             timeout=timeout,
             retry_policy=retry_policy,
             non_retryable_errors=non_retryable_errors,
+            local=local,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -17,7 +17,7 @@ from geppetto_temporal.tools._tool import tool
 _CONDITIONS = ("sunny", "cloudy", "light rain", "windy", "foggy", "snow showers")
 
 
-@tool(timeout=10)
+@tool(timeout=10, local=True)
 def get_weather(city: str, unit: Literal["celsius", "fahrenheit"] = "celsius") -> dict[str, Any]:
     """Current weather for a city (a deterministic stand-in, no network)."""
     digest = hashlib.sha256(city.strip().lower().encode()).digest()
@@ -61,14 +61,14 @@ def _evaluate(node: ast.AST) -> float | int:
     raise ValueError(f"unsupported expression element: {ast.dump(node)[:60]}")
 
 
-@tool(timeout=5, non_retryable_errors=(ValueError, ZeroDivisionError, SyntaxError))
+@tool(timeout=5, non_retryable_errors=(ValueError, ZeroDivisionError, SyntaxError), local=True)
 def calculate(expression: str) -> dict[str, Any]:
     """Evaluate an arithmetic expression with + - * / // % ** and parentheses."""
     value = _evaluate(ast.parse(expression, mode="eval"))
     return {"expression": expression, "result": value}
 
 
-@tool(timeout=5, non_retryable_errors=(ValueError,))
+@tool(timeout=5, non_retryable_errors=(ValueError,), local=True)
 def current_time(timezone: str = "UTC") -> dict[str, str]:
     """The current date and time in an IANA timezone such as Europe/Paris."""
     try:

@@ -14,6 +14,13 @@ SESSION_WORKFLOW = "geppetto.Session"
 INFERENCE_WORKFLOW = "geppetto.Inference"
 DEFAULT_TASK_QUEUE = "geppetto"
 
+#: Patch id: inferences reference the conversation prefix instead of carrying it (v0.2).
+PREFIX_BY_REFERENCE = "prefix-by-reference"
+#: Patch id: the session keeps its search attributes (`geppetto_temporal.search`) current (v0.3).
+SEARCH_ATTRIBUTES_PATCH = "search-attributes"
+#: The patches a session started by this version takes as given (`SessionInput.features`).
+SESSION_FEATURES: tuple[str, ...] = (PREFIX_BY_REFERENCE, SEARCH_ATTRIBUTES_PATCH)
+
 
 def inference_workflow_id(session_id: str, n: int) -> str:
     """The workflow id (and inference id) of a session's n-th inference."""
@@ -85,6 +92,12 @@ class SessionInput(WireModel):
     #: off for a cluster where they are not registered: upserting an unregistered
     #: search attribute fails the workflow task until it is registered.
     search_attributes: bool = True
+    #: Patch ids whose new behaviour this session had from its start. The workflow
+    #: takes them as given instead of calling `workflow.patched()`, so a new session
+    #: records no patch marker and no `TemporalChangeVersion` upsert for them (four
+    #: events, ~0.7 KB per run). The decision still comes from history (this input),
+    #: so replay is deterministic; sessions started without it use `patched()` as before.
+    features: list[str] = Field(default_factory=list)
 
 
 class StartInferenceRequest(WireModel):
@@ -199,11 +212,21 @@ class InferenceResult(WireModel):
     sending the whole turn again would double the history bytes of every prompt.
     """
 
-    inference_id: str
+    #: Left out by the workflow (it is the workflow id); `ExecutionHandle.result()` fills it in.
+    inference_id: str = ""
     status: InferenceStatus
     blocks: list[Block] = Field(default_factory=list)
+    #: The workflow leaves out the session and inference ids, which the session
+    #: already has; `ExecutionHandle.result()` fills them in.
     metadata: TurnMetadata = Field(default_factory=TurnMetadata)
     iterations: int = 0
+
+    def with_ids(self, inference_id: str) -> InferenceResult:
+        """This result with the inference and session ids filled in where left out."""
+        ids = TurnMetadata(session_id=session_id_of(inference_id), inference_id=inference_id)
+        return self.model_copy(
+            update={"inference_id": inference_id, "metadata": ids.merged(self.metadata)}
+        )
 
     @property
     def usage(self) -> Usage:

@@ -35,6 +35,8 @@ with workflow.unsafe.imports_passed_through():
         InferenceFinishedEvent,
         InferenceStartedEvent,
         InterruptEvent,
+        PartialEvent,
+        StartEvent,
         ToolCall,
         ToolCallEvent,
         ToolCallExecuteEvent,
@@ -192,10 +194,14 @@ class InferenceWorkflow:
             blocks.extend(result.blocks)
             usage = usage + result.usage
             model, stop_reason = result.model or model, result.stop_reason
-            for live in result.events:
-                self._events.publish(live)
             text = "".join(b.text for b in result.blocks if b.kind == BlockKind.LLM_TEXT)
             attempt = next((b.metadata.get(BlockMetaKey.ATTEMPT) for b in result.blocks), None)
+            if result.events_from_blocks:
+                self._emit(StartEvent(), step=step, attempt=attempt)
+                if text:
+                    self._emit(PartialEvent(delta=text), step=step, attempt=attempt)
+            for live in result.events:
+                self._events.publish(live)
             if result.interrupted:
                 self._emit(
                     InterruptEvent(text=text), step=step, usage=result.usage, attempt=attempt
@@ -229,10 +235,10 @@ class InferenceWorkflow:
             error = "cancelled"
         self._status = status
         self._emit(InferenceFinishedEvent(status=status, error=error), usage=usage)
+        # The ids are left to the session (and the client) to fill in: the result
+        # is stored twice, in this history and in the session's.
         metadata = input.turn.metadata.model_copy(
             update={
-                "session_id": input.session_id,
-                "inference_id": input.inference_id,
                 "provider": spec.provider,
                 "model": model,
                 "usage": usage,
@@ -242,7 +248,6 @@ class InferenceWorkflow:
             }
         )
         return InferenceResult(
-            inference_id=input.inference_id,
             status=status,
             blocks=blocks[len(input.turn.blocks) :],
             metadata=metadata,
@@ -318,26 +323,39 @@ class InferenceWorkflow:
                 )
             async with limit:
                 self._emit(ToolCallExecuteEvent(tool_call=_tool_call(call)))
+                call_input = ToolCallInput(
+                    call_id=call_id,
+                    name=name,
+                    args=call.payload.get(PayloadKey.ARGS),
+                    session_id=input.session_id,
+                    inference_id=input.inference_id,
+                    error_handling=config.error_handling,
+                    timeout_seconds=opts.timeout_seconds,
+                )
+                timeout = timedelta(seconds=opts.timeout_seconds) + _TOOL_TIMEOUT_GRACE
                 try:
-                    outcome: ToolCallResult = await workflow.execute_activity(
-                        TOOL_CALL_ACTIVITY,
-                        ToolCallInput(
-                            call_id=call_id,
-                            name=name,
-                            args=call.payload.get(PayloadKey.ARGS),
-                            session_id=input.session_id,
-                            inference_id=input.inference_id,
-                            error_handling=config.error_handling,
-                            timeout_seconds=opts.timeout_seconds,
-                        ),
-                        result_type=ToolCallResult,
-                        start_to_close_timeout=timedelta(seconds=opts.timeout_seconds)
-                        + _TOOL_TIMEOUT_GRACE,
-                        heartbeat_timeout=timedelta(seconds=config.heartbeat_seconds),
-                        retry_policy=opts.retry.to_retry_policy(),
-                        cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
-                        summary=f"tool {name}",
-                    )
+                    if opts.local:
+                        # Decided by the LLM step's recorded result, so replay takes the same path.
+                        outcome = await workflow.execute_local_activity(
+                            TOOL_CALL_ACTIVITY,
+                            call_input,
+                            result_type=ToolCallResult,
+                            start_to_close_timeout=timeout,
+                            retry_policy=opts.retry.to_retry_policy(),
+                            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+                            summary=f"tool {name}",
+                        )
+                    else:
+                        outcome = await workflow.execute_activity(
+                            TOOL_CALL_ACTIVITY,
+                            call_input,
+                            result_type=ToolCallResult,
+                            start_to_close_timeout=timeout,
+                            heartbeat_timeout=timedelta(seconds=config.heartbeat_seconds),
+                            retry_policy=opts.retry.to_retry_policy(),
+                            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+                            summary=f"tool {name}",
+                        )
                 except ActivityError as err:
                     outcome = ToolCallResult(
                         call_id=call_id, error=f"{name}: {describe_activity_error(err)}"

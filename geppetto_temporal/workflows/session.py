@@ -23,6 +23,8 @@ with workflow.unsafe.imports_passed_through():
     from geppetto_temporal.search import SessionSearchStatus
     from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, user_block
     from geppetto_temporal.workflows._models import (
+        PREFIX_BY_REFERENCE,
+        SEARCH_ATTRIBUTES_PATCH,
         SESSION_WORKFLOW,
         BlockRange,
         CancelInferenceRequest,
@@ -44,11 +46,6 @@ with workflow.unsafe.imports_passed_through():
         inference_workflow_id,
     )
     from geppetto_temporal.workflows.inference import InferenceWorkflow
-
-#: Patch id: inferences reference the conversation prefix instead of carrying it (v0.2).
-PREFIX_BY_REFERENCE = "prefix-by-reference"
-#: Patch id: the session keeps its search attributes (`geppetto_temporal.search`) current (v0.3).
-SEARCH_ATTRIBUTES_PATCH = "search-attributes"
 
 #: How many idempotency keys a session remembers for de-duplicating `submit_prompt`.
 MAX_REMEMBERED_KEYS = 1000
@@ -74,6 +71,17 @@ class SessionWorkflow:
         self._state = input.state
         self._active: _ActiveInference | None = None
         self._search_attributes = input.search_attributes
+        self._features = set(input.features)
+
+    def _uses(self, patch_id: str) -> bool:
+        """Whether this run takes the patched path: given by the input, or `workflow.patched()`."""
+        if patch_id in self._features:
+            return True
+        if workflow.patched(patch_id):
+            # Carried into the next run, which then needs no marker.
+            self._features.add(patch_id)
+            return True
+        return False
 
     # ---- queries -------------------------------------------------------
 
@@ -290,6 +298,7 @@ class SessionWorkflow:
                         engine=self._engine,
                         state=self._state,
                         search_attributes=self._search_attributes,
+                        features=sorted(self._features),
                     )
                 )
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -324,14 +333,15 @@ class SessionWorkflow:
         active = _ActiveInference(inference_id=inference_id, record=record, source=source)
         self._active = active
         self._index(SessionSearchStatus.RUNNING, schedule=source)
-        if workflow.patched(PREFIX_BY_REFERENCE):
+        if self._uses(PREFIX_BY_REFERENCE):
             # The child gets only the prompt and reads the conversation before
             # it from this workflow, so it never travels through history again.
             prefix_end: int | None = record.end - 1
             own = self._state.blocks[record.end - 1 :]
         else:
             prefix_end, own = None, list(self._state.blocks)
-        turn = Turn(id=record.id, blocks=own, metadata=record.metadata)
+        # No metadata: the child fills in all of it, and the input is stored twice.
+        turn = Turn(id=record.id, blocks=own)
         try:
             child = await workflow.start_child_workflow(
                 InferenceWorkflow.run,
@@ -376,7 +386,8 @@ class SessionWorkflow:
         record = active.record
         if result is not None:
             self._state.blocks.extend(result.blocks)
-            record.metadata = result.metadata
+            # The child leaves out what the session already knows (ids, provider).
+            record.metadata = record.metadata.merged(result.metadata)
             self._state.usage = self._state.usage + result.usage
         else:
             record.metadata = record.metadata.model_copy(
@@ -404,7 +415,7 @@ class SessionWorkflow:
         No content (prompts, replies) ever goes into search attributes: they are
         indexed in plain text by the visibility store.
         """
-        if not self._search_attributes or not workflow.patched(SEARCH_ATTRIBUTES_PATCH):
+        if not self._search_attributes or not self._uses(SEARCH_ATTRIBUTES_PATCH):
             return
         usage = self._state.usage
         wanted: dict[SearchAttributeKey[Any], Any] = {
