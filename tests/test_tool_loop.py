@@ -15,6 +15,7 @@ from geppetto_temporal import (
     InferenceStatus,
     MaxIterationsReached,
 )
+from geppetto_temporal.activities import _activities
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import Block, PayloadKey
 from tests import toolbox
@@ -370,3 +371,38 @@ def test_engine_builder_validates_eagerly() -> None:
         EngineBuilder("openai:gpt-4o").max_parallel_tools(0)
     spec = EngineBuilder("openai:gpt-4o").tools("a", "b").max_iterations(7).build()
     assert spec.tools.allowed_tools == ("a", "b") and spec.max_iterations == 7
+
+
+def llm_step_inputs(history: Any) -> list[dict[str, Any]]:
+    return [
+        json.loads(e.activity_task_scheduled_event_attributes.input.payloads[0].data)
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "geppetto.llm_step"
+    ]
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cache-hit", "cache-miss"])
+async def test_later_steps_reference_the_blocks_of_earlier_ones(
+    new_session: Any,
+    model_server: ScriptedModelServer,
+    monkeypatch: pytest.MonkeyPatch,
+    cached: bool,
+) -> None:
+    if not cached:
+        # As if another worker ran step 1: step 2 reads them from the inference (a query).
+        monkeypatch.setattr(_activities, "_OWN_BLOCKS_CACHE_SIZE", 0)
+    session, base_url = await new_session(WEATHER_AND_MATH)
+    handle = await session.start_inference(f"weather and math ({cached=})")
+    turn = await handle.wait()
+    step_1, step_2 = llm_step_inputs(await handle.workflow_handle.fetch_history())
+    assert [b["kind"] for b in step_1["blocks"]] == ["user"] and "known" not in step_1
+    # Step 2 gets only the three tool results; the prompt, the reply and the three calls
+    # (5 blocks) are referenced.
+    assert [b["kind"] for b in step_2["blocks"]] == ["tool_use"] * 3
+    assert step_2["known"] == 5
+    assert step_2["known_last_id"] == turn.blocks[4].id
+    # Either way the model saw the whole conversation.
+    messages = model_server.requests(base_url)[-1].body["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool", "tool"]
+    assert turn.last_text.startswith("Done: ")

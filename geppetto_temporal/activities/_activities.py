@@ -35,6 +35,8 @@ from geppetto_temporal.workflows._models import BlockRange
 
 #: Sessions whose conversation a worker keeps in memory (a miss costs one query).
 _CONVERSATION_CACHE_SIZE = 64
+#: Inferences whose own blocks a worker keeps in memory for their next step (a miss costs one query).
+_OWN_BLOCKS_CACHE_SIZE = 256
 
 
 class InferenceActivities:
@@ -54,24 +56,56 @@ class InferenceActivities:
         # it, and since blocks are append-only the next inference only needs the
         # blocks added since. One entry per session, least recently used first.
         self._conversations: OrderedDict[str, list[Block]] = OrderedDict()
+        # Each running inference's own blocks after its latest step here (input and
+        # output), which its next step references instead of receiving them again.
+        self._own_blocks: OrderedDict[str, list[Block]] = OrderedDict()
 
-    async def _read_blocks(self, session_id: str, start: int, end: int) -> list[Block]:
+    async def _read_blocks(self, workflow_id: str, start: int, end: int) -> list[Block]:
+        """Blocks `start:end` of a session's or an inference's block list (`blocks` query)."""
         try:
             blocks: list[Block] = (
                 await activity.client()
-                .get_workflow_handle(session_id)
+                .get_workflow_handle(workflow_id)
                 .query("blocks", BlockRange(start=start, end=end), result_type=list[Block])
             )
         except Exception as err:
             raise ApplicationError(
-                f"could not read the conversation of session {session_id}: {err}",
+                f"could not read the conversation of {workflow_id}: {err}",
                 type=ErrorType.SESSION_UNAVAILABLE,
             ) from err
         return blocks
 
-    async def _conversation(self, input: LLMStepInput) -> list[Block]:
-        if input.prefix_end is None:
+    async def _own(self, input: LLMStepInput) -> list[Block]:
+        """The inference's own blocks this step continues from."""
+        known = input.known
+        if not known:
             return input.blocks
+        cached = self._own_blocks.get(input.inference_id)
+        if (
+            cached is not None
+            and len(cached) >= known
+            and cached[known - 1].id == input.known_last_id
+        ):
+            earlier = cached[:known]
+        else:
+            # Another worker ran the previous step, or this one restarted.
+            earlier = await self._read_blocks(input.inference_id, 0, known)
+            if len(earlier) != known or earlier[-1].id != input.known_last_id:
+                raise ApplicationError(
+                    f"inference {input.inference_id} has {len(earlier)} blocks, expected {known}",
+                    type=ErrorType.SESSION_UNAVAILABLE,
+                )
+        return [*earlier, *input.blocks]
+
+    def _remember_own(self, inference_id: str, blocks: list[Block]) -> None:
+        self._own_blocks[inference_id] = blocks
+        self._own_blocks.move_to_end(inference_id)
+        while len(self._own_blocks) > _OWN_BLOCKS_CACHE_SIZE:
+            self._own_blocks.popitem(last=False)
+
+    async def _conversation(self, input: LLMStepInput, own: list[Block]) -> list[Block]:
+        if input.prefix_end is None:
+            return own
         session_id, end = input.session_id, input.prefix_end
         known = self._conversations.pop(session_id, [])
         if len(known) < end:
@@ -90,7 +124,7 @@ class InferenceActivities:
         self._conversations[session_id] = known
         while len(self._conversations) > _CONVERSATION_CACHE_SIZE:
             self._conversations.popitem(last=False)
-        return [*known[:end], *input.blocks]
+        return [*known[:end], *own]
 
     @activity.defn(name=LLM_STEP_ACTIVITY)
     async def llm_step(self, input: LLMStepInput) -> LLMStepResult:
@@ -107,7 +141,8 @@ class InferenceActivities:
         info = activity.info()
         try:
             engine = self.engines.build(spec)
-            blocks = apply_middleware(await self._conversation(input), spec, self.middleware)
+            own = await self._own(input)
+            blocks = apply_middleware(await self._conversation(input, own), spec, self.middleware)
         except ApplicationError:
             raise
         except Exception as err:
@@ -173,6 +208,7 @@ class InferenceActivities:
             }
             if name in allowed_names
         }
+        self._remember_own(input.inference_id, [*own, *new_blocks])
         text = "".join(b.text for b in new_blocks if b.kind == BlockKind.LLM_TEXT)
         from_blocks = spec.stream_events and rebuildable(tail, text)
         return LLMStepResult(

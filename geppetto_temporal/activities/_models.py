@@ -28,6 +28,13 @@ class LLMStepInput(WireModel):
     session_id: str
     inference_id: str
     step: int
+    #: With `known`, `blocks` are only the inference's own blocks after its first
+    #: `known` (the tool results since the previous step). The first `known` come
+    #: from the worker's cache or the inference workflow (`blocks` query), so a
+    #: long tool loop does not send its growing history again with every step.
+    known: int | None = None
+    #: Id of the last of the `known` blocks, to check a cached copy against.
+    known_last_id: str | None = None
 
 
 class LLMStepResult(WireModel):

@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from geppetto_temporal.workflows._models import (
         INFERENCE_WORKFLOW,
+        BlockRange,
         InferenceInput,
         InferenceResult,
     )
@@ -117,6 +118,11 @@ class InferenceWorkflow:
         self._input = input
         self._stream = WorkflowStream()
         self._events = self._stream.topic(EVENTS_TOPIC)
+        # The inference's own blocks (prompt, replies, tool calls and results), for
+        # the `blocks` query; the same list the loop appends to.
+        self._blocks: list[Block] = list(input.turn.blocks)
+        # How many of them the LLM activity has seen: the next step sends only the rest.
+        self._known = 0
 
     def _emit(
         self,
@@ -145,6 +151,11 @@ class InferenceWorkflow:
         """Running, or how the inference ended."""
         return self._status
 
+    @workflow.query(name="blocks")
+    def blocks(self, block_range: BlockRange) -> list[Block]:
+        """A slice of this inference's own blocks (append-only, so a slice never changes)."""
+        return self._blocks[block_range.start : block_range.end]
+
     @workflow.run
     async def run(self, input: InferenceInput) -> InferenceResult:
         loop = asyncio.create_task(self._loop(input))
@@ -159,7 +170,7 @@ class InferenceWorkflow:
 
     async def _loop(self, input: InferenceInput) -> InferenceResult:
         spec = input.engine
-        blocks = list(input.turn.blocks)
+        blocks = self._blocks
         self._emit(InferenceStartedEvent(prompt=input.turn.prompt))
         usage = Usage()
         model: str | None = spec.model
@@ -192,6 +203,8 @@ class InferenceWorkflow:
                         )
                 break
             blocks.extend(result.blocks)
+            # The activity saw all of these: its input and its own output.
+            self._known = len(blocks)
             usage = usage + result.usage
             model, stop_reason = result.model or model, result.stop_reason
             text = "".join(b.text for b in result.blocks if b.kind == BlockKind.LLM_TEXT)
@@ -257,15 +270,18 @@ class InferenceWorkflow:
     async def _llm_step(
         self, input: InferenceInput, spec: EngineSpec, blocks: list[Block], step: int
     ) -> LLMStepResult:
+        known = self._known
         result: LLMStepResult = await workflow.execute_activity(
             LLM_STEP_ACTIVITY,
             LLMStepInput(
                 engine=spec,
-                blocks=blocks,
+                blocks=blocks[known:],
                 prefix_end=input.prefix_end,
                 session_id=input.session_id,
                 inference_id=input.inference_id,
                 step=step,
+                known=known or None,
+                known_last_id=blocks[known - 1].id if known else None,
             ),
             result_type=LLMStepResult,
             start_to_close_timeout=timedelta(seconds=spec.llm_timeout_seconds),
