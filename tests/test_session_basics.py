@@ -23,6 +23,8 @@ from geppetto_temporal import (
     SessionError,
     connect,
 )
+from geppetto_temporal.activities import _activities
+from geppetto_temporal.activities._activities import InferenceActivities
 from tests.conftest import TASK_QUEUE
 
 ECHO: dict[str, Any] = {"rules": [{"name": "echo", "reply": {"text": "You said: {last_user}"}}]}
@@ -189,3 +191,40 @@ async def test_lazy_session_starts_on_any_other_call(
     # Already started now: the first prompt is a plain update.
     turn = await (await session.start_inference("after status")).wait()
     assert turn.last_text == "You said: after status"
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cache-hit", "cache-miss"])
+async def test_next_prompt_continues_the_cached_conversation(
+    new_session: Any,
+    model_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    cached: bool,
+) -> None:
+    # The worker that ran an inference knows all its blocks, so the next prompt's LLM
+    # step needs no `blocks` query to the session; without that cache it reads them.
+    reads: list[tuple[str, int, int]] = []
+    original = InferenceActivities._read_blocks
+
+    async def counting(self: InferenceActivities, workflow_id: str, start: int, end: int) -> Any:
+        reads.append((workflow_id, start, end))
+        return await original(self, workflow_id, start, end)
+
+    monkeypatch.setattr(InferenceActivities, "_read_blocks", counting)
+    if not cached:
+        monkeypatch.setattr(_activities, "_OWN_BLOCKS_CACHE_SIZE", 0)
+    session, base_url = await new_session(ECHO)
+    for prompt in ("one", "two", "three"):
+        await (await session.start_inference(f"{prompt} ({cached=})")).wait()
+    messages = model_server.requests(base_url)[-1].body["messages"]
+    assert [m["content"] for m in messages] == [
+        f"one ({cached=})",
+        f"You said: one ({cached=})",
+        f"two ({cached=})",
+        f"You said: two ({cached=})",
+        f"three ({cached=})",
+    ]
+    session_reads = [r for r in reads if r[0] == session.session_id]
+    if cached:
+        assert session_reads == []
+    else:
+        assert session_reads == [(session.session_id, 0, 2), (session.session_id, 1, 4)]

@@ -31,7 +31,7 @@ from geppetto_temporal.tools._config import ToolChoice, ToolErrorHandling
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext
 from geppetto_temporal.turns import Block, BlockKind, PayloadKey
-from geppetto_temporal.workflows._models import BlockRange
+from geppetto_temporal.workflows._models import BlockRange, previous_inference_id
 
 #: Sessions whose conversation a worker keeps in memory (a miss costs one query).
 _CONVERSATION_CACHE_SIZE = 64
@@ -109,6 +109,8 @@ class InferenceActivities:
         session_id, end = input.session_id, input.prefix_end
         known = self._conversations.pop(session_id, [])
         if len(known) < end:
+            known = self._continued_by_previous(input, known)
+        if len(known) < end:
             # Re-read the last known block too: if the session was reset and its
             # history diverged, it will not match, and the cache starts over.
             overlap = 1 if known else 0
@@ -125,6 +127,25 @@ class InferenceActivities:
         while len(self._conversations) > _CONVERSATION_CACHE_SIZE:
             self._conversations.popitem(last=False)
         return [*known[:end], *own]
+
+    def _continued_by_previous(self, input: LLMStepInput, known: list[Block]) -> list[Block]:
+        """The cached conversation extended by the previous inference's blocks, if this
+        worker saw all of them and they are exactly what the session added since.
+
+        A session's blocks are its prompts and their inferences' blocks, so after an
+        inference ran here its next prompt needs no `blocks` query. `prefix_last_id`
+        proves the cached copy is the attempt the session recorded.
+        """
+        previous_id = previous_inference_id(input.inference_id)
+        previous = self._own_blocks.get(previous_id) if previous_id else None
+        if (
+            previous
+            and input.prefix_last_id is not None
+            and len(known) + len(previous) == input.prefix_end
+            and previous[-1].id == input.prefix_last_id
+        ):
+            return [*known, *previous]
+        return known
 
     @activity.defn(name=LLM_STEP_ACTIVITY)
     async def llm_step(self, input: LLMStepInput) -> LLMStepResult:

@@ -35,6 +35,9 @@ class LLMStepInput(WireModel):
     known: int | None = None
     #: Id of the last of the `known` blocks, to check a cached copy against.
     known_last_id: str | None = None
+    #: Id of the session's block `prefix_end - 1`: lets a worker that ran the previous
+    #: inference extend its cached conversation without reading it from the session.
+    prefix_last_id: str | None = None
 
 
 class LLMStepResult(WireModel):

@@ -27,6 +27,14 @@ def inference_workflow_id(session_id: str, n: int) -> str:
     return f"{session_id}/inference/{n}"
 
 
+def previous_inference_id(inference_id: str) -> str | None:
+    """The id of the inference before this one in its session, or None for the first."""
+    session_id, sep, number = inference_id.rpartition("/inference/")
+    if not sep or not number.isdigit() or int(number) <= 1:
+        return None
+    return inference_workflow_id(session_id, int(number) - 1)
+
+
 def session_id_of(inference_id: str) -> str:
     """The session an inference id belongs to."""
     session_id, sep, _ = inference_id.rpartition("/inference/")
@@ -196,6 +204,8 @@ class InferenceInput(WireModel):
     turn: Turn
     engine: EngineSpec
     prefix_end: int | None = None
+    #: Id of the session's block `prefix_end - 1` (see `LLMStepInput.prefix_last_id`).
+    prefix_last_id: str | None = None
 
 
 class BlockRange(WireModel):

@@ -282,6 +282,7 @@ class InferenceWorkflow:
                 step=step,
                 known=known or None,
                 known_last_id=blocks[known - 1].id if known else None,
+                prefix_last_id=input.prefix_last_id,
             ),
             result_type=LLMStepResult,
             start_to_close_timeout=timedelta(seconds=spec.llm_timeout_seconds),

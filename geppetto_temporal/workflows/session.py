@@ -351,6 +351,7 @@ class SessionWorkflow:
                     turn=turn,
                     engine=self._engine,
                     prefix_end=prefix_end,
+                    prefix_last_id=self._state.blocks[prefix_end - 1].id if prefix_end else None,
                 ),
                 id=inference_id,
                 static_summary=f"inference {record.end} of {session_id} on {self._engine.spec_string}",
