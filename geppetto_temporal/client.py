@@ -44,7 +44,7 @@ from geppetto_temporal.errors import (
     SessionNotFoundError,
 )
 from geppetto_temporal.events import Event, EventSink
-from geppetto_temporal.turns import Block, InferenceStatus, Turn
+from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata
 from geppetto_temporal.workflows._models import (
     DEFAULT_TASK_QUEUE,
     SESSION_FEATURES,
@@ -61,7 +61,6 @@ from geppetto_temporal.workflows._models import (
     StartInferenceRequest,
     StartInferenceResponse,
     SubmitPromptRequest,
-    TurnLookup,
     inference_workflow_id,
     session_id_of,
 )
@@ -106,6 +105,36 @@ class _SessionStart:
         return WithStartWorkflowOperation(
             SESSION_WORKFLOW, self.input, result_type=SessionSummary, **self.options
         )
+
+
+class _Conversation:
+    """A client-side copy of a session's first blocks; they never change once written."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Block] = []
+
+    async def prefix(
+        self, session: WorkflowHandle[Any, Any], end: int, last_id: str | None
+    ) -> list[Block]:
+        """The session's blocks `[:end]`, reading only what is not known yet."""
+        known = self.blocks
+        if len(known) >= end and (end == 0 or last_id is None or known[end - 1].id == last_id):
+            return known[:end]
+        start = len(known) if len(known) < end else 0
+        fresh: list[Block] = await session.query(
+            "blocks", BlockRange(start=start, end=end), result_type=list[Block]
+        )
+        blocks = [*known[:start], *fresh]
+        if last_id is not None and blocks and blocks[-1].id != last_id and start:
+            # Not a continuation of what this copy knew: read it all.
+            blocks = await session.query("blocks", BlockRange(end=end), result_type=list[Block])
+        self.blocks = blocks
+        return blocks
+
+    def saw(self, blocks: list[Block]) -> None:
+        """Blocks `[:len(blocks)]` of the session, as just recorded."""
+        if len(blocks) >= len(self.blocks):
+            self.blocks = list(blocks)
 
 
 class ExecutionHandle:
@@ -160,17 +189,28 @@ class ExecutionHandle:
 
     async def turn(self) -> Turn:
         """Wait for the inference and return its whole turn, whatever the status."""
-        return await self._recorded_turn(await self.result())
+        return (await self._result_and_turn())[1]
+
+    async def _result_and_turn(self) -> tuple[InferenceResult, Turn]:
+        # The input is read while the inference runs, off the critical path.
+        started = asyncio.create_task(self._started_input())
+        try:
+            result = await self.result()
+        except BaseException:
+            started.cancel()
+            raise
+        return result, await self._assemble_turn(await started, result)
 
     async def wait(self) -> Turn:
         """Wait for the inference and return its turn.
 
         Raises `InferenceCancelled`, `InferenceFailed` or `MaxIterationsReached`,
-        each carrying the partial turn in `.turn`. When it returns, the session
-        has recorded the turn: `turns()` shows it and the next prompt is accepted.
+        each carrying the partial turn in `.turn`. When it returns, the next
+        prompt is accepted, and this handle's `Session` includes the turn in what
+        it reads (`turns()`, `status()`); other readers see the session record it
+        a few milliseconds later.
         """
-        result = await self.result()
-        turn = await self._recorded_turn(result)
+        result, turn = await self._result_and_turn()
         if result.status == InferenceStatus.COMPLETED:
             return turn
         message = f"inference {self.inference_id} {result.status.value}: {result.error or ''}"
@@ -180,47 +220,42 @@ class ExecutionHandle:
         }.get(result.status, InferenceFailed)
         raise error_class(message.rstrip(": "), turn=turn, inference_id=self.inference_id)
 
-    async def _recorded_turn(self, result: InferenceResult) -> Turn:
-        # The child's result is readable a moment before the session has
-        # processed it. Asking the session for the turn gives read-your-writes
-        # (turns() shows it, the next prompt is accepted) and the whole turn,
-        # which the child does not send back.
-        session = self.client.get_workflow_handle(self.session_id)
-        delay = 0.002
-        for _ in range(60):
-            try:
-                lookup: TurnLookup = await session.query(
-                    "turn", self.inference_id, result_type=TurnLookup
-                )
-            except RPCError:
-                break  # no session or no worker to answer: rebuild from the child
-            if lookup.recorded and lookup.turn is not None:
-                return lookup.turn
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.25)
-        return await self._turn_from_child(result)
-
-    async def _turn_from_child(self, result: InferenceResult) -> Turn:
+    async def _started_input(self) -> InferenceInput:
+        """The inference's input, from the first event of its history."""
         async for event in self._handle.fetch_history_events():
             payloads = event.workflow_execution_started_event_attributes.input.payloads
             [started] = await self.client.data_converter.decode(payloads, [InferenceInput])
             assert isinstance(started, InferenceInput)
-            prefix: list[Block] = []
-            if started.prefix_end:
-                prefix = await self.client.get_workflow_handle(self.session_id).query(
-                    "blocks", BlockRange(end=started.prefix_end), result_type=list[Block]
-                )
-            return Turn(
-                id=started.turn.id,
-                blocks=[*prefix, *started.turn.blocks, *result.blocks],
-                metadata=result.metadata,
-                data=started.turn.data,
-            )
-        raise InferenceFailed(
-            f"inference {self.inference_id} has no history",
-            turn=None,
-            inference_id=self.inference_id,
+            return started
+        raise SessionNotFoundError(f"no inference {self.inference_id}", session_id=self.session_id)
+
+    async def _assemble_turn(self, started: InferenceInput, result: InferenceResult) -> Turn:
+        # The turn the session records: its blocks before this prompt (read once
+        # and kept by the Session, so a long conversation is not re-read each
+        # time), the prompt, and what the inference added. Built here, it is
+        # ready as soon as the child ends, without waiting for the session's
+        # next workflow task.
+        conversation = self._session._conversation if self._session else _Conversation()
+        prefix = await conversation.prefix(
+            self.client.get_workflow_handle(self.session_id),
+            started.prefix_end or 0,
+            started.prefix_last_id,
         )
+        recorded = TurnMetadata(
+            session_id=self.session_id,
+            inference_id=self.inference_id,
+            provider=started.engine.provider,
+            model=started.engine.model,
+            status=InferenceStatus.RUNNING,
+        )
+        turn = Turn(
+            id=started.turn.id,
+            blocks=[*prefix, *started.turn.blocks, *result.blocks],
+            metadata=recorded.merged(started.turn.metadata).merged(result.metadata),
+            data=started.turn.data,
+        )
+        conversation.saw(turn.blocks)
+        return turn
 
     def events(
         self, from_seq: int = 0, *, poll_interval: float | None = None
@@ -287,6 +322,8 @@ class Session:
             session_id, result_type=SessionSummary
         )
         self._last_finished: str | None = None
+        self._recorded: str | None = None
+        self._conversation = _Conversation()
         # Set by `create(lazy=True)` until the workflow has been started.
         self._pending_start: _SessionStart | None = None
 
@@ -538,10 +575,28 @@ class Session:
         """Phase, active inference, queue depth, turn count and usage."""
         await self._ensure_started()
         try:
-            status: SessionStatus = await self._handle.query("status", result_type=SessionStatus)
-            return status
+            return await self._settled_status()
         except RPCError as err:
             raise await self._map_rpc_error(err) from err
+
+    async def _settled_status(self) -> SessionStatus:
+        """The status once the session has recorded the inference this object saw finish.
+
+        `ExecutionHandle.wait()` returns as soon as the inference ends, a moment
+        before its session has recorded the turn; reads through this object wait
+        for that, so they never look older than what the caller has seen.
+        """
+        delay = 0.002
+        while True:
+            status: SessionStatus = await self._handle.query("status", result_type=SessionStatus)
+            finished = self._last_finished
+            if finished is None or finished == self._recorded:
+                return status
+            if status.active_inference_id != finished:
+                self._recorded = finished
+                return status
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     async def is_running(self) -> bool:
         """Whether an inference is running now."""
@@ -562,6 +617,8 @@ class Session:
         """The session's blocks and turn boundaries, in one query."""
         await self._ensure_started()
         try:
+            if self._last_finished is not None and self._last_finished != self._recorded:
+                await self._settled_status()
             transcript: SessionTranscript = await self._handle.query(
                 "transcript", result_type=SessionTranscript
             )
