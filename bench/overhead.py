@@ -25,7 +25,7 @@ from typing import Any
 from openai import AsyncOpenAI
 from temporalio.client import Client
 
-from geppetto_temporal import EngineBuilder, Session, connect, create_worker
+from geppetto_temporal import EngineBuilder, Session, connect, create_worker, search
 from geppetto_temporal.devserver import EmbeddedServer
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import get_weather
@@ -147,7 +147,7 @@ async def main(runs: int, burst: int) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="geppetto-bench-"))
     async with (
         ScriptedModelServer(SCRIPT) as model,
-        EmbeddedServer(data_dir) as server,
+        EmbeddedServer(data_dir, search_attributes=search.SEARCH_ATTRIBUTES) as server,
     ):
         client = await connect(server.address)
         builder = EngineBuilder("openai:scripted").base_url(model.base_url)
@@ -193,6 +193,7 @@ async def main(runs: int, burst: int) -> dict[str, Any]:
             )
             handle = await probe.start_inference("weather probe")
             await handle.wait()
+            await probe.status()  # returns once the session has recorded the turn
             session_events, session_bytes = await history_cost(client, probe.session_id)
             inference_events, inference_bytes = await history_cost(client, handle.inference_id)
 

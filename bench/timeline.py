@@ -28,7 +28,7 @@ from temporalio.client import Client
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import SCRIPT, TASK_QUEUE
 
-from geppetto_temporal import EngineBuilder, Session, connect, create_worker
+from geppetto_temporal import EngineBuilder, Session, connect, create_worker, search
 from geppetto_temporal.devserver import EmbeddedServer
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import get_weather
@@ -53,7 +53,7 @@ def segments(
 ) -> list[tuple[str, float]]:
     """(name, seconds) in critical-path order for one prompt."""
     out: list[tuple[str, float]] = []
-    s = {e.event_type: e for e in session}  # first of each type is enough up to the child
+    s = {e.event_type: e for e in session}  # the types looked up here occur once
     first = session[0]
     out.append(("client -> session started", ts(first) - sent))
     tasks = [e for e in session if e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED]
@@ -96,7 +96,10 @@ async def main(runs: int) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="geppetto-timeline-"))
     table: dict[str, list[float]] = defaultdict(list)
     order: list[str] = []
-    async with ScriptedModelServer(SCRIPT) as model, EmbeddedServer(data_dir) as server:
+    async with (
+        ScriptedModelServer(SCRIPT) as model,
+        EmbeddedServer(data_dir, search_attributes=search.SEARCH_ATTRIBUTES) as server,
+    ):
         client = await connect(server.address)
         builder = EngineBuilder("openai:scripted").base_url(model.base_url)
         async with create_worker(client, task_queue=TASK_QUEUE, tools=[get_weather]):

@@ -101,9 +101,14 @@ class _SessionStart:
     options: dict[str, Any]
 
     def with_update(self) -> WithStartWorkflowOperation[Any, SessionSummary]:
-        """The same start, to go with an update (update-with-start)."""
+        """The same start, to go with a `start_inference` update (update-with-start).
+
+        Without the initial search attributes: the update runs in the first workflow
+        task, which sets them all anyway, and the started event stays small.
+        """
+        options = {**self.options, "search_attributes": None}
         return WithStartWorkflowOperation(
-            SESSION_WORKFLOW, self.input, result_type=SessionSummary, **self.options
+            SESSION_WORKFLOW, self.input, result_type=SessionSummary, **options
         )
 
 

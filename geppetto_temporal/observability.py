@@ -50,6 +50,7 @@ from geppetto_temporal.activities._models import (
     LLMStepResult,
     ToolCallInput,
     ToolCallResult,
+    with_ids,
 )
 from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.turns import BlockKind
@@ -382,6 +383,7 @@ class _ActivityObserver(ActivityInboundInterceptor):
         return await super().execute_activity(input)
 
     async def _llm_step(self, input: ExecuteActivityInput, step: LLMStepInput) -> Any:
+        step = with_ids(step)
         spec = step.engine
         info = activity.info()
         meter = activity.metric_meter()
@@ -467,6 +469,7 @@ class _ActivityObserver(ActivityInboundInterceptor):
             span.set_attribute("geppetto.cost_usd", cost)
 
     async def _tool_call(self, input: ExecuteActivityInput, call: ToolCallInput) -> Any:
+        call = with_ids(call)
         meter = activity.metric_meter()
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "execute_tool",

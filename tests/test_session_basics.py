@@ -22,6 +22,7 @@ from geppetto_temporal import (
     SessionClosedError,
     SessionError,
     connect,
+    search,
 )
 from geppetto_temporal.activities import _activities
 from geppetto_temporal.activities._activities import InferenceActivities
@@ -157,6 +158,12 @@ async def test_lazy_session_starts_with_its_first_prompt(
         EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
         EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
     ]
+    # The start carries no search attributes; the first task sets them all at once.
+    attributes = (await session.workflow_handle.describe()).typed_search_attributes
+    assert attributes.get(search.MODEL) == "scripted"
+    assert attributes.get(search.PROVIDER) == "openai"
+    assert attributes.get(search.STATUS) == "idle"
+    assert attributes.get(search.PROMPT_COUNT) == 2
 
 
 async def test_lazy_session_reports_a_taken_id_on_first_prompt(

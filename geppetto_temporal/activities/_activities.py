@@ -19,6 +19,7 @@ from geppetto_temporal.activities._models import (
     LLMStepResult,
     ToolCallInput,
     ToolCallResult,
+    with_ids,
 )
 from geppetto_temporal.engines._errors import classify_error
 from geppetto_temporal.engines._factory import EngineFactory
@@ -155,7 +156,7 @@ class InferenceActivities:
         # timeout, and an attempt the server already gave up on must not go on
         # to call the model.
         async with heartbeating():
-            return await self._llm_step(input)
+            return await self._llm_step(with_ids(input))
 
     async def _llm_step(self, input: LLMStepInput) -> LLMStepResult:
         spec = input.engine
@@ -246,6 +247,7 @@ class InferenceActivities:
     @activity.defn(name=TOOL_CALL_ACTIVITY)
     async def tool_call(self, input: ToolCallInput) -> ToolCallResult:
         """Run one tool call with its timeout; errors become results unless error handling is `retry`."""
+        input = with_ids(input)
         tool = self.tools.get(input.name)
         if tool is None:
             return ToolCallResult(

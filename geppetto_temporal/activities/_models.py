@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field
+from temporalio import activity
 
 from geppetto_temporal._wire import WireModel
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
 from geppetto_temporal.turns import Block, Usage
+from geppetto_temporal.workflows._models import session_id_of
 
 LLM_STEP_ACTIVITY = "geppetto.llm_step"
 TOOL_CALL_ACTIVITY = "geppetto.tool_call"
@@ -25,8 +27,9 @@ class LLMStepInput(WireModel):
     engine: EngineSpec
     blocks: list[Block]
     prefix_end: int | None = None
-    session_id: str
-    inference_id: str
+    #: Left out by the workflow: the activity's workflow id is the inference id.
+    session_id: str = ""
+    inference_id: str = ""
     step: int
     #: With `known`, `blocks` are only the inference's own blocks after its first
     #: `known` (the tool results since the previous step). The first `known` come
@@ -65,8 +68,9 @@ class ToolCallInput(WireModel):
     call_id: str
     name: str
     args: Any = None
-    session_id: str
-    inference_id: str
+    #: Left out by the workflow: the activity's workflow id is the inference id.
+    session_id: str = ""
+    inference_id: str = ""
     error_handling: ToolErrorHandling = ToolErrorHandling.CONTINUE
     timeout_seconds: float
 
@@ -77,3 +81,16 @@ class ToolCallResult(WireModel):
     call_id: str
     result: Any = None
     error: str | None = None
+
+
+_Input = TypeVar("_Input", LLMStepInput, ToolCallInput)
+
+
+def with_ids(input: _Input) -> _Input:
+    """The input with the session and inference ids filled in from the activity's workflow."""
+    if input.inference_id:
+        return input  # an input recorded before the workflow left them out
+    inference_id = activity.info().workflow_id or ""
+    return input.model_copy(
+        update={"inference_id": inference_id, "session_id": session_id_of(inference_id)}
+    )

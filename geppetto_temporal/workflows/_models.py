@@ -199,13 +199,22 @@ class InferenceInput(WireModel):
     the conversation never travels through this inference's history.
     """
 
-    session_id: str
-    inference_id: str
+    #: Left out by the session: they follow from the workflow id (`with_ids`).
+    session_id: str = ""
+    inference_id: str = ""
     turn: Turn
     engine: EngineSpec
     prefix_end: int | None = None
     #: Id of the session's block `prefix_end - 1` (see `LLMStepInput.prefix_last_id`).
     prefix_last_id: str | None = None
+
+    def with_ids(self, inference_id: str) -> InferenceInput:
+        """This input with the session and inference ids filled in from the workflow id."""
+        if self.inference_id:
+            return self
+        return self.model_copy(
+            update={"inference_id": inference_id, "session_id": session_id_of(inference_id)}
+        )
 
 
 class BlockRange(WireModel):

@@ -115,6 +115,7 @@ class InferenceWorkflow:
         self._cancel_requested = False
         self._status = InferenceStatus.RUNNING
         self._iterations = 0
+        input = input.with_ids(workflow.info().workflow_id)
         self._input = input
         self._stream = WorkflowStream()
         self._events = self._stream.topic(EVENTS_TOPIC)
@@ -158,7 +159,7 @@ class InferenceWorkflow:
 
     @workflow.run
     async def run(self, input: InferenceInput) -> InferenceResult:
-        loop = asyncio.create_task(self._loop(input))
+        loop = asyncio.create_task(self._loop(self._input))
         try:
             return await asyncio.shield(loop)
         except asyncio.CancelledError:
@@ -277,8 +278,6 @@ class InferenceWorkflow:
                 engine=spec,
                 blocks=blocks[known:],
                 prefix_end=input.prefix_end,
-                session_id=input.session_id,
-                inference_id=input.inference_id,
                 step=step,
                 known=known or None,
                 known_last_id=blocks[known - 1].id if known else None,
@@ -344,8 +343,6 @@ class InferenceWorkflow:
                     call_id=call_id,
                     name=name,
                     args=call.payload.get(PayloadKey.ARGS),
-                    session_id=input.session_id,
-                    inference_id=input.inference_id,
                     error_handling=config.error_handling,
                     timeout_seconds=opts.timeout_seconds,
                 )

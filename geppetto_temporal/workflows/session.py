@@ -345,9 +345,8 @@ class SessionWorkflow:
         try:
             child = await workflow.start_child_workflow(
                 InferenceWorkflow.run,
+                # The ids follow from the child's workflow id.
                 InferenceInput(
-                    session_id=session_id,
-                    inference_id=inference_id,
                     turn=turn,
                     engine=self._engine,
                     prefix_end=prefix_end,
