@@ -128,6 +128,26 @@ async def next_prompt(session: Session, prompt: str) -> str:
     return turn.last_text
 
 
+async def probe_history(
+    client: Client, builder: EngineBuilder, *, search_attributes: bool
+) -> tuple[int, int, int, int]:
+    """Events and bytes of a new session's history and of its one inference's."""
+    probe = await Session.create(
+        client,
+        builder,
+        session_id=f"bench-probe-{uuid.uuid4().hex[:8]}",
+        task_queue=TASK_QUEUE,
+        lazy=True,
+        search_attributes=search_attributes,
+    )
+    handle = await probe.start_inference("weather probe")
+    await handle.wait()
+    await probe.status()  # returns once the session has recorded the turn
+    session_events, session_bytes = await history_cost(client, probe.session_id)
+    inference_events, inference_bytes = await history_cost(client, handle.inference_id)
+    return session_events, session_bytes, inference_events, inference_bytes
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -183,19 +203,16 @@ async def main(runs: int, burst: int) -> dict[str, Any]:
                 next_ms.append((t3 - t2) * 1000)
                 eager_ms.append((t4 - t3) * 1000)
 
-            # History cost of one simple inference (new session), both workflows.
-            probe = await Session.create(
-                client,
-                builder,
-                session_id=f"bench-probe-{uuid.uuid4().hex[:8]}",
-                task_queue=TASK_QUEUE,
-                lazy=True,
-            )
-            handle = await probe.start_inference("weather probe")
-            await handle.wait()
-            await probe.status()  # returns once the session has recorded the turn
-            session_events, session_bytes = await history_cost(client, probe.session_id)
-            inference_events, inference_bytes = await history_cost(client, handle.inference_id)
+            # History cost of one simple inference (new session), both workflows: as
+            # the embedded default runs (search attributes kept current), and without
+            # them (what the peers' figures compare with: they index nothing).
+            (
+                session_events,
+                session_bytes,
+                inference_events,
+                inference_bytes,
+            ) = await probe_history(client, builder, search_attributes=True)
+            bare = await probe_history(client, builder, search_attributes=False)
 
             # Throughput: `burst` inferences started at once on one worker.
             cpu_before = cpu_seconds(server.pid)
@@ -241,6 +258,11 @@ async def main(runs: int, burst: int) -> dict[str, Any]:
             "inference_events": inference_events,
             "inference_bytes": inference_bytes,
             "total_bytes": session_bytes + inference_bytes,
+            "total_events": session_events + inference_events,
+            "without_search_attributes": {
+                "total_bytes": bare[1] + bare[3],
+                "total_events": bare[0] + bare[2],
+            },
         },
         "server_cpu_ms_per_inference": server_cpu_ms,
         "worker_cpu_ms_per_inference": worker_cpu_ms,
@@ -267,6 +289,10 @@ def print_table(r: dict[str, Any]) -> None:
     print(
         f"history per inference        session {h['session_events']} events / {h['session_bytes']} B, "
         f"inference {h['inference_events']} events / {h['inference_bytes']} B, total {h['total_bytes']} B"
+    )
+    bare = h["without_search_attributes"]
+    print(
+        f"  without search attributes  total {bare['total_events']} events / {bare['total_bytes']} B"
     )
     print(f"server CPU per inference     {r['server_cpu_ms_per_inference']:.1f} ms")
     print(

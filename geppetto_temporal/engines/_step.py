@@ -207,3 +207,17 @@ class ProviderEngine(Protocol):
     ) -> None:
         """Run one LLM call. Raises the SDK's exceptions; `engines.classify_error` maps them."""
         ...
+
+
+def as_body_json(request: dict[str, Any], field: str, placeholder: Any) -> dict[str, Any]:
+    """SDK call arguments with `field` sent as body JSON (`extra_body`) as it is.
+
+    The OpenAI and Anthropic SDKs walk every argument through a typed-dict
+    transform that costs about 0.1 ms per message: at a few thousand messages,
+    most of a step's CPU, for data we already built in wire shape. Sent in
+    `extra_body`, which the SDKs merge into the request body last, it skips
+    that walk; the argument itself gets a `placeholder`.
+    """
+    arguments = dict(request)
+    extra = {**(arguments.pop("extra_body", None) or {}), field: arguments.pop(field)}
+    return {**arguments, field: placeholder, "extra_body": extra}

@@ -273,7 +273,9 @@ class AnthropicMessagesEngine:
         body = build_request(blocks, tools, spec)
         # The required parameters go as arguments; everything else as body JSON, so a
         # parameter this SDK version does not name (or a provider extra) still reaches the API.
-        required = {name: body.pop(name) for name in ("model", "max_tokens", "messages")}
+        required = {name: body.pop(name) for name in ("model", "max_tokens")}
+        # The messages too, past the SDK's per-message transform (see `as_body_json`).
+        required["messages"] = []
         state = _StreamState()
         try:
             stream = await self.client.messages.create(**required, stream=True, extra_body=body)

@@ -8,7 +8,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from geppetto_temporal.engines._spec import EngineSpec
-from geppetto_temporal.engines._step import StepOutput, consume_stream
+from geppetto_temporal.engines._step import StepOutput, as_body_json, consume_stream
 from geppetto_temporal.tools._config import ToolChoice
 from geppetto_temporal.tools._tool import ToolDefinition
 from geppetto_temporal.turns import Block, BlockKind, PayloadKey, Usage
@@ -144,7 +144,9 @@ class OpenAIChatEngine:
         output: StepOutput,
     ) -> None:
         request = build_request(blocks, tools, spec)
-        stream = await self.client.chat.completions.create(**request)
+        stream = await self.client.chat.completions.create(
+            **as_body_json(request, "messages", placeholder=[])
+        )
         await consume_stream(
             stream, spec.stream_idle_timeout_seconds, lambda chunk: self._apply(chunk, output)
         )

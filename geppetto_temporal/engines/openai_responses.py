@@ -24,7 +24,7 @@ from openai import AsyncOpenAI
 
 from geppetto_temporal.engines._errors import ProviderStreamError
 from geppetto_temporal.engines._spec import EngineSpec
-from geppetto_temporal.engines._step import StepOutput, consume_stream
+from geppetto_temporal.engines._step import StepOutput, as_body_json, consume_stream
 from geppetto_temporal.engines.openai_chat import encode_arguments, encode_tool_result
 from geppetto_temporal.tools._config import ToolChoice
 from geppetto_temporal.tools._tool import ToolDefinition
@@ -350,7 +350,9 @@ class OpenAIResponsesEngine:
         output: StepOutput,
     ) -> None:
         request = build_request(blocks, tools, spec)
-        stream = await self.client.responses.create(**request)
+        stream = await self.client.responses.create(
+            **as_body_json(request, "input", placeholder=[])
+        )
         state = _StreamState(output)
         await consume_stream(stream, spec.stream_idle_timeout_seconds, state.apply)
         if output.stop_reason is None:
