@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -112,6 +113,36 @@ class _SessionStart:
         )
 
 
+class _FinishedInferences:
+    """Per session, the inference this process last saw finish, until the session has recorded it.
+
+    Process-wide, so that any `Session` object of that session (a fresh
+    `Session.attach`, another client) reads no older state than a `wait()`
+    here has returned.
+    """
+
+    _LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._pending: OrderedDict[str, str] = OrderedDict()
+
+    def saw(self, session_id: str, inference_id: str) -> None:
+        self._pending[session_id] = inference_id
+        self._pending.move_to_end(session_id)
+        while len(self._pending) > self._LIMIT:
+            self._pending.popitem(last=False)
+
+    def pending(self, session_id: str) -> str | None:
+        return self._pending.get(session_id)
+
+    def recorded(self, session_id: str, inference_id: str) -> None:
+        if self._pending.get(session_id) == inference_id:
+            del self._pending[session_id]
+
+
+_FINISHED = _FinishedInferences()
+
+
 class _Conversation:
     """A client-side copy of a session's first blocks; they never change once written."""
 
@@ -190,6 +221,7 @@ class ExecutionHandle:
             raise
         if self._session is not None:
             self._session._last_finished = self.inference_id
+        _FINISHED.saw(self.session_id, self.inference_id)
         return result.with_ids(self.inference_id)
 
     async def turn(self) -> Turn:
@@ -211,9 +243,9 @@ class ExecutionHandle:
 
         Raises `InferenceCancelled`, `InferenceFailed` or `MaxIterationsReached`,
         each carrying the partial turn in `.turn`. When it returns, the next
-        prompt is accepted, and this handle's `Session` includes the turn in what
-        it reads (`turns()`, `status()`); other readers see the session record it
-        a few milliseconds later.
+        prompt is accepted, and every `Session` object of this session in this
+        process includes the turn in what it reads (`turns()`, `status()`);
+        other processes see the session record it a few milliseconds later.
         """
         result, turn = await self._result_and_turn()
         if result.status == InferenceStatus.COMPLETED:
@@ -327,7 +359,6 @@ class Session:
             session_id, result_type=SessionSummary
         )
         self._last_finished: str | None = None
-        self._recorded: str | None = None
         self._conversation = _Conversation()
         # Set by `create(lazy=True)` until the workflow has been started.
         self._pending_start: _SessionStart | None = None
@@ -585,23 +616,26 @@ class Session:
             raise await self._map_rpc_error(err) from err
 
     async def _settled_status(self) -> SessionStatus:
-        """The status once the session has recorded the inference this object saw finish.
+        """The status once the session has recorded the inference this process saw finish.
 
         `ExecutionHandle.wait()` returns as soon as the inference ends, a moment
-        before its session has recorded the turn; reads through this object wait
-        for that, so they never look older than what the caller has seen.
+        before its session has recorded the turn; reads wait for that, so they
+        never look older than what the caller has seen. A session that does not
+        record it within ~6 s (it was terminated) is answered as it is.
         """
         delay = 0.002
-        while True:
+        for _ in range(70):
             status: SessionStatus = await self._handle.query("status", result_type=SessionStatus)
-            finished = self._last_finished
-            if finished is None or finished == self._recorded:
+            finished = _FINISHED.pending(self.session_id)
+            if finished is None:
                 return status
             if status.active_inference_id != finished:
-                self._recorded = finished
-                return status
+                break
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
+        if finished is not None:
+            _FINISHED.recorded(self.session_id, finished)
+        return status
 
     async def is_running(self) -> bool:
         """Whether an inference is running now."""
@@ -622,7 +656,7 @@ class Session:
         """The session's blocks and turn boundaries, in one query."""
         await self._ensure_started()
         try:
-            if self._last_finished is not None and self._last_finished != self._recorded:
+            if _FINISHED.pending(self.session_id) is not None:
                 await self._settled_status()
             transcript: SessionTranscript = await self._handle.query(
                 "transcript", result_type=SessionTranscript

@@ -15,6 +15,7 @@ from geppetto_temporal import (
     BlockKind,
     EngineBuilder,
     ExecutionHandle,
+    InferenceCancelled,
     InferenceStatus,
     InvalidPromptError,
     Session,
@@ -235,3 +236,52 @@ async def test_next_prompt_continues_the_cached_conversation(
         assert session_reads == []
     else:
         assert session_reads == [(session.session_id, 0, 2), (session.session_id, 1, 4)]
+
+
+async def test_wait_returns_exactly_the_turn_the_session_records(
+    new_session: Any, client: Client
+) -> None:
+    # wait() builds the turn on the client (the inference's input and result, plus the
+    # Session's copy of the conversation) instead of reading it back from the session:
+    # it must be the very turn the session records, through prompts queued by signal,
+    # a cancelled inference, and a handle attached without its Session.
+    tools = {
+        "rules": [
+            {
+                "when": {"last_user_contains": "weather", "last_role": "user"},
+                "reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]},
+            },
+            {"when": {"last_role": "tool"}, "reply": {"text": "Oslo: {tool_results}"}},
+            {"reply": {"text": "You said: {last_user}", "chunk_size": 4, "chunk_delay": 0.02}},
+        ]
+    }
+    session, _ = await new_session(tools)
+    turns = [await (await session.start_inference("hello")).wait()]
+    turns.append(await (await session.start_inference("weather please")).wait())
+    await session.submit_prompt("queued by signal")
+    for _ in range(200):  # the queued prompt runs at once; wait for its turn
+        status = await session.status()
+        if status.turn_count == 3 and status.active_inference_id is None:
+            break
+        await asyncio.sleep(0.05)
+    handle = await session.start_inference("long answer " * 10)
+    await asyncio.sleep(0.1)
+    await handle.cancel()
+    with pytest.raises(InferenceCancelled) as cancelled:
+        await handle.wait()
+    assert cancelled.value.turn is not None
+    turns.append(cancelled.value.turn)
+    handle = await session.start_inference("after all that")
+    # A handle attached without its Session reads the conversation from the session.
+    elsewhere = ExecutionHandle.attach(client, handle.inference_id)
+    turns.append(await elsewhere.wait())
+    await handle.wait()
+
+    recorded = {t.metadata.inference_id: t for t in await session.turns()}
+    assert len(recorded) == 5
+    assert [t.last_text for t in turns[:2]] == ["You said: hello", f"Oslo: {OSLO}"]
+    for turn in turns:
+        assert turn == recorded[turn.metadata.inference_id]
+
+
+OSLO = '{"city": "Oslo", "temperature": -3, "unit": "celsius", "conditions": "cloudy"}'
