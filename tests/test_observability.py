@@ -379,11 +379,13 @@ async def test_cli_worker_serves_metrics_and_exports_spans(
         # Ctrl-C: the worker stops, and buffered spans are exported before the hard exit.
         os.killpg(proc.pid, signal.SIGINT)
         try:
-            # Usually well under a second; a loaded machine once took more than 20 s.
-            await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout=60)
+            # Usually well under a second. But the SDK core lets its outstanding long
+            # polls end on the server's side at shutdown, and a poll that races the
+            # shutdown call can run its full minute (seen once in CI at > 20 s).
+            await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout=90)
         except TimeoutError:
             pytest.fail(
-                f"the worker did not stop within 60 s of Ctrl-C:\n{worker.output()[-3000:]}"
+                f"the worker did not stop within 90 s of Ctrl-C:\n{worker.output()[-3000:]}"
             )
         output = worker.output()
         assert '"name": "RunActivity:geppetto.llm_step"' in output, output[-3000:]
