@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -113,36 +112,6 @@ class _SessionStart:
         )
 
 
-class _FinishedInferences:
-    """Per session, the inference this process last saw finish, until the session has recorded it.
-
-    Process-wide, so that any `Session` object of that session (a fresh
-    `Session.attach`, another client) reads no older state than a `wait()`
-    here has returned.
-    """
-
-    _LIMIT = 10_000
-
-    def __init__(self) -> None:
-        self._pending: OrderedDict[str, str] = OrderedDict()
-
-    def saw(self, session_id: str, inference_id: str) -> None:
-        self._pending[session_id] = inference_id
-        self._pending.move_to_end(session_id)
-        while len(self._pending) > self._LIMIT:
-            self._pending.popitem(last=False)
-
-    def pending(self, session_id: str) -> str | None:
-        return self._pending.get(session_id)
-
-    def recorded(self, session_id: str, inference_id: str) -> None:
-        if self._pending.get(session_id) == inference_id:
-            del self._pending[session_id]
-
-
-_FINISHED = _FinishedInferences()
-
-
 class _Conversation:
     """A client-side copy of a session's first blocks; they never change once written."""
 
@@ -221,7 +190,6 @@ class ExecutionHandle:
             raise
         if self._session is not None:
             self._session._last_finished = self.inference_id
-        _FINISHED.saw(self.session_id, self.inference_id)
         return result.with_ids(self.inference_id)
 
     async def turn(self) -> Turn:
@@ -236,16 +204,36 @@ class ExecutionHandle:
         except BaseException:
             started.cancel()
             raise
-        return result, await self._assemble_turn(await started, result)
+        turn = await self._assemble_turn(await started, result)
+        await self._recorded_by_session()
+        return result, turn
+
+    async def _recorded_by_session(self) -> None:
+        """Wait until the session has recorded this inference (it no longer names it active).
+
+        The child's result is out about 10 ms before the session's next workflow
+        task has recorded it. Waiting for that keeps every reader consistent with
+        what `wait()` returned: `turns()`, `status()`, another process, the next
+        prompt. A session that never records it (terminated) is given ~6 s.
+        """
+        session = self.client.get_workflow_handle(self.session_id)
+        delay = 0.002
+        for _ in range(70):
+            try:
+                status: SessionStatus = await session.query("status", result_type=SessionStatus)
+            except RPCError:
+                return  # no worker to answer: the turn itself is complete
+            if status.active_inference_id != self.inference_id:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     async def wait(self) -> Turn:
         """Wait for the inference and return its turn.
 
         Raises `InferenceCancelled`, `InferenceFailed` or `MaxIterationsReached`,
-        each carrying the partial turn in `.turn`. When it returns, the next
-        prompt is accepted, and every `Session` object of this session in this
-        process includes the turn in what it reads (`turns()`, `status()`);
-        other processes see the session record it a few milliseconds later.
+        each carrying the partial turn in `.turn`. When it returns, the session
+        has recorded the turn: `turns()` shows it and the next prompt is accepted.
         """
         result, turn = await self._result_and_turn()
         if result.status == InferenceStatus.COMPLETED:
@@ -270,8 +258,7 @@ class ExecutionHandle:
         # The turn the session records: its blocks before this prompt (read once
         # and kept by the Session, so a long conversation is not re-read each
         # time), the prompt, and what the inference added. Built here, it is
-        # ready as soon as the child ends, without waiting for the session's
-        # next workflow task.
+        # ready when the child ends, with no read of the whole turn back.
         conversation = self._session._conversation if self._session else _Conversation()
         prefix = await conversation.prefix(
             self.client.get_workflow_handle(self.session_id),
@@ -611,31 +598,10 @@ class Session:
         """Phase, active inference, queue depth, turn count and usage."""
         await self._ensure_started()
         try:
-            return await self._settled_status()
+            status: SessionStatus = await self._handle.query("status", result_type=SessionStatus)
+            return status
         except RPCError as err:
             raise await self._map_rpc_error(err) from err
-
-    async def _settled_status(self) -> SessionStatus:
-        """The status once the session has recorded the inference this process saw finish.
-
-        `ExecutionHandle.wait()` returns as soon as the inference ends, a moment
-        before its session has recorded the turn; reads wait for that, so they
-        never look older than what the caller has seen. A session that does not
-        record it within ~6 s (it was terminated) is answered as it is.
-        """
-        delay = 0.002
-        for _ in range(70):
-            status: SessionStatus = await self._handle.query("status", result_type=SessionStatus)
-            finished = _FINISHED.pending(self.session_id)
-            if finished is None:
-                return status
-            if status.active_inference_id != finished:
-                break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
-        if finished is not None:
-            _FINISHED.recorded(self.session_id, finished)
-        return status
 
     async def is_running(self) -> bool:
         """Whether an inference is running now."""
@@ -656,8 +622,6 @@ class Session:
         """The session's blocks and turn boundaries, in one query."""
         await self._ensure_started()
         try:
-            if _FINISHED.pending(self.session_id) is not None:
-                await self._settled_status()
             transcript: SessionTranscript = await self._handle.query(
                 "transcript", result_type=SessionTranscript
             )
