@@ -217,8 +217,10 @@ class ExecutionHandle:
         prompt. A session that never records it (terminated) is given ~6 s.
         """
         session = self.client.get_workflow_handle(self.session_id)
-        delay = 0.002
-        for _ in range(70):
+        # Every 2 ms for the first ~50 ms, when the session's task lands (a
+        # doubling back-off would overshoot it by several ms), then backing off.
+        delays = [0.002] * 25 + [min(0.004 * 2**i, 0.1) for i in range(70)]
+        for delay in delays:
             try:
                 status: SessionStatus = await session.query("status", result_type=SessionStatus)
             except RPCError:
@@ -226,7 +228,6 @@ class ExecutionHandle:
             if status.active_inference_id != self.inference_id:
                 return
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
 
     async def wait(self) -> Turn:
         """Wait for the inference and return its turn.
