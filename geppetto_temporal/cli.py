@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -315,33 +315,6 @@ def _observability_note(metrics: str | None) -> str:
     return "".join(f"; {part}" for part in parts)
 
 
-if TYPE_CHECKING:
-    from temporalio.worker import Worker
-
-#: How long Ctrl-C waits for a worker to stop before the process leaves anyway.
-WORKER_STOP_SECONDS = 10.0
-
-
-async def _run_until_interrupted(worker: Worker) -> None:
-    """Run a worker until Ctrl-C, then give its shutdown WORKER_STOP_SECONDS at most.
-
-    A worker stops by letting its outstanding long polls be answered by the
-    server, and a poll that races the shutdown can run its full minute. Work
-    in flight is safe either way: an activity that does not finish is retried
-    after its heartbeat timeout, a workflow task after its timeout.
-    """
-    running = asyncio.create_task(worker.run())
-    try:
-        await asyncio.shield(running)
-    except asyncio.CancelledError:
-        if not running.done():
-            try:
-                await asyncio.wait_for(worker.shutdown(), WORKER_STOP_SECONDS)
-            except Exception:
-                _progress(f"the worker did not stop within {WORKER_STOP_SECONDS:g} s; leaving")
-        raise
-
-
 async def _serve_worker(registry: ToolRegistry, task_queue: str, metrics: str | None) -> None:
     if temporal_address_from_env():
         from geppetto_temporal.connection import connect
@@ -354,7 +327,7 @@ async def _serve_worker(registry: ToolRegistry, task_queue: str, metrics: str | 
             f"worker on {where} task queue {task_queue!r}; tools: {', '.join(registry.names) or 'none'}"
             + _observability_note(metrics)
         )
-        await _run_until_interrupted(w)
+        await w.run()
         return
     async with open_runtime(
         tools=registry, task_queue=task_queue, log=_progress, metrics_address=metrics
