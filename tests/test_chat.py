@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import GEPPETTO, Cli, _dev_servers_of, _make_cli, _sigint_not_ignored
+from tests.test_cli import GEPPETTO, Cli, _dev_servers_of, _make_cli
+from tests.workers import sigint_not_ignored
 
 #: ~20 s of streaming: long enough to be interrupted.
 STORY = "Once upon a time there was a lighthouse keeper who counted the waves. " * 12
@@ -67,7 +68,7 @@ class Terminal:
         self.master, slave = os.openpty()
         # A real window size, as a terminal emulator sets it.
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-        with _sigint_not_ignored():
+        with sigint_not_ignored():
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _LOGIN, os.ttyname(slave), *GEPPETTO, *args],
                 env=cli.env,

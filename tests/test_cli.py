@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from tests.workers import sigint_not_ignored
+
 #: How a command is started: the installed console script, else the module.
 _SCRIPT = Path(sys.executable).with_name("geppetto")
 GEPPETTO = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "geppetto_temporal.cli"]
@@ -133,19 +135,6 @@ def _wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{diag()}")
         time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def _sigint_not_ignored() -> Iterator[None]:
-    """Children inherit an ignored SIGINT (e.g. pytest run as a background job): undo that."""
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        yield
-        return
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # exec resets it to SIG_DFL
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass
@@ -473,7 +462,7 @@ def test_run_rejects_bad_options_without_traceback(
 
 def test_ctrl_c_cancels_the_inference_and_keeps_the_session(cli: Cli) -> None:
     llm = cli.fake_llm(STORY_SCRIPT)
-    with _sigint_not_ignored():
+    with sigint_not_ignored():
         # Its own process group, like a foreground job in a terminal.
         proc = cli.popen(
             "run",

@@ -54,7 +54,14 @@ from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 from geppetto_temporal.workflows._models import INFERENCE_WORKFLOW
 from tests import toolbox
 from tests.conftest import SECRET_API_KEY
-from tests.workers import GEPPETTO, REPO_ROOT, WorkerProcess, WorkerProcs, unique_queue
+from tests.workers import (
+    GEPPETTO,
+    REPO_ROOT,
+    WorkerProcess,
+    WorkerProcs,
+    sigint_not_ignored,
+    unique_queue,
+)
 
 TASK_QUEUE = "geppetto-observability-tests"
 #: The model name of the traced inference (priced by the fixture).
@@ -327,7 +334,8 @@ def spawn_worker(
 ) -> WorkerProcess:
     procs.logs.mkdir(parents=True, exist_ok=True)
     log = procs.logs / f"worker-{queue}.log"
-    with log.open("wb") as out:
+    # The test stops it with Ctrl-C, so it must not inherit SIGINT ignored.
+    with log.open("wb") as out, sigint_not_ignored():
         proc = subprocess.Popen(
             [*GEPPETTO, "worker", "--task-queue", queue, *args],
             env={**procs.env(), **extra_env},
@@ -379,13 +387,10 @@ async def test_cli_worker_serves_metrics_and_exports_spans(
         # Ctrl-C: the worker stops, and buffered spans are exported before the hard exit.
         os.killpg(proc.pid, signal.SIGINT)
         try:
-            # Usually well under a second. But the SDK core lets its outstanding long
-            # polls end on the server's side at shutdown, and a poll that races the
-            # shutdown call can run its full minute (seen once in CI at > 20 s).
-            await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout=90)
+            await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout=30)
         except TimeoutError:
             pytest.fail(
-                f"the worker did not stop within 90 s of Ctrl-C:\n{worker.output()[-3000:]}"
+                f"the worker did not stop within 30 s of Ctrl-C:\n{worker.output()[-3000:]}"
             )
         output = worker.output()
         assert '"name": "RunActivity:geppetto.llm_step"' in output, output[-3000:]

@@ -56,6 +56,19 @@ def unique_queue(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+@contextlib.contextmanager
+def sigint_not_ignored() -> Iterator[None]:
+    """Children inherit an ignored SIGINT (e.g. pytest run as a background job): undo that."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # exec resets it to SIG_DFL
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @dataclass
 class WorkerProcess:
     """One `geppetto worker` subprocess."""
@@ -138,7 +151,8 @@ class WorkerProcs:
         """Start a worker process; `await w.wait_ready()` before relying on it."""
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"worker-{task_queue}-{len(self.procs)}.log"
-        with log.open("wb") as out:
+        # A worker stops on Ctrl-C (SIGINT) in some tests, so it must not inherit it ignored.
+        with log.open("wb") as out, sigint_not_ignored():
             proc = subprocess.Popen(
                 [
                     *GEPPETTO,
