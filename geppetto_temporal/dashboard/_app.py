@@ -377,6 +377,9 @@ class _Dashboard:
             )
         active = status.active_inference_id if status is not None and open_ else None
         turns = turn_views(transcript, active) if transcript is not None else []
+        # The two queries run concurrently and can straddle the session recording
+        # a turn (status after, transcript before): the turns' own statuses are in
+        # the version too, so such a mixed panel is replaced at the next refresh.
         version = json.dumps(
             [
                 phase,
@@ -384,6 +387,8 @@ class _Dashboard:
                 status.queued_prompts if status else None,
                 len(turns),
                 status.usage.output_tokens if status else None,
+                [turn.status for turn in turns],
+                len(transcript.blocks) if transcript is not None else None,
             ]
         )
         return {
