@@ -573,9 +573,9 @@ class Session:
         Repeating an `idempotency_key` never queues the prompt twice. `source` names
         who sent it (a schedule's name), shown as the `GeppettoSchedule` search attribute.
         """
-        await self._ensure_started()
         if not prompt.strip():
             raise InvalidPromptError("the prompt is empty", session_id=self.session_id)
+        await self._ensure_started()
         request = SubmitPromptRequest(
             prompt=prompt,
             idempotency_key=idempotency_key,

@@ -27,6 +27,7 @@ from geppetto_temporal import (
 )
 from geppetto_temporal.activities import _activities
 from geppetto_temporal.activities._activities import InferenceActivities
+from geppetto_temporal.workflows._models import TurnLookup
 from tests.conftest import TASK_QUEUE
 
 ECHO: dict[str, Any] = {"rules": [{"name": "echo", "reply": {"text": "You said: {last_user}"}}]}
@@ -279,6 +280,12 @@ async def test_wait_returns_exactly_the_turn_the_session_records(
 
     recorded = {t.metadata.inference_id: t for t in await session.turns()}
     assert len(recorded) == 5
+    # The `turn` query (for clients in other languages) answers the same turn.
+    for turn in turns:
+        lookup = await session.workflow_handle.query(
+            "turn", turn.metadata.inference_id, result_type=TurnLookup
+        )
+        assert lookup.recorded and lookup.turn == turn
     assert [t.last_text for t in turns[:2]] == ["You said: hello", f"Oslo: {OSLO}"]
     for turn in turns:
         assert turn == recorded[turn.metadata.inference_id]
