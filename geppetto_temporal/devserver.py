@@ -22,13 +22,14 @@ import fcntl
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,6 +54,7 @@ __all__ = [
     "find_temporal_binary",
     "server_status",
     "stop_server",
+    "unused_port",
 ]
 
 HOST: Final = "127.0.0.1"
@@ -64,6 +66,12 @@ STOP_TIMEOUT: Final = 10.0
 # Long enough to sit out another process's full startup (READY_TIMEOUT) plus a shutdown.
 LOCK_TIMEOUT: Final = 120.0
 LOG_TAIL_LINES: Final = 20
+#: Server starts tried when a chosen port is taken before the server binds it.
+LAUNCH_ATTEMPTS: Final = 3
+# Where an automatically chosen port is drawn from when the default is taken: below the
+# kernel's ephemeral range (32768-60999 on Linux, 49152-65535 elsewhere), so that no
+# outgoing connection's source port can take it between our check and the server's bind.
+_PICK_RANGE: Final = range(20000, 32768)
 
 #: Settings every embedded server gets. The history service polls its task queues
 #: at 20/s by default, so once the rate limiter's burst is spent, every child
@@ -358,7 +366,25 @@ class EmbeddedServer:
 
     async def _launch(self) -> _State:
         binary = find_temporal_binary()
-        port, ui_port = _choose_ports()
+        # Ports are checked free before the server binds them, so another process can take
+        # one in between; the server then exits with "address already in use". Such a port
+        # is not offered again and the launch is retried, a bounded number of times.
+        taken: set[int] = set()
+        for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+            port, ui_port = _choose_ports(frozenset(taken))
+            try:
+                return await self._launch_on(binary, port, ui_port)
+            except DevServerError:
+                if attempt == LAUNCH_ATTEMPTS or not _bind_failed(self.data_dir):
+                    raise
+                self._log(
+                    f"a port was taken while the server started (attempt {attempt}); "
+                    "retrying on other ports"
+                )
+                taken |= {port, ui_port}
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    async def _launch_on(self, binary: Path, port: int, ui_port: int) -> _State:
         address = f"{HOST}:{port}"
         ui_url = f"http://{HOST}:{ui_port}"
         self._log(f"starting Temporal dev server on {address} (UI {ui_url}) ...")
@@ -551,13 +577,21 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_port(exclude: frozenset[int] = frozenset()) -> int:
+def unused_port(exclude: Collection[int] = ()) -> int:
+    """A TCP port on 127.0.0.1 that nothing uses now, drawn at random below the kernel's
+    ephemeral port range, so outgoing connections cannot take it before it is bound."""
+    candidates = [port for port in _PICK_RANGE if port not in exclude]
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        if _port_free(port):
+            return port
+    # A crowded range (or an unusual ephemeral range): let the kernel pick one.
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((HOST, 0))
-            port: int = sock.getsockname()[1]
-        if port not in exclude:
-            return port
+            picked: int = sock.getsockname()[1]
+        if picked not in exclude:
+            return picked
 
 
 def _env_port(name: str) -> int | None:
@@ -575,19 +609,29 @@ def _env_port(name: str) -> int | None:
     return port
 
 
-def _choose_ports() -> tuple[int, int]:
+def _choose_ports(taken: frozenset[int] = frozenset()) -> tuple[int, int]:
+    """The gRPC and UI ports: from the environment, else the defaults when free, else
+    unused ports; ``taken`` are ports a previous start could not bind."""
     port = _env_port("GEPPETTO_DEV_PORT")
     if port is None:
-        port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
+        if DEFAULT_PORT not in taken and _port_free(DEFAULT_PORT):
+            port = DEFAULT_PORT
+        else:
+            port = unused_port(taken)
     ui_port = _env_port("GEPPETTO_DEV_UI_PORT")
     if ui_port is None:
-        if DEFAULT_UI_PORT != port and _port_free(DEFAULT_UI_PORT):
+        if DEFAULT_UI_PORT not in taken | {port} and _port_free(DEFAULT_UI_PORT):
             ui_port = DEFAULT_UI_PORT
         else:
-            ui_port = _free_port(frozenset({port}))
+            ui_port = unused_port(taken | {port})
     if ui_port == port:
         raise DevServerError(f"gRPC and UI ports must differ (both {port})")
     return port, ui_port
+
+
+def _bind_failed(data_dir: Path) -> bool:
+    """Whether the server's log says it exited because an address was in use."""
+    return "address already in use" in _log_tail(data_dir)
 
 
 # --------------------------------------------------------------------------- readiness

@@ -20,6 +20,7 @@ from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools import ToolRegistry
 from geppetto_temporal.tools.examples import calculate, current_time, get_weather
 from tests import toolbox
+from tests.ports import free_port
 
 #: A fake key with the shape of a real one: tests prove it never reaches Temporal history.
 SECRET_API_KEY = "sk-test-" + "S3CR3T" * 6
@@ -51,6 +52,8 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=str(find_temporal_binary()),
         dev_server_extra_args=[*args, "--log-level", "error"],
         ui=False,
+        # Below the ephemeral range: the SDK's own pick could be taken before the bind.
+        port=free_port(),
         search_attributes=search.ALL_KEYS,
     )
     try:

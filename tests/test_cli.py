@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_ports
 from tests.workers import sigint_not_ignored
 
 #: How a command is started: the installed console script, else the module.
@@ -75,19 +76,6 @@ STORY_SCRIPT: dict[str, Any] = {
         ECHO_SCRIPT["rules"][0],
     ]
 }
-
-
-def _free_ports(n: int) -> list[int]:
-    """`n` distinct free ports (all sockets held open while choosing)."""
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        while len(ports) < n:
-            sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            if port not in (7233, 8233):
-                ports.append(port)
-        return ports
 
 
 def _flat(text: str) -> str:
@@ -196,7 +184,7 @@ class Cli:
         """Start `geppetto fake-llm` on a free port and wait until it accepts connections."""
         script_path = self.workdir / "script.json"
         script_path.write_text(json.dumps(script))
-        [port] = _free_ports(1)
+        [port] = free_ports(1)
         log = self.workdir / f"fake-llm-{port}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -250,7 +238,7 @@ def _make_cli(tmp_path: Path, home_name: str = "home") -> Iterator[Cli]:
     home = tmp_path / home_name
     workdir = tmp_path / "work"
     workdir.mkdir()
-    port, ui_port = _free_ports(2)
+    port, ui_port = free_ports(2)
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
     env.update(
         GEPPETTO_HOME=str(home),

@@ -16,6 +16,7 @@ from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_bi
 from geppetto_temporal.events import FinalEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import calculate
+from tests.ports import free_port
 
 TASK_QUEUE = "geppetto-can-tests"
 #: Temporal suggests continue-as-new after this many history events (default 4,096).
@@ -35,6 +36,8 @@ async def can_client(api_key_env: str) -> AsyncIterator[Client]:
         dev_server_existing_path=str(find_temporal_binary()),
         dev_server_extra_args=[*args, "--log-level", "error"],
         ui=False,
+        # Below the ephemeral range: the SDK's own pick could be taken before the bind.
+        port=free_port(),
     )
     try:
         client = await connect(env.client.service_client.config.target_host, from_env=False)

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
@@ -27,6 +29,7 @@ from geppetto_temporal.devserver import (
     server_status,
     stop_server,
 )
+from tests.ports import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +37,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LEASE_HOLDER = """
 import asyncio, json, sys
 from pathlib import Path
+from typing import Any
 from geppetto_temporal.devserver import EmbeddedServer
 
 async def main() -> None:
@@ -45,15 +49,6 @@ asyncio.run(main())
 """
 
 
-def _free_port(exclude: set[int]) -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in exclude:
-            return port
-
-
 def _alive(pid: int) -> bool:
     # The module's own check: it also reaps our children and treats zombies as dead.
     return devserver._pid_alive(pid)
@@ -62,9 +57,9 @@ def _alive(pid: int) -> bool:
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     # Explicit free ports keep these tests off 7233/8233, which a developer's server may use.
-    port = _free_port(set())
+    port = free_port()
     monkeypatch.setenv("GEPPETTO_DEV_PORT", str(port))
-    monkeypatch.setenv("GEPPETTO_DEV_UI_PORT", str(_free_port({port})))
+    monkeypatch.setenv("GEPPETTO_DEV_UI_PORT", str(free_port({port})))
     monkeypatch.delenv("GEPPETTO_TEMPORAL_BIN", raising=False)
     directory = tmp_path / "geppetto"
     yield directory
@@ -295,3 +290,68 @@ def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_data_dir() == tmp_path / "home" / ".local" / "share" / "geppetto"
+
+
+def test_unused_port_is_below_the_ephemeral_range_and_bindable() -> None:
+    low, _high = (
+        int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    )
+    exclude = set(range(20000, 30000))
+    seen = {devserver.unused_port(exclude) for _ in range(20)}
+    for port in seen:
+        assert 30000 <= port < low and port not in exclude
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+
+
+@pytest.fixture
+def port_thief(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[socket.socket]]:
+    """Makes the first server start lose the race for its UI port: another process listens
+    on the port after it was checked free and before the server binds it."""
+    stolen: list[socket.socket] = []
+    spawn = devserver._spawn
+
+    def spawn_after_theft(binary: Path, data_dir: Path, port: int, ui_port: int, *rest: Any) -> Any:
+        if not stolen:
+            thief = socket.socket()
+            thief.bind(("127.0.0.1", ui_port))
+            thief.listen()
+            stolen.append(thief)
+        return spawn(binary, data_dir, port, ui_port, *rest)
+
+    monkeypatch.setattr(devserver, "_spawn", spawn_after_theft)
+    yield stolen
+    for sock in stolen:
+        sock.close()
+
+
+async def test_start_retries_on_other_ports_when_a_port_is_taken(
+    data_dir: Path, port_thief: list[socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The UI port is chosen automatically (default, then unused ports), never 8233 here.
+    monkeypatch.delenv("GEPPETTO_DEV_UI_PORT")
+    monkeypatch.setattr(
+        devserver, "DEFAULT_UI_PORT", free_port({int(os.environ["GEPPETTO_DEV_PORT"])})
+    )
+    messages: list[str] = []
+    async with EmbeddedServer(data_dir, log=messages.append) as info:
+        [thief] = port_thief
+        stolen = thief.getsockname()[1]
+        assert stolen == devserver.DEFAULT_UI_PORT
+        assert info.ui_url != f"http://127.0.0.1:{stolen}"
+        client = await Client.connect(info.address)
+        assert await client.service_client.check_health()
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(info.ui_url)).status_code == 200
+    assert any("retrying on other ports" in m for m in messages), messages
+    assert sum(m.startswith("starting Temporal dev server") for m in messages) == 2
+
+
+async def test_a_taken_port_from_the_environment_is_a_clear_error(
+    data_dir: Path, port_thief: list[socket.socket]
+) -> None:
+    # An explicitly configured port is never swapped for another one.
+    with pytest.raises(DevServerError, match=r"GEPPETTO_DEV_UI_PORT=\d+ is already in use"):
+        await EmbeddedServer(data_dir).start()
+    assert not (data_dir / "devserver.json").exists()

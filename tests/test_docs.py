@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from geppetto_temporal.devserver import stop_server
+from tests.ports import free_port
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MARKER = "# docs-example:"
@@ -28,7 +28,6 @@ ANY_FENCE = re.compile(r"^```.*?^```[ \t]*$", re.MULTILINE | re.DOTALL)
 HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*$", re.MULTILINE)
 EXAMPLE_TIMEOUT = 240.0
 #: The default dev server ports, which a developer's own server may be using.
-RESERVED_PORTS = frozenset({7233, 8233})
 
 
 @dataclass(frozen=True)
@@ -55,15 +54,6 @@ def find_examples() -> list[Example]:
 EXAMPLES = find_examples()
 
 
-def free_port(exclude: set[int]) -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in exclude and port not in RESERVED_PORTS:
-            return port
-
-
 def isolated_env(home: Path) -> dict[str, str]:
     env = {
         key: value
@@ -73,7 +63,7 @@ def isolated_env(home: Path) -> dict[str, str]:
     # The binary override is how a developer points at their Temporal CLI; keep it.
     if "GEPPETTO_TEMPORAL_BIN" in os.environ:
         env["GEPPETTO_TEMPORAL_BIN"] = os.environ["GEPPETTO_TEMPORAL_BIN"]
-    port = free_port(set())
+    port = free_port()
     env["GEPPETTO_HOME"] = str(home)
     env["GEPPETTO_DEV_PORT"] = str(port)
     env["GEPPETTO_DEV_UI_PORT"] = str(free_port({port}))

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -54,6 +53,7 @@ from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 from geppetto_temporal.workflows._models import INFERENCE_WORKFLOW
 from tests import toolbox
 from tests.conftest import SECRET_API_KEY
+from tests.ports import free_port
 from tests.workers import (
     GEPPETTO,
     REPO_ROOT,
@@ -85,13 +85,6 @@ SCRIPT = {
         {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "Sunny."}},
     ]
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def span_exporter() -> InMemorySpanExporter:
