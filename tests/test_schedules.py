@@ -36,9 +36,9 @@ from tests.conftest import TASK_QUEUE
 T = TypeVar("T")
 
 ECHO: dict[str, Any] = {"rules": [{"name": "echo", "reply": {"text": "You said: {last_user}"}}]}
-#: About 3.75 s of streaming per reply.
+#: About 6 s of streaming per reply: the two later triggers must land while it runs, under load too.
 SLOW: dict[str, Any] = {
-    "rules": [{"reply": {"text": "tick " * 30, "chunk_size": 10, "chunk_delay": 0.25}}]
+    "rules": [{"reply": {"text": "tick " * 30, "chunk_size": 10, "chunk_delay": 0.4}}]
 }
 #: Once a year: runs only come from `trigger`.
 YEARLY = "0 0 1 1 *"
@@ -190,7 +190,7 @@ async def test_overlap_policies(
         # What will run has run: the first, then the buffered or the cancelling one (the
         # scheduler notices the end of a run a few seconds late).
         expected = 1 if overlap == sch.Overlap.SKIP else 2
-        await eventually(lambda: turn_count(client, session_id), lambda n: n == expected, within=25)
+        await eventually(lambda: turn_count(client, session_id), lambda n: n == expected, within=40)
         await eventually(lambda: running(session), lambda r: not r, within=10)
         info = await settled_runs(client, name)
         return info, [t.metadata.status for t in await session.turns()]
