@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 from temporalio.client import Client
 
 from geppetto_temporal import EngineBuilder, Session, connect, create_worker, search
@@ -45,7 +46,7 @@ SCRIPT: dict[str, Any] = {
     ]
 }
 TASK_QUEUE = "geppetto-bench"
-TOOLS = [
+TOOLS: list[ChatCompletionToolParam] = [
     {
         "type": "function",
         "function": {
@@ -59,16 +60,16 @@ TOOLS = [
 
 async def plain_inference(client: AsyncOpenAI, prompt: str) -> str:
     """The baseline: the same tool loop with the openai client, in process, no durability."""
-    messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": prompt}]
     for _ in range(5):
         stream = await client.chat.completions.create(
             model="scripted",
-            messages=messages,  # type: ignore[arg-type]
-            tools=TOOLS,  # type: ignore[arg-type]
+            messages=messages,
+            tools=TOOLS,
             stream=True,
             stream_options={"include_usage": True},
         )
-        text, calls = "", {}
+        text, calls = "", dict[int, dict[str, str]]()
         async for chunk in stream:
             for choice in chunk.choices:
                 if choice.delta.content:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from anthropic.types import ThinkingConfigEnabledParam
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -42,7 +43,7 @@ from geppetto_temporal.turns import (
 )
 from tests.conftest import SECRET_API_KEY, TASK_QUEUE
 
-THINKING = {"type": "enabled", "budget_tokens": 2048}
+THINKING: ThinkingConfigEnabledParam = {"type": "enabled", "budget_tokens": 2048}
 FAST_RETRY = RetrySpec(maximum_attempts=4, initial_interval_seconds=0.05, backoff_coefficient=1.0)
 
 

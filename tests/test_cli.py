@@ -369,7 +369,7 @@ def test_concurrent_runs_share_one_server(cli: Cli) -> None:
             if proc.poll() is not None:
                 out, err = proc.communicate()
                 pytest.fail(f"run exited early with {proc.returncode}:\n{out}\n{err}")
-        return sum(r["outcome"] == "pending" for r in llm.requests()) == 2
+        return sum(1 for r in llm.requests() if r["outcome"] == "pending") == 2
 
     _wait_for(both_streaming, 40, "both inferences to stream", lambda: json.dumps(llm.requests()))
     # Both are mid-inference now: one server process for this home, the recorded one.

@@ -6,6 +6,8 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -17,6 +19,7 @@ from geppetto_temporal.events import FinalEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import calculate
 from tests.ports import free_port
+from tests.workers import WorkerProcs, unique_queue, wait_until
 
 TASK_QUEUE = "geppetto-can-tests"
 #: Temporal suggests continue-as-new after this many history events (default 4,096).
@@ -156,3 +159,79 @@ async def test_busy_rejection_and_updates_across_boundaries(
     assert texts == [f"echo burst {i}" for i in range(12)]
     assert await runs_of(can_client, session.session_id) >= 3
     assert len(await session.turns()) == 12
+
+
+async def test_worker_killed_around_continue_as_new_loses_nothing(
+    can_client: Client, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """SIGKILL of the only worker process when a continue-as-new is due, and again just after
+    a new run began: every queued prompt is still answered exactly once, in order."""
+    base_url = model_server.add_script(SCRIPT)
+    queue = unique_queue("can-crash")
+    procs = WorkerProcs(address=can_client.service_client.config.target_host, logs=tmp_path)
+    try:
+        worker = await procs.start(queue)
+        session = await Session.create(
+            can_client,
+            # Short heartbeats: a killed worker's activity is retried within seconds.
+            EngineBuilder("openai:scripted")
+            .base_url(base_url)
+            .llm_activity(heartbeat_seconds=2)
+            .tool_heartbeat(2),
+            session_id=f"can-crash-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+        prompts = [f"add please {i}" if i % 3 == 1 else f"crash {i}" for i in range(9)]
+        for i, prompt in enumerate(prompts):
+            await session.submit_prompt(prompt, idempotency_key=f"k{i}")
+        workflow = can_client.get_workflow_handle(session.session_id)
+
+        async def due() -> str | None:
+            """The current run's id once its history is past the continue-as-new suggestion."""
+            described = await workflow.describe()
+            return described.run_id if described.history_length >= SUGGEST_AFTER_EVENTS else None
+
+        run_when_due = await wait_until(due, 60, "a continue-as-new to be due", procs.diagnostics)
+        worker.kill()
+        worker = procs.spawn(queue)
+
+        async def next_run() -> str | None:
+            run_id = (await workflow.describe()).run_id
+            return run_id if run_id != run_when_due else None
+
+        await wait_until(next_run, 90, "the next run", procs.diagnostics)
+        worker.kill()
+        procs.spawn(queue)
+
+        async def all_answered() -> bool:
+            status = await session.status()
+            return status.turn_count == len(prompts) and status.active_inference_id is None
+
+        await wait_until(all_answered, 120, "every prompt answered", procs.diagnostics)
+        turns = await session.turns()
+        assert [t.prompt for t in turns] == prompts
+        assert all(t.metadata.status == InferenceStatus.COMPLETED for t in turns)
+        assert [t.metadata.inference_id for t in turns] == [
+            f"{session.session_id}/inference/{n}" for n in range(1, len(prompts) + 1)
+        ]
+        expected = [
+            'sum {"expression": "40 + 2", "result": 42}' if "add" in p else f"echo {p}"
+            for p in prompts
+        ]
+        assert [t.last_text for t in turns] == expected
+        # No block lost or doubled by a retried step: each turn adds its prompt and its answer
+        # (and, for the tool prompts, one call and one result).
+        previous: list[Any] = []
+        for turn in turns:
+            assert turn.blocks[: len(previous)] == previous
+            added = len(turn.blocks) - len(previous)
+            assert added == (4 if "add" in turn.prompt else 2), (
+                turn.prompt,
+                turn.blocks[len(previous) :],
+            )
+            previous = turn.blocks
+        assert await runs_of(can_client, session.session_id) >= 2
+        assert (await (await session.start_inference("after")).wait()).last_text == "echo after"
+        await session.close()
+    finally:
+        procs.kill_all()

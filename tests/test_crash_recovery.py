@@ -263,6 +263,7 @@ async def crash_and_recover(
     worker_a.kill()
     killed_at = time.monotonic()
     worker_b = await procs.start(queue)
+    assert worker_b.ready_at is not None  # `start` waited for it
     crash = Crash(case, session, handle, server, base_url, worker_a, worker_b, notes=[note])
     crash.notes.append(f"replacement ready {worker_b.ready_at - killed_at:.1f}s after the kill")
     turn: Turn = await within(
@@ -319,6 +320,16 @@ def single_finish(events: list[Event]) -> None:
     assert events[-1] is finished[0]
 
 
+def start_attempts(events: list[Event]) -> list[int]:
+    """The attempt of each `start` event, in stream order (an LLM step's events carry one)."""
+    attempts: list[int] = []
+    for e in events:
+        if isinstance(e, StartEvent):
+            assert e.meta.attempt is not None, e
+            attempts.append(e.meta.attempt)
+    return attempts
+
+
 async def check_mid_stream(crash: Crash, turn: Turn, events: list[Event]) -> None:
     assert turn.last_text == STORY
     [answer] = turn.blocks_since_last_user()
@@ -340,7 +351,7 @@ async def check_mid_stream(crash: Crash, turn: Turn, events: list[Event]) -> Non
     # The stream keeps the dead attempt's deltas, then a `start` of the winning attempt for the
     # same message; its deltas alone are the answer.
     single_finish(events)
-    step_starts = [e.meta.attempt for e in events if isinstance(e, StartEvent)]
+    step_starts = start_attempts(events)
     assert attempt in step_starts and step_starts == sorted(step_starts), step_starts
     if 1 not in step_starts:  # the dead worker had not flushed its first events yet
         crash.notes.append("no event of attempt 1 reached the stream")

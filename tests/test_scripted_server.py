@@ -6,13 +6,19 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import (
+    ChatCompletionChunk,
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+    ChatCompletionMessageToolCallUnion,
+    ChatCompletionToolParam,
+)
 from pydantic import ValidationError
 
 from geppetto_temporal.testing import (
@@ -110,8 +116,19 @@ BASE_SCRIPT: dict[str, Any] = {
 }
 
 
-def user(text: str) -> list[dict[str, Any]]:
+def user(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
+
+
+def function_calls(
+    calls: Sequence[ChatCompletionMessageToolCallUnion],
+) -> list[ChatCompletionMessageFunctionToolCall]:
+    """The tool calls of a reply as function calls: the scripted server makes no other kind."""
+    out: list[ChatCompletionMessageFunctionToolCall] = []
+    for call in calls:
+        assert isinstance(call, ChatCompletionMessageFunctionToolCall), call
+        out.append(call)
+    return out
 
 
 @pytest.fixture
@@ -195,7 +212,7 @@ async def test_non_streaming_text(client: openai.AsyncOpenAI) -> None:
 # ---- tool calls ------------------------------------------------------------------------------------
 
 
-WEATHER_TOOL: Any = {
+WEATHER_TOOL: ChatCompletionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -212,8 +229,8 @@ async def test_parallel_tool_calls_streamed(client: openai.AsyncOpenAI) -> None:
         final = await stream.get_final_completion()
     calls = final.choices[0].message.tool_calls
     assert calls is not None and len(calls) == 2
-    assert [c.function.name for c in calls] == ["get_weather", "get_weather"]  # type: ignore[union-attr]
-    assert [json.loads(c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
+    assert [c.function.name for c in calls] == ["get_weather", "get_weather"]
+    assert [json.loads(c.function.arguments) for c in calls] == [
         {"city": "Paris"},
         {"city": "Berlin"},
     ]
@@ -245,7 +262,7 @@ async def test_non_streaming_tool_calls(client: openai.AsyncOpenAI) -> None:
     msg = resp.choices[0].message
     assert msg.content is None
     assert msg.tool_calls is not None
-    assert [json.loads(c.function.arguments) for c in msg.tool_calls] == [  # type: ignore[union-attr]
+    assert [json.loads(c.function.arguments) for c in function_calls(msg.tool_calls)] == [
         {"city": "Paris"},
         {"city": "Berlin"},
     ]
@@ -257,7 +274,7 @@ async def test_malformed_raw_arguments_arrive_verbatim(client: openai.AsyncOpenA
     resp = await client.chat.completions.create(model="m", messages=user("broken please"))
     calls = resp.choices[0].message.tool_calls
     assert calls is not None
-    assert calls[0].function.arguments == '{"city": "Par'  # type: ignore[union-attr]
+    assert function_calls(calls)[0].function.arguments == '{"city": "Par'
 
     chunks = await collect(
         await client.chat.completions.create(model="m", messages=user("broken please"), stream=True)
@@ -273,8 +290,8 @@ async def test_malformed_raw_arguments_arrive_verbatim(client: openai.AsyncOpenA
 
 
 async def test_tool_call_ids_deterministic_per_conversation(client: openai.AsyncOpenAI) -> None:
-    async def ids(messages: list[dict[str, Any]], model: str = "m") -> list[str]:
-        resp = await client.chat.completions.create(model=model, messages=messages)  # type: ignore[arg-type]
+    async def ids(messages: list[ChatCompletionMessageParam], model: str = "m") -> list[str]:
+        resp = await client.chat.completions.create(model=model, messages=messages)
         return [c.id for c in resp.choices[0].message.tool_calls or []]
 
     first = await ids(user("weather in Paris?"))
@@ -311,7 +328,7 @@ async def test_tool_call_ids_deterministic_per_conversation(client: openai.Async
 
 
 async def test_rule_placeholders(client: openai.AsyncOpenAI) -> None:
-    messages: list[Any] = [
+    messages: list[ChatCompletionMessageParam] = [
         *user("weather for my trip"),
         {
             "role": "assistant",
@@ -783,9 +800,9 @@ async def test_demo_script_conversation() -> None:
                         history.append({"role": "assistant", "content": msg.content})
                         return called, msg.content or ""
                     history.append(msg.model_dump(exclude_none=True))
-                    for tc in msg.tool_calls:
-                        args = json.loads(tc.function.arguments)  # type: ignore[union-attr]
-                        name = tc.function.name  # type: ignore[union-attr]
+                    for tc in function_calls(msg.tool_calls):
+                        args = json.loads(tc.function.arguments)
+                        name = tc.function.name
                         called.append((name, args))
                         key = (name, args.get("city"))
                         history.append(
