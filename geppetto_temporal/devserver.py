@@ -458,6 +458,12 @@ def _spawn(
         str(port),
         "--ui-port",
         str(ui_port),
+        # The CLI would pick these two in the ephemeral range, where an outgoing connection
+        # can take a port between its check and its bind.
+        "--http-port",
+        str(http_port := unused_port({port, ui_port})),
+        "--metrics-port",
+        str(unused_port({port, ui_port, http_port})),
         "--db-filename",
         str(_db_path(data_dir)),
         "--namespace",

@@ -23,3 +23,12 @@ def free_ports(n: int) -> list[int]:
     while len(ports) < n:
         ports.append(free_port(ports))
     return ports
+
+
+def internal_ports(port: int) -> list[str]:
+    """`temporal server start-dev` arguments for the ports it would otherwise pick itself
+    (in the ephemeral range, where an outgoing connection can take one before the bind),
+    other than its gRPC `port`."""
+    http_port = free_port({port})
+    metrics_port = free_port({port, http_port})
+    return ["--http-port", str(http_port), "--metrics-port", str(metrics_port)]

@@ -18,7 +18,7 @@ from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_bi
 from geppetto_temporal.events import FinalEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import calculate
-from tests.ports import free_port
+from tests.ports import free_port, internal_ports
 from tests.workers import WorkerProcs, unique_queue, wait_until
 
 TASK_QUEUE = "geppetto-can-tests"
@@ -35,12 +35,13 @@ async def can_client(api_key_env: str) -> AsyncIterator[Client]:
         **LATENCY_DYNAMIC_CONFIG,
     }
     args = [arg for k, v in dynamic.items() for arg in ("--dynamic-config-value", f"{k}={v}")]
+    # Below the ephemeral range: the SDK's own pick could be taken before the bind.
+    port = free_port()
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(find_temporal_binary()),
-        dev_server_extra_args=[*args, "--log-level", "error"],
+        dev_server_extra_args=[*args, "--log-level", "error", *internal_ports(port)],
         ui=False,
-        # Below the ephemeral range: the SDK's own pick could be taken before the bind.
-        port=free_port(),
+        port=port,
     )
     try:
         client = await connect(env.client.service_client.config.target_host, from_env=False)

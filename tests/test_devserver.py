@@ -49,6 +49,10 @@ asyncio.run(main())
 """
 
 
+def _argv(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
 def _alive(pid: int) -> bool:
     # The module's own check: it also reaps our children and treats zombies as dead.
     return devserver._pid_alive(pid)
@@ -87,6 +91,13 @@ async def test_start_connect_release(data_dir: Path) -> None:
         assert {"pid", "port", "ui_port", "address", "ui_url", "started_at"} <= state.keys()
         [lease] = (data_dir / "leases").iterdir()
         assert lease.name.startswith(f"{os.getpid()}-")
+        # The ports the CLI would pick itself are picked below the ephemeral range, and used.
+        argv = _argv(info.pid)
+        for flag in ("--http-port", "--metrics-port"):
+            chosen = int(argv[argv.index(flag) + 1])
+            assert 20000 <= chosen < 32768, (flag, chosen)
+            with socket.create_connection(("127.0.0.1", chosen), timeout=2):
+                pass
     assert not _alive(info.pid)
     assert not (data_dir / "devserver.json").exists()
     assert not list((data_dir / "leases").iterdir())
