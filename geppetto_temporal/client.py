@@ -29,6 +29,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal import search
+from geppetto_temporal._known_blocks import KnownBlocks
 from geppetto_temporal._subscribe import POLL_COOLDOWN, follow_inference
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.engines._spec import EngineSpec
@@ -110,36 +111,6 @@ class _SessionStart:
         return WithStartWorkflowOperation(
             SESSION_WORKFLOW, self.input, result_type=SessionSummary, **options
         )
-
-
-class _Conversation:
-    """A client-side copy of a session's first blocks; they never change once written."""
-
-    def __init__(self) -> None:
-        self.blocks: list[Block] = []
-
-    async def prefix(
-        self, session: WorkflowHandle[Any, Any], end: int, last_id: str | None
-    ) -> list[Block]:
-        """The session's blocks `[:end]`, reading only what is not known yet."""
-        known = self.blocks
-        if len(known) >= end and (end == 0 or last_id is None or known[end - 1].id == last_id):
-            return known[:end]
-        start = len(known) if len(known) < end else 0
-        fresh: list[Block] = await session.query(
-            "blocks", BlockRange(start=start, end=end), result_type=list[Block]
-        )
-        blocks = [*known[:start], *fresh]
-        if last_id is not None and blocks and blocks[-1].id != last_id and start:
-            # Not a continuation of what this copy knew: read it all.
-            blocks = await session.query("blocks", BlockRange(end=end), result_type=list[Block])
-        self.blocks = blocks
-        return blocks
-
-    def saw(self, blocks: list[Block]) -> None:
-        """Blocks `[:len(blocks)]` of the session, as just recorded."""
-        if len(blocks) >= len(self.blocks):
-            self.blocks = list(blocks)
 
 
 class ExecutionHandle:
@@ -260,12 +231,16 @@ class ExecutionHandle:
         # and kept by the Session, so a long conversation is not re-read each
         # time), the prompt, and what the inference added. Built here, it is
         # ready when the child ends, with no read of the whole turn back.
-        conversation = self._session._conversation if self._session else _Conversation()
-        prefix = await conversation.prefix(
-            self.client.get_workflow_handle(self.session_id),
-            started.prefix_end or 0,
-            started.prefix_last_id,
-        )
+        conversation = self._session._conversation if self._session else KnownBlocks()
+        session = self.client.get_workflow_handle(self.session_id)
+
+        async def read(start: int, end: int) -> list[Block]:
+            blocks: list[Block] = await session.query(
+                "blocks", BlockRange(start=start, end=end), result_type=list[Block]
+            )
+            return blocks
+
+        prefix = await conversation.up_to(started.prefix_end or 0, started.prefix_last_id, read)
         recorded = TurnMetadata(
             session_id=self.session_id,
             inference_id=self.inference_id,
@@ -347,7 +322,8 @@ class Session:
             session_id, result_type=SessionSummary
         )
         self._last_finished: str | None = None
-        self._conversation = _Conversation()
+        # The session's first blocks as far as this client has read them.
+        self._conversation = KnownBlocks()
         # Set by `create(lazy=True)` until the workflow has been started.
         self._pending_start: _SessionStart | None = None
 

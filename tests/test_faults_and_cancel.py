@@ -19,14 +19,7 @@ from geppetto_temporal import (
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import BlockMetaKey, PayloadKey
 from tests.conftest import SECRET_API_KEY
-
-
-def faulty(*faults: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "rules": [
-            {"name": "answer", "reply": {"text": "finally an answer"}, "faults": list(faults)}
-        ]
-    }
+from tests.scripts import SLOW_STORY, faulty
 
 
 @pytest.mark.parametrize(
@@ -80,18 +73,6 @@ async def test_unauthorized_fails_fast_with_clear_error(
     turns = await session.turns()
     assert turns[-1].metadata.status == InferenceStatus.FAILED
     assert not await session.is_running()
-
-
-SLOW_STORY = {
-    "rules": [
-        {
-            "name": "story",
-            "when": {"last_user_contains": "story"},
-            "reply": {"text": "Once upon a time " * 40, "chunk_size": 4, "chunk_delay": 0.05},
-        },
-        {"name": "other", "reply": {"text": "Sure: {last_user}"}},
-    ]
-}
 
 
 async def test_cancel_during_stream_keeps_partial_text(

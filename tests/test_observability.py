@@ -54,6 +54,7 @@ from geppetto_temporal.workflows._models import INFERENCE_WORKFLOW
 from tests import toolbox
 from tests.conftest import SECRET_API_KEY
 from tests.ports import free_port
+from tests.scripts import calls_then_answer
 from tests.workers import (
     GEPPETTO,
     REPO_ROOT,
@@ -69,22 +70,12 @@ MODEL = "scripted-observed"
 #: Must not appear in any span: prompts are content, spans are not encrypted.
 PROMPT = "Observability marker Zq7Xw: what is the weather in Paris?"
 
-SCRIPT = {
-    "rules": [
-        {
-            "name": "calls",
-            "when": {"last_role": "user"},
-            "reply": {
-                "text": "Checking.",
-                "tool_calls": [
-                    {"name": "get_weather", "arguments": {"city": "Paris"}},
-                    {"name": "failing_tool", "arguments": {"reason": "secret-reason-Zq7Xw"}},
-                ],
-            },
-        },
-        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "Sunny."}},
-    ]
-}
+SCRIPT = calls_then_answer(
+    {"name": "get_weather", "arguments": {"city": "Paris"}},
+    {"name": "failing_tool", "arguments": {"reason": "secret-reason-Zq7Xw"}},
+    text="Checking.",
+    answer="Sunny.",
+)
 
 
 def span_exporter() -> InMemorySpanExporter:

@@ -49,6 +49,7 @@ from geppetto_temporal.turns import (
     tool_use_block,
     user_block,
 )
+from tests.scripts import FAILING, SLOW_STORY, STORY, WEATHER_AND_MATH, faulty
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -156,33 +157,11 @@ def kinds(blocks: list[Block]) -> list[BlockKind]:
 # The matrix
 # ---------------------------------------------------------------------------------------------
 
-PARALLEL = {
-    "rules": [
-        {
-            "name": "calls",
-            "when": {"last_role": "user"},
-            "reply": {
-                "text": "Let me check.",
-                "tool_calls": [
-                    {"name": "get_weather", "arguments": {"city": "Paris"}},
-                    {"name": "calculate", "arguments": {"expression": "6 * 7"}},
-                    {"name": "get_weather", "arguments": {"city": "Berlin"}},
-                ],
-            },
-        },
-        {
-            "name": "answer",
-            "when": {"last_role": "tool"},
-            "reply": {"text": "Done: {tool_results}"},
-        },
-    ]
-}
-
 
 async def test_parallel_calls_keep_order(
     provider_session: Any, provider: ProviderCase, model_server: ScriptedModelServer
 ) -> None:
-    session, base_url = await provider_session(PARALLEL)
+    session, base_url = await provider_session(WEATHER_AND_MATH)
     turn = await (await session.start_inference("Paris, Berlin and 6*7?")).wait()
     assert kinds(turn.blocks) == [
         BlockKind.USER,
@@ -213,18 +192,6 @@ async def test_parallel_calls_keep_order(
     assert turn.last_text.startswith("Done: ")
     assert turn.metadata.status == InferenceStatus.COMPLETED
     assert turn.metadata.provider == provider.prefix
-
-
-FAILING = {
-    "rules": [
-        {
-            "name": "call",
-            "when": {"last_role": "user"},
-            "reply": {"tool_calls": [{"name": "failing_tool", "arguments": {"reason": "boom"}}]},
-        },
-        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "Saw: {tool_results}"}},
-    ]
-}
 
 
 async def test_tool_error_reaches_the_model(
@@ -258,19 +225,6 @@ async def test_max_iterations(provider_session: Any) -> None:
     assert (await session.turns())[-1].metadata.status == InferenceStatus.MAX_ITERATIONS
 
 
-STORY = "Once upon a time " * 40
-SLOW_STORY = {
-    "rules": [
-        {
-            "name": "story",
-            "when": {"last_user_contains": "story"},
-            "reply": {"text": STORY, "chunk_size": 4, "chunk_delay": 0.05},
-        },
-        {"name": "other", "reply": {"text": "Sure: {last_user}"}},
-    ]
-}
-
-
 async def test_cancel_mid_stream_keeps_partial_text(
     provider_session: Any, model_server: ScriptedModelServer
 ) -> None:
@@ -295,14 +249,6 @@ async def test_cancel_mid_stream_keeps_partial_text(
     last = conversations(model_server, base_url)[-1]
     assistant = [m for m in last.messages if m.role == "assistant"]
     assert [m.text for m in assistant] == [partial.text]
-
-
-def faulty(*faults: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "rules": [
-            {"name": "answer", "reply": {"text": "finally an answer"}, "faults": list(faults)}
-        ]
-    }
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from geppetto_temporal.activities import _activities
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import Block, PayloadKey
 from tests import toolbox
+from tests.scripts import FAILING, LOOPING, WEATHER_AND_MATH, calls_then_answer
 
 
 def tool_results(blocks: list[Block]) -> list[dict[str, Any]]:
@@ -33,29 +34,6 @@ def tool_messages(server: ScriptedModelServer, base_url: str) -> list[str]:
             if message.get("role") == "tool":
                 contents.append(message["content"])
     return contents
-
-
-WEATHER_AND_MATH = {
-    "rules": [
-        {
-            "name": "calls",
-            "when": {"last_role": "user"},
-            "reply": {
-                "text": "Let me check.",
-                "tool_calls": [
-                    {"name": "get_weather", "arguments": {"city": "Paris"}},
-                    {"name": "calculate", "arguments": {"expression": "6 * 7"}},
-                    {"name": "get_weather", "arguments": {"city": "Berlin"}},
-                ],
-            },
-        },
-        {
-            "name": "answer",
-            "when": {"last_role": "tool"},
-            "reply": {"text": "Done: {tool_results}"},
-        },
-    ]
-}
 
 
 async def test_parallel_tool_calls_keep_call_order(
@@ -98,16 +76,6 @@ async def test_max_parallel_tools_one_still_runs_all(new_session: Any) -> None:
     assert len(tool_results(turn.blocks)) == 3
 
 
-LOOPING = {
-    "rules": [
-        {
-            "name": "loop",
-            "reply": {"tool_calls": [{"name": "calculate", "arguments": {"expression": "1 + 1"}}]},
-        }
-    ]
-}
-
-
 async def test_max_iterations_keeps_partial_turn(new_session: Any) -> None:
     session, _ = await new_session(LOOPING, configure=lambda b: b.max_iterations(3))
     handle = await session.start_inference("loop forever")
@@ -122,18 +90,6 @@ async def test_max_iterations_keeps_partial_turn(new_session: Any) -> None:
     stored = (await session.turns())[-1]
     assert stored.metadata.status == InferenceStatus.MAX_ITERATIONS
     assert len(stored.blocks) == len(turn.blocks)
-
-
-FAILING = {
-    "rules": [
-        {
-            "name": "call",
-            "when": {"last_role": "user"},
-            "reply": {"tool_calls": [{"name": "failing_tool", "arguments": {"reason": "boom"}}]},
-        },
-        {"name": "answer", "when": {"last_role": "tool"}, "reply": {"text": "Saw: {tool_results}"}},
-    ]
-}
 
 
 async def test_error_handling_continue_hands_error_to_model(
@@ -167,22 +123,9 @@ async def test_error_handling_abort_ends_the_loop(
     assert not await session.is_running()
 
 
-FLAKY = {
-    "rules": [
-        {
-            "name": "call",
-            "when": {"last_role": "user"},
-            "reply": {
-                "tool_calls": [{"name": "flaky_tool", "arguments": {"succeed_on_attempt": 3}}]
-            },
-        },
-        {
-            "name": "answer",
-            "when": {"last_role": "tool"},
-            "reply": {"text": "Result: {tool_results}"},
-        },
-    ]
-}
+FLAKY = calls_then_answer(
+    {"name": "flaky_tool", "arguments": {"succeed_on_attempt": 3}}, answer="Result: {tool_results}"
+)
 
 
 async def test_error_handling_retry_retries_the_tool_activity(new_session: Any) -> None:
@@ -267,20 +210,9 @@ async def test_continue_mode_does_not_retry_tool_exceptions(new_session: Any) ->
     assert toolbox.ATTEMPTS[result[PayloadKey.ID]] == 1
 
 
-SLEEPY = {
-    "rules": [
-        {
-            "name": "call",
-            "when": {"last_role": "user"},
-            "reply": {"tool_calls": [{"name": "sleepy_tool", "arguments": {"seconds": 30}}]},
-        },
-        {
-            "name": "answer",
-            "when": {"last_role": "tool"},
-            "reply": {"text": "After: {tool_results}"},
-        },
-    ]
-}
+SLEEPY = calls_then_answer(
+    {"name": "sleepy_tool", "arguments": {"seconds": 30}}, answer="After: {tool_results}"
+)
 
 
 async def test_tool_timeout_is_enforced(new_session: Any) -> None:
@@ -291,26 +223,12 @@ async def test_tool_timeout_is_enforced(new_session: Any) -> None:
     assert "timed out" in turn.last_text
 
 
-BAD_CALLS = {
-    "rules": [
-        {
-            "name": "calls",
-            "when": {"last_role": "user"},
-            "reply": {
-                "tool_calls": [
-                    {"name": "launch_rockets", "arguments": {"count": 3}},
-                    {"name": "calculate", "raw_arguments": '{"expression": "1 +'},
-                    {"name": "get_weather", "arguments": {"town": "Paris"}},
-                ]
-            },
-        },
-        {
-            "name": "answer",
-            "when": {"last_role": "tool"},
-            "reply": {"text": "I see: {tool_results}"},
-        },
-    ]
-}
+BAD_CALLS = calls_then_answer(
+    {"name": "launch_rockets", "arguments": {"count": 3}},
+    {"name": "calculate", "raw_arguments": '{"expression": "1 +'},
+    {"name": "get_weather", "arguments": {"town": "Paris"}},
+    answer="I see: {tool_results}",
+)
 
 
 async def test_unknown_tool_and_malformed_arguments_reach_the_model(

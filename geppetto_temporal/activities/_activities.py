@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from geppetto_temporal._known_blocks import BlockReader, KnownBlocks, ends_with
 from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
 from geppetto_temporal.activities._heartbeat import heartbeating
 from geppetto_temporal.activities._models import (
@@ -56,10 +57,10 @@ class InferenceActivities:
         # The conversation so far, per session: every step of an inference reads
         # it, and since blocks are append-only the next inference only needs the
         # blocks added since. One entry per session, least recently used first.
-        self._conversations: OrderedDict[str, list[Block]] = OrderedDict()
+        self._conversations: OrderedDict[str, KnownBlocks] = OrderedDict()
         # Each running inference's own blocks after its latest step here (input and
         # output), which its next step references instead of receiving them again.
-        self._own_blocks: OrderedDict[str, list[Block]] = OrderedDict()
+        self._own_blocks: OrderedDict[str, KnownBlocks] = OrderedDict()
 
     async def _read_blocks(self, workflow_id: str, start: int, end: int) -> list[Block]:
         """Blocks `start:end` of a session's or an inference's block list (`blocks` query)."""
@@ -76,30 +77,26 @@ class InferenceActivities:
             ) from err
         return blocks
 
+    def _reader(self, workflow_id: str) -> BlockReader:
+        return lambda start, end: self._read_blocks(workflow_id, start, end)
+
     async def _own(self, input: LLMStepInput) -> list[Block]:
         """The inference's own blocks this step continues from."""
-        known = input.known
+        known, last_id = input.known, input.known_last_id
         if not known:
             return input.blocks
-        cached = self._own_blocks.get(input.inference_id)
-        if (
-            cached is not None
-            and len(cached) >= known
-            and cached[known - 1].id == input.known_last_id
-        ):
-            earlier = cached[:known]
-        else:
-            # Another worker ran the previous step, or this one restarted.
-            earlier = await self._read_blocks(input.inference_id, 0, known)
-            if len(earlier) != known or earlier[-1].id != input.known_last_id:
-                raise ApplicationError(
-                    f"inference {input.inference_id} has {len(earlier)} blocks, expected {known}",
-                    type=ErrorType.SESSION_UNAVAILABLE,
-                )
+        # A miss: another worker ran the previous step, or this one restarted.
+        cached = self._own_blocks.get(input.inference_id) or KnownBlocks()
+        earlier = await cached.up_to(known, last_id, self._reader(input.inference_id))
+        if not ends_with(earlier, known, last_id):
+            raise ApplicationError(
+                f"inference {input.inference_id} has {len(earlier)} blocks, expected {known}",
+                type=ErrorType.SESSION_UNAVAILABLE,
+            )
         return [*earlier, *input.blocks]
 
     def _remember_own(self, inference_id: str, blocks: list[Block]) -> None:
-        self._own_blocks[inference_id] = blocks
+        self._own_blocks[inference_id] = KnownBlocks(blocks)
         self._own_blocks.move_to_end(inference_id)
         while len(self._own_blocks) > _OWN_BLOCKS_CACHE_SIZE:
             self._own_blocks.popitem(last=False)
@@ -107,30 +104,23 @@ class InferenceActivities:
     async def _conversation(self, input: LLMStepInput, own: list[Block]) -> list[Block]:
         if input.prefix_end is None:
             return own
-        session_id, end = input.session_id, input.prefix_end
-        known = self._conversations.pop(session_id, [])
-        if len(known) < end:
-            known = self._continued_by_previous(input, known)
-        if len(known) < end:
-            # Re-read the last known block too: if the session was reset and its
-            # history diverged, it will not match, and the cache starts over.
-            overlap = 1 if known else 0
-            fresh = await self._read_blocks(session_id, len(known) - overlap, end)
-            if overlap and (not fresh or fresh[0].id != known[-1].id):
-                known, fresh = [], await self._read_blocks(session_id, 0, end)
-            known = [*known, *fresh[overlap if known else 0 :]]
-            if len(known) != end:
-                raise ApplicationError(
-                    f"session {session_id} has {len(known)} blocks, expected {end}",
-                    type=ErrorType.SESSION_UNAVAILABLE,
-                )
+        session_id, end, last_id = input.session_id, input.prefix_end, input.prefix_last_id
+        known = self._conversations.pop(session_id, None) or KnownBlocks()
+        if not known.covers(end, last_id):
+            self._continue_with_previous(input, known)
+        prefix = await known.up_to(end, last_id, self._reader(session_id))
+        if not ends_with(prefix, end, last_id):
+            raise ApplicationError(
+                f"session {session_id} has {len(prefix)} blocks, expected {end}",
+                type=ErrorType.SESSION_UNAVAILABLE,
+            )
         self._conversations[session_id] = known
         while len(self._conversations) > _CONVERSATION_CACHE_SIZE:
             self._conversations.popitem(last=False)
-        return [*known[:end], *own]
+        return [*prefix, *own]
 
-    def _continued_by_previous(self, input: LLMStepInput, known: list[Block]) -> list[Block]:
-        """The cached conversation extended by the previous inference's blocks, if this
+    def _continue_with_previous(self, input: LLMStepInput, known: KnownBlocks) -> None:
+        """Extend the cached conversation by the previous inference's blocks, if this
         worker saw all of them and they are exactly what the session added since.
 
         A session's blocks are its prompts and their inferences' blocks, so after an
@@ -140,13 +130,13 @@ class InferenceActivities:
         previous_id = previous_inference_id(input.inference_id)
         previous = self._own_blocks.get(previous_id) if previous_id else None
         if (
-            previous
+            previous is not None
+            and previous.blocks
             and input.prefix_last_id is not None
-            and len(known) + len(previous) == input.prefix_end
-            and previous[-1].id == input.prefix_last_id
+            and len(known.blocks) + len(previous.blocks) == input.prefix_end
+            and previous.blocks[-1].id == input.prefix_last_id
         ):
-            return [*known, *previous]
-        return known
+            known.extend(previous.blocks)
 
     @activity.defn(name=LLM_STEP_ACTIVITY)
     async def llm_step(self, input: LLMStepInput) -> LLMStepResult:

@@ -48,6 +48,7 @@ from geppetto_temporal.devserver import find_temporal_binary
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import calculate, current_time, get_weather
 from geppetto_temporal.workflows._models import inference_workflow_id
+from tests.scripts import LOOPING, STORY_RULE, calls_then_answer, faulty
 
 HISTORIES_DIR = Path(__file__).resolve().parent
 TASK_QUEUE = "geppetto-histories"
@@ -119,11 +120,6 @@ class Recorder:
 
 # ---- scripts -------------------------------------------------------------------------------
 
-STORY = {
-    "name": "story",
-    "when": {"last_user_contains": "story"},
-    "reply": {"text": "Once upon a time " * 40, "chunk_size": 4, "chunk_delay": 0.05},
-}
 ECHO = {"name": "echo", "reply": {"text": "Sure: {last_user}"}}
 
 
@@ -141,26 +137,12 @@ async def plain_text(rec: Recorder) -> Session:
 
 
 async def tool_loop(rec: Recorder) -> Session:
-    script = {
-        "rules": [
-            {
-                "name": "calls",
-                "when": {"last_role": "user"},
-                "reply": {
-                    "text": "Let me check.",
-                    "tool_calls": [
-                        {"name": "get_weather", "arguments": {"city": "Paris"}},
-                        {"name": "calculate", "arguments": {"expression": "6 * 7"}},
-                    ],
-                },
-            },
-            {
-                "name": "answer",
-                "when": {"last_role": "tool"},
-                "reply": {"text": "Done: {tool_results}"},
-            },
-        ]
-    }
+    script = calls_then_answer(
+        {"name": "get_weather", "arguments": {"city": "Paris"}},
+        {"name": "calculate", "arguments": {"expression": "6 * 7"}},
+        text="Let me check.",
+        answer="Done: {tool_results}",
+    )
     session, _ = await rec.session("tool-loop", script)
     turn = await (await session.start_inference("weather in Paris, and 6*7?")).wait()
     kinds = [b.kind for b in turn.blocks]
@@ -172,7 +154,7 @@ async def tool_loop(rec: Recorder) -> Session:
 
 
 async def cancel_mid_stream(rec: Recorder) -> Session:
-    session, base_url = await rec.session("cancel-mid-stream", {"rules": [STORY, ECHO]})
+    session, base_url = await rec.session("cancel-mid-stream", {"rules": [STORY_RULE, ECHO]})
     handle = await session.start_inference("tell me a story")
     await rec.until_requests(base_url)
     await asyncio.sleep(0.6)
@@ -249,17 +231,7 @@ async def queued_submit(rec: Recorder) -> Session:
 
 
 async def max_iterations(rec: Recorder) -> Session:
-    looping = {
-        "rules": [
-            {
-                "name": "loop",
-                "reply": {
-                    "tool_calls": [{"name": "calculate", "arguments": {"expression": "1 + 1"}}]
-                },
-            }
-        ]
-    }
-    session, _ = await rec.session("max-iterations", looping, lambda b: b.max_iterations(2))
+    session, _ = await rec.session("max-iterations", LOOPING, lambda b: b.max_iterations(2))
     await expect(MaxIterationsReached, (await session.start_inference("loop forever")).wait())
     await session.close()
     return session
@@ -278,16 +250,7 @@ async def provider_401(rec: Recorder) -> Session:
 
 
 async def retry_429(rec: Recorder) -> Session:
-    script = {
-        "rules": [
-            {
-                "name": "answer",
-                "reply": {"text": "finally an answer"},
-                "faults": [{"status": 429, "retry_after": 0.2}],
-            }
-        ]
-    }
-    session, base_url = await rec.session("retry-429", script)
+    session, base_url = await rec.session("retry-429", faulty({"status": 429, "retry_after": 0.2}))
     turn = await (await session.start_inference("rate limited")).wait()
     check(turn.last_text == "finally an answer", f"unexpected text {turn.last_text!r}")
     check(len(rec.server.requests(base_url)) == 2, "expected one retry")
@@ -296,7 +259,7 @@ async def retry_429(rec: Recorder) -> Session:
 
 
 async def close_cancel_active(rec: Recorder) -> Session:
-    session, base_url = await rec.session("close-cancel-active", {"rules": [STORY, ECHO]})
+    session, base_url = await rec.session("close-cancel-active", {"rules": [STORY_RULE, ECHO]})
     handle = await session.start_inference("tell me a story")
     await session.submit_prompt("queued behind the story", idempotency_key="key-q")
     await rec.until_requests(base_url)
