@@ -13,7 +13,14 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from geppetto_temporal._wire import WireModel
 
@@ -50,7 +57,7 @@ class BlockMetaKey:
     INTERRUPTED = "interrupted"
     #: The tool call's arguments were not valid JSON; `args` holds the raw string.
     ARGS_INVALID = "args_invalid"
-    #: Which activity attempt produced the block.
+    #: Which activity attempt produced the block; absent on the first attempt.
     ATTEMPT = "attempt"
     #: Provider-specific raw content kept for a lossless round trip.
     PROVIDER = "provider"
@@ -100,14 +107,43 @@ class Usage(WireModel):
         return self.input_tokens + self.output_tokens
 
 
+#: The role a block of each kind has unless it says otherwise. Compact payloads
+#: leave it out, and reading a block fills it back in.
+DEFAULT_ROLES: dict[BlockKind, str] = {
+    BlockKind.USER: "user",
+    BlockKind.LLM_TEXT: "assistant",
+    BlockKind.SYSTEM: "system",
+}
+
+
 class Block(WireModel):
     """One element of a conversation: a user message, model text, a tool call or its result."""
 
     id: str
     kind: BlockKind
+    #: Defaults to the kind's role (`DEFAULT_ROLES`): user, assistant or system.
     role: str | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _default_role(self) -> Block:
+        if self.role is None:
+            self.role = DEFAULT_ROLES.get(self.kind)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        # Compact payloads (exclude_defaults) leave out a role the kind implies: every
+        # conversation block travels through history several times.
+        if (
+            info.exclude_defaults
+            and "role" in data
+            and data["role"] == DEFAULT_ROLES.get(self.kind)
+        ):
+            del data["role"]
+        return data
 
     @property
     def text(self) -> str:

@@ -20,6 +20,7 @@ from geppetto_temporal.activities._models import (
     LLMStepResult,
     ToolCallInput,
     ToolCallResult,
+    reported_model,
     with_ids,
 )
 from geppetto_temporal.engines._errors import classify_error
@@ -186,7 +187,7 @@ class InferenceActivities:
                     blocks=output.blocks(interrupted=True, attempt=info.attempt),
                     usage=with_cost(output.usage, spec.provider, output.model or spec.model),
                     stop_reason="cancelled",
-                    model=output.model or spec.model,
+                    model=reported_model(output.model, spec),
                     interrupted=True,
                 )
             except Exception as err:
@@ -228,7 +229,7 @@ class InferenceActivities:
             # Priced here, not in the workflow: a price change never alters a replay.
             usage=with_cost(output.usage, spec.provider, output.model or spec.model),
             stop_reason=output.stop_reason,
-            model=output.model or spec.model,
+            model=reported_model(output.model, spec),
             tool_options=options,
             events=[] if from_blocks else tail,
             events_from_blocks=from_blocks,

@@ -43,12 +43,18 @@ class LLMStepInput(WireModel):
     prefix_last_id: str | None = None
 
 
+def reported_model(model: str | None, spec: EngineSpec) -> str | None:
+    """The model a provider reported, or None when it is the engine's own (the workflow's default)."""
+    return model if model and model != spec.model else None
+
+
 class LLMStepResult(WireModel):
     """The blocks one provider call added, its usage, and how to run the tools it asked for."""
 
     blocks: list[Block] = Field(default_factory=list)
     usage: Usage = Usage()
     stop_reason: str | None = None
+    #: The model the provider reported, when it is not the engine's (`reported_model`).
     model: str | None = None
     #: The call was cancelled mid-stream; `blocks` holds the partial text.
     interrupted: bool = False

@@ -134,7 +134,9 @@ class StepOutput:
 
     def blocks(self, *, interrupted: bool = False, attempt: int = 1) -> list[Block]:
         """The blocks this call produced; on interruption only the text, marked as such."""
-        meta: dict[str, Any] = {BlockMetaKey.ATTEMPT: attempt}
+        # Only a retry is marked: the first attempt is the rule, and every block
+        # travels through history several times.
+        meta: dict[str, Any] = {BlockMetaKey.ATTEMPT: attempt} if attempt > 1 else {}
         out: list[Block] = []
         if interrupted:
             if self.text:

@@ -209,7 +209,7 @@ class InferenceWorkflow:
             usage = usage + result.usage
             model, stop_reason = result.model or model, result.stop_reason
             text = "".join(b.text for b in result.blocks if b.kind == BlockKind.LLM_TEXT)
-            attempt = next((b.metadata.get(BlockMetaKey.ATTEMPT) for b in result.blocks), None)
+            attempt = next((b.metadata.get(BlockMetaKey.ATTEMPT, 1) for b in result.blocks), None)
             if result.events_from_blocks:
                 self._emit(StartEvent(), step=step, attempt=attempt)
                 if text:
@@ -289,7 +289,8 @@ class InferenceWorkflow:
             retry_policy=spec.llm_retry.to_retry_policy(),
             # Wait for the activity to acknowledge a cancel: it returns the partial text.
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"{spec.spec_string} step {step}",
+            # The engine is in the inference's own summary.
+            summary=f"step {step}",
         )
         return result
 

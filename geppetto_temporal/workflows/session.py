@@ -353,7 +353,8 @@ class SessionWorkflow:
                     prefix_last_id=self._state.blocks[prefix_end - 1].id if prefix_end else None,
                 ),
                 id=inference_id,
-                static_summary=f"inference {record.end} of {session_id} on {self._engine.spec_string}",
+                # The workflow id already names the session and the inference's number.
+                static_summary=self._engine.spec_string,
             )
         except Exception as err:
             self._finish(active, None, f"the inference workflow could not start: {err}")
