@@ -413,7 +413,7 @@ class _ActivityObserver(ActivityInboundInterceptor):
             else:
                 if isinstance(result, LLMStepResult):
                     outcome = "cancelled" if result.interrupted else "ok"
-                    self._llm_result(meter, labels, span, result)
+                    self._llm_result(meter, labels, span, result, model)
                 else:
                     outcome = "ok"
                 return result
@@ -431,6 +431,7 @@ class _ActivityObserver(ActivityInboundInterceptor):
         labels: Mapping[str, str | int | float | bool],
         span: Span | None,
         result: LLMStepResult,
+        engine_model: str,
     ) -> None:
         usage = result.usage
         meter.create_counter(INPUT_TOKENS, "LLM input tokens", "tokens").add(
@@ -461,8 +462,8 @@ class _ActivityObserver(ActivityInboundInterceptor):
                 "gen_ai.usage.cache_read.input_tokens",
                 usage.cache_read_input_tokens or usage.cached_tokens,
             )
-        if result.model:
-            span.set_attribute("gen_ai.response.model", result.model)
+        # A step names the model only when the provider reported another than the engine's.
+        span.set_attribute("gen_ai.response.model", result.model or engine_model)
         if result.stop_reason:
             span.set_attribute("gen_ai.response.finish_reasons", [result.stop_reason])
         if cost is not None:

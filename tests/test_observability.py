@@ -193,6 +193,8 @@ async def test_one_trace_spans_the_inference(observed: Observed) -> None:
         assert attrs["gen_ai.operation.name"] == "chat"
         assert attrs["gen_ai.provider.name"] == "openai"
         assert attrs["gen_ai.request.model"] == MODEL
+        # Set even though the step result leaves out a model equal to the engine's.
+        assert attrs["gen_ai.response.model"] == MODEL
         assert isinstance(attrs["geppetto.cost_usd"], float)
         assert attrs["geppetto.cost_usd"] > 0
         assert attrs["geppetto.inference_id"] == observed.inference_id

@@ -207,7 +207,8 @@ class InferenceWorkflow:
             # The activity saw all of these: its input and its own output.
             self._known = len(blocks)
             usage = usage + result.usage
-            model, stop_reason = result.model or model, result.stop_reason
+            # A step names the model only when the provider reported another than the engine's.
+            model, stop_reason = result.model or spec.model, result.stop_reason
             text = "".join(b.text for b in result.blocks if b.kind == BlockKind.LLM_TEXT)
             attempt = next((b.metadata.get(BlockMetaKey.ATTEMPT, 1) for b in result.blocks), None)
             if result.events_from_blocks:
