@@ -162,7 +162,9 @@ async def main(prompts: int, idle: int) -> dict[str, Any]:
         storage = payload_storage(data_dir / "payloads")
         client = await connect(server.address, from_env=False, payload_storage=storage)
         tools = [get_weather, calculate, current_time]
-        async with create_worker(client, task_queue=TASK_QUEUE, tools=tools):
+        async with create_worker(
+            client, task_queue=TASK_QUEUE, tools=tools, allow_any_base_url=True
+        ):
             result: dict[str, Any] = {}
             if prompts:
                 result["long_session"] = await long_session(client, model, model.base_url, prompts)

@@ -173,7 +173,9 @@ async def main(runs: int, burst: int) -> dict[str, Any]:
         client = await connect(server.address)
         builder = EngineBuilder("openai:scripted").base_url(model.base_url)
         openai_client = AsyncOpenAI(base_url=model.base_url, api_key="bench", max_retries=0)
-        worker = create_worker(client, task_queue=TASK_QUEUE, tools=[get_weather])
+        worker = create_worker(
+            client, task_queue=TASK_QUEUE, tools=[get_weather], allow_any_base_url=True
+        )
         async with worker:
             # Warm up both paths (imports, connections, workflow caches).
             for _ in range(3):

@@ -100,7 +100,7 @@ async def main(chunks: int, chunk_delay: float, runs: int, batch: float) -> dict
         builder = EngineBuilder("openai:scripted").base_url(model.base_url).llm_activity()
         builder = builder.no_tools()
         spec = builder.build().model_copy(update={"stream_batch_seconds": batch})
-        async with create_worker(client, task_queue=TASK_QUEUE):
+        async with create_worker(client, task_queue=TASK_QUEUE, allow_any_base_url=True):
             session = await Session.create(
                 client,
                 spec,

@@ -102,7 +102,9 @@ async def main(runs: int) -> None:
     ):
         client = await connect(server.address)
         builder = EngineBuilder("openai:scripted").base_url(model.base_url)
-        async with create_worker(client, task_queue=TASK_QUEUE, tools=[get_weather]):
+        async with create_worker(
+            client, task_queue=TASK_QUEUE, tools=[get_weather], allow_any_base_url=True
+        ):
             for i in range(runs + 3):
                 session = await Session.create(
                     client,

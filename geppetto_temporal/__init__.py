@@ -8,7 +8,7 @@ made with `create_worker`.
 
 from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.connection import connect, data_converter
-from geppetto_temporal.engines import EngineBuilder, EngineSpec
+from geppetto_temporal.engines import Endpoint, EndpointRegistry, EngineBuilder, EngineSpec
 from geppetto_temporal.errors import (
     ConfigurationError,
     GeppettoError,
@@ -41,6 +41,8 @@ __all__ = [
     "Block",
     "BlockKind",
     "ConfigurationError",
+    "Endpoint",
+    "EndpointRegistry",
     "EngineBuilder",
     "EngineSpec",
     "ExecutionHandle",

@@ -116,6 +116,14 @@ def create(
         str | None,
         typer.Option("--base-url", help="OpenAI-compatible server URL (Ollama, vLLM, ...)."),
     ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint",
+            "-e",
+            help="An endpoint the workers registered (geppetto worker --endpoint NAME=URL).",
+        ),
+    ] = None,
     system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
     timezone: Annotated[
         str | None,
@@ -147,10 +155,12 @@ def create(
         builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or "openai:gpt-4o-mini")
         if base_url:
             builder = builder.base_url(base_url)
+        if endpoint:
+            builder = builder.endpoint(endpoint)
         if system:
             builder = builder.system_prompt(system)
         engine = builder.build()
-    configured = any(v is not None for v in (model, base_url, system))
+    configured = any(v is not None for v in (model, base_url, endpoint, system))
 
     info = _call(
         lambda client: schedules.create_schedule(

@@ -24,6 +24,11 @@ from geppetto_temporal._render import StreamPrinter, format_usage
 from geppetto_temporal.client import ExecutionHandle, Session, new_session_id
 from geppetto_temporal.connection import temporal_address_from_env
 from geppetto_temporal.engines._builder import EngineBuilder
+from geppetto_temporal.engines._endpoints import (
+    ALLOW_ANY_BASE_URL_ENV,
+    ENDPOINTS_FILE_ENV,
+    EndpointRegistry,
+)
 from geppetto_temporal.errors import GeppettoError, InferenceError
 from geppetto_temporal.events import event_to_json
 from geppetto_temporal.runtime import SEARCH_ATTRIBUTES, open_runtime
@@ -132,6 +137,14 @@ BaseUrlOption = Annotated[
     str | None,
     typer.Option("--base-url", help="OpenAI-compatible server URL (Ollama, vLLM, ...)."),
 ]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint",
+        "-e",
+        help="An endpoint the workers registered (geppetto worker --endpoint NAME=URL,key_env=VAR).",
+    ),
+]
 SystemOption = Annotated[str | None, typer.Option("--system", help="System prompt.")]
 ToolsOption = Annotated[
     list[str] | None,
@@ -151,6 +164,7 @@ def run(
     session: SessionOption = None,
     model: ModelOption = None,
     base_url: BaseUrlOption = None,
+    endpoint: EndpointOption = None,
     system: SystemOption = None,
     max_iterations: Annotated[
         int | None, typer.Option("--max-iterations", help="Tool loop limit (default 5).")
@@ -172,11 +186,13 @@ def run(
         builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
         if base_url:
             builder = builder.base_url(base_url)
+        if endpoint:
+            builder = builder.endpoint(endpoint)
         if system:
             builder = builder.system_prompt(system)
         if max_iterations is not None:
             builder = builder.max_iterations(max_iterations)
-    configured = any(v is not None for v in (model, base_url, system, max_iterations))
+    configured = any(v is not None for v in (model, base_url, endpoint, system, max_iterations))
     raise typer.Exit(
         _run(
             _run_prompt(
@@ -297,13 +313,66 @@ def worker(
             "(needs the otel extra and an OTLP exporter).",
         ),
     ] = False,
+    endpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--endpoint",
+            metavar="NAME=URL[,key_env=VAR][,provider=P][,header.H=VAR]",
+            help="A model server this worker may call, and the variable holding its key "
+            "(repeatable; also $GEPPETTO_ENDPOINTS). Built in: openai and anthropic, at "
+            "$OPENAI_BASE_URL / $ANTHROPIC_BASE_URL or the official URLs.",
+        ),
+    ] = None,
+    endpoints_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--endpoints-file",
+            envvar=ENDPOINTS_FILE_ENV,
+            help="A TOML file of [endpoints.NAME] tables (base_url, key_env, providers, headers).",
+        ),
+    ] = None,
+    allow_any_base_url: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-any-base-url/--no-allow-any-base-url",
+            envvar=ALLOW_ANY_BASE_URL_ENV,
+            help="Also call base URLs outside the endpoints, never with a key. "
+            "Default: on with the embedded server, off on a cluster.",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker: against TEMPORAL_ADDRESS (TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS from env), or the embedded server."""
     with _user_errors():
         registry = _load_tools(tools, example_tools)
+        endpoints = _endpoint_registry(endpoint or [], endpoints_file, allow_any_base_url)
     if otel:
         os.environ["GEPPETTO_OTEL"] = "1"
-    _run(_serve_worker(registry, task_queue, metrics), quiet_worker=False)
+    _run(_serve_worker(registry, endpoints, task_queue, metrics), quiet_worker=False)
+
+
+def _endpoint_registry(
+    options: list[str], path: Path | None, allow_any_base_url: bool | None
+) -> EndpointRegistry:
+    """The worker's endpoints: the file's, then $GEPPETTO_ENDPOINTS, then --endpoint options."""
+    from geppetto_temporal.engines._endpoints import (
+        ENDPOINTS_ENV,
+        load_endpoints_file,
+        parse_endpoint,
+        parse_endpoints,
+    )
+
+    configured = load_endpoints_file(path) if path is not None else []
+    configured += parse_endpoints(os.environ.get(ENDPOINTS_ENV, ""))
+    configured += [parse_endpoint(text) for text in options]
+    if allow_any_base_url is None:
+        allow_any_base_url = not temporal_address_from_env()
+    return EndpointRegistry(configured, allow_any_base_url=allow_any_base_url)
+
+
+def _endpoints_note(endpoints: EndpointRegistry) -> str:
+    names = ", ".join(e.name for e in endpoints.endpoints)
+    anywhere = "; any other base URL without a key" if endpoints.allow_any_base_url else ""
+    return f"; endpoints: {names}{anywhere}"
 
 
 def _observability_note(metrics: str | None) -> str:
@@ -315,27 +384,35 @@ def _observability_note(metrics: str | None) -> str:
     return "".join(f"; {part}" for part in parts)
 
 
-async def _serve_worker(registry: ToolRegistry, task_queue: str, metrics: str | None) -> None:
+async def _serve_worker(
+    registry: ToolRegistry, endpoints: EndpointRegistry, task_queue: str, metrics: str | None
+) -> None:
     if temporal_address_from_env():
         from geppetto_temporal.connection import connect
         from geppetto_temporal.worker import create_worker
 
         client = await connect(metrics_address=metrics)
-        w = create_worker(client, task_queue=task_queue, tools=registry)
+        w = create_worker(client, task_queue=task_queue, tools=registry, endpoints=endpoints)
         where = client.service_client.config.target_host
         _progress(
             f"worker on {where} task queue {task_queue!r}; tools: {', '.join(registry.names) or 'none'}"
+            + _endpoints_note(endpoints)
             + _observability_note(metrics)
         )
         await w.run()
         return
     async with open_runtime(
-        tools=registry, task_queue=task_queue, log=_progress, metrics_address=metrics
+        tools=registry,
+        task_queue=task_queue,
+        log=_progress,
+        metrics_address=metrics,
+        endpoints=endpoints,
     ) as runtime:
         assert runtime.server is not None
         _progress(
             f"worker on embedded server {runtime.server.address} task queue {task_queue!r}; "
             f"tools: {', '.join(registry.names) or 'none'}; UI {runtime.server.ui_url}"
+            + _endpoints_note(endpoints)
             + _observability_note(metrics)
             + "; Ctrl-C to stop"
         )
@@ -420,6 +497,7 @@ def chat(
     session: SessionOption = None,
     model: ModelOption = None,
     base_url: BaseUrlOption = None,
+    endpoint: EndpointOption = None,
     system: SystemOption = None,
     tools: ToolsOption = None,
     example_tools: ExamplesOption = False,
@@ -433,9 +511,11 @@ def chat(
         builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
         if base_url:
             builder = builder.base_url(base_url)
+        if endpoint:
+            builder = builder.endpoint(endpoint)
         if system:
             builder = builder.system_prompt(system)
-    configured = any(v is not None for v in (model, base_url, system))
+    configured = any(v is not None for v in (model, base_url, endpoint, system))
     raise typer.Exit(
         _run(
             run_chat(

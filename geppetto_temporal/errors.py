@@ -21,6 +21,7 @@ class ErrorType:
     INVALID_PROMPT = "InvalidPrompt"
     INVALID_REQUEST = "InvalidRequest"
     MISSING_API_KEY = "MissingApiKey"
+    ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
     PROVIDER_RATE_LIMITED = "ProviderRateLimited"
     PROVIDER_UNAVAILABLE = "ProviderUnavailable"
     PROVIDER_REQUEST_REJECTED = "ProviderRequestRejected"

@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 from geppetto_temporal import search
 from geppetto_temporal.connection import connect, temporal_address_from_env
 from geppetto_temporal.devserver import DevServerInfo, EmbeddedServer
+from geppetto_temporal.engines._endpoints import EndpointRegistry
 from geppetto_temporal.storage import payload_storage, payload_storage_from_env
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import Tool
@@ -53,11 +54,16 @@ async def open_runtime(
     keep_server: bool = False,
     log: Callable[[str], None] | None = None,
     metrics_address: str | None = None,
+    endpoints: EndpointRegistry | None = None,
 ) -> AsyncIterator[Runtime]:
     """Connect to `TEMPORAL_ADDRESS`, or to the embedded server with an in-process worker.
 
     `metrics_address` serves Prometheus metrics there (see `connect`); tracing
-    follows `GEPPETTO_OTEL`.
+    follows `GEPPETTO_OTEL`. The in-process worker calls the `endpoints` given,
+    else those of `$GEPPETTO_ENDPOINTS` / `$GEPPETTO_ENDPOINTS_FILE`; it also
+    calls any other base URL, without a key: the embedded server listens on
+    loopback only, so its clients are this machine's users, who could call
+    that URL themselves.
     """
     if temporal_address_from_env():
         client = await connect(metrics_address=metrics_address)
@@ -79,6 +85,8 @@ async def open_runtime(
         if not with_worker:
             yield Runtime(client=client, task_queue=task_queue, server=info)
             return
-        worker = create_worker(client, task_queue=task_queue, tools=tools)
+        if endpoints is None:
+            endpoints = EndpointRegistry.from_env(allow_any_base_url=True)
+        worker = create_worker(client, task_queue=task_queue, tools=tools, endpoints=endpoints)
         async with worker:
             yield Runtime(client=client, task_queue=task_queue, server=info, worker=worker)

@@ -13,7 +13,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from geppetto_temporal import EngineBuilder, Session, connect, create_worker, search
+from geppetto_temporal import Endpoint, EngineBuilder, Session, connect, create_worker, search
 from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
 from geppetto_temporal.storage import payload_storage
 from geppetto_temporal.testing import ScriptedModelServer
@@ -27,6 +27,32 @@ SECRET_API_KEY = "sk-test-" + "S3CR3T" * 6
 TASK_QUEUE = "geppetto-tests"
 #: Payloads above this go to the test payload store; low, so the tests exercise it.
 PAYLOAD_THRESHOLD = 64 * 1024
+
+
+def scripted_endpoints(url: str) -> list[Endpoint]:
+    """The scripted server as a worker's operator registers it: one endpoint per key variable."""
+    return [
+        Endpoint(
+            "scripted-openai",
+            url,
+            key_env="OPENAI_API_KEY",
+            providers=frozenset({"openai", "openai-responses"}),
+        ),
+        Endpoint(
+            "scripted-anthropic",
+            url,
+            key_env="ANTHROPIC_API_KEY",
+            providers=frozenset({"anthropic"}),
+        ),
+    ]
+
+
+def scripted_endpoints_env(url: str) -> str:
+    """The same, as `$GEPPETTO_ENDPOINTS` for `geppetto worker` processes."""
+    return (
+        f"scripted-openai={url},key_env=OPENAI_API_KEY,provider=openai|openai-responses;"
+        f"scripted-anthropic={url},key_env=ANTHROPIC_API_KEY,provider=anthropic"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -87,10 +113,18 @@ def tool_registry() -> ToolRegistry:
 
 @pytest.fixture(scope="session")
 async def worker(
-    client: Client, tool_registry: ToolRegistry, api_key_env: str
+    client: Client,
+    tool_registry: ToolRegistry,
+    api_key_env: str,
+    model_server: ScriptedModelServer,
 ) -> AsyncIterator[Worker]:
-    """An in-process worker on the test task queue."""
-    w = create_worker(client, task_queue=TASK_QUEUE, tools=tool_registry)
+    """An in-process worker on the test task queue; the scripted server is its endpoint."""
+    w = create_worker(
+        client,
+        task_queue=TASK_QUEUE,
+        tools=tool_registry,
+        endpoints=scripted_endpoints(model_server.url),
+    )
     async with w:
         yield w
 

@@ -17,6 +17,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from geppetto_temporal import BlockKind, EngineBuilder, Session, create_worker
+from geppetto_temporal.engines._endpoints import Endpoint, EndpointRegistry
 from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.engines._step import StepOutput
@@ -41,7 +42,7 @@ from geppetto_temporal.turns import (
     tool_use_block,
     user_block,
 )
-from tests.conftest import SECRET_API_KEY, TASK_QUEUE
+from tests.conftest import SECRET_API_KEY, TASK_QUEUE, scripted_endpoints
 
 THINKING: ThinkingConfigEnabledParam = {"type": "enabled", "budget_tokens": 2048}
 FAST_RETRY = RetrySpec(maximum_attempts=4, initial_interval_seconds=0.05, backoff_coefficient=1.0)
@@ -257,11 +258,18 @@ def test_factory_follows_the_sdk_env_convention(monkeypatch: pytest.MonkeyPatch)
     assert isinstance(engine, AnthropicMessagesEngine)
     assert str(engine.client.base_url) == "http://anthropic.example:8080"
     assert engine.client.api_key == "sk-ant-test"
-    # A spec's own base URL wins; an OpenAI-style trailing /v1 is tolerated.
+    # A spec's own base URL under an endpoint wins; an OpenAI-style trailing /v1 is tolerated.
     spec = EngineSpec.parse("anthropic:claude-x", base_url="http://other:1/v1")
-    engine = EngineFactory().build(spec)
+    engine = EngineFactory(endpoints=EndpointRegistry([Endpoint("other", "http://other:1")])).build(
+        spec
+    )
     assert isinstance(engine, AnthropicMessagesEngine)
     assert str(engine.client.base_url) == "http://other:1"
+
+
+def scripted_factory(model_server: ScriptedModelServer) -> EngineFactory:
+    """The factory of a worker whose operator registered the scripted server."""
+    return EngineFactory(endpoints=EndpointRegistry(scripted_endpoints(model_server.url)))
 
 
 @pytest.fixture
@@ -519,7 +527,7 @@ async def test_round_trip_turn_request_reply_turn(model_server: ScriptedModelSer
     }
     base_url = model_server.add_script({"rules": [{"reply": reply}]})
     spec = EngineSpec.parse("anthropic:claude-x", base_url=base_url)
-    engine = EngineFactory().build(spec)
+    engine = scripted_factory(model_server).build(spec)
     tools = [t.definition() for t in ToolRegistry([get_weather, calculate]).select(None)]
     blocks = conversation()
     output = StepOutput()
@@ -597,10 +605,11 @@ async def test_error_taxonomy(
 
     base_url = model_server.add_script({"rules": [{"reply": {"text": "hi"}, "faults": [fault]}]})
     spec = EngineSpec.parse("anthropic:claude-x", base_url=base_url)
-    engine = EngineFactory().build(spec)
+    factory = scripted_factory(model_server)
+    engine = factory.build(spec)
     with pytest.raises(Exception) as info:
         await engine.stream_step([user_block("hello")], [], spec, StepOutput())
-    error = classify_error(info.value, spec)
+    error = classify_error(info.value, spec, factory.resolve(spec).key_env)
     assert error.non_retryable is not retryable
     for word in words:
         assert word in error.message

@@ -18,6 +18,7 @@ from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_bi
 from geppetto_temporal.events import FinalEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import calculate
+from tests.conftest import scripted_endpoints, scripted_endpoints_env
 from tests.ports import free_port, internal_ports
 from tests.workers import WorkerProcs, unique_queue, wait_until
 
@@ -27,7 +28,7 @@ SUGGEST_AFTER_EVENTS = 40
 
 
 @pytest.fixture(scope="module")
-async def can_client(api_key_env: str) -> AsyncIterator[Client]:
+async def can_client(api_key_env: str, model_server: ScriptedModelServer) -> AsyncIterator[Client]:
     """A dev server that suggests continue-as-new after a few dozen events, and a worker on it."""
     dynamic = {
         "frontend.enableServerVersionCheck": "false",
@@ -45,7 +46,12 @@ async def can_client(api_key_env: str) -> AsyncIterator[Client]:
     )
     try:
         client = await connect(env.client.service_client.config.target_host, from_env=False)
-        async with create_worker(client, task_queue=TASK_QUEUE, tools=[calculate]):
+        async with create_worker(
+            client,
+            task_queue=TASK_QUEUE,
+            tools=[calculate],
+            endpoints=scripted_endpoints(model_server.url),
+        ):
             yield client
     finally:
         await env.shutdown()
@@ -169,7 +175,11 @@ async def test_worker_killed_around_continue_as_new_loses_nothing(
     a new run began: every queued prompt is still answered exactly once, in order."""
     base_url = model_server.add_script(SCRIPT)
     queue = unique_queue("can-crash")
-    procs = WorkerProcs(address=can_client.service_client.config.target_host, logs=tmp_path)
+    procs = WorkerProcs(
+        address=can_client.service_client.config.target_host,
+        logs=tmp_path,
+        endpoints=scripted_endpoints_env(model_server.url),
+    )
     try:
         worker = await procs.start(queue)
         session = await Session.create(

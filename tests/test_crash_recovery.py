@@ -54,6 +54,7 @@ from geppetto_temporal.events import (
 from geppetto_temporal.testing import RecordedRequest, ScriptedModelServer
 from geppetto_temporal.turns import BlockMetaKey, InferenceStatus, PayloadKey, Turn
 from geppetto_temporal.workflows._models import inference_workflow_id
+from tests.conftest import scripted_endpoints_env
 from tests.workers import (
     WorkerProcess,
     WorkerProcs,
@@ -134,9 +135,14 @@ def engine(base_url: str) -> EngineBuilder:
 
 @pytest.fixture
 def worker_procs(
-    temporal_env: WorkflowEnvironment, tmp_path: Path, payload_dir: Path
+    temporal_env: WorkflowEnvironment,
+    tmp_path: Path,
+    payload_dir: Path,
+    model_server: ScriptedModelServer,
 ) -> Iterator[WorkerProcs]:
-    yield from worker_procs_for(temporal_env, tmp_path, payload_dir)
+    yield from worker_procs_for(
+        temporal_env, tmp_path, payload_dir, scripted_endpoints_env(model_server.url)
+    )
 
 
 # ---- observing an inference from outside -------------------------------------------------------

@@ -52,7 +52,7 @@ from geppetto_temporal.turns import InferenceStatus
 from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 from geppetto_temporal.workflows._models import INFERENCE_WORKFLOW
 from tests import toolbox
-from tests.conftest import SECRET_API_KEY
+from tests.conftest import SECRET_API_KEY, scripted_endpoints, scripted_endpoints_env
 from tests.ports import free_port
 from tests.scripts import calls_then_answer
 from tests.workers import (
@@ -118,7 +118,12 @@ async def observed(
         metrics_address=metrics_address,
     )
     assert client_is_traced(client)
-    worker = create_worker(client, task_queue=TASK_QUEUE, tools=[get_weather, toolbox.failing_tool])
+    worker = create_worker(
+        client,
+        task_queue=TASK_QUEUE,
+        tools=[get_weather, toolbox.failing_tool],
+        endpoints=scripted_endpoints(model_server.url),
+    )
     # A price for this test's model only, so the LLM activity estimates a cost.
     prices = pricing.price_table()
     async with worker:
@@ -352,6 +357,7 @@ async def test_cli_worker_serves_metrics_and_exports_spans(
         address=temporal_env.client.service_client.config.target_host,
         logs=tmp_path / "workers",
         payload_dir=payload_dir,
+        endpoints=scripted_endpoints_env(model_server.url),
     )
     extra_env = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "obs-test"}
     worker = spawn_worker(procs, queue, ["--metrics", address, "--otel"], extra_env)

@@ -27,6 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 from geppetto_temporal import BlockKind, EngineBuilder, ExecutionHandle, Session
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import InferenceStatus, Turn
+from tests.conftest import scripted_endpoints_env
 from tests.workers import (
     WorkerProcess,
     WorkerProcs,
@@ -76,9 +77,14 @@ def expected_answer(prompt: str) -> str:
 
 @pytest.fixture
 def worker_procs(
-    temporal_env: WorkflowEnvironment, tmp_path: Path, payload_dir: Path
+    temporal_env: WorkflowEnvironment,
+    tmp_path: Path,
+    payload_dir: Path,
+    model_server: ScriptedModelServer,
 ) -> Iterator[WorkerProcs]:
-    yield from worker_procs_for(temporal_env, tmp_path, payload_dir)
+    yield from worker_procs_for(
+        temporal_env, tmp_path, payload_dir, scripted_endpoints_env(model_server.url)
+    )
 
 
 def owner(identity: str, workers: list[WorkerProcess]) -> WorkerProcess:

@@ -129,6 +129,8 @@ class WorkerProcs:
     address: str
     logs: Path
     payload_dir: Path | None = None
+    #: `$GEPPETTO_ENDPOINTS` of the workers (see `tests.conftest.scripted_endpoints_env`).
+    endpoints: str = ""
     procs: list[WorkerProcess] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -137,6 +139,7 @@ class WorkerProcs:
             TEMPORAL_ADDRESS=self.address,
             OPENAI_API_KEY=SECRET_API_KEY,
             GEPPETTO_HOME=str(self.logs / "geppetto-home"),
+            GEPPETTO_ENDPOINTS=self.endpoints,
             PYTHONUNBUFFERED="1",
         )
         if self.payload_dir is not None:
@@ -193,13 +196,17 @@ class WorkerProcs:
 
 
 def worker_procs_for(
-    temporal_env: WorkflowEnvironment, tmp_path: Path, payload_dir: Path | None = None
+    temporal_env: WorkflowEnvironment,
+    tmp_path: Path,
+    payload_dir: Path | None = None,
+    endpoints: str = "",
 ) -> Iterator[WorkerProcs]:
     """Body of a `worker_procs` fixture: every process started is SIGKILLed when the test ends."""
     procs = WorkerProcs(
         address=temporal_env.client.service_client.config.target_host,
         logs=tmp_path / "workers",
         payload_dir=payload_dir,
+        endpoints=endpoints,
     )
     try:
         yield procs

@@ -153,7 +153,8 @@ class InferenceActivities:
         spec = input.engine
         info = activity.info()
         try:
-            engine = self.engines.build(spec)
+            endpoint = self.engines.resolve(spec)
+            engine = self.engines.build(spec, endpoint)
             own = await self._own(input)
             blocks = apply_middleware(await self._conversation(input, own), spec, self.middleware)
         except ApplicationError:
@@ -191,7 +192,7 @@ class InferenceActivities:
                     interrupted=True,
                 )
             except Exception as err:
-                error = classify_error(err, spec)
+                error = classify_error(err, spec, endpoint.key_env)
                 if output.text:
                     # Carry the partial text so a final failure keeps it in the turn.
                     error = ApplicationError(

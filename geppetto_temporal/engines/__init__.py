@@ -1,6 +1,14 @@
-"""Engines: what model to call and how (EngineSpec, EngineBuilder), and the worker-side providers."""
+"""Engines: what model to call and how (EngineSpec, EngineBuilder), and where the worker may call it."""
 
 from geppetto_temporal.engines._builder import EngineBuilder
+from geppetto_temporal.engines._endpoints import Endpoint, EndpointRegistry
 from geppetto_temporal.engines._spec import DEFAULT_API_KEY_ENV, EngineSpec, Provider
 
-__all__ = ["DEFAULT_API_KEY_ENV", "EngineBuilder", "EngineSpec", "Provider"]
+__all__ = [
+    "DEFAULT_API_KEY_ENV",
+    "Endpoint",
+    "EndpointRegistry",
+    "EngineBuilder",
+    "EngineSpec",
+    "Provider",
+]

@@ -31,12 +31,16 @@ class EngineBuilder:
         return self._with(tools=tools)
 
     def base_url(self, url: str | None) -> EngineBuilder:
-        """Talk to an OpenAI-compatible server (Ollama, vLLM, llama.cpp, ...) at this URL."""
+        """Talk to an OpenAI-compatible server (Ollama, vLLM, llama.cpp, ...) at this URL.
+
+        The worker calls it only if the URL lies under one of its endpoints (whose
+        key it then sends), or if its operator allows any URL (then no key is sent).
+        """
         return self._with(base_url=url)
 
-    def api_key_env(self, name: str) -> EngineBuilder:
-        """Read the API key from this worker environment variable instead of the provider default."""
-        return self._with(api_key_env=name)
+    def endpoint(self, name: str | None) -> EngineBuilder:
+        """Call this endpoint of the worker's (`geppetto worker --endpoint NAME=URL,key_env=VAR`)."""
+        return self._with(endpoint=name)
 
     def system_prompt(self, prompt: str | None) -> EngineBuilder:
         """A system prompt added in front of every provider call."""

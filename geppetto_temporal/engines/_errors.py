@@ -39,7 +39,11 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
 
 
 def _status_error(
-    status: int, message: str, spec: EngineSpec, headers: Mapping[str, str] | None
+    status: int,
+    message: str,
+    spec: EngineSpec,
+    headers: Mapping[str, str] | None,
+    key_env: str | None = None,
 ) -> ApplicationError:
     where = f"{spec.spec_string} returned HTTP {status}"
     if status in _RETRYABLE_STATUS or status >= 500:
@@ -53,7 +57,12 @@ def _status_error(
     lowered = message.lower()
     if status in (401, 403):
         kind = ErrorType.PROVIDER_AUTH
-        hint = f"check {spec.key_env} in the worker's environment"
+        hint = (
+            f"check {key_env} in the worker's environment"
+            if key_env
+            else "the worker sent no key to this endpoint; its operator pairs one with "
+            "`geppetto worker --endpoint NAME=URL,key_env=VAR`"
+        )
     elif status == 404:
         kind = ErrorType.PROVIDER_NOT_FOUND
         hint = f"check the model name {spec.model!r} and the base URL"
@@ -137,8 +146,13 @@ def _in_stream_error(err: BaseException, status: Any) -> ProviderStreamError | N
     return ProviderStreamError(_provider_message(err), code=code)
 
 
-def classify_error(err: BaseException, spec: EngineSpec) -> ApplicationError:
-    """Map an SDK or HTTP exception to an `ApplicationError` with the right retry behaviour."""
+def classify_error(
+    err: BaseException, spec: EngineSpec, key_env: str | None = None
+) -> ApplicationError:
+    """Map an SDK or HTTP exception to an `ApplicationError` with the right retry behaviour.
+
+    `key_env` is the variable the endpoint's key came from, for the hint of a 401.
+    """
     if isinstance(err, ApplicationError):
         return err
     if isinstance(err, ProviderStreamError):
@@ -150,7 +164,7 @@ def classify_error(err: BaseException, spec: EngineSpec) -> ApplicationError:
         return _stream_error(in_stream, spec)
     if isinstance(status, int):
         headers = getattr(response, "headers", None)
-        return _status_error(status, _provider_message(err), spec, headers)
+        return _status_error(status, _provider_message(err), spec, headers, key_env)
     if _is_transport_error(err):
         return ApplicationError(
             f"{spec.spec_string}: connection problem: {err or type(err).__name__} (will retry)",

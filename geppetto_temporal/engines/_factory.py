@@ -1,4 +1,4 @@
-"""Build provider engines from an EngineSpec inside the worker, reading keys from its environment."""
+"""Build provider engines inside the worker, for the endpoint its registry resolves."""
 
 from __future__ import annotations
 
@@ -8,80 +8,104 @@ from collections.abc import Mapping
 
 from temporalio.exceptions import ApplicationError
 
+from geppetto_temporal.engines._endpoints import EndpointRegistry, ResolvedEndpoint
 from geppetto_temporal.engines._spec import EngineSpec, Provider
 from geppetto_temporal.engines._step import ProviderEngine
 from geppetto_temporal.errors import ErrorType
 
-# Local servers (Ollama, vLLM, llama.cpp, the scripted model) accept any key.
-_PLACEHOLDER_KEY = "not-needed"
-#: The environment variable each provider's official SDK reads its base URL from.
-_BASE_URL_ENV: dict[str, str] = {Provider.ANTHROPIC: "ANTHROPIC_BASE_URL"}
+#: Headers the OpenAI SDK fills from the worker's environment (OPENAI_ORG_ID,
+#: OPENAI_PROJECT_ID); only a built-in endpoint may send them.
+_OPENAI_ENV_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
+#: The Anthropic SDK adds $ANTHROPIC_CUSTOM_HEADERS to every request; likewise.
+_ANTHROPIC_HEADERS_ENV = "ANTHROPIC_CUSTOM_HEADERS"
 
 
 class EngineFactory:
-    """Creates provider engines and keeps one SDK client per endpoint so connections are reused."""
+    """Creates provider engines and keeps one SDK client per endpoint so connections are reused.
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        self._environ = environ if environ is not None else os.environ
-        self._engines: dict[tuple[str, str | None, str], ProviderEngine] = {}
+    Every spec goes through the worker's `EndpointRegistry` first: it decides the
+    URL and the key, and refuses what the operator has not allowed.
+    """
 
-    def api_key(self, spec: EngineSpec) -> str:
-        """The API key for a spec, from the worker's environment; never logged or returned to workflows."""
-        key = self._environ.get(spec.key_env)
-        if key:
-            return key
-        if spec.base_url or self._environ.get(_BASE_URL_ENV.get(spec.provider, "OPENAI_BASE_URL")):
-            return _PLACEHOLDER_KEY
-        raise ApplicationError(
-            f"{spec.key_env} is not set in the worker's environment, so {spec.spec_string} cannot be "
-            f"called. Export it where `geppetto worker` runs, or use a local OpenAI-compatible "
-            f"server with a base URL (no key needed).",
-            type=ErrorType.MISSING_API_KEY,
-            non_retryable=True,
-        )
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        *,
+        endpoints: EndpointRegistry | None = None,
+    ) -> None:
+        self.endpoints = endpoints or EndpointRegistry(environ=environ)
+        self._engines: dict[tuple[str, str, str, str], ProviderEngine] = {}
 
-    def build(self, spec: EngineSpec) -> ProviderEngine:
-        """The engine for a spec; raises a non-retryable `ApplicationError` if it cannot exist."""
-        key = self.api_key(spec)
+    def resolve(self, spec: EngineSpec) -> ResolvedEndpoint:
+        """The endpoint a spec's requests go to; raises a non-retryable `ApplicationError`."""
+        return self.endpoints.resolve(spec)
+
+    def build(self, spec: EngineSpec, endpoint: ResolvedEndpoint | None = None) -> ProviderEngine:
+        """The engine for a spec (at `endpoint`, already resolved, if given).
+
+        Raises a non-retryable `ApplicationError` if it cannot exist.
+        """
+        endpoint = endpoint or self.resolve(spec)
         # Cache by a digest so the key itself is not kept as a dict key in memory dumps.
-        cache_key = (spec.provider, spec.base_url, hashlib.sha256(key.encode()).hexdigest())
+        digest = hashlib.sha256(endpoint.api_key.encode()).hexdigest()
+        cache_key = (spec.provider, endpoint.name, endpoint.base_url, digest)
         engine = self._engines.get(cache_key)
         if engine is None:
-            engine = self._create(spec, key)
+            engine = self._create(spec, endpoint)
             self._engines[cache_key] = engine
         return engine
 
-    def _create(self, spec: EngineSpec, key: str) -> ProviderEngine:
-        if spec.provider == Provider.OPENAI:
-            from openai import AsyncOpenAI
+    def _create(self, spec: EngineSpec, endpoint: ResolvedEndpoint) -> ProviderEngine:
+        if spec.provider in (Provider.OPENAI, Provider.OPENAI_RESPONSES):
+            from openai import AsyncOpenAI, Omit
 
-            from geppetto_temporal.engines.openai_chat import OpenAIChatEngine
-
+            headers: dict[str, str | Omit] = {}
+            if not endpoint.builtin:
+                headers.update(dict.fromkeys(_OPENAI_ENV_HEADERS, Omit()))
+            headers.update(endpoint.headers)
             # max_retries=0: Temporal's retry policy is the only retry loop.
-            client = AsyncOpenAI(api_key=key, base_url=spec.base_url, max_retries=0)
-            return OpenAIChatEngine(client)
-        if spec.provider == Provider.OPENAI_RESPONSES:
-            from openai import AsyncOpenAI
+            client = AsyncOpenAI(
+                api_key=endpoint.api_key,
+                base_url=endpoint.base_url,
+                default_headers=headers,  # type: ignore[arg-type]  # Omit removes a header
+                max_retries=0,
+            )
+            if spec.provider == Provider.OPENAI:
+                from geppetto_temporal.engines.openai_chat import OpenAIChatEngine
 
+                return OpenAIChatEngine(client)
             from geppetto_temporal.engines.openai_responses import OpenAIResponsesEngine
 
-            client = AsyncOpenAI(api_key=key, base_url=spec.base_url, max_retries=0)
             return OpenAIResponsesEngine(client)
         if spec.provider == Provider.ANTHROPIC:
             from anthropic import AsyncAnthropic
+            from anthropic import Omit as AnthropicOmit
 
             from geppetto_temporal.engines.anthropic_messages import (
                 AnthropicMessagesEngine,
                 sdk_base_url,
             )
 
-            # The SDK's own convention: ANTHROPIC_BASE_URL when the spec names no base URL.
-            base_url = sdk_base_url(spec.base_url or self._environ.get("ANTHROPIC_BASE_URL"))
+            anthropic_headers: dict[str, str | AnthropicOmit] = {}
+            if not endpoint.builtin:
+                anthropic_headers.update(dict.fromkeys(_custom_header_names(), AnthropicOmit()))
+            anthropic_headers.update(endpoint.headers)
             return AnthropicMessagesEngine(
-                AsyncAnthropic(api_key=key, base_url=base_url, max_retries=0)
+                AsyncAnthropic(
+                    api_key=endpoint.api_key,
+                    base_url=sdk_base_url(endpoint.base_url),
+                    default_headers=anthropic_headers,  # type: ignore[arg-type]
+                    max_retries=0,
+                )
             )
         raise ApplicationError(
             f"provider {spec.provider!r} is not available on this worker yet",
             type=ErrorType.UNKNOWN_PROVIDER,
             non_retryable=True,
         )
+
+
+def _custom_header_names() -> list[str]:
+    """The header names the Anthropic SDK reads from the process's $ANTHROPIC_CUSTOM_HEADERS."""
+    text = os.environ.get(_ANTHROPIC_HEADERS_ENV, "")
+    return [line.partition(":")[0].strip() for line in text.split("\n") if ":" in line]

@@ -1,7 +1,8 @@
 """EngineSpec: the serialisable description of a model engine that travels through Temporal.
 
-It holds no secrets: only the *name* of the environment variable with the API
-key, which the worker reads inside the LLM activity.
+It holds no secrets and chooses none: it names a provider, a model and
+optionally an endpoint of the worker's (or a base URL under one). Which key goes
+where is the worker's decision (`geppetto_temporal.engines.EndpointRegistry`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class Provider(StrEnum):
     ANTHROPIC = "anthropic"
 
 
-#: The environment variable each provider's official SDK reads its key from.
+#: The environment variable each provider's official SDK reads its key from (the
+#: built-in endpoints' keys).
 DEFAULT_API_KEY_ENV: dict[str, str] = {
     Provider.OPENAI: "OPENAI_API_KEY",
     Provider.OPENAI_RESPONSES: "OPENAI_API_KEY",
@@ -42,8 +44,13 @@ class EngineSpec(WireModel):
 
     provider: str = Provider.OPENAI
     model: str
+    #: An endpoint the worker has registered (`geppetto worker --endpoint NAME=URL`).
+    endpoint: str | None = None
+    #: A server URL; honoured only at or below one of the worker's endpoints, or, where the
+    #: operator allows any URL, called with no key at all.
     base_url: str | None = None
-    #: Name of the worker environment variable that holds the API key (never the key itself).
+    #: Legacy: specs written before endpoints named a key variable here. A worker honours
+    #: it only when it is the resolved endpoint's own variable; a client cannot choose.
     api_key_env: str | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -80,11 +87,6 @@ class EngineSpec(WireModel):
         if not value.strip():
             raise ValueError("model must not be empty")
         return value
-
-    @property
-    def key_env(self) -> str:
-        """The environment variable the worker reads the API key from."""
-        return self.api_key_env or DEFAULT_API_KEY_ENV[self.provider]
 
     @property
     def spec_string(self) -> str:

@@ -12,6 +12,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from geppetto_temporal.activities._activities import InferenceActivities
 from geppetto_temporal.activities._scheduled import SCHEDULE_ACTIVITIES
+from geppetto_temporal.engines._endpoints import Endpoint, EndpointRegistry
 from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines.middleware import Middleware
 from geppetto_temporal.observability import (
@@ -60,12 +61,19 @@ def create_worker(
     task_queue: str = DEFAULT_TASK_QUEUE,
     tools: ToolRegistry | Iterable[Tool | Callable[..., Any]] | None = None,
     middleware: Mapping[str, Middleware] | None = None,
+    endpoints: EndpointRegistry | Iterable[Endpoint] | None = None,
+    allow_any_base_url: bool = False,
     engines: EngineFactory | None = None,
     sandboxed: bool = False,
     tracing: bool | None = None,
     **worker_options: Any,
 ) -> Worker:
     """A Temporal worker running geppetto's workflows and activities with the given tools.
+
+    `endpoints` are the model servers this worker may call and the key variable
+    of each, on top of the built-in `openai` and `anthropic` endpoints (see
+    `EndpointRegistry`); a client's base URL outside them is refused, or called
+    without any key when `allow_any_base_url` is set.
 
     `worker_options` are passed to `temporalio.worker.Worker` (concurrency limits,
     identity, ...). Heartbeats are sent at least every second so that a cancel
@@ -80,6 +88,10 @@ def create_worker(
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
     # Load the price table (and $GEPPETTO_PRICES) now: a bad file fails here, not in every LLM call.
     price_table()
+    if engines is None:
+        if not isinstance(endpoints, EndpointRegistry):
+            endpoints = EndpointRegistry(endpoints or (), allow_any_base_url=allow_any_base_url)
+        engines = EngineFactory(endpoints=endpoints)
     activities = InferenceActivities(registry, middleware=middleware, engines=engines)
     options: dict[str, Any] = {
         # After a worker dies, its sessions' next tasks wait this long on its

@@ -32,6 +32,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from geppetto_temporal import (
     BlockKind,
+    Endpoint,
     EngineBuilder,
     InferenceCancelled,
     InferenceFailed,
@@ -386,12 +387,15 @@ async def record(tag: str | None, names: list[str]) -> list[tuple[str, WorkflowH
     recorded: list[tuple[str, WorkflowHistory]] = []
     try:
         client = await connect(env.client.service_client.config.target_host)
-        worker = create_worker(
-            client,
-            task_queue=TASK_QUEUE,
-            tools=[get_weather, calculate, current_time, slow_sleep],
-        )
-        async with ScriptedModelServer(require_api_key=DUMMY_API_KEY) as server, worker:
+        async with (
+            ScriptedModelServer(require_api_key=DUMMY_API_KEY) as server,
+            create_worker(
+                client,
+                task_queue=TASK_QUEUE,
+                tools=[get_weather, calculate, current_time, slow_sleep],
+                endpoints=[Endpoint("scripted", server.url, key_env="OPENAI_API_KEY")],
+            ),
+        ):
             rec = Recorder(client, server)
             for name in names:
                 t0 = time.monotonic()
