@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
-from temporalio.contrib.workflow_streams import WorkflowStreamClient
+from temporalio.contrib.workflow_streams import PollInput, PollResult
 
 from geppetto_temporal.events import (
     EVENTS_TOPIC,
@@ -21,8 +24,32 @@ from geppetto_temporal.events import (
 
 _SHARED = ("session_id", "inference_id", "turn_id", "model")
 
-#: How often a caught-up subscriber polls; each poll is an update in the inference's history.
+#: How often a caught-up subscriber polls. Polls are queries: they write no history.
 POLL_COOLDOWN = timedelta(milliseconds=50)
+#: The stream's read-only poll (a query handler the Workflow Stream registers next to its
+#: long-poll update). Reading by query keeps watchers out of the history: with update
+#: long-polls every subscriber added about 32 history events per streamed second.
+_POLL_QUERY = "__temporal_workflow_stream_poll"
+
+
+async def _stream_items(
+    client: Client, workflow_id: str, topic: str, poll_cooldown: timedelta
+) -> AsyncIterator[tuple[int, Any]]:
+    """(offset, value) of a workflow stream's items from offset 0, polled by query, forever."""
+    handle = client.get_workflow_handle(workflow_id)
+    converter = client.data_converter.payload_converter
+    offset = 0
+    while True:
+        result = await handle.query(
+            _POLL_QUERY, PollInput(topics=[topic], from_offset=offset), result_type=PollResult
+        )
+        for item in result.items:
+            # The stream's documented wire form: base64 of the serialized Payload.
+            payload = Payload.FromString(base64.b64decode(item.data))
+            yield item.offset, converter.from_payload(payload)
+        offset = result.next_offset
+        if not result.more_ready and not result.items:
+            await asyncio.sleep(poll_cooldown.total_seconds())
 
 
 class _Completions:
@@ -56,14 +83,13 @@ async def follow_inference(
     It reads from offset 0 even when resuming, so `completion` of partial
     events is right; earlier events are just not yielded.
     """
-    stream = WorkflowStreamClient.create(client, inference_id)
     completions = _Completions()
     # Activities publish lean metadata (message id, attempt, time); the ids
     # every event shares are filled in here from the workflow's first event.
     shared: dict[str, Any] = dict(defaults or {})
-    async for item in stream.subscribe(EVENTS_TOPIC, from_offset=0, poll_cooldown=poll_cooldown):
-        event = parse_event(item.data)
-        event.meta.seq = item.offset
+    async for offset, data in _stream_items(client, inference_id, EVENTS_TOPIC, poll_cooldown):
+        event = parse_event(data)
+        event.meta.seq = offset
         if isinstance(event, InferenceStartedEvent):
             shared.update(
                 {k: v for k, v in event.meta.model_dump().items() if k in _SHARED and v is not None}
@@ -72,7 +98,7 @@ async def follow_inference(
             if getattr(event.meta, name) is None:
                 setattr(event.meta, name, value)
         completions.apply(event)
-        if item.offset >= from_seq:
+        if offset >= from_seq:
             yield event
         if isinstance(event, InferenceFinishedEvent):
             return

@@ -266,3 +266,36 @@ async def test_short_step_events_are_rebuilt_from_its_blocks(new_session: Any) -
         if e.HasField("activity_task_completed_event_attributes")
     ]
     assert completed["events_from_blocks"] is True and "events" not in completed
+
+
+#: About 1.5 s of streaming: enough delta batches that per-poll history costs would show.
+STREAMED = {"rules": [{"reply": {"text": "word " * 60, "chunk_size": 5, "chunk_delay": 0.025}}]}
+
+
+async def test_watching_writes_no_history(new_session: Any) -> None:
+    """Subscribers read by query: three watchers add no event to the inference's history."""
+    from temporalio.api.enums.v1 import EventType
+
+    session, _ = await new_session(STREAMED)
+    handle = await session.start_inference("watched")
+    streams = await asyncio.gather(*(collect(handle.events()) for _ in range(3)))
+    turn = await handle.wait()
+    history = await handle.workflow_handle.fetch_history()
+    kinds = [e.event_type for e in history.events]
+    update_kinds = {
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ADMITTED,
+    }
+    assert not [k for k in kinds if k in update_kinds]
+    # Each watcher still saw every event, live, with the same offsets and the whole text.
+    assert len({tuple((e.meta.seq, e.type) for e in s) for s in streams}) == 1
+    for events in streams:
+        partials = [e for e in events if isinstance(e, PartialEvent)]
+        assert len(partials) > 1  # live batches, not one event at the end
+        assert partials[-1].completion == turn.last_text
+        assert isinstance(events[-1], InferenceFinishedEvent)
+
+
+async def collect(events: Any) -> list[Event]:
+    return [e async for e in events]
