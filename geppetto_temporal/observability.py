@@ -43,6 +43,7 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
+from geppetto_temporal._redact import redact
 from geppetto_temporal.activities._models import (
     LLM_STEP_ACTIVITY,
     TOOL_CALL_ACTIVITY,
@@ -327,7 +328,8 @@ def _child_span(
     with tracer.start_as_current_span(
         name,
         kind=trace.SpanKind.CLIENT if client else trace.SpanKind.INTERNAL,
-        attributes=dict(attributes),
+        # Ids and model names are the client's text: no credential goes out in a span.
+        attributes={k: redact(v) if isinstance(v, str) else v for k, v in attributes.items()},
         # Exception messages may quote provider responses or tool output: keep
         # them out of spans and record only the error type.
         record_exception=False,
