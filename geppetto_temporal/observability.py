@@ -465,7 +465,7 @@ class _ActivityObserver(ActivityInboundInterceptor):
                 usage.cache_read_input_tokens or usage.cached_tokens,
             )
         # A step names the model only when the provider reported another than the engine's.
-        span.set_attribute("gen_ai.response.model", result.model or engine_model)
+        span.set_attribute("gen_ai.response.model", redact(result.model or engine_model))
         if result.stop_reason:
             span.set_attribute("gen_ai.response.finish_reasons", [result.stop_reason])
         if cost is not None:
