@@ -43,6 +43,7 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
+from geppetto_temporal._redact import redact
 from geppetto_temporal.activities._models import (
     LLM_STEP_ACTIVITY,
     TOOL_CALL_ACTIVITY,
@@ -327,7 +328,8 @@ def _child_span(
     with tracer.start_as_current_span(
         name,
         kind=trace.SpanKind.CLIENT if client else trace.SpanKind.INTERNAL,
-        attributes=dict(attributes),
+        # Ids and model names are the client's text: no credential goes out in a span.
+        attributes={k: redact(v) if isinstance(v, str) else v for k, v in attributes.items()},
         # Exception messages may quote provider responses or tool output: keep
         # them out of spans and record only the error type.
         record_exception=False,
@@ -463,7 +465,7 @@ class _ActivityObserver(ActivityInboundInterceptor):
                 usage.cache_read_input_tokens or usage.cached_tokens,
             )
         # A step names the model only when the provider reported another than the engine's.
-        span.set_attribute("gen_ai.response.model", result.model or engine_model)
+        span.set_attribute("gen_ai.response.model", redact(result.model or engine_model))
         if result.stop_reason:
             span.set_attribute("gen_ai.response.finish_reasons", [result.stop_reason])
         if cost is not None:

@@ -27,6 +27,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from temporalio.client import Client
 
 from geppetto_temporal.dashboard import TOKEN_COOKIE, SessionFilter, create_app, list_session_rows
+from geppetto_temporal.dashboard._app import CSRF_COOKIE, NOTICES
 from geppetto_temporal.errors import InferenceCancelled
 from geppetto_temporal.turns import InferenceStatus
 
@@ -338,3 +339,107 @@ async def test_session_list_without_search_attributes(
         await list_session_rows(client, SessionFilter(status="running", prefix=session.session_id))
         == []
     )
+
+
+async def test_posts_need_this_site_and_the_cookie_pair(
+    client: Client, new_session: Any, worker: Any
+) -> None:
+    """Without a token (the loopback default): cross-site and cookie-less POSTs are refused."""
+    session, _ = await new_session(STORY_SCRIPT)
+    await (await session.start_inference("hello")).wait()
+    cancel = f"/sessions/{session.session_id}/cancel"
+    fetch = {"X-Requested-With": "fetch"}
+    async with (
+        serve(create_app(client)) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+        httpx.AsyncClient(base_url=base, timeout=10) as no_cookie,
+    ):
+        page = await http.get(f"/sessions/{session.session_id}")
+        cookie = page.headers["set-cookie"].lower()
+        assert CSRF_COOKIE in cookie and "httponly" in cookie and "samesite=strict" in cookie
+        found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert found is not None
+        form = {"csrf": found.group(1)}
+
+        # Another site, even with the cookie and the page's secret: refused before anything runs.
+        for headers in (
+            {"Origin": "http://evil.example"},
+            {"Origin": "null"},
+            {"Origin": base.replace("127.0.0.1", "localhost")},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site", "Origin": base},
+        ):
+            refused = await http.post(cancel, data=form, headers={**fetch, **headers})
+            assert refused.status_code == 403, (headers, refused.text)
+            assert "cross-site" in refused.text
+        # The secret without its cookie (what a forged form would send), from anywhere.
+        for headers in ({}, {"Origin": base, "Sec-Fetch-Site": "same-origin"}):
+            refused = await no_cookie.post(cancel, data=form, headers={**fetch, **headers})
+            assert refused.status_code == 403 and "cookie" in refused.text, refused.text
+        # The cookie without the secret.
+        refused = await http.post(cancel, data={"csrf": "guess"}, headers=fetch)
+        assert refused.status_code == 403
+        history = await session.workflow_handle.fetch_history()
+        assert not any(
+            e.HasField("workflow_execution_signaled_event_attributes") for e in history.events
+        )
+
+        # Same origin with the pair: works, and says that nothing was running.
+        same_origin = {"Origin": base, "Sec-Fetch-Site": "same-origin"}
+        idle = await http.post(cancel, data=form, headers={**fetch, **same_origin})
+        assert idle.status_code == 200, idle.text
+        assert idle.json() == {"ok": True, "code": "cancel-idle", "message": NOTICES["cancel-idle"]}
+        # A script's POST (neither header) with the pair works too; the form (no script)
+        # is redirected with a fixed code, which the page turns into its own text.
+        redirected = await http.post(cancel, data=form)
+        assert redirected.status_code == 303
+        assert redirected.headers["location"].endswith("?done=cancel-idle")
+        shown = await http.get(redirected.headers["location"])
+        assert NOTICES["cancel-idle"] in shown.text and "asked" not in shown.text.lower()
+
+        # Text in the address is never shown: unknown codes show no notice at all.
+        lure = "Session expired: sign in again at https://evil.example/login"
+        for param in ("done", "failed"):
+            lured = await http.get(f"/sessions/{session.session_id}", params={param: lure})
+            assert lured.status_code == 200
+            assert "evil.example" not in lured.text and "Session expired" not in lured.text
+            assert '<p class="flash" id="flash" hidden></p>' in lured.text
+
+        # A running inference: the cancel says so and names it, and the inference stops.
+        running = await session.start_inference("tell me a story")
+        # The started event is in the stream once the LLM step streams.
+        events = running.events()
+        await asyncio.wait_for(anext(events), 15)
+        await events.aclose()  # type: ignore[attr-defined]
+        stopped = await http.post(cancel, data=form, headers={**fetch, **same_origin})
+        assert stopped.status_code == 200, stopped.text
+        answer = stopped.json()
+        assert (
+            answer["code"] == "cancel-requested" and answer["inference_id"] == running.inference_id
+        )
+        assert answer["message"] == NOTICES["cancel-requested"]
+        with pytest.raises(InferenceCancelled):
+            await asyncio.wait_for(running.wait(), 15)
+
+    # With a token, a script's Bearer stands in for the cookie; another site is still refused.
+    async with (
+        serve(create_app(client, token=TOKEN)) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        bearer = {"Authorization": f"Bearer {TOKEN}", **fetch}
+        page = await http.get(f"/sessions/{session.session_id}", headers=bearer)
+        found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert found is not None
+        http.cookies.clear()
+        form = {"csrf": found.group(1)}
+        scripted = await http.post(cancel, data=form, headers=bearer)
+        assert scripted.status_code == 200 and scripted.json()["code"] == "cancel-idle"
+        evil = await http.post(
+            cancel, data=form, headers={**bearer, "Origin": "http://evil.example"}
+        )
+        assert evil.status_code == 403
+        # The token's cookie (set by ?token=) is not the form cookie: no pair, no action.
+        await http.get(f"/?token={TOKEN}")
+        assert TOKEN_COOKIE in http.cookies and CSRF_COOKIE not in http.cookies
+        cookie_only = await http.post(cancel, data=form, headers=fetch)
+        assert cookie_only.status_code == 403 and "cookie" in cookie_only.text

@@ -11,6 +11,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from geppetto_temporal._known_blocks import BlockReader, KnownBlocks, ends_with
+from geppetto_temporal._redact import install_log_redaction, known_secrets, redact, redacted_copy
 from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
 from geppetto_temporal.activities._heartbeat import heartbeating
 from geppetto_temporal.activities._models import (
@@ -55,6 +56,8 @@ class InferenceActivities:
         self.tools = tools or ToolRegistry()
         self.middleware = {**BUILTIN_MIDDLEWARE, **(middleware or {})}
         self.engines = engines or EngineFactory()
+        # This process holds provider keys: no log record of it may carry one.
+        install_log_redaction()
         # The conversation so far, per session: every step of an inference reads
         # it, and since blocks are append-only the next inference only needs the
         # blocks added since. One entry per session, least recently used first.
@@ -161,8 +164,8 @@ class InferenceActivities:
             raise
         except Exception as err:
             raise ApplicationError(
-                str(err), type=ErrorType.INVALID_REQUEST, non_retryable=True
-            ) from err
+                redact(str(err)), type=ErrorType.INVALID_REQUEST, non_retryable=True
+            ) from redacted_copy(err)
         allowed = self.tools.select(spec.tools.allowed_tools)
         definitions = (
             [] if spec.tools.tool_choice == ToolChoice.NONE else [t.definition() for t in allowed]
@@ -192,7 +195,9 @@ class InferenceActivities:
                     interrupted=True,
                 )
             except Exception as err:
-                error = classify_error(err, spec, endpoint.key_env)
+                # The key this worker holds, besides key shapes: a provider may echo it.
+                secrets = [*known_secrets(), endpoint.api_key, *endpoint.headers.values()]
+                error = classify_error(err, spec, secrets, key_env=endpoint.key_env)
                 if output.text:
                     # Carry the partial text so a final failure keeps it in the turn.
                     error = ApplicationError(
@@ -206,7 +211,9 @@ class InferenceActivities:
                     limit = spec.llm_retry.maximum_attempts
                     retrying = not error.non_retryable and (limit == 0 or info.attempt < limit)
                     await publisher.failed(error.message, retrying=retrying)
-                raise error from err
+                # Not the SDK's exception as the cause: its message is unredacted, and
+                # Temporal records causes in history and the worker logs them.
+                raise error from redacted_copy(err, secrets)
         tail = publisher.tail() if publisher is not None else []
         if interrupted is not None:
             interrupted.events = tail
@@ -260,19 +267,20 @@ class InferenceActivities:
                 )
             except ToolArgumentsError as err:
                 # The same arguments fail the same way: never worth a retry.
-                return ToolCallResult(call_id=input.call_id, error=str(err))
+                return ToolCallResult(call_id=input.call_id, error=redact(str(err)))
             except TimeoutError:
                 message = f"tool {input.name} timed out after {input.timeout_seconds:g}s"
                 if retrying:
                     raise ApplicationError(message, type=ErrorType.TOOL_TIMEOUT) from None
                 return ToolCallResult(call_id=input.call_id, error=message)
             except Exception as err:
-                message = f"{type(err).__name__}: {err}"
+                # A tool calling an API may fail quoting its request, key included.
+                message = redact(f"{type(err).__name__}: {err}")
                 if retrying:
                     raise ApplicationError(
                         message,
                         type=type(err).__name__,
                         non_retryable=isinstance(err, tool.non_retryable_errors),
-                    ) from err
+                    ) from redacted_copy(err)
                 return ToolCallResult(call_id=input.call_id, error=message)
         return ToolCallResult(call_id=input.call_id, result=result)

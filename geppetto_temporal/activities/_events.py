@@ -11,6 +11,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.contrib.workflow_streams import TopicHandle, WorkflowStreamClient
 
+from geppetto_temporal._redact import redact
 from geppetto_temporal.events import (
     EVENTS_TOPIC,
     ErrorEvent,
@@ -107,7 +108,10 @@ class StepEventPublisher:
     async def failed(self, message: str, *, retrying: bool) -> None:
         """Signal what was produced and an `error` event, before the activity raises."""
         self._coalesce()
-        self._pending.append(self._event(ErrorEvent(error_string=message, retrying=retrying)))
+        # The message is the classified (already redacted) error; redacting again here
+        # keeps every error event clean whoever calls this.
+        error = ErrorEvent(error_string=redact(message), retrying=retrying)
+        self._pending.append(self._event(error))
         with contextlib.suppress(Exception):
             await self._send()
 

@@ -8,12 +8,12 @@ import hmac
 import ipaddress
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -40,6 +40,7 @@ from geppetto_temporal.events import Event, event_to_json
 from geppetto_temporal.search import SessionSearchStatus
 from geppetto_temporal.turns import Block, BlockKind, BlockMetaKey, PayloadKey, Usage
 from geppetto_temporal.workflows._models import (
+    INFERENCE_WORKFLOW,
     CancelInferenceRequest,
     CloseRequest,
     SessionStatus,
@@ -51,6 +52,8 @@ from geppetto_temporal.workflows._models import (
 
 #: The cookie that carries the token after `?token=` was given once.
 TOKEN_COOKIE = "geppetto_dashboard_token"
+#: The cookie that pairs with the form secret: a POST needs both (double submit).
+CSRF_COOKIE = "geppetto_dashboard_csrf"
 #: How often the pages refresh their live parts, in milliseconds.
 REFRESH_MS = 2000
 #: How long a page waits for a session's queries.
@@ -63,7 +66,29 @@ MAX_SHOWN = 4000
 STATUS_CHOICES = tuple(status.value for status in SessionSearchStatus)
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
-__all__ = ["TOKEN_COOKIE", "DashboardConfigError", "create_app", "is_loopback"]
+#: What a page may say after an action: `?done=<code>` / `?failed=<code>` show these texts
+#: and nothing else, so a link cannot put its own words in the page.
+NOTICES: dict[str, str] = {
+    "cancel-requested": "Asked the running inference to stop; its partial answer is kept.",
+    "cancel-idle": "Nothing was running, so nothing was cancelled.",
+    "closing": "Closing the session: it takes no more prompts; running and queued ones finish.",
+    "closing-cancelled": "Closing the session; a running inference, if any, was asked to stop.",
+}
+FAILURES: dict[str, str] = {
+    "cancel-failed": "Cancel failed: the session could not be reached or has ended.",
+    "close-failed": "Close failed: the session refused it (it may be closed already).",
+}
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+__all__ = [
+    "CSRF_COOKIE",
+    "FAILURES",
+    "NOTICES",
+    "TOKEN_COOKIE",
+    "DashboardConfigError",
+    "create_app",
+    "is_loopback",
+]
 
 
 class DashboardConfigError(GeppettoError):
@@ -98,6 +123,48 @@ def _same(a: str | None, b: str) -> bool:
     return a is not None and hmac.compare_digest(a.encode(), b.encode())
 
 
+def _host_and_port(netloc: str, default_port: int) -> tuple[str, int] | None:
+    try:
+        parts = urlsplit("//" + netloc.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return parts.hostname.lower(), port or default_port
+
+
+def _origin_matches(origin: str, hosts: Iterable[str]) -> bool:
+    """Whether an `Origin` header names this server, as one of the Host names it was reached by."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https"):
+        return False  # includes `Origin: null` (sandboxed frames, file: pages)
+    default = 443 if parts.scheme == "https" else 80
+    named = _host_and_port(parts.netloc, default)
+    return named is not None and any(_host_and_port(h, default) == named for h in hosts if h)
+
+
+def cross_site_reason(request: Request) -> str | None:
+    """Why an unsafe request comes from another site, or None when it does not.
+
+    `Sec-Fetch-Site` (set by browsers, not forgeable by pages) must be
+    `same-origin` (or `none`: typed by the user); `Origin` must be this server,
+    as reached through `Host` or a proxy's `X-Forwarded-Host` (a header a
+    cross-site page cannot set without a preflight this app never answers).
+    A request with neither header is not judged here: it still needs the
+    cookie and form secret pair, which another site cannot send.
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site.strip().lower() not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {site!r}"
+    origin = request.headers.get("origin")
+    if origin is not None:
+        forwarded = (request.headers.get("x-forwarded-host") or "").split(",")[0]
+        if not _origin_matches(origin, (request.headers.get("host") or "", forwarded)):
+            return "its Origin is another site"
+    return None
+
+
 class _Gate:
     """ASGI middleware: the token on every request, and loopback Host names when there is none.
 
@@ -105,7 +172,8 @@ class _Gate:
     token cookie, or `?token=<token>`; a GET with `?token=` sets the cookie
     (HttpOnly, SameSite=Strict) and redirects to the same URL without it.
     Without a token, only Host names of this machine are served, which stops
-    DNS-rebinding pages from reading a loopback dashboard.
+    DNS-rebinding pages from reading a loopback dashboard. Every POST (any
+    method but GET, HEAD, OPTIONS) from another site is refused, token or not.
     """
 
     def __init__(self, app: ASGIApp, *, token: str | None) -> None:
@@ -117,6 +185,14 @@ class _Gate:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        if request.method not in _SAFE_METHODS:
+            reason = cross_site_reason(request)
+            if reason is not None:
+                refused: Response = PlainTextResponse(
+                    f"403 Forbidden: a cross-site request ({reason}) cannot change anything", 403
+                )
+                await refused(scope, receive, send)
+                return
         if self.token is None:
             host = (request.headers.get("host") or "").rsplit(":", 1)[0]
             if request.headers.get("host", "").startswith("["):
@@ -324,11 +400,12 @@ _PAGE_HEADERS = {
 class _Dashboard:
     """The routes' shared state: the client, templates and the per-process form secret."""
 
-    def __init__(self, client: Client, *, title: str, token: bool) -> None:
+    def __init__(self, client: Client, *, title: str, token: str | None) -> None:
         self.client = client
         self.title = title
-        self.token = token
-        #: Put in every form and checked on every POST (CSRF).
+        self.token = token is not None
+        self._token = token
+        #: Put in every form and in the CSRF cookie, and checked on every POST.
         self.form_secret = secrets.token_urlsafe(32)
         self.env = _environment()
         self.static = {name: _static(name) for name in _STATIC_TYPES}
@@ -339,7 +416,43 @@ class _Dashboard:
         context.setdefault("target", self.client.service_client.config.target_host)
         context.setdefault("namespace", self.client.namespace)
         html = self.env.get_template(name).render(**context)
-        return HTMLResponse(html, status_code=status_code, headers=_PAGE_HEADERS)
+        response = HTMLResponse(html, status_code=status_code, headers=_PAGE_HEADERS)
+        # The other half of the form secret: SameSite=Strict, so a request that
+        # another site makes the browser send arrives without it.
+        response.set_cookie(
+            CSRF_COOKIE, self.form_secret, httponly=True, samesite="strict", path="/"
+        )
+        return response
+
+    def csrf_problem(self, request: Request, form: Mapping[str, str]) -> str | None:
+        """Why a POST lacks the cookie and form secret pair, or None when it has it.
+
+        A script that authenticates with `Authorization: Bearer <token>` (which no
+        browser adds by itself) needs the form secret but not the cookie.
+        """
+        if not _same(form.get("csrf"), self.form_secret):
+            return "missing or stale form secret (reload the page)"
+        if _same(request.cookies.get(CSRF_COOKIE), self.form_secret):
+            return None
+        authorization = request.headers.get("authorization", "")
+        bearer = authorization[7:].strip() if authorization.lower().startswith("bearer ") else None
+        if self._token is not None and _same(bearer, self._token):
+            return None
+        return "missing form cookie (reload the page; cookies must be enabled)"
+
+    async def running_inference(self, session_id: str) -> str | None:
+        """The session's running inference (its pending child): a describe, no worker needed."""
+        description = await self.client.get_workflow_handle(session_id).describe(
+            rpc_timeout=QUERY_TIMEOUT
+        )
+        return next(
+            (
+                child.workflow_id
+                for child in description.raw_description.pending_children
+                if child.workflow_type_name == INFERENCE_WORKFLOW
+            ),
+            None,
+        )
 
     async def session_state(self, session_id: str) -> dict[str, Any] | None:
         """What the session page shows, or None when there is no such session."""
@@ -478,7 +591,7 @@ def create_app(
     loopback Host names are served. Bind address checks are the caller's
     (`check_bind`): the CLI refuses a non-loopback address without a token.
     """
-    dash = _Dashboard(client, title=title, token=token is not None)
+    dash = _Dashboard(client, title=title, token=token)
     app = FastAPI(title=f"{title} dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_Gate, token=token)
     app.state.dashboard = dash
@@ -555,13 +668,22 @@ def create_app(
 
     async def action(request: Request, session_id: str, name: str) -> Response:
         form = await _form(request)
-        if not _same(form.get("csrf"), dash.form_secret):
-            return PlainTextResponse("403 Forbidden: missing or stale form secret", 403)
+        problem = dash.csrf_problem(request, form)
+        if problem is not None:
+            return PlainTextResponse(f"403 Forbidden: {problem}", 403)
         session = Session.attach(client, session_id)
+        detail: dict[str, Any] = {}
         try:
             if name == "cancel":
-                await session.workflow_handle.signal("cancel_inference", CancelInferenceRequest())
-                message = "asked the running inference to stop"
+                # Say what happened: a cancel with nothing running is not sent at all.
+                active = await dash.running_inference(session_id)
+                if active is None:
+                    code = "cancel-idle"
+                else:
+                    await session.workflow_handle.signal(
+                        "cancel_inference", CancelInferenceRequest()
+                    )
+                    code, detail["inference_id"] = "cancel-requested", active
             else:
                 cancel_active = form.get("cancel_active") in ("1", "on", "true")
                 # Accepted is enough: from then on the session takes no prompts;
@@ -573,22 +695,22 @@ def create_app(
                     result_type=SessionSummary,
                     rpc_timeout=QUERY_TIMEOUT,
                 )
-                message = "closing the session" + (
-                    " (running inference cancelled)" if cancel_active else ""
-                )
-            ok = True
+                code = "closing-cancelled" if cancel_active else "closing"
+            ok, message = True, NOTICES[code]
         except (RPCError, WorkflowUpdateFailedError) as err:
-            ok = False
+            ok, code = False, f"{name}-failed"
             cause = getattr(err, "cause", None)
-            message = f"{name} failed: {getattr(cause, 'message', None) or getattr(err, 'message', '') or err}"
+            reason = getattr(cause, "message", None) or getattr(err, "message", "") or str(err)
+            message = f"{FAILURES[code]} ({reason})"
         if _wants_json(request):
             return Response(
-                json.dumps({"ok": ok, "message": message}),
+                json.dumps({"ok": ok, "code": code, "message": message, **detail}),
                 status_code=200 if ok else 409,
                 media_type="application/json",
             )
+        # Only the code goes in the address: the page maps it to its own text.
         return RedirectResponse(
-            _session_url(session_id) + "?" + ("done=" if ok else "failed=") + quote(message),
+            _session_url(session_id) + "?" + ("done=" if ok else "failed=") + code,
             status_code=303,
         )
 
@@ -612,8 +734,9 @@ def create_app(
         return dash.render(
             "session.html",
             nav="sessions",
-            flash=request.query_params.get("done"),
-            flash_error=request.query_params.get("failed"),
+            # Unknown codes show nothing: the address is anyone's text.
+            flash=NOTICES.get(request.query_params.get("done") or ""),
+            flash_error=FAILURES.get(request.query_params.get("failed") or ""),
             **state,
         )
 

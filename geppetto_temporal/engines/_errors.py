@@ -3,17 +3,21 @@
 Provider SDK retries are off; Temporal owns retries. Rate limits, overload,
 5xx, timeouts and broken connections are retryable (honouring Retry-After);
 other 4xx are final, with a message that names the model and what to do.
+Every message is redacted (`geppetto_temporal._redact`): providers and proxies
+quote requests, headers and keys in their errors, and these messages go to
+history, events, logs and the client.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
 from temporalio.exceptions import ApplicationError
 
+from geppetto_temporal._redact import redact
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.errors import ErrorType
 
@@ -147,12 +151,33 @@ def _in_stream_error(err: BaseException, status: Any) -> ProviderStreamError | N
 
 
 def classify_error(
-    err: BaseException, spec: EngineSpec, key_env: str | None = None
+    err: BaseException,
+    spec: EngineSpec,
+    secrets: Iterable[str] | None = None,
+    *,
+    key_env: str | None = None,
 ) -> ApplicationError:
     """Map an SDK or HTTP exception to an `ApplicationError` with the right retry behaviour.
 
+    The message is redacted: no key shapes, auth headers or query-string
+    secrets, nor any of `secrets` (exact values, e.g. the key the call used).
     `key_env` is the variable the endpoint's key came from, for the hint of a 401.
     """
+    error = _classify(err, spec, key_env)
+    message = redact(error.message, secrets)
+    if message == error.message:
+        return error
+    return ApplicationError(
+        message,
+        *error.details,
+        type=error.type,
+        non_retryable=error.non_retryable,
+        next_retry_delay=error.next_retry_delay,
+        category=error.category,
+    )
+
+
+def _classify(err: BaseException, spec: EngineSpec, key_env: str | None) -> ApplicationError:
     if isinstance(err, ApplicationError):
         return err
     if isinstance(err, ProviderStreamError):

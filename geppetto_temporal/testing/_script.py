@@ -271,6 +271,9 @@ class _ErrorFields(_StrictModel):
     code: str | None = None
     retry_after: float | None = Field(default=None, ge=0)
     retry_after_ms: int | None = Field(default=None, ge=0)
+    #: Append the request's headers, as received (the API key included), to the message, as a
+    #: server or proxy that quotes the request in its errors does. For redaction tests.
+    echo_headers: bool = False
 
 
 class ErrorSpec(_ErrorFields):
@@ -286,6 +289,7 @@ class ErrorSpec(_ErrorFields):
             code=self.code,
             retry_after=self.retry_after,
             retry_after_ms=self.retry_after_ms,
+            echo_headers=self.echo_headers,
         )
 
 
@@ -297,6 +301,8 @@ class Fault(_ErrorFields):
     ``error_after_chunks`` with ``status`` sends the error *inside* a stream that began with
     HTTP 200, after that many events (an SSE ``error`` event, e.g. Anthropic's mid-stream
     ``overloaded_error``); a non-streaming request gets the plain HTTP error instead.
+    ``malformed`` answers with a plain-text body that is no wire format at all, quoting the
+    request line and headers (a misconfigured proxy's debug page), with ``status`` or 200.
     """
 
     status: int | None = Field(default=None, ge=400, le=599)
@@ -304,6 +310,7 @@ class Fault(_ErrorFields):
     cut_after_chunks: int | None = Field(default=None, ge=0)
     stall_after_chunks: int | None = Field(default=None, ge=0)
     error_after_chunks: int | None = Field(default=None, ge=0)
+    malformed: bool = False
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
@@ -314,10 +321,15 @@ class Fault(_ErrorFields):
         ]
         if len(kinds) > 1:
             raise ValueError(f"a fault can only be one of {kinds}")
-        if not kinds and self.delay is None:
+        if not kinds and self.delay is None and not self.malformed:
             raise ValueError(
-                "a fault needs one of 'status', 'delay', 'cut_after_chunks', 'stall_after_chunks'"
+                "a fault needs one of 'status', 'delay', 'cut_after_chunks', "
+                "'stall_after_chunks', 'malformed'"
             )
+        if self.malformed and (
+            kinds not in ([], ["status"]) or self.error_after_chunks is not None
+        ):
+            raise ValueError("'malformed' only goes with 'status' and 'delay'")
         error_only = (
             "message",
             "type",
@@ -326,13 +338,18 @@ class Fault(_ErrorFields):
             "retry_after_ms",
             "error_after_chunks",
         )
-        if self.status is None and any(getattr(self, k) is not None for k in error_only):
-            raise ValueError(f"{', '.join(error_only)} only apply to a 'status' fault")
+        if self.status is None and (
+            any(getattr(self, k) is not None for k in error_only) or self.echo_headers
+        ):
+            raise ValueError(
+                f"{', '.join(error_only)}, echo_headers only apply to a 'status' fault"
+            )
         return self
 
     def describe(self) -> str:
         # Kind first, then its details; the message is left out (long, and the status says enough).
         order = (
+            "malformed",
             "status",
             "cut_after_chunks",
             "stall_after_chunks",
@@ -343,10 +360,12 @@ class Fault(_ErrorFields):
             "type",
             "code",
         )
-        return " ".join(f"{k}={getattr(self, k)}" for k in order if getattr(self, k) is not None)
+        return " ".join(
+            f"{k}={getattr(self, k)}" for k in order if getattr(self, k) not in (None, False)
+        )
 
     def to_error_reply(self) -> ErrorReply | None:
-        if self.status is None:
+        if self.status is None or self.malformed:
             return None
         return ErrorReply(
             status=self.status,
@@ -355,6 +374,7 @@ class Fault(_ErrorFields):
             code=self.code,
             retry_after=self.retry_after,
             retry_after_ms=self.retry_after_ms,
+            echo_headers=self.echo_headers,
         )
 
 
@@ -524,6 +544,8 @@ class ErrorReply:
     code: str | None = None
     retry_after: float | None = None
     retry_after_ms: int | None = None
+    #: The server appends the request's headers to ``message`` when it sends the error.
+    echo_headers: bool = False
 
     def headers(self) -> dict[str, str]:
         h: dict[str, str] = {}
@@ -548,6 +570,8 @@ class Plan:
     #: Send this error as an SSE event after ``stream_error_after`` events of the reply's stream.
     stream_error: ErrorReply | None = None
     stream_error_after: int = 0
+    #: Answer with a plain-text body quoting the request, with this HTTP status.
+    malformed_status: int | None = None
     fault: str | None = None
 
 
@@ -681,6 +705,13 @@ class ScriptRunner:
         fault_delay = fault.delay if fault is not None and fault.delay is not None else 0.0
         fault_error = fault.to_error_reply() if fault is not None else None
         mid_stream = fault is not None and fault.error_after_chunks is not None
+        if fault is not None and fault.malformed:
+            return Plan(
+                rule_name=rule_name,
+                delay=fault_delay,
+                malformed_status=fault.status or 200,
+                fault=fault_label,
+            )
         if fault_error is not None and not mid_stream:
             return Plan(
                 rule_name=rule_name, error=fault_error, delay=fault_delay, fault=fault_label

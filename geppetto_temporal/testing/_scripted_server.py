@@ -32,12 +32,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -1139,6 +1139,12 @@ class _Connection:
         self.headers_sent = True
         await self._write(self._head(status, head) + payload)
 
+    async def send_text(self, status: int, text: str) -> None:
+        payload = text.encode()
+        head = {"content-type": "text/plain; charset=utf-8", "content-length": str(len(payload))}
+        self.headers_sent = True
+        await self._write(self._head(status, head) + payload)
+
     async def start_stream(self) -> None:
         head = {
             "content-type": "text/event-stream; charset=utf-8",
@@ -1185,6 +1191,22 @@ def _openai_error(
     status: int, message: str, code: str | None = None, etype: str | None = None
 ) -> ErrorReply:
     return ErrorReply(status=status, message=message, type=etype, code=code)
+
+
+def _request_echo(req: _HttpRequest) -> str:
+    """The request line and headers, as received (secrets included), one per line."""
+    query = f"?{urlencode(req.query, doseq=True)}" if req.query else ""
+    lines = [f"{req.method} {req.path}{query} HTTP/1.1"]
+    lines += [f"{k}: {v}" for k, v in req.headers.items()]
+    return "\n".join(lines)
+
+
+def _echoed(error: ErrorReply, req: _HttpRequest) -> ErrorReply:
+    """`error` quoting the request's headers in its message, if it is meant to."""
+    if not error.echo_headers:
+        return error
+    headers = json.dumps(dict(req.headers))
+    return replace(error, message=f"{error.message} (request headers: {headers})")
 
 
 class ScriptedModelServer:
@@ -1603,14 +1625,19 @@ class ScriptedModelServer:
             await asyncio.sleep(plan.delay)
             if conn.client_gone():
                 raise _ClientGone
+        if plan.malformed_status is not None:
+            record.status, record.outcome = plan.malformed_status, "malformed"
+            await conn.send_text(plan.malformed_status, _request_echo(req))
+            return
         if plan.error is not None:
-            await self._send_error(conn, plan.error, record, wire)
+            await self._send_error(conn, _echoed(plan.error, req), record, wire)
             return
         assert plan.reply is not None  # a plan without an error always carries a reply
 
+        stream_error = _echoed(plan.stream_error, req) if plan.stream_error else None
         if not request.stream:
-            if plan.stream_error is not None:
-                await self._send_error(conn, plan.stream_error, record, wire)
+            if stream_error is not None:
+                await self._send_error(conn, stream_error, record, wire)
                 return
             # Faults that act on chunks degrade for a plain JSON answer: "cut" drops the
             # connection without any response, "stall" never answers.
@@ -1627,8 +1654,8 @@ class ScriptedModelServer:
             record.outcome = "completed"
             return
         events = wire.encode_stream(plan.reply, request, body)
-        if plan.stream_error is not None:
-            events = _error_mid_stream(events, plan.stream_error, plan.stream_error_after, wire)
+        if stream_error is not None:
+            events = _error_mid_stream(events, stream_error, plan.stream_error_after, wire)
         await self._stream(conn, record, plan, events)
 
     async def _stream(
