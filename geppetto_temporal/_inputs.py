@@ -129,4 +129,3 @@ def session_full_message(session_id: str, size: int, limit: int) -> str:
         f"{size:,} bytes, over the {limit:,} bytes a session without external payload storage "
         f"can carry; start a new session, or {_STORAGE_HINT}"
     )
-
