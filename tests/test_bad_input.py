@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
@@ -32,12 +33,14 @@ from geppetto_temporal import (
     connect,
     create_worker,
     describe_session,
+    schedules,
 )
 from geppetto_temporal._inputs import (
     MAX_INLINE_PROMPT_BYTES,
     REPLY_ROOM,
     SESSION_CARRY_LIMIT,
 )
+from geppetto_temporal.dashboard import create_app
 from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.workflows._models import (
@@ -49,9 +52,11 @@ from geppetto_temporal.workflows._models import (
 from tests.conftest import TASK_QUEUE
 from tests.ports import free_port, internal_ports
 from tests.test_cli import _SCRUBBED_ENV, GEPPETTO
+from tests.test_dashboard import serve
 from tests.workers import wait_until
 
 PLAIN_QUEUE = "geppetto-plain-tests"
+LONG = "x" * 2000
 ECHO: dict[str, Any] = {"rules": [{"name": "echo", "reply": {"text": "You said: {last_user}"}}]}
 #: A reply of 800 KiB (in few chunks), so two prompts fill a session without storage.
 BIG_REPLY_BYTES = 800 * 1024
@@ -315,6 +320,37 @@ async def test_sessions_with_ids_from_before_the_rules_stay_reachable(
     await again.close()
 
 
+async def test_schedules_check_the_session_id_and_prompt_before_creating(client: Client) -> None:
+    name = f"bad-input-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(InvalidSessionIdError):
+        await schedules.create_schedule(
+            client, name, prompt="x", interval="1h", session_id="victim/inference/2"
+        )
+    with pytest.raises(InvalidSessionIdError):
+        await schedules.create_schedule(client, name, prompt="x", interval="1h", session_id=LONG)
+    with pytest.raises(InvalidPromptError, match="lone surrogate"):
+        await schedules.create_schedule(
+            client, name, prompt="a\ud800", interval="1h", session_id="fine"
+        )
+    assert name not in [info.name for info in await schedules.list_schedules(client)]
+
+
+async def test_dashboard_answers_404_for_ids_no_session_can_have(client: Client) -> None:
+    async with (
+        serve(create_app(client)) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        for path in (
+            f"/sessions/{LONG}",
+            f"/sessions/{LONG}/panel",
+            "/sessions/a%01b",
+            f"/inferences/{LONG}/inference/1/events",
+            f"/sessions/{LONG}/inferences/1/events",
+        ):
+            response = await http.get(path)
+            assert response.status_code == 404, (path, response.status_code)
+
+
 # ---- builder settings ---------------------------------------------------------------------
 
 BAD_BUILDER_CALLS: list[tuple[Callable[[EngineBuilder], Any], str]] = [
@@ -398,7 +434,6 @@ def geppetto(env: dict[str, str], *args: str | bytes) -> subprocess.CompletedPro
     return result
 
 
-LONG = "x" * 2000
 CLI_BAD_INPUT: list[tuple[tuple[str | bytes, ...], str]] = [
     (("run", b"bad\xff\xfe"), "error: the prompt is not valid text: it contains a lone surrogate"),
     (("run", "--session", LONG, "hi"), "error: invalid session id 'xxxx"),
