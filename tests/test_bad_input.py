@@ -20,6 +20,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from geppetto_temporal import (
     ConfigurationError,
@@ -43,6 +44,7 @@ from geppetto_temporal._inputs import (
 from geppetto_temporal.dashboard import create_app
 from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
 from geppetto_temporal.testing import ScriptedModelServer
+from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 from geppetto_temporal.workflows._models import (
     CARRY_LIMIT_PATCH,
     SESSION_FEATURES,
@@ -191,6 +193,14 @@ async def test_a_session_without_storage_never_continues_as_new_over_the_limit(
     )
     current = await session.workflow_handle.describe()
     assert current.run_id != first_run  # it did continue as new after the first prompt
+    # The run with the marker replays deterministically.
+    replayer = Replayer(
+        workflows=list(WORKFLOWS),
+        data_converter=plain_client.data_converter,
+        workflow_runner=workflow_runner(),
+    )
+    replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None, replayed.replay_failure
     status = await session.status()
     assert status.turn_count == 2 and status.active_inference_id is None
 
