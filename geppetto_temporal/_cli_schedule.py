@@ -19,6 +19,7 @@ from rich.text import Text
 from temporalio.client import Client
 
 from geppetto_temporal import schedules
+from geppetto_temporal._inputs import check_new_session_id, check_prompt
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 
@@ -151,6 +152,11 @@ def create(
         _error("give exactly one of --session ID and --fresh-session")
         raise typer.Exit(2)
     with _user_errors():
+        if session is not None:
+            check_new_session_id(session)
+        check_prompt(
+            prompt, session_id=session, external_storage=True
+        )  # size: checked once connected
         interval = schedules.parse_interval(every) if every is not None else None
         builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or "openai:gpt-4o-mini")
         if base_url:

@@ -21,6 +21,7 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from geppetto_temporal._inputs import check_existing_id
 from geppetto_temporal._render import format_usage, render_blocks
 from geppetto_temporal.client import Session
 from geppetto_temporal.errors import SessionError, SessionNotFoundError
@@ -68,6 +69,14 @@ def _call(
             return await action(runtime.client)
 
     return _run(main())
+
+
+def _check_id(session_id: str) -> None:
+    """One line and exit 1 for an id no session can have, before anything is started."""
+    from geppetto_temporal.cli import _user_errors
+
+    with _user_errors():
+        check_existing_id(session_id)
 
 
 def _print_json(value: Any) -> None:
@@ -172,6 +181,7 @@ def show_command(
     task_queue: TaskQueueOption = DEFAULT_TASK_QUEUE,
 ) -> None:
     """Show a session: status, usage and cost, then its conversation turn by turn."""
+    _check_id(session_id)
 
     async def action(client: Client) -> dict[str, Any]:
         info = await describe_session(client, session_id)
@@ -238,6 +248,7 @@ def show_command(
 @sessions_app.command("cancel")
 def cancel_command(session_id: IdArg, as_json: JsonOption = False) -> None:
     """Cancel the session's running inference (its partial output is kept); a no-op when idle."""
+    _check_id(session_id)
 
     async def action(client: Client) -> str | None:
         # The running inference is the session's pending child: no query, so no worker needed.
@@ -286,6 +297,7 @@ def close_command(
     task_queue: TaskQueueOption = DEFAULT_TASK_QUEUE,
 ) -> None:
     """Close a session: it takes no more prompts and ends once queued prompts have run."""
+    _check_id(session_id)
 
     async def action(client: Client) -> Any:
         return await Session.attach(client, session_id).close(cancel_active=cancel_active)

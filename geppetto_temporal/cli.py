@@ -20,6 +20,7 @@ from rich.text import Text
 from geppetto_temporal import devserver
 from geppetto_temporal._cli_schedule import schedule_app
 from geppetto_temporal._cli_sessions import sessions_app
+from geppetto_temporal._inputs import check_existing_id, check_prompt
 from geppetto_temporal._render import StreamPrinter, format_usage
 from geppetto_temporal.client import ExecutionHandle, Session, new_session_id
 from geppetto_temporal.connection import temporal_address_from_env
@@ -182,6 +183,10 @@ def run(
 ) -> None:
     """Run one prompt in a session, streaming the answer (Ctrl-C cancels the inference)."""
     with _user_errors():
+        # Before anything starts; the size is checked once the client's payload storage is known.
+        check_prompt(prompt, session_id=session, external_storage=True)
+        if session is not None:
+            check_existing_id(session)
         registry = _load_tools(tools, example_tools)
         builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
         if base_url:
@@ -507,6 +512,8 @@ def chat(
     from geppetto_temporal.chat import run_chat
 
     with _user_errors():
+        if session is not None:
+            check_existing_id(session)
         registry = _load_tools(tools, example_tools)
         builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
         if base_url:

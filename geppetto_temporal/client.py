@@ -29,6 +29,13 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal import search
+from geppetto_temporal._inputs import (
+    SESSION_CARRY_LIMIT,
+    SESSION_ID_PATTERN,
+    check_existing_id,
+    check_new_session_id,
+    check_prompt,
+)
 from geppetto_temporal._known_blocks import KnownBlocks
 from geppetto_temporal._subscribe import POLL_COOLDOWN, follow_inference
 from geppetto_temporal.engines._builder import EngineBuilder
@@ -39,6 +46,7 @@ from geppetto_temporal.errors import (
     InferenceFailed,
     InvalidPromptError,
     MaxIterationsReached,
+    PromptTooLargeError,
     SessionBusyError,
     SessionClosedError,
     SessionError,
@@ -89,6 +97,11 @@ def _update_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def _has_external_storage(client: Client) -> bool:
+    """Whether this client keeps large payloads outside history (and so, its workers too)."""
+    return client.data_converter.external_storage is not None
+
+
 def new_session_id() -> str:
     """A fresh, unique session id."""
     return f"session-{uuid.uuid4().hex[:12]}"
@@ -122,6 +135,7 @@ class ExecutionHandle:
     def __init__(
         self, client: Client, inference_id: str, *, session: Session | None = None
     ) -> None:
+        check_existing_id(inference_id, what="inference id")
         self.client = client
         self.inference_id = inference_id
         self.session_id = session_id_of(inference_id)
@@ -284,12 +298,20 @@ class ExecutionHandle:
                 await sink.publish(event)
 
     async def cancel(self) -> None:
-        """Ask the inference to stop; idempotent, and a no-op once it has finished."""
+        """Ask the inference to stop; idempotent, and a no-op once it has finished.
+
+        Raises `SessionNotFoundError` when no such inference exists, as `wait()` does.
+        """
         try:
             await self._handle.cancel()
         except RPCError as err:
             if err.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
                 raise
+            # Temporal answers NOT_FOUND for a finished workflow too: only a missing one is an error.
+            if err.status == RPCStatusCode.NOT_FOUND and not await self.exists():
+                raise SessionNotFoundError(
+                    f"no inference {self.inference_id}", session_id=self.session_id
+                ) from err
 
     async def exists(self) -> bool:
         """Whether the inference's workflow exists (it may not have started yet)."""
@@ -316,6 +338,7 @@ class Session:
     """A durable conversation: its id is the Temporal workflow id of its SessionWorkflow."""
 
     def __init__(self, client: Client, session_id: str) -> None:
+        check_existing_id(session_id)
         self.client = client
         self.session_id = session_id
         self._handle: WorkflowHandle[object, SessionSummary] = client.get_workflow_handle(
@@ -359,7 +382,10 @@ class Session:
         a round trip and a workflow task; any other call starts it first. A taken
         session id is then reported by that first call.
         """
-        session_id = session_id or new_session_id()
+        if session_id is None:
+            session_id = new_session_id()
+        elif not SESSION_ID_PATTERN.fullmatch(session_id):
+            return await cls._create_with_legacy_id(client, session_id, reuse_existing)
         spec = _to_spec(engine)
         if search_attributes is None:
             search_attributes = await search.search_attributes_registered(client)
@@ -368,6 +394,7 @@ class Session:
                 engine=spec,
                 search_attributes=search_attributes,
                 features=list(SESSION_FEATURES),
+                payload_limit=None if _has_external_storage(client) else SESSION_CARRY_LIMIT,
             ),
             dict(
                 id=session_id,
@@ -395,6 +422,29 @@ class Session:
             await session._ensure_started()
         return session
 
+    @classmethod
+    async def _create_with_legacy_id(
+        cls, client: Client, session_id: str, reuse_existing: bool
+    ) -> Session:
+        """`create` with an id outside the rules: only to reuse a session created before them."""
+        check_existing_id(session_id)
+        if reuse_existing:
+            try:
+                description = await client.get_workflow_handle(session_id).describe()
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+            else:
+                if description.workflow_type == SESSION_WORKFLOW:
+                    if description.status != ExecutionStatus.RUNNING:
+                        raise SessionClosedError(
+                            f"session {session_id} is closed; choose another session id",
+                            session_id=session_id,
+                        )
+                    return cls(client, session_id)
+        check_new_session_id(session_id)  # raises: a new session needs a valid id
+        raise AssertionError("unreachable")
+
     async def _ensure_started(self) -> None:
         """Start the workflow of a lazily created session, if not done yet."""
         start = self._pending_start
@@ -419,7 +469,10 @@ class Session:
 
     @classmethod
     def attach(cls, client: Client, session_id: str) -> Session:
-        """A handle on an existing session; nothing is checked until it is used."""
+        """A handle on an existing session; only the id's form is checked until it is used.
+
+        Raises `InvalidSessionIdError` for an id no session can have.
+        """
         return cls(client, session_id)
 
     async def _is_open(self) -> bool:
@@ -437,11 +490,11 @@ class Session:
         """Start an inference for `prompt` and return its handle.
 
         Raises `SessionBusyError` while another runs, `SessionClosedError` after
-        `close()`, `InvalidPromptError` for an empty prompt. `engine` switches the
-        session's engine from this prompt on.
+        `close()`, `InvalidPromptError` for an empty prompt or one that is not
+        valid text, `PromptTooLargeError` for one too large to carry (before any
+        call to Temporal). `engine` switches the session's engine from this prompt on.
         """
-        if not prompt.strip():
-            raise InvalidPromptError("the prompt is empty", session_id=self.session_id)
+        self._check_prompt(prompt)
         request = StartInferenceRequest(
             prompt=prompt,
             engine=_to_spec(engine) if engine is not None else None,
@@ -461,6 +514,11 @@ class Session:
                 request.model_copy(update={"after_inference_id": active})
             )
         return ExecutionHandle(self.client, response.inference_id, session=self)
+
+    def _check_prompt(self, prompt: str) -> None:
+        check_prompt(
+            prompt, session_id=self.session_id, external_storage=_has_external_storage(self.client)
+        )
 
     async def _update_start(self, request: StartInferenceRequest) -> StartInferenceResponse:
         start = self._pending_start
@@ -507,6 +565,11 @@ class Session:
             return SessionClosedError(cause.message, session_id=self.session_id)
         if cause.type == ErrorType.INVALID_PROMPT:
             return InvalidPromptError(cause.message, session_id=self.session_id)
+        if cause.type == ErrorType.PROMPT_TOO_LARGE:
+            size, limit = (int(d) for d in list(cause.details)[:2])
+            return PromptTooLargeError(
+                cause.message, session_id=self.session_id, size=size, limit=limit
+            )
         return SessionError(
             f"session {self.session_id}: {cause.message}", session_id=self.session_id
         )
@@ -548,9 +611,9 @@ class Session:
 
         Repeating an `idempotency_key` never queues the prompt twice. `source` names
         who sent it (a schedule's name), shown as the `GeppettoSchedule` search attribute.
+        Raises the same prompt errors as `start_inference`, before any call to Temporal.
         """
-        if not prompt.strip():
-            raise InvalidPromptError("the prompt is empty", session_id=self.session_id)
+        self._check_prompt(prompt)
         await self._ensure_started()
         request = SubmitPromptRequest(
             prompt=prompt,

@@ -33,6 +33,7 @@ class ErrorType:
     SESSION_UNAVAILABLE = "SessionUnavailable"
     TOOL_FAILED = "ToolFailed"
     TOOL_TIMEOUT = "ToolTimeout"
+    PROMPT_TOO_LARGE = "PromptTooLarge"
 
 
 class GeppettoError(Exception):
@@ -75,6 +76,26 @@ class SessionNotFoundError(SessionError):
 
 class InvalidPromptError(SessionError):
     """The prompt was empty or otherwise unusable."""
+
+
+class PromptTooLargeError(InvalidPromptError):
+    """The prompt (or the conversation with it) is too large to travel through Temporal.
+
+    Without external payload storage every payload must stay under Temporal's
+    2 MB limit; `size` and `limit` are in bytes of the prompt's JSON encoding
+    (or of the session's state with it, when the session rejected it).
+    """
+
+    def __init__(
+        self, message: str, *, session_id: str | None = None, size: int, limit: int
+    ) -> None:
+        super().__init__(message, session_id=session_id)
+        self.size = size
+        self.limit = limit
+
+
+class InvalidSessionIdError(SessionError):
+    """A session id outside the allowed alphabet or length (see docs/api.md, "Session ids")."""
 
 
 class InferenceError(GeppettoError):

@@ -41,6 +41,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from geppetto_temporal._inputs import check_new_session_id, check_prompt
 from geppetto_temporal.client import EngineLike, _to_spec
 from geppetto_temporal.errors import ConfigurationError, GeppettoError
 from geppetto_temporal.turns import InferenceStatus, Usage
@@ -214,6 +215,13 @@ async def create_schedule(
         raise ScheduleError("the prompt is empty", name=name)
     if (session_id is None) == (not fresh_session):
         raise ScheduleError("give either a session id or fresh_session=True", name=name)
+    if session_id is not None:
+        check_new_session_id(session_id)
+    check_prompt(
+        prompt,
+        session_id=session_id,
+        external_storage=client.data_converter.external_storage is not None,
+    )
     crons = [cron] if isinstance(cron, str) else list(cron or [])
     if (not crons) == (interval is None):
         raise ScheduleError("give either a cron expression or an interval", name=name)

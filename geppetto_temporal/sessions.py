@@ -17,6 +17,7 @@ from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal import search
+from geppetto_temporal._inputs import check_existing_id
 from geppetto_temporal.engines._spec import Provider
 from geppetto_temporal.errors import ConfigurationError, SessionNotFoundError
 from geppetto_temporal.search import SessionSearchStatus
@@ -201,6 +202,7 @@ async def list_sessions(
 
 async def describe_session(client: Client, session_id: str) -> SessionInfo:
     """One session's search attributes and status (no worker needed)."""
+    check_existing_id(session_id)
     try:
         description = await client.get_workflow_handle(session_id).describe()
     except RPCError as err:

@@ -28,6 +28,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from geppetto_temporal._inputs import check_existing_id
 from geppetto_temporal._render import format_call
 from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.dashboard._data import (
@@ -35,7 +36,7 @@ from geppetto_temporal.dashboard._data import (
     list_schedule_rows,
     list_session_rows,
 )
-from geppetto_temporal.errors import GeppettoError
+from geppetto_temporal.errors import GeppettoError, InvalidSessionIdError
 from geppetto_temporal.events import Event, event_to_json
 from geppetto_temporal.search import SessionSearchStatus
 from geppetto_temporal.turns import Block, BlockKind, BlockMetaKey, PayloadKey, Usage
@@ -456,6 +457,8 @@ class _Dashboard:
 
     async def session_state(self, session_id: str) -> dict[str, Any] | None:
         """What the session page shows, or None when there is no such session."""
+        if not _possible_id(session_id):
+            return None
         handle = self.client.get_workflow_handle(session_id)
         try:
             description = await handle.describe(rpc_timeout=QUERY_TIMEOUT)
@@ -636,6 +639,8 @@ def create_app(
         return dash.render("schedules.html", schedules=schedules, error=error, nav="schedules")
 
     async def events_response(request: Request, inference_id: str) -> Response:
+        if not _possible_id(inference_id):
+            return PlainTextResponse(f"no inference {inference_id[:100]!a}", 404)
         handle = ExecutionHandle(client, inference_id)
         if not await handle.exists():
             return PlainTextResponse(f"no inference {inference_id}", 404)
@@ -671,6 +676,8 @@ def create_app(
         problem = dash.csrf_problem(request, form)
         if problem is not None:
             return PlainTextResponse(f"403 Forbidden: {problem}", 403)
+        if not _possible_id(session_id):
+            return PlainTextResponse(f"no session {session_id[:100]!a}", 404)
         session = Session.attach(client, session_id)
         detail: dict[str, Any] = {}
         try:
@@ -741,6 +748,15 @@ def create_app(
         )
 
     return app
+
+
+def _possible_id(workflow_id: str) -> bool:
+    """Whether a session or inference could have this id (else Temporal answers a raw error)."""
+    try:
+        check_existing_id(workflow_id)
+    except InvalidSessionIdError:
+        return False
+    return True
 
 
 async def _rows_or_error(

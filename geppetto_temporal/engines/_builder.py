@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from geppetto_temporal.engines._spec import EngineSpec
+from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.retry import RetrySpec
 from geppetto_temporal.tools._config import ToolChoice, ToolConfig, ToolErrorHandling
 
@@ -22,13 +23,35 @@ class EngineBuilder:
             self._with(**settings)
 
     def _with(self, **update: Any) -> EngineBuilder:
-        # Validate eagerly so a bad value fails where it was written, not in a worker.
-        self._spec = EngineSpec.model_validate({**self._spec.model_dump(), **update})
+        # Validate eagerly so a bad value fails where it was written, not in a worker,
+        # and as a ConfigurationError, the way `EngineSpec.parse` reports a bad spec.
+        from pydantic import ValidationError
+
+        try:
+            self._spec = EngineSpec.model_validate({**self._spec.model_dump(), **update})
+        except ValidationError as err:
+            raise ConfigurationError(f"invalid {self._describe(err)}") from None
         return self
 
     def _with_tools(self, **update: Any) -> EngineBuilder:
-        tools = ToolConfig.model_validate({**self._spec.tools.model_dump(), **update})
+        from pydantic import ValidationError
+
+        try:
+            tools = ToolConfig.model_validate({**self._spec.tools.model_dump(), **update})
+        except ValidationError as err:
+            raise ConfigurationError(f"invalid {self._describe(err)}") from None
         return self._with(tools=tools)
+
+    @staticmethod
+    def _describe(err: Any) -> str:
+        """`field: problem (got value)` for each problem pydantic found, on one line."""
+        parts = []
+        for problem in err.errors():
+            where = ".".join(str(part) for part in problem.get("loc", ())) or "value"
+            given = problem.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r:.60})"
+            parts.append(f"{where}: {problem.get('msg', 'invalid')}{shown}")
+        return "; ".join(parts) or str(err).splitlines()[0]
 
     def base_url(self, url: str | None) -> EngineBuilder:
         """Talk to an OpenAI-compatible server (Ollama, vLLM, llama.cpp, ...) at this URL.
@@ -67,7 +90,7 @@ class EngineBuilder:
 
     def tool_choice(self, choice: ToolChoice | str) -> EngineBuilder:
         """auto, none or required."""
-        return self._with_tools(tool_choice=ToolChoice(choice))
+        return self._with_tools(tool_choice=choice)
 
     def max_parallel_tools(self, n: int) -> EngineBuilder:
         """How many tool calls of one step run at once (default 3)."""
@@ -75,7 +98,7 @@ class EngineBuilder:
 
     def tool_error_handling(self, mode: ToolErrorHandling | str) -> EngineBuilder:
         """continue (default), abort or retry."""
-        return self._with_tools(error_handling=ToolErrorHandling(mode))
+        return self._with_tools(error_handling=mode)
 
     def tool_timeout(self, seconds: float) -> EngineBuilder:
         """Default timeout of a tool call (a tool's own `timeout` wins)."""

@@ -20,6 +20,8 @@ PREFIX_BY_REFERENCE = "prefix-by-reference"
 SEARCH_ATTRIBUTES_PATCH = "search-attributes"
 #: The patches a session started by this version takes as given (`SessionInput.features`).
 SESSION_FEATURES: tuple[str, ...] = (PREFIX_BY_REFERENCE, SEARCH_ATTRIBUTES_PATCH)
+#: Patch id: a session with a `payload_limit` does not continue-as-new with a larger input.
+CARRY_LIMIT_PATCH = "carry-limit"
 
 
 def inference_workflow_id(session_id: str, n: int) -> str:
@@ -106,6 +108,13 @@ class SessionInput(WireModel):
     #: events, ~0.7 KB per run). The decision still comes from history (this input),
     #: so replay is deterministic; sessions started without it use `patched()` as before.
     features: list[str] = Field(default_factory=list)
+    #: The largest continue-as-new input (bytes) this session may build, set by a
+    #: client without external payload storage (its workers have none either):
+    #: prompts that would take the state past it (less room for a reply) are
+    #: refused, and a session whose state outgrew it stays in its run rather than
+    #: fail every workflow task on Temporal's payload limit. None: no limit, large
+    #: payloads go to external storage (and sessions started before this field).
+    payload_limit: int | None = None
 
 
 class StartInferenceRequest(WireModel):

@@ -18,11 +18,13 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from geppetto_temporal import search
+    from geppetto_temporal._inputs import REPLY_ROOM, prompt_size, session_full_message
     from geppetto_temporal.engines._spec import EngineSpec
     from geppetto_temporal.errors import ErrorType
     from geppetto_temporal.search import SessionSearchStatus
     from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, user_block
     from geppetto_temporal.workflows._models import (
+        CARRY_LIMIT_PATCH,
         PREFIX_BY_REFERENCE,
         SEARCH_ATTRIBUTES_PATCH,
         SESSION_WORKFLOW,
@@ -72,6 +74,10 @@ class SessionWorkflow:
         self._active: _ActiveInference | None = None
         self._search_attributes = input.search_attributes
         self._features = set(input.features)
+        self._payload_limit = input.payload_limit
+        # The turn count at which continue-as-new was last put off for size: not
+        # tried again until a turn is added (see `_fits_carry_limit`).
+        self._carry_deferred_at: int | None = None
 
     def _uses(self, patch_id: str) -> bool:
         """Whether this run takes the patched path: given by the input, or `workflow.patched()`."""
@@ -175,6 +181,28 @@ class SessionWorkflow:
     @start_inference.validator
     def _validate_start_inference(self, request: StartInferenceRequest) -> None:
         self._check_can_start(request)
+        self._check_room_for(request.prompt)
+
+    def _check_room_for(self, prompt: str) -> None:
+        """Refuse a prompt the session could not carry across continue-as-new (no external storage)."""
+        limit = self._payload_limit
+        if limit is None:
+            return
+        room = limit - REPLY_ROOM
+        size = self._payload_size(self._state) + prompt_size(prompt)
+        if size > room:
+            raise ApplicationError(
+                session_full_message(workflow.info().workflow_id, size, room),
+                size,
+                room,
+                type=ErrorType.PROMPT_TOO_LARGE,
+                non_retryable=True,
+            )
+
+    @staticmethod
+    def _payload_size(value: Any) -> int:
+        [payload] = workflow.payload_converter().to_payloads([value])
+        return payload.ByteSize()
 
     def _check_can_start(self, request: StartInferenceRequest) -> None:
         session_id = workflow.info().workflow_id
@@ -267,7 +295,10 @@ class SessionWorkflow:
                     and (
                         bool(self._state.queue)
                         or self._state.closing
-                        or workflow.info().is_continue_as_new_suggested()
+                        or (
+                            workflow.info().is_continue_as_new_suggested()
+                            and self._carry_deferred_at != len(self._state.turns)
+                        )
                     )
                 )
             )
@@ -293,17 +324,42 @@ class SessionWorkflow:
             # Continue-as-new only between inferences and after every handler has returned.
             await workflow.wait_condition(workflow.all_handlers_finished)
             if self._active is None and not self._state.queue and not self._state.closing:
-                workflow.continue_as_new(
-                    SessionInput(
-                        engine=self._engine,
-                        state=self._state,
-                        search_attributes=self._search_attributes,
-                        features=sorted(self._features),
-                    )
+                carried = SessionInput(
+                    engine=self._engine,
+                    state=self._state,
+                    search_attributes=self._search_attributes,
+                    features=sorted(self._features),
+                    payload_limit=self._payload_limit,
                 )
+                if not self._fits_carry_limit(carried):
+                    continue
+                workflow.continue_as_new(carried)
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._index(SessionSearchStatus.CLOSED)
         return self._summary()
+
+    def _fits_carry_limit(self, carried: SessionInput) -> bool:
+        """Whether continue-as-new may carry this input.
+
+        Over the session's `payload_limit` (no external storage), Temporal would fail
+        the workflow task on every attempt, for good. The session stays in its run
+        instead: it keeps answering queries and `close`, and refuses prompts it cannot
+        carry; its history grows until it is closed.
+        """
+        limit = self._payload_limit
+        if limit is None:
+            return True
+        size = self._payload_size(carried)
+        if size <= limit or not workflow.patched(CARRY_LIMIT_PATCH):
+            return True
+        workflow.logger.warning(
+            "session state is %d bytes, over the %d a session without external payload storage "
+            "can carry: staying in this run instead of continuing as new",
+            size,
+            limit,
+        )
+        self._carry_deferred_at = len(self._state.turns)
+        return False
 
     # ---- inference lifecycle --------------------------------------------
 
