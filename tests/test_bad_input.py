@@ -372,6 +372,10 @@ BAD_BUILDER_CALLS: list[tuple[Callable[[EngineBuilder], Any], str]] = [
     (lambda b: b.max_parallel_tools(0), "max_parallel_tools"),
     (lambda b: b.tool_timeout(-1), "timeout_seconds"),
     (lambda b: b.llm_activity(timeout_seconds=0), "llm_timeout_seconds"),
+    (lambda b: b.sampling(max_tokens=-5), "max_tokens"),
+    (lambda b: b.sampling(temperature=3.5), "temperature"),
+    (lambda b: b.sampling(top_p=1.5), "top_p"),
+    (lambda b: b.endpoint(""), "endpoint"),
 ]
 
 

@@ -45,16 +45,16 @@ class EngineSpec(WireModel):
     provider: str = Provider.OPENAI
     model: str
     #: An endpoint the worker has registered (`geppetto worker --endpoint NAME=URL`).
-    endpoint: str | None = None
+    endpoint: str | None = Field(default=None, min_length=1, max_length=63)
     #: A server URL; honoured only at or below one of the worker's endpoints, or, where the
     #: operator allows any URL, called with no key at all.
     base_url: str | None = None
     #: Legacy: specs written before endpoints named a key variable here. A worker honours
     #: it only when it is the resolved endpoint's own variable; a client cannot choose.
     api_key_env: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
     stop: tuple[str, ...] | None = None
     seed: int | None = None
     system_prompt: str | None = None
