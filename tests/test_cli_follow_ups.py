@@ -226,3 +226,31 @@ def test_follow_up_refuses_another_model_or_base_url_without_switch_engine(cli: 
     assert after.returncode == 0, after.stdout + after.stderr
     assert [json.loads(x)["type"] for x in after.stdout.splitlines()][-1] == "inference-finished"
     assert [r["body"]["model"] for r in other.requests()] == ["fake-2", "fake-2"]
+
+
+def test_the_demos_session_continues_as_its_closing_hint_says(cli: Cli) -> None:
+    demo = cli.run("demo", "--session", "d1", timeout=120)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    hint = 'geppetto run --session d1 --switch-engine -m openai:gpt-4o-mini "..."'
+    assert hint in _flat(demo.stdout)
+
+    # The hint with the scripted model standing in for the real one (and its URL).
+    llm = cli.fake_llm(WEATHER_SCRIPT)
+    follow_up = cli.run(
+        "run",
+        "--session",
+        "d1",
+        "--switch-engine",
+        "-m",
+        "openai:fake",
+        "--base-url",
+        llm.base_url,
+        "--turn-json",
+        "And in Berlin?",
+    )
+    turn = _turn_json(follow_up)
+    assert turn["metadata"]["inference_id"] == "d1/inference/5"
+    assert turn["metadata"]["model"] == "fake"
+    # The demo's example tools are still on offer in this new process.
+    assert _tool_results(turn)[-1]["result"]["city"] == "Berlin"
+    assert "error" not in _tool_results(turn)[-1]
