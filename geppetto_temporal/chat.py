@@ -29,8 +29,9 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.text import Text
 
+from geppetto_temporal._cli_session import EngineOptions, open_cli_session
 from geppetto_temporal._render import format_call, format_usage
-from geppetto_temporal.client import ExecutionHandle, Session, new_session_id
+from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.errors import GeppettoError, SessionBusyError
 from geppetto_temporal.events import (
@@ -45,7 +46,6 @@ from geppetto_temporal.events import (
     ToolCallEvent,
     ToolCallExecutionResultEvent,
 )
-from geppetto_temporal.runtime import open_runtime
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.turns import BlockKind, BlockMetaKey, InferenceStatus, Turn, Usage
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
@@ -631,8 +631,8 @@ async def run_chat(
     err_console: Console,
     *,
     session_id: str | None,
-    builder: EngineBuilder,
-    configured: bool,
+    options: EngineOptions,
+    modules: list[str],
     registry: ToolRegistry,
     task_queue: str,
     log: Callable[[str], None] | None = None,
@@ -640,19 +640,16 @@ async def run_chat(
 ) -> int:
     """Open (or create) the session and chat until the user leaves; the exit code.
 
-    `configured` says the engine options were given explicitly: an existing session
-    then switches to `builder` from the next prompt on (a new one starts with it).
+    A new session starts with `options`' engine and records the tool `modules`; an
+    existing one keeps its engine and tools (see `open_cli_session`).
     """
-    async with open_runtime(tools=registry, task_queue=task_queue, log=log) as runtime:
-        session = await Session.create(
-            runtime.client,
-            builder,
-            session_id=session_id or new_session_id(),
-            task_queue=task_queue,
-            reuse_existing=True,
-        )
+    async with open_cli_session(
+        session_id, options, registry=registry, modules=modules, task_queue=task_queue, log=log
+    ) as opened:
+        session = opened.session
         reader = LineReader(sys.stdin if stdin is None else stdin)
-        chat = Chat(session, console, err_console, reader, engine=builder if configured else None)
+        engine = EngineBuilder(opened.engine) if opened.engine is not None else None
+        chat = Chat(session, console, err_console, reader, engine=engine)
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGINT, chat.on_sigint)

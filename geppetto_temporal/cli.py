@@ -19,10 +19,11 @@ from rich.text import Text
 
 from geppetto_temporal import devserver
 from geppetto_temporal._cli_schedule import schedule_app
+from geppetto_temporal._cli_session import EngineOptions, load_tools, open_cli_session, tool_modules
 from geppetto_temporal._cli_sessions import sessions_app
 from geppetto_temporal._inputs import check_existing_id, check_prompt
 from geppetto_temporal._render import StreamPrinter, format_usage
-from geppetto_temporal.client import ExecutionHandle, Session, new_session_id
+from geppetto_temporal.client import ExecutionHandle
 from geppetto_temporal.connection import temporal_address_from_env
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.engines._endpoints import (
@@ -63,7 +64,8 @@ T = TypeVar("T")
 
 
 def _progress(line: str) -> None:
-    err_console.print(Text(line, style="dim"))
+    # One line however long, like _error: a warning must stay one greppable line.
+    err_console.print(Text(line, style="dim"), soft_wrap=True)
 
 
 def _error(message: str) -> None:
@@ -114,13 +116,7 @@ def _run(coro: Coroutine[Any, Any, T], *, quiet_worker: bool = True) -> T:
 
 
 def _load_tools(modules: list[str] | None, examples: bool) -> ToolRegistry:
-    names = list(modules or [])
-    if examples and "geppetto_temporal.tools.examples" not in names:
-        names.append("geppetto_temporal.tools.examples")
-    # User tool modules are usually next to where the command runs.
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    return ToolRegistry.from_modules(names) if names else ToolRegistry()
+    return load_tools(tool_modules(modules, examples))
 
 
 SessionOption = Annotated[
@@ -157,6 +153,13 @@ ExamplesOption = Annotated[
         "--example-tools", help="Also offer the example tools (weather, calculator, clock)."
     ),
 ]
+SwitchEngineOption = Annotated[
+    bool,
+    typer.Option(
+        "--switch-engine",
+        help="Let --model/--base-url replace an existing session's engine (else they must match it).",
+    ),
+]
 
 
 @app.command()
@@ -180,6 +183,7 @@ def run(
     turn_json: Annotated[
         bool, typer.Option("--turn-json", help="Print only the resulting turn, as JSON.")
     ] = False,
+    switch_engine: SwitchEngineOption = False,
 ) -> None:
     """Run one prompt in a session, streaming the answer (Ctrl-C cancels the inference)."""
     with _user_errors():
@@ -188,24 +192,15 @@ def run(
         if session is not None:
             check_existing_id(session)
         registry = _load_tools(tools, example_tools)
-        builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
-        if base_url:
-            builder = builder.base_url(base_url)
-        if endpoint:
-            builder = builder.endpoint(endpoint)
-        if system:
-            builder = builder.system_prompt(system)
-        if max_iterations is not None:
-            builder = builder.max_iterations(max_iterations)
-    configured = any(v is not None for v in (model, base_url, endpoint, system, max_iterations))
+        options = _engine_options(model, base_url, endpoint, system, max_iterations, switch_engine)
     raise typer.Exit(
         _run(
             _run_prompt(
                 prompt,
                 session,
-                builder,
-                configured,
+                options,
                 registry,
+                tool_modules(tools, example_tools),
                 task_queue,
                 "turn" if turn_json else "json" if as_json else "text",
             )
@@ -213,31 +208,51 @@ def run(
     )
 
 
+def _engine_options(
+    model: str | None,
+    base_url: str | None,
+    endpoint: str | None,
+    system: str | None,
+    max_iterations: int | None,
+    switch: bool,
+) -> EngineOptions:
+    builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
+    if base_url:
+        builder = builder.base_url(base_url)
+    if endpoint:
+        builder = builder.endpoint(endpoint)
+    if system:
+        builder = builder.system_prompt(system)
+    if max_iterations is not None:
+        builder = builder.max_iterations(max_iterations)
+    return EngineOptions(builder, model, base_url, system, max_iterations, switch, endpoint)
+
+
 async def _run_prompt(
     prompt: str,
     session_id: str | None,
-    builder: EngineBuilder,
-    configured: bool,
+    options: EngineOptions,
     registry: ToolRegistry,
+    modules: list[str],
     task_queue: str,
     output: str,
 ) -> int:
-    async with open_runtime(tools=registry, task_queue=task_queue, log=_progress) as runtime:
-        fresh = session_id is None
-        session = await Session.create(
-            runtime.client,
-            builder,
-            session_id=session_id or new_session_id(),
-            task_queue=task_queue,
-            reuse_existing=True,
-            # Started together with the prompt below (update-with-start).
-            lazy=True,
-        )
-        if fresh:
+    async with open_cli_session(
+        session_id,
+        options,
+        registry=registry,
+        modules=modules,
+        task_queue=task_queue,
+        log=_progress,
+        # Started together with the prompt below (update-with-start).
+        lazy=True,
+    ) as opened:
+        session = opened.session
+        if session_id is None:
             _progress(
                 f"session {session.session_id} (continue with --session {session.session_id})"
             )
-        handle = await session.start_inference(prompt, engine=builder if configured else None)
+        handle = await session.start_inference(prompt, engine=opened.engine)
         try:
             if output != "turn":
                 await _stream(handle, as_json=output == "json")
@@ -507,6 +522,7 @@ def chat(
     tools: ToolsOption = None,
     example_tools: ExamplesOption = False,
     task_queue: Annotated[str, typer.Option("--task-queue")] = DEFAULT_TASK_QUEUE,
+    switch_engine: SwitchEngineOption = False,
 ) -> None:
     """Chat in a session interactively (Ctrl-C stops a reply; Ctrl-C or Ctrl-D at the prompt leaves)."""
     from geppetto_temporal.chat import run_chat
@@ -515,22 +531,15 @@ def chat(
         if session is not None:
             check_existing_id(session)
         registry = _load_tools(tools, example_tools)
-        builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
-        if base_url:
-            builder = builder.base_url(base_url)
-        if endpoint:
-            builder = builder.endpoint(endpoint)
-        if system:
-            builder = builder.system_prompt(system)
-    configured = any(v is not None for v in (model, base_url, endpoint, system))
+        options = _engine_options(model, base_url, endpoint, system, None, switch_engine)
     raise typer.Exit(
         _run(
             run_chat(
                 console,
                 err_console,
                 session_id=session,
-                builder=builder,
-                configured=configured,
+                options=options,
+                modules=tool_modules(tools, example_tools),
                 registry=registry,
                 task_queue=task_queue,
                 log=_progress,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -369,6 +369,7 @@ class Session:
         reuse_existing: bool = False,
         search_attributes: bool | None = None,
         lazy: bool = False,
+        memo: Mapping[str, Any] | None = None,
     ) -> Session:
         """Start a new session (a SessionWorkflow) with this engine.
 
@@ -381,6 +382,9 @@ class Session:
         the workflow and the inference in one call (update-with-start), which saves
         a round trip and a workflow task; any other call starts it first. A taken
         session id is then reported by that first call.
+
+        `memo` is stored with the session's workflow when this call starts it (kept
+        across continue-as-new, shown in the Temporal UI; never put secrets in it).
         """
         if session_id is None:
             session_id = new_session_id()
@@ -406,6 +410,7 @@ class Session:
                 ),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 static_summary=f"geppetto session on {spec.spec_string}",
+                memo=dict(memo) if memo else None,
                 # Set at start, so a new session is listed before its first prompt.
                 search_attributes=(
                     search.initial_search_attributes(

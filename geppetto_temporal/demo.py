@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.text import Text
 
+from geppetto_temporal._cli_session import EXAMPLE_TOOLS_MODULE, TOOLS_MEMO
 from geppetto_temporal._render import format_usage, render_turn
 from geppetto_temporal.client import Session, new_session_id
 from geppetto_temporal.engines._builder import EngineBuilder
@@ -97,8 +98,8 @@ async def run_demo(
             )
     console.print(
         Text(
-            f'continue it: geppetto run --session {report.session_id} "..." '
-            "(with a real model and OPENAI_API_KEY)",
+            f"continue it with a real model: geppetto run --session {report.session_id} "
+            '--switch-engine -m openai:gpt-4o-mini "..." (needs OPENAI_API_KEY)',
             style="dim",
         )
     )
@@ -114,7 +115,12 @@ async def _converse(
         .system_prompt("You are a helpful assistant with weather, calculator and clock tools.")
     )
     session = await Session.create(
-        runtime.client, engine, session_id=session_id, task_queue=runtime.task_queue
+        runtime.client,
+        engine,
+        session_id=session_id,
+        task_queue=runtime.task_queue,
+        # So that `geppetto run --session ...` offers the example tools again.
+        memo={TOOLS_MEMO: [EXAMPLE_TOOLS_MODULE]},
     )
     report = DemoReport(session_id=session.session_id, ui_link=runtime.ui_link(session.session_id))
     console.print(f"session [bold]{session.session_id}[/bold]")

@@ -296,10 +296,15 @@ async def test_a_session_cannot_take_another_sessions_inference_id(
     # The attack: name a session after the victim's next (or a past) inference.
     for n in (1, 2):
         forged = f"{victim.session_id}/inference/{n}"
-        for kwargs in ({}, {"reuse_existing": True}, {"lazy": True}):
+        for reuse, lazy in ((False, False), (True, False), (False, True)):
             with pytest.raises(InvalidSessionIdError):
                 await Session.create(
-                    client, engine, session_id=forged, task_queue=TASK_QUEUE, **kwargs
+                    client,
+                    engine,
+                    session_id=forged,
+                    task_queue=TASK_QUEUE,
+                    reuse_existing=reuse,
+                    lazy=lazy,
                 )
     with pytest.raises(SessionNotFoundError):
         await describe_session(client, f"{victim.session_id}/inference/2")

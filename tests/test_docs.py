@@ -1,6 +1,6 @@
 """The documentation's examples are real programs: each `# docs-example:` block must run.
 
-Every fenced ```python block in docs/*.md whose first line is `# docs-example: <name>`
+Every fenced ```python block in README.md and docs/*.md whose first line is `# docs-example: <name>`
 runs in its own Python process with an isolated environment: its own GEPPETTO_HOME
 (so its embedded Temporal dev server is its own), free ports for that server, and no
 TEMPORAL_* or OPENAI_* settings from the developer's shell.
@@ -20,7 +20,8 @@ import pytest
 from geppetto_temporal.devserver import stop_server
 from tests.ports import free_port
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 MARKER = "# docs-example:"
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
@@ -37,9 +38,14 @@ class Example:
     code: str
 
 
+def doc_files() -> list[Path]:
+    """The README, then every page of docs/."""
+    return [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
 def find_examples() -> list[Example]:
     examples: list[Example] = []
-    for path in sorted(DOCS.glob("*.md")):
+    for path in doc_files():
         text = path.read_text(encoding="utf-8")
         for match in FENCE.finditer(text):
             code = match.group(1)
@@ -81,7 +87,7 @@ def test_docs_have_examples() -> None:
     names = [e.name for e in EXAMPLES]
     assert len(EXAMPLES) >= 2, f"expected at least 2 docs examples, found {names}"
     assert len(set(names)) == len(names), f"duplicate example names: {names}"
-    assert {"quickstart", "reattach"} <= set(names)
+    assert {"readme", "quickstart", "reattach"} <= set(names)
 
 
 def anchors(path: Path) -> set[str]:
@@ -95,7 +101,7 @@ def anchors(path: Path) -> set[str]:
 
 def test_docs_links_resolve() -> None:
     broken: list[str] = []
-    for path in sorted(DOCS.glob("*.md")):
+    for path in doc_files():
         for target, anchor in LINK.findall(ANY_FENCE.sub("", path.read_text(encoding="utf-8"))):
             if "://" in target or target.startswith("mailto:"):
                 continue
