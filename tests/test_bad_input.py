@@ -51,7 +51,7 @@ from geppetto_temporal.workflows._models import (
     SESSION_WORKFLOW,
     SessionInput,
 )
-from tests.conftest import TASK_QUEUE
+from tests.conftest import TASK_QUEUE, scripted_endpoints
 from tests.ports import free_port, internal_ports
 from tests.test_cli import _SCRUBBED_ENV, GEPPETTO
 from tests.test_dashboard import serve
@@ -75,7 +75,9 @@ BIG_REPLY: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-async def plain_client(api_key_env: str) -> AsyncIterator[Client]:
+async def plain_client(
+    api_key_env: str, model_server: ScriptedModelServer
+) -> AsyncIterator[Client]:
     """A cluster as the issue met it: no external payload storage on clients or workers.
 
     Its own dev server suggests continue-as-new after a few events, so a session
@@ -97,7 +99,9 @@ async def plain_client(api_key_env: str) -> AsyncIterator[Client]:
     try:
         client = await connect(env.client.service_client.config.target_host, from_env=False)
         assert client.data_converter.external_storage is None
-        async with create_worker(client, task_queue=PLAIN_QUEUE):
+        async with create_worker(
+            client, task_queue=PLAIN_QUEUE, endpoints=scripted_endpoints(model_server.url)
+        ):
             yield client
     finally:
         await env.shutdown()
