@@ -148,7 +148,8 @@ def new_session(
     ) -> tuple[Session, str]:
         base_url = model_server.add_script(script)
         builder = EngineBuilder("openai:scripted").base_url(base_url)
-        builder = builder.llm_activity(heartbeat_seconds=5)
+        # As before the 3 s defaults: the suite shares 2 cores with its own dev server.
+        builder = builder.llm_activity(heartbeat_seconds=5).tool_heartbeat(10)
         if configure is not None:
             builder = configure(builder)
         session = await Session.create(
