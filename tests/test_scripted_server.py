@@ -557,6 +557,7 @@ async def test_stall_then_client_cancel(
     await asyncio.sleep(0.05)
     assert not task.done()  # the server is stalling, not finishing
     assert server.requests()[-1].outcome == "pending"
+    assert server.requests()[-1].finished_at is None
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -571,8 +572,12 @@ async def test_stall_then_client_cancel(
         n += 1
         if n == 2:
             break
+    closed_at = time.time()
     await stream.close()
     await wait_for(lambda: server.requests()[-1].outcome == "client_disconnected")
+    # The server notes when it noticed, which is after the client hung up.
+    noticed = server.requests()[-1].finished_at
+    assert noticed is not None and noticed >= closed_at
 
     # The server is healthy afterwards; the third attempt of the conversation is not faulted.
     final = await client.chat.completions.create(model="m", messages=user("stall please"))
@@ -582,6 +587,9 @@ async def test_stall_then_client_cancel(
         "client_disconnected",
         "completed",
     ]
+    assert all(
+        r.finished_at is not None and r.finished_at >= r.received_at for r in server.requests()
+    )
 
 
 # ---- auth, scripts, recording, concurrency ----------------------------------------------------------
