@@ -147,7 +147,7 @@ async def test_cancel_during_tool_via_session(new_session: Any) -> None:
     await session.cancel_active()
     with pytest.raises(InferenceCancelled) as info:
         await handle.wait()
-    # The cancel reached the tool activity itself (through its heartbeat), not just the loop.
+    # The tool activity itself stopped (it hears at its next heartbeat), not just the loop.
     await until(lambda: key in toolbox.CANCELLED, "the slow tool to see the cancel")
     turn = info.value.turn
     assert turn is not None
