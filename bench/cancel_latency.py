@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -236,8 +237,8 @@ async def main(runs: int, chunk_delay: float) -> dict[str, Any]:
             }
             for prefix, suffix in PROVIDERS:
                 session = await session_for(prefix, suffix)
-                cases[f"{prefix} stream, handle.cancel()"] = lambda s=session: durable_stream(
-                    model, s
+                cases[f"{prefix} stream, handle.cancel()"] = functools.partial(
+                    durable_stream, model, session
                 )
             cases["direct tool task, task.cancel()"] = direct_tool
             tool_session = await session_for("openai", "/v1")
