@@ -166,7 +166,6 @@ def terminals(cli: Cli) -> Iterator[list[Terminal]]:
 @pytest.mark.timeout(90)
 def test_chat_in_a_terminal(cli: Cli, terminals: list[Terminal]) -> None:
     llm = cli.fake_llm(SCRIPT)
-    started = time.monotonic()
     chat = Terminal(
         cli, "chat", "--session", "c1", "--model", "openai:fake", "--base-url", llm.base_url
     )
@@ -267,7 +266,6 @@ def test_chat_in_a_terminal(cli: Cli, terminals: list[Terminal]) -> None:
     assert story.strip() == shown_story
     # Each chat stopped the server it started.
     assert _dev_servers_of(cli.home) == []
-    assert time.monotonic() - started < 60
 
 
 def _assert_in_order(text: str, *parts: str) -> None:

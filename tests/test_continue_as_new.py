@@ -13,7 +13,15 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from geppetto_temporal import EngineBuilder, InferenceStatus, Session, connect, create_worker
+from geppetto_temporal import (
+    EngineBuilder,
+    InferenceCancelled,
+    InferenceStatus,
+    Session,
+    SessionBusyError,
+    connect,
+    create_worker,
+)
 from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
 from geppetto_temporal.events import FinalEvent
 from geppetto_temporal.testing import ScriptedModelServer
@@ -72,6 +80,12 @@ SCRIPT = {
             "name": "after-math",
             "when": {"last_role": "tool"},
             "reply": {"text": "sum {tool_result_0}"},
+        },
+        # Slow enough that a second prompt certainly finds the session busy (it is cancelled).
+        {
+            "name": "slow",
+            "when": {"last_user_contains": "slow"},
+            "reply": {"text": "late", "delay": 60},
         },
         {"name": "echo", "reply": {"text": "echo {last_user}", "chunk_size": 3}},
     ]
@@ -152,7 +166,8 @@ async def test_session_survives_many_continue_as_new(
 async def test_busy_rejection_and_updates_across_boundaries(
     can_client: Client, model_server: ScriptedModelServer
 ) -> None:
-    """Prompts fired back to back land on whichever run is current; none is lost."""
+    """Prompts fired back to back land on whichever run is current; none is lost. In each run,
+    a prompt sent while another runs is rejected as busy, and the session goes on."""
     base_url = model_server.add_script(SCRIPT)
     session = await Session.create(
         can_client,
@@ -161,11 +176,34 @@ async def test_busy_rejection_and_updates_across_boundaries(
         task_queue=TASK_QUEUE,
     )
     texts: list[str] = []
+    prompts: list[str] = []
+    busy_in_runs: list[str] = []
     for i in range(12):
+        run_id = (await session.workflow_handle.describe()).run_id
+        if run_id not in busy_in_runs:
+            # First prompt in this run: a slow one, and a second prompt while it runs.
+            slow = await session.start_inference(f"slow {i}")
+            with pytest.raises(SessionBusyError) as busy:
+                await session.start_inference(f"too soon {i}")
+            assert busy.value.active_inference_id == slow.inference_id
+            assert busy.value.session_id == session.session_id
+            busy_in_runs.append(run_id)
+            await slow.cancel()
+            with pytest.raises(InferenceCancelled):
+                await slow.wait()
+            prompts.append(f"slow {i}")
         texts.append((await (await session.start_inference(f"burst {i}")).wait()).last_text)
+        prompts.append(f"burst {i}")
     assert texts == [f"echo burst {i}" for i in range(12)]
     assert await runs_of(can_client, session.session_id) >= 3
-    assert len(await session.turns()) == 12
+    assert len(busy_in_runs) >= 3, "busy rejections in three runs or more"
+    turns = await session.turns()
+    # The rejected prompts left no turn; the cancelled ones did.
+    assert [t.prompt for t in turns] == prompts
+    assert [t.metadata.status for t in turns] == [
+        InferenceStatus.CANCELLED if p.startswith("slow") else InferenceStatus.COMPLETED
+        for p in prompts
+    ]
 
 
 async def test_worker_killed_around_continue_as_new_loses_nothing(

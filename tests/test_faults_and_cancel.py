@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
+import uuid
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from geppetto_temporal import (
     BlockKind,
+    EngineBuilder,
     InferenceCancelled,
     InferenceFailed,
     InferenceStatus,
+    Session,
+    create_worker,
 )
+from geppetto_temporal.events import PartialEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import BlockMetaKey, PayloadKey
-from tests.conftest import SECRET_API_KEY
-from tests.scripts import SLOW_STORY, faulty
+from tests import toolbox
+from tests.conftest import SECRET_API_KEY, scripted_endpoints
+from tests.scripts import SLOW_STORY, STORY, faulty
+from tests.watch import EventWatch, assert_no_delta_after_interrupt, until
+from tests.workers import unique_queue
 
 
 @pytest.mark.parametrize(
@@ -60,13 +67,12 @@ async def test_unauthorized_fails_fast_with_clear_error(
         "rules": [{"reply": {"error": {"status": 401, "message": "Incorrect API key provided"}}}]
     }
     session, base_url = await new_session(script)
-    started = time.monotonic()
     handle = await session.start_inference("hello")
     with pytest.raises(InferenceFailed) as info:
         await handle.wait()
-    assert time.monotonic() - started < 5  # no retry loop
     message = str(info.value)
     assert "HTTP 401" in message and "OPENAI_API_KEY" in message and "openai:scripted" in message
+    # No retry: the inference has ended after one request.
     assert len(model_server.requests(base_url)) == 1
     assert info.value.turn is not None and info.value.turn.metadata.status == InferenceStatus.FAILED
     # The failed turn is kept and the session takes the next prompt.
@@ -80,7 +86,8 @@ async def test_cancel_during_stream_keeps_partial_text(
 ) -> None:
     session, base_url = await new_session(SLOW_STORY)
     handle = await session.start_inference("tell me a story")
-    await asyncio.sleep(1.0)
+    watch = EventWatch(handle)
+    await watch.first(PartialEvent)  # the reply is streaming
     await handle.cancel()
     await handle.cancel()  # idempotent
     with pytest.raises(InferenceCancelled) as info:
@@ -90,12 +97,12 @@ async def test_cancel_during_stream_keeps_partial_text(
     [partial] = [b for b in turn.blocks if b.kind == BlockKind.LLM_TEXT]
     assert partial.metadata[BlockMetaKey.INTERRUPTED] is True
     assert partial.text.startswith("Once upon a time")
-    assert 0 < len(partial.text) < len("Once upon a time " * 40)
+    assert 0 < len(partial.text) < len(STORY)
+    # Every delta came before the interrupt, which carries the kept text.
+    interrupt = assert_no_delta_after_interrupt(await watch.finished())
+    assert interrupt.text == partial.text
     # The HTTP stream really stopped: the server saw the client go away.
-    for _ in range(50):
-        if model_server.requests(base_url)[0].outcome != "pending":
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: model_server.requests(base_url)[0].outcome != "pending", "the request end")
     assert model_server.requests(base_url)[0].outcome == "client_disconnected"
     # Cancel after completion is a no-op, and the session goes on.
     await handle.cancel()
@@ -112,33 +119,36 @@ async def test_cancel_during_stream_keeps_partial_text(
     assert last_request[1]["role"] == "assistant" and last_request[1]["content"] == partial.text
 
 
-SLOW_TOOL = {
-    "rules": [
-        {
-            "name": "call",
-            "when": {"last_user_contains": "slow"},
-            "reply": {
-                "tool_calls": [
-                    {"name": "slow_tool", "arguments": {"seconds": 30}},
-                    {"name": "calculate", "arguments": {"expression": "2 + 2"}},
-                ]
+def slow_tool_script(key: str) -> dict[str, Any]:
+    """A slow tool (that marks `key` when it starts and when it sees a cancel) and a quick one."""
+    return {
+        "rules": [
+            {
+                "name": "call",
+                "when": {"last_user_contains": "slow"},
+                "reply": {
+                    "tool_calls": [
+                        {"name": "blocking_tool", "arguments": {"key": key, "seconds": 30}},
+                        {"name": "calculate", "arguments": {"expression": "2 + 2"}},
+                    ]
+                },
             },
-        },
-        {"name": "other", "reply": {"text": "Fine: {last_user}"}},
-    ]
-}
+            {"name": "other", "reply": {"text": "Fine: {last_user}"}},
+        ]
+    }
 
 
 async def test_cancel_during_tool_via_session(new_session: Any) -> None:
-    session, _ = await new_session(SLOW_TOOL)
+    key = uuid.uuid4().hex
+    session, _ = await new_session(slow_tool_script(key))
     handle = await session.start_inference("run the slow tool")
-    await asyncio.sleep(1.5)
+    await until(lambda: key in toolbox.STARTED, "the slow tool to start")
     assert await session.is_running()
-    started = time.monotonic()
     await session.cancel_active()
     with pytest.raises(InferenceCancelled) as info:
         await handle.wait()
-    assert time.monotonic() - started < 10
+    # The tool activity itself stopped (it hears at its next heartbeat), not just the loop.
+    await until(lambda: key in toolbox.CANCELLED, "the slow tool to see the cancel")
     turn = info.value.turn
     assert turn is not None
     results = {b.call_id: b.payload for b in turn.blocks if b.kind == BlockKind.TOOL_USE}
@@ -152,14 +162,44 @@ async def test_cancel_during_tool_via_session(new_session: Any) -> None:
     assert nxt.last_text == "Fine: next one"
 
 
-async def test_cancel_before_anything_ran_and_when_idle(new_session: Any) -> None:
-    session, _ = await new_session(SLOW_STORY)
-    await session.cancel_active()  # idle: no-op
-    handle = await session.start_inference("a story please")
-    await handle.cancel()
-    with pytest.raises(InferenceCancelled):
-        await handle.wait()
-    assert not await session.is_running()
+async def test_cancel_before_anything_ran_and_when_idle(
+    client: Client, model_server: ScriptedModelServer, api_key_env: str
+) -> None:
+    base_url = model_server.add_script(SLOW_STORY)
+    queue = unique_queue("cancel-early")
+    # This worker runs workflows but no activity: the inference's first LLM step stays
+    # scheduled, so the cancel certainly comes before anything ran.
+    async with create_worker(client, task_queue=queue, no_remote_activities=True):
+        session = await Session.create(
+            client,
+            EngineBuilder("openai:scripted").base_url(base_url),
+            session_id=f"test-{uuid.uuid4().hex[:10]}",
+            task_queue=queue,
+        )
+        await session.cancel_active()  # idle: no-op
+        assert not await session.is_running()
+        handle = await session.start_inference("a story please")
+        await handle.cancel()
+        with pytest.raises(InferenceCancelled) as info:
+            await handle.wait()
+        turn = info.value.turn
+        assert turn is not None and turn.metadata.status == InferenceStatus.CANCELLED
+        assert [b.kind for b in turn.blocks] == [BlockKind.USER]  # nothing was produced
+        assert not await session.is_running()
+        # Nothing ran: the model was never called, and the step was cancelled unstarted.
+        assert model_server.requests(base_url) == []
+        types = [e.event_type for e in (await handle.workflow_handle.fetch_history()).events]
+        assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
+        assert EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED not in types
+        assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED in types
+    # Once a worker takes activities, the session answers the next prompt, and the cancelled
+    # step is never run after all.
+    async with create_worker(
+        client, task_queue=queue, endpoints=scripted_endpoints(model_server.url)
+    ):
+        nxt = await (await session.start_inference("and now?")).wait()
+    assert nxt.last_text == "Sure: and now?"
+    assert len(model_server.requests(base_url)) == 1
 
 
 async def test_no_history_contains_the_api_key(

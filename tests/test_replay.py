@@ -104,7 +104,50 @@ def is_nondeterminism(failure: Exception | None) -> bool:
     )
 
 
+#: Every recorded set (file prefix), oldest first. A new set is added here when it is recorded;
+#: none is ever removed, since sessions started by workers of that code may still be running.
+HISTORY_SETS = ("v0-1", "v0-2", "v0-3", "v0-4", "v0-5", "v0-6", "v0-7")
+#: Each scenario of `record.py` and the histories it keeps (`<set>-<scenario>-<kind>.json`).
+SCENARIO_FILES: dict[str, tuple[str, ...]] = {
+    "cancel-during-tool": ("session", "inference-1"),
+    "cancel-mid-stream": ("session", "inference-1", "inference-2"),
+    "close-cancel-active": ("session", "inference-1"),
+    "close-idle": ("session",),
+    "max-iterations": ("session", "inference-1"),
+    "multi-turn": ("session", "inference-1", "inference-2", "inference-3"),
+    "plain-text": ("session", "inference-1"),
+    "provider-401": ("session", "inference-1"),
+    "queued-submit": ("session", "inference-1", "inference-2", "inference-3"),
+    "retry-429": ("session", "inference-1"),
+    "scheduled-prompt": ("scheduled",),
+    "tool-loop": ("session", "inference-1"),
+}
+#: Scenarios added after the first set, and the set that first has them.
+SCENARIO_SINCE = {"scheduled-prompt": "v0-3"}
+
+
+def expected_history_files() -> list[str]:
+    names: list[str] = []
+    for tag in HISTORY_SETS:
+        for scenario, kinds in SCENARIO_FILES.items():
+            since = SCENARIO_SINCE.get(scenario, HISTORY_SETS[0])
+            if HISTORY_SETS.index(tag) >= HISTORY_SETS.index(since):
+                names += [f"{tag}-{scenario}-{kind}.json" for kind in kinds]
+    return names
+
+
 # ---- every recorded history replays ------------------------------------------------------------
+
+
+def test_every_recorded_set_and_scenario_is_still_there() -> None:
+    """A fixed list, so that deleting (or renaming) any recorded history fails here."""
+    expected = expected_history_files()
+    present = {p.name for p in HISTORIES}
+    missing = [name for name in expected if name not in present]
+    assert not missing, (
+        f"recorded histories missing from {HISTORIES_DIR}: {missing}; histories must never be "
+        "deleted (see tests/histories/README.md)"
+    )
 
 
 def test_histories_are_all_there() -> None:

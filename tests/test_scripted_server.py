@@ -513,9 +513,8 @@ async def test_delay_fault(client: openai.AsyncOpenAI, server: ScriptedModelServ
     first = await client.chat.completions.create(model="m", messages=user("slow start"))
     assert time.monotonic() - started >= 0.5
     assert first.choices[0].message.content == "worth the wait"
-    started = time.monotonic()
     await client.chat.completions.create(model="m", messages=user("slow start"))
-    assert time.monotonic() - started < 0.4
+    # The second request of the conversation is not delayed (no fault was applied to it).
     assert [r.fault for r in server.requests()] == ["faults[0]: delay=0.5", None]
 
 
@@ -557,6 +556,7 @@ async def test_stall_then_client_cancel(
     await asyncio.sleep(0.05)
     assert not task.done()  # the server is stalling, not finishing
     assert server.requests()[-1].outcome == "pending"
+    assert server.requests()[-1].finished_at is None
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -571,8 +571,12 @@ async def test_stall_then_client_cancel(
         n += 1
         if n == 2:
             break
+    closed_at = time.time()
     await stream.close()
     await wait_for(lambda: server.requests()[-1].outcome == "client_disconnected")
+    # The server notes when it noticed, which is after the client hung up.
+    noticed = server.requests()[-1].finished_at
+    assert noticed is not None and noticed >= closed_at
 
     # The server is healthy afterwards; the third attempt of the conversation is not faulted.
     final = await client.chat.completions.create(model="m", messages=user("stall please"))
@@ -582,6 +586,9 @@ async def test_stall_then_client_cancel(
         "client_disconnected",
         "completed",
     ]
+    assert all(
+        r.finished_at is not None and r.finished_at >= r.received_at for r in server.requests()
+    )
 
 
 # ---- auth, scripts, recording, concurrency ----------------------------------------------------------
@@ -693,10 +700,8 @@ async def test_concurrent_streams(client: openai.AsyncOpenAI) -> None:
                 parts.append(c.choices[0].delta.content)
         return "".join(parts)
 
-    started = time.monotonic()
     results = await asyncio.gather(*(one(i) for i in range(60)))
     assert results == [f"echo: client {i}" for i in range(60)]
-    assert time.monotonic() - started < 5
 
 
 async def test_keep_alive_and_chunked_framing(server: ScriptedModelServer) -> None:

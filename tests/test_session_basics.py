@@ -27,8 +27,10 @@ from geppetto_temporal import (
 )
 from geppetto_temporal.activities import _activities
 from geppetto_temporal.activities._activities import InferenceActivities
+from geppetto_temporal.events import PartialEvent
 from geppetto_temporal.workflows._models import TurnLookup
 from tests.conftest import TASK_QUEUE
+from tests.watch import EventWatch, assert_no_delta_after_interrupt
 
 ECHO: dict[str, Any] = {"rules": [{"name": "echo", "reply": {"text": "You said: {last_user}"}}]}
 
@@ -266,10 +268,12 @@ async def test_wait_returns_exactly_the_turn_the_session_records(
             break
         await asyncio.sleep(0.05)
     handle = await session.start_inference("long answer " * 10)
-    await asyncio.sleep(0.1)
+    watch = EventWatch(handle)
+    await watch.first(PartialEvent)  # cancelled while it streams
     await handle.cancel()
     with pytest.raises(InferenceCancelled) as cancelled:
         await handle.wait()
+    assert_no_delta_after_interrupt(await watch.finished())
     assert cancelled.value.turn is not None
     turns.append(cancelled.value.turn)
     handle = await session.start_inference("after all that")

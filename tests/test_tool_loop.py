@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -74,6 +75,34 @@ async def test_max_parallel_tools_one_still_runs_all(new_session: Any) -> None:
     session, _ = await new_session(WEATHER_AND_MATH, configure=lambda b: b.max_parallel_tools(1))
     turn = await (await session.start_inference("go")).wait()
     assert len(tool_results(turn.blocks)) == 3
+
+
+@pytest.mark.parametrize("limit", [2, 3])
+async def test_max_parallel_tools_is_how_many_tool_activities_run_at_once(
+    new_session: Any, limit: int
+) -> None:
+    # Six calls of a tool activity that counts how many of its calls run at the same time.
+    group = f"parallel-{limit}-{uuid.uuid4().hex[:8]}"
+    probe = {"name": "concurrency_probe", "arguments": {"group": group, "rendezvous": limit}}
+    session, _ = await new_session(
+        calls_then_answer(*[probe] * 6, answer="Peaks: {tool_results}"),
+        configure=lambda b: b.max_parallel_tools(limit),
+    )
+    handle = await session.start_inference("six probes")
+    turn = await handle.wait()
+    results = tool_results(turn.blocks)
+    assert len(results) == 6
+    assert all(r.get(PayloadKey.ERROR) is None for r in results), results
+    assert toolbox.PEAK[group] == limit
+    assert toolbox.RUNNING[group] == 0
+    # They ran as (remote) activities, each its own.
+    events = (await handle.workflow_handle.fetch_history()).events
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert scheduled.count("geppetto.tool_call") == 6
 
 
 async def test_max_iterations_keeps_partial_turn(new_session: Any) -> None:

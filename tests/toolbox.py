@@ -55,4 +55,56 @@ def huge_tool(megabytes: int) -> dict[str, object]:
     return {"size": megabytes, "data": "x" * (megabytes * 1024 * 1024)}
 
 
-ALL = [slow_tool, sleepy_tool, failing_tool, flaky_tool, flaky_local_tool, huge_tool]
+#: Per group of `concurrency_probe` calls: how many run right now, and the most that ran at once.
+RUNNING: Counter[str] = Counter()
+PEAK: Counter[str] = Counter()
+
+
+@tool(timeout=60)
+async def concurrency_probe(group: str, rendezvous: int) -> dict[str, int]:
+    """Records how many calls of `group` run at the same time (max_parallel_tools tests).
+
+    A call waits (up to 10 s) until `rendezvous` calls of its group have been running at
+    once, so the peak reaches what the limit allows however slowly a loaded machine starts
+    activities, then holds a moment longer, so that a call beyond the limit would be counted.
+    """
+    RUNNING[group] += 1
+    PEAK[group] = max(PEAK[group], RUNNING[group])
+    try:
+        for _ in range(200):
+            if PEAK[group] >= rendezvous:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        return {"peak": PEAK[group]}
+    finally:
+        RUNNING[group] -= 1
+
+
+#: Keys of `blocking_tool` calls that started, and of those that saw their cancellation.
+STARTED: set[str] = set()
+CANCELLED: set[str] = set()
+
+
+@tool(timeout=60)
+async def blocking_tool(key: str, seconds: float) -> dict[str, float]:
+    """Sleeps, recording under `key` that it started and whether it was cancelled."""
+    STARTED.add(key)
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        CANCELLED.add(key)
+        raise
+    return {"slept": seconds}
+
+
+ALL = [
+    slow_tool,
+    sleepy_tool,
+    failing_tool,
+    flaky_tool,
+    flaky_local_tool,
+    huge_tool,
+    concurrency_probe,
+    blocking_tool,
+]

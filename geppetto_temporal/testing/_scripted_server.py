@@ -113,6 +113,10 @@ class RecordedRequest(BaseModel):
     status: int | None = None
     outcome: str = "pending"
     received_at: float
+    #: Wall-clock time the server was done with the request: the answer sent, or, for
+    #: ``client_disconnected``, when it noticed the client had gone (a streaming answer looks
+    #: before each chunk, so within one ``chunk_delay``). ``None`` while pending.
+    finished_at: float | None = None
     #: Wall-clock time each streamed SSE chunk was written (for latency measurements).
     chunk_times: list[float] = Field(default_factory=list)
 
@@ -1504,6 +1508,7 @@ class ScriptedModelServer:
             record.outcome = "server_error"
             raise
         finally:
+            record.finished_at = time.time()
             logger.debug(
                 "%s %s -> %s (rule=%s, fault=%s, outcome=%s)",
                 req.method,
