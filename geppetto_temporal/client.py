@@ -361,8 +361,7 @@ class Session:
         """
         session_id = session_id or new_session_id()
         spec = _to_spec(engine)
-        if search_attributes is None:
-            search_attributes = await search.search_attributes_registered(client)
+        search_attributes = await search.use_search_attributes(client, search_attributes)
         start = _SessionStart(
             SessionInput(
                 engine=spec,
