@@ -2,12 +2,14 @@
 dashboard` as cleanly as Ctrl-C: the worker shuts down, the embedded server's lease is
 released, and the server stops when no other process uses it.
 
-Real processes in embedded mode (no TEMPORAL_ADDRESS, a temporary GEPPETTO_HOME), as in
-tests/test_cli.py; "no server left" is read from /proc, by the data dir in the command line.
+Real processes: in embedded mode (no TEMPORAL_ADDRESS, a temporary GEPPETTO_HOME), as in
+tests/test_cli.py, "no server left" read from /proc by the data dir in the command line; and
+a worker of the tests' cluster (tests/workers.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
 from tests.ports import free_port
 from tests.test_cli import GEPPETTO, Cli, _dev_servers_of, _make_cli, _pid_alive, _wait_for
-from tests.workers import sigint_not_ignored
+from tests.workers import WorkerProcs, sigint_not_ignored, unique_queue
 
 #: A loaded 2-core machine may take a while to start the dev server and import everything.
 START_LIMIT = 90.0
@@ -146,3 +149,20 @@ def test_ctrl_c_still_stops_the_dashboard_and_its_server(cli: Cli) -> None:
     assert dashboard.output().rstrip().endswith("interrupted"), dashboard.output()
     _wait_for(lambda: not _dev_servers_of(cli.home), 30, "the server to be gone", dashboard.output)
     assert _leases(cli) == [] and cli.server_state() is None
+
+
+async def test_sigterm_stops_a_cluster_worker(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    procs = WorkerProcs(
+        address=temporal_env.client.service_client.config.target_host, logs=tmp_path / "workers"
+    )
+    try:
+        worker = await procs.start(unique_queue("sigterm"))
+        os.kill(worker.pid, signal.SIGTERM)
+        code = await asyncio.to_thread(worker.proc.wait, STOP_LIMIT)
+        assert code == 0, worker.output()
+        assert worker.output().rstrip().endswith("stopped (SIGTERM)"), worker.output()
+        assert "Traceback" not in worker.output()
+    finally:
+        procs.kill_all()
