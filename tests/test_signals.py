@@ -4,7 +4,8 @@ released, and the server stops when no other process uses it.
 
 Real processes: in embedded mode (no TEMPORAL_ADDRESS, a temporary GEPPETTO_HOME), as in
 tests/test_cli.py, "no server left" read from /proc by the data dir in the command line; and
-a worker of the tests' cluster (tests/workers.py).
+workers of the tests' cluster (tests/workers.py), one of which hands its running LLM step
+back to another worker on SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,11 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from geppetto_temporal import EngineBuilder, Session
+from geppetto_temporal.testing import ScriptedModelServer
 from tests.ports import free_port
 from tests.test_cli import GEPPETTO, Cli, _dev_servers_of, _make_cli, _pid_alive, _wait_for
-from tests.workers import WorkerProcs, sigint_not_ignored, unique_queue
+from tests.workers import (
+    WorkerProcs,
+    activity_starts,
+    sigint_not_ignored,
+    unique_queue,
+    wait_until,
+)
 
 #: A loaded 2-core machine may take a while to start the dev server and import everything.
 START_LIMIT = 90.0
@@ -164,5 +174,52 @@ async def test_sigterm_stops_a_cluster_worker(
         assert code == 0, worker.output()
         assert worker.output().rstrip().endswith("stopped (SIGTERM)"), worker.output()
         assert "Traceback" not in worker.output()
+    finally:
+        procs.kill_all()
+
+
+#: About 3 s of streaming, so SIGTERM lands in the middle of the LLM step.
+STORY = "The keeper counted the waves. " + " ".join(f"wave-{i}" for i in range(60)) + " The end."
+
+
+async def test_sigterm_hands_a_running_llm_step_back_to_another_worker(
+    temporal_env: WorkflowEnvironment,
+    client: Client,
+    model_server: ScriptedModelServer,
+    payload_dir: Path,
+    tmp_path: Path,
+) -> None:
+    procs = WorkerProcs(
+        address=temporal_env.client.service_client.config.target_host,
+        logs=tmp_path / "workers",
+        payload_dir=payload_dir,
+    )
+    queue = unique_queue("drain")
+    script = {"rules": [{"reply": {"text": STORY, "chunk_size": 6, "chunk_delay": 0.05}}]}
+    base_url = model_server.add_script(script)
+    try:
+        first = await procs.start(queue)
+        engine = EngineBuilder("openai:scripted").base_url(base_url)
+        session = await Session.create(client, engine, task_queue=queue)
+        handle = await session.start_inference("tell me a story")
+
+        async def streaming() -> bool:
+            requests = model_server.requests(base_url)
+            return bool(requests) and requests[0].outcome == "pending"
+
+        await wait_until(streaming, 60, "the story to stream", first.output)
+        second = await procs.start(queue)
+        os.kill(first.pid, signal.SIGTERM)
+        code = await asyncio.to_thread(first.proc.wait, STOP_LIMIT)
+        assert code == 0, first.output()
+        assert first.output().rstrip().endswith("stopped (SIGTERM)"), first.output()
+
+        # Graceful shutdown hands the step back: the other worker runs it again, to the end.
+        turn = await asyncio.wait_for(handle.wait(), 120)
+        assert turn.last_text == STORY
+        # History records the start of the attempt that completed: the other worker's, a retry.
+        [(kind, identity, attempt)] = await activity_starts(handle.workflow_handle)
+        assert kind == "geppetto.llm_step" and second.owns(identity) and attempt >= 2
+        assert len(model_server.requests(base_url)) >= 2
     finally:
         procs.kill_all()
