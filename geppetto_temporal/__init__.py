@@ -25,6 +25,7 @@ from geppetto_temporal.errors import (
     SessionNotFoundError,
 )
 from geppetto_temporal.sessions import SessionInfo, describe_session, list_sessions
+from geppetto_temporal.shutdown import run, shutdown_temporal_runtime
 from geppetto_temporal.tools import (
     Tool,
     ToolChoice,
@@ -77,5 +78,7 @@ __all__ = [
     "data_converter",
     "describe_session",
     "list_sessions",
+    "run",
+    "shutdown_temporal_runtime",
     "tool",
 ]

@@ -24,6 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal.client import Session, new_session_id
 from geppetto_temporal.engines._builder import EngineBuilder
+from geppetto_temporal.engines._endpoints import EndpointRegistry
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.runtime import Runtime, open_runtime
@@ -194,7 +195,13 @@ async def open_cli_session(
         if existing and recorded and runtime.server is not None:
             _add_recorded_tools(registry, recorded, modules, sid, log)
         worker = (
-            create_worker(runtime.client, task_queue=task_queue, tools=registry)
+            create_worker(
+                runtime.client,
+                task_queue=task_queue,
+                tools=registry,
+                # As open_runtime's: loopback clients are this machine's users.
+                endpoints=EndpointRegistry.from_env(allow_any_base_url=True),
+            )
             if runtime.server is not None
             else None
         )

@@ -25,6 +25,7 @@ from geppetto_temporal._inputs import check_existing_id
 from geppetto_temporal._render import format_usage, render_blocks
 from geppetto_temporal.client import Session
 from geppetto_temporal.errors import SessionError, SessionNotFoundError
+from geppetto_temporal.search import search_attributes_missing
 from geppetto_temporal.sessions import SessionInfo, describe_session, list_sessions
 from geppetto_temporal.workflows._models import (
     DEFAULT_TASK_QUEUE,
@@ -49,6 +50,8 @@ TaskQueueOption = Annotated[
     typer.Option("--task-queue", help="Embedded mode: the in-process worker's task queue."),
 ]
 
+#: Shown for a count a session without search attributes cannot report.
+UNKNOWN = "—"
 _STATUS_STYLE = {"running": "cyan", "idle": "green", "failed": "red", "closed": "dim"}
 
 
@@ -90,8 +93,14 @@ def _when(value: datetime | None, *, seconds: bool = True) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
-def _cost(value: float) -> str:
+def _cost(value: float | None) -> str:
+    if value is None:
+        return UNKNOWN
     return f"${value:.4f}" if value < 100 else f"${value:,.2f}"
+
+
+def _count(value: int | None) -> str:
+    return UNKNOWN if value is None else str(value)
 
 
 def _status_text(status: str) -> Text:
@@ -128,17 +137,30 @@ def list_command(
 
         sessions_query(status=status, model=model, since=since, schedule=schedule)  # validate
 
-    async def action(client: Client) -> list[SessionInfo]:
-        return await list_sessions(
+    async def action(client: Client) -> tuple[list[SessionInfo], str | None]:
+        found = await list_sessions(
             client, status=status, model=model, since=since, schedule=schedule, limit=limit
         )
+        return found, await search_attributes_missing(client)
 
-    found = _call(action, with_worker=False)
+    found, unindexed_reason = _call(action, with_worker=False)
     if as_json:
         _print_json([s.model_dump(mode="json") for s in found])
         return
-    from geppetto_temporal.cli import console
+    from geppetto_temporal.cli import console, err_console
 
+    if unindexed_reason is not None or any(not s.indexed for s in found):
+        # Unknown is not zero: say why instead of listing sessions that ran as 0 prompts.
+        err_console.print(
+            Text(
+                "note: prompt, token and cost counts are unavailable (—) for sessions "
+                "without geppetto's search attributes"
+                + (f": {unindexed_reason}" if unindexed_reason else "")
+                + "; `geppetto sessions show ID` asks a session itself",
+                style="yellow",
+            ),
+            soft_wrap=True,
+        )
     if not found:
         console.print("no sessions match")
         return
@@ -159,8 +181,8 @@ def list_command(
             s.session_id,
             _status_text(s.status),
             model_text,
-            str(s.prompt_count),
-            f"{s.input_tokens}/{s.output_tokens}",
+            _count(s.prompt_count),
+            _count(s.input_tokens) + "/" + _count(s.output_tokens),
             _cost(s.cost_usd),
             _when(s.last_activity or s.start_time, seconds=False),
         )
@@ -207,14 +229,19 @@ def show_command(
 
     header = Text(info.session_id, style="bold") + Text("  ") + _status_text(info.status)
     console.print(header)
-    model = f"{info.provider}:{info.model}" if info.provider else (info.model or "-")
+    provider, model_name = info.provider, info.model
+    if not info.indexed and status is not None:
+        # No search attributes: the session itself knows its engine.
+        provider, model_name = status.provider, status.model
+    model = f"{provider}:{model_name}" if provider else (model_name or "-")
     usage = status.usage if status is not None else None
+    prompts = info.prompt_count if info.indexed else len(transcript.turns)
     lines = [
-        f"model {model}; {info.prompt_count} prompt(s); "
+        f"model {model}; {prompts} prompt(s); "
         + (
             format_usage(usage)
             if usage
-            else f"{info.input_tokens} in / {info.output_tokens} out tokens"
+            else f"{_count(info.input_tokens)} in / {_count(info.output_tokens)} out tokens"
         )
         + f"; ~{_cost(usage.cost_usd if usage else info.cost_usd)}",
         f"started {_when(info.start_time)} UTC; last activity {_when(info.last_activity)} UTC"

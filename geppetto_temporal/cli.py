@@ -7,15 +7,18 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
+from temporalio.client import Client
 
 from geppetto_temporal import devserver
 from geppetto_temporal._cli_schedule import schedule_app
@@ -97,8 +100,61 @@ def _describe_validation(err: ValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
-def _run(coro: Coroutine[Any, Any, T], *, quiet_worker: bool = True) -> T:
-    """Run a command, turning user-facing errors into one red line and an exit code."""
+class _Terminated(Exception):
+    """SIGTERM stopped the command; its cleanup has run (as after Ctrl-C)."""
+
+
+#: The exit code of a command stopped by SIGTERM (128 + 15), unless it says otherwise.
+SIGTERM_EXIT = 143
+
+
+async def _cancelled_by_sigterm(coro: Coroutine[Any, Any, T]) -> T:
+    """Await `coro`; SIGTERM cancels it exactly as Ctrl-C does, then raises `_Terminated`.
+
+    SIGTERM is what systemd, Docker and Kubernetes send. Its default action kills the
+    process on the spot: the worker would not drain, the embedded server's lease would
+    be left behind and the server would keep running. Cancelling the command's task
+    instead unwinds its `async with` blocks: worker shutdown, lease release, server stop.
+    A second SIGTERM kills the process at once.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        loop.call_soon_threadsafe(task.cancel)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        return await coro
+    try:
+        result = await coro
+    except asyncio.CancelledError:
+        if received:
+            raise _Terminated from None
+        raise
+    finally:
+        if not received:
+            signal.signal(signal.SIGTERM, previous)
+    if received:  # the command swallowed the cancellation; it is stopped all the same
+        raise _Terminated
+    return result
+
+
+def _run(
+    coro: Coroutine[Any, Any, T],
+    *,
+    quiet_worker: bool = True,
+    sigterm_exit: int = SIGTERM_EXIT,
+) -> T:
+    """Run a command, turning user-facing errors into one red line and an exit code.
+
+    SIGTERM stops it as Ctrl-C does (cleanly) and exits with `sigterm_exit`.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if quiet_worker:
         # The in-process worker of an interactive command would print a traceback
@@ -106,10 +162,13 @@ def _run(coro: Coroutine[Any, Any, T], *, quiet_worker: bool = True) -> T:
         logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
         logging.getLogger("temporalio.workflow").setLevel(logging.ERROR)
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_cancelled_by_sigterm(coro))
     except KeyboardInterrupt:
         err_console.print(Text("interrupted", style="yellow"))
         raise typer.Exit(130) from None
+    except _Terminated:
+        err_console.print(Text("stopped (SIGTERM)", style="yellow"))
+        raise typer.Exit(sigterm_exit) from None
     except (GeppettoError, devserver.DevServerError) as err:
         _error(str(err))
         raise typer.Exit(1) from None
@@ -367,7 +426,10 @@ def worker(
         endpoints = _endpoint_registry(endpoint or [], endpoints_file, allow_any_base_url)
     if otel:
         os.environ["GEPPETTO_OTEL"] = "1"
-    _run(_serve_worker(registry, endpoints, task_queue, metrics), quiet_worker=False)
+    # SIGTERM is how service managers stop a worker: a clean stop, exit 0.
+    _run(
+        _serve_worker(registry, endpoints, task_queue, metrics), quiet_worker=False, sigterm_exit=0
+    )
 
 
 def _endpoint_registry(
@@ -395,6 +457,22 @@ def _endpoints_note(endpoints: EndpointRegistry) -> str:
     return f"; endpoints: {names}{anywhere}"
 
 
+async def _search_attributes_notice(client: Client) -> None:
+    """Say once, on one line, that sessions here run without search attributes, and the fix."""
+    from geppetto_temporal.search import search_attributes_missing
+
+    reason = await search_attributes_missing(client)
+    if reason is not None:
+        err_console.print(
+            Text(
+                f"warning: {reason}; sessions run without them, so `geppetto sessions list` "
+                "and the dashboard cannot show their prompt, token and cost counts",
+                style="yellow",
+            ),
+            soft_wrap=True,
+        )
+
+
 def _observability_note(metrics: str | None) -> str:
     from geppetto_temporal.observability import tracing_enabled_from_env
 
@@ -419,6 +497,7 @@ async def _serve_worker(
             + _endpoints_note(endpoints)
             + _observability_note(metrics)
         )
+        await _search_attributes_notice(client)
         await w.run()
         return
     async with open_runtime(
@@ -577,7 +656,22 @@ def dashboard(
         raise typer.Exit(2) from None
     with _user_errors():
         registry = _load_tools(tools, example_tools)
-    _run(_serve_dashboard(host, port, token, registry, task_queue))
+    _run(_serve_dashboard(host, port, token, registry, task_queue), sigterm_exit=0)
+
+
+def _dashboard_server_class() -> type[Any]:
+    import uvicorn
+
+    class DashboardServer(uvicorn.Server):
+        """uvicorn without its own signal handlers: `_run` turns Ctrl-C and SIGTERM into a
+        cancellation, and uvicorn re-raising the signal after its shutdown would cancel the
+        cleanup that follows it (worker drain, lease release)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return DashboardServer
 
 
 async def _serve_dashboard(
@@ -599,7 +693,7 @@ async def _serve_dashboard(
             # Open live views (SSE) would otherwise hold Ctrl-C up indefinitely.
             timeout_graceful_shutdown=2,
         )
-        server = uvicorn.Server(config)
+        server = _dashboard_server_class()(config)
         shown = f"[{host}]" if ":" in host else host
         _progress(
             f"dashboard on http://{shown}:{port}/"
@@ -607,7 +701,14 @@ async def _serve_dashboard(
             + (f"; Temporal UI {runtime.server.ui_url}" if runtime.server else "")
             + "; Ctrl-C to stop"
         )
-        await server.serve()
+        serving = asyncio.ensure_future(server.serve())
+        try:
+            await asyncio.shield(serving)
+        except asyncio.CancelledError:
+            # Ctrl-C or SIGTERM: uvicorn's graceful shutdown, then the worker's and the server's.
+            server.should_exit = True
+            await serving
+            raise
         if not server.started:
             raise typer.Exit(1)
 

@@ -391,8 +391,7 @@ class Session:
         elif not SESSION_ID_PATTERN.fullmatch(session_id):
             return await cls._create_with_legacy_id(client, session_id, reuse_existing)
         spec = _to_spec(engine)
-        if search_attributes is None:
-            search_attributes = await search.search_attributes_registered(client)
+        search_attributes = await search.use_search_attributes(client, search_attributes)
         start = _SessionStart(
             SessionInput(
                 engine=spec,

@@ -40,7 +40,7 @@ class GeppettoError(Exception):
     """Base class of every error this library raises."""
 
 
-class ConfigurationError(GeppettoError):
+class ConfigurationError(GeppettoError, ValueError):
     """A model spec, tool or connection setting is invalid."""
 
 

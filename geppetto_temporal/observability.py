@@ -151,6 +151,12 @@ def prometheus_runtime(
         return runtime
 
 
+def forget_prometheus_runtimes() -> None:
+    """Drop the cached Prometheus runtimes (`geppetto_temporal.shutdown` stops them at exit)."""
+    with _runtimes_lock:
+        _runtimes.clear()
+
+
 def _step_labels(spec_provider: str, model: str) -> dict[str, str | int | float | bool]:
     return {"provider": spec_provider, "model": model}
 

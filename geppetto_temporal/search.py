@@ -4,12 +4,15 @@ Search attributes are indexed by Temporal's visibility store and are not
 encrypted by the data converter, so they carry only ids, names and numbers:
 never prompt text or other content.
 
-Register them on a cluster once (the embedded dev server does it by itself)::
+Register them on a cluster once (the embedded dev server does it by itself) with
+the command `registration_command()` prints (a `--name`/`--type` pair each)::
 
     temporal operator search-attribute create --namespace default \\
         --name GeppettoStatus --type Keyword --name GeppettoModel --type Keyword ...
 
-or from Python with `register_search_attributes(client)`.
+or from Python with `register_search_attributes(client)`. Without them sessions
+still work (every path that starts one asks `use_search_attributes`), but
+visibility cannot list their prompt, token and cost counts.
 """
 
 from __future__ import annotations
@@ -190,3 +193,39 @@ async def search_attributes_registered(client: Client) -> bool:
         known.add(client.namespace)
         return True
     return False
+
+
+async def use_search_attributes(client: Client, requested: bool | None = None) -> bool:
+    """Whether a session started through `client` keeps geppetto's search attributes.
+
+    Every path that starts a session decides here (`Session.create`, the
+    scheduled-prompt activity): `requested` when the caller chose, else whether the
+    namespace has them registered (`search_attributes_registered`). A session that
+    upserts an unregistered search attribute fails every workflow task, for good.
+    """
+    if requested is not None:
+        return requested
+    return await search_attributes_registered(client)
+
+
+def registration_command(namespace: str = "default") -> str:
+    """The `temporal` CLI command that registers geppetto's search attributes on `namespace`
+    of the cluster `TEMPORAL_ADDRESS` (or `--address`) points at: one `--name`/`--type` pair each."""
+    pairs = " ".join(f"--name {name} --type {kind}" for name, kind in SEARCH_ATTRIBUTES.items())
+    return f"temporal operator search-attribute create --namespace {namespace} {pairs}"
+
+
+async def search_attributes_missing(client: Client) -> str | None:
+    """Why sessions of the client's namespace are not indexed, or None when they are.
+
+    The answer is one clause for a notice: the namespace lacks the attributes
+    (with the commands that register them), or `GEPPETTO_SEARCH_ATTRIBUTES=off`.
+    """
+    if await search_attributes_registered(client):
+        return None
+    if os.environ.get(SEARCH_ATTRIBUTES_ENV, "").strip().lower() in ("off", "0", "false", "no"):
+        return f"{SEARCH_ATTRIBUTES_ENV} is off"
+    return (
+        f"namespace {client.namespace} has no geppetto search attributes "
+        f"(register them with: {registration_command(client.namespace)})"
+    )

@@ -25,6 +25,9 @@ from geppetto_temporal.workflows._models import SESSION_WORKFLOW
 
 __all__ = ["SessionInfo", "describe_session", "list_sessions", "parse_since", "sessions_query"]
 
+#: The status of a running session that keeps no search attributes (idle or running: unknown).
+UNINDEXED_OPEN = "open"
+
 _FAILED_EXECUTIONS = (
     WorkflowExecutionStatus.FAILED,
     WorkflowExecutionStatus.TERMINATED,
@@ -33,19 +36,28 @@ _FAILED_EXECUTIONS = (
 
 
 class SessionInfo(BaseModel):
-    """One session as visibility sees it: its search attributes and its workflow's status."""
+    """One session as visibility sees it: its search attributes and its workflow's status.
+
+    A session without geppetto's search attributes (the namespace lacks them, or
+    they were turned off) is listed with `indexed=False`: its status is `open`
+    while it runs, and its model, prompt, token and cost counts are None (unknown,
+    not zero; `Session.status()` asks the session itself).
+    """
 
     session_id: str
-    #: idle | running | closed | failed (see `SessionSearchStatus`).
+    #: idle | running | closed | failed (see `SessionSearchStatus`); `open` for a
+    #: running session that keeps no search attributes.
     status: str
     #: The Temporal workflow execution status: Running, Completed, Failed, Terminated, ...
     execution_status: str
+    #: Whether the session keeps geppetto's search attributes (else the counts are None).
+    indexed: bool = True
     provider: str | None = None
     model: str | None = None
-    prompt_count: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
+    prompt_count: int | None = 0
+    input_tokens: int | None = 0
+    output_tokens: int | None = 0
+    cost_usd: float | None = 0.0
     last_activity: datetime | None = None
     schedule: str | None = None
     start_time: datetime | None = None
@@ -53,17 +65,21 @@ class SessionInfo(BaseModel):
     task_queue: str | None = None
 
     @property
-    def total_tokens(self) -> int:
-        """Input plus output tokens."""
+    def total_tokens(self) -> int | None:
+        """Input plus output tokens (None when unknown)."""
+        if self.input_tokens is None or self.output_tokens is None:
+            return None
         return self.input_tokens + self.output_tokens
 
     @classmethod
     def from_execution(cls, execution: WorkflowExecution) -> SessionInfo:
         """From a listed or described workflow execution."""
         attrs = execution.typed_search_attributes
+        # An indexed session has a status from its start, or from its first workflow task.
+        indexed = attrs.get(search.STATUS) is not None
         execution_status = execution.status or WorkflowExecutionStatus.RUNNING
         if execution_status == WorkflowExecutionStatus.RUNNING:
-            status = attrs.get(search.STATUS) or SessionSearchStatus.IDLE.value
+            status = attrs.get(search.STATUS) or UNINDEXED_OPEN
         elif execution_status in _FAILED_EXECUTIONS:
             status = SessionSearchStatus.FAILED.value
         else:
@@ -72,12 +88,13 @@ class SessionInfo(BaseModel):
             session_id=execution.id,
             status=status,
             execution_status=_status_name(execution_status),
+            indexed=indexed,
             provider=attrs.get(search.PROVIDER),
             model=attrs.get(search.MODEL),
-            prompt_count=attrs.get(search.PROMPT_COUNT) or 0,
-            input_tokens=attrs.get(search.INPUT_TOKENS) or 0,
-            output_tokens=attrs.get(search.OUTPUT_TOKENS) or 0,
-            cost_usd=attrs.get(search.COST_USD) or 0.0,
+            prompt_count=(attrs.get(search.PROMPT_COUNT) or 0) if indexed else None,
+            input_tokens=(attrs.get(search.INPUT_TOKENS) or 0) if indexed else None,
+            output_tokens=(attrs.get(search.OUTPUT_TOKENS) or 0) if indexed else None,
+            cost_usd=(attrs.get(search.COST_USD) or 0.0) if indexed else None,
             last_activity=attrs.get(search.LAST_ACTIVITY),
             schedule=attrs.get(search.SCHEDULE),
             start_time=execution.start_time,
@@ -191,10 +208,23 @@ async def list_sessions(
 ) -> list[SessionInfo]:
     """Sessions matching the filters, most recently active first (at most `limit`)."""
     query = sessions_query(status=status, model=model, since=since, schedule=schedule)
-    sessions = [
-        SessionInfo.from_execution(execution)
-        async for execution in client.list_workflows(query, limit=limit)
-    ]
+    try:
+        sessions = [
+            SessionInfo.from_execution(execution)
+            async for execution in client.list_workflows(query, limit=limit)
+        ]
+    except RPCError as err:
+        # Filters other than "closed" name geppetto's search attributes.
+        reason = (
+            await search.search_attributes_missing(client)
+            if err.status == RPCStatusCode.INVALID_ARGUMENT
+            else None
+        )
+        if reason is None:
+            raise
+        raise ConfigurationError(
+            f"cannot filter sessions by status, model, since or schedule: {reason}"
+        ) from err
     oldest = datetime.min.replace(tzinfo=UTC)
     sessions.sort(key=lambda s: s.last_activity or s.start_time or oldest, reverse=True)
     return sessions

@@ -227,6 +227,7 @@ async def test_search_attributes_follow_the_session(
         status.usage.input_tokens,
         status.usage.output_tokens,
     )
+    assert info.indexed and info.input_tokens is not None and info.cost_usd is not None
     assert info.input_tokens >= 1000
     assert info.cost_usd == pytest.approx(status.cost_usd) and info.cost_usd > 0
     assert info.last_activity is not None

@@ -12,6 +12,8 @@ from temporalio.client import WorkflowFailureError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
+from geppetto_temporal import search
+from geppetto_temporal._inputs import SESSION_CARRY_LIMIT
 from geppetto_temporal.activities._heartbeat import heartbeating
 from geppetto_temporal.errors import ErrorType
 from geppetto_temporal.turns import BlockKind, InferenceStatus
@@ -46,10 +48,24 @@ async def deliver_scheduled_prompt(input: DeliverPromptInput) -> DeliverPromptRe
         engine=input.engine if input.switch_engine else None,
         source=input.schedule,
     )
+    client = activity.client()
+    # Decided as `Session.create` decides: a session that upserts search attributes the
+    # namespace lacks fails every workflow task (BadSearchAttributes), for good.
+    indexed = await search.use_search_attributes(client)
     try:
-        await activity.client().start_workflow(
+        await client.start_workflow(
             SESSION_WORKFLOW,
-            SessionInput(engine=input.engine, features=list(SESSION_FEATURES)),
+            SessionInput(
+                engine=input.engine,
+                search_attributes=indexed,
+                features=list(SESSION_FEATURES),
+                # As Session.create: without external storage, never carry over the limit.
+                payload_limit=(
+                    None
+                    if client.data_converter.external_storage is not None
+                    else SESSION_CARRY_LIMIT
+                ),
+            ),
             id=input.session_id,
             task_queue=activity.info().task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

@@ -38,7 +38,7 @@ from geppetto_temporal.dashboard._data import (
 )
 from geppetto_temporal.errors import GeppettoError, InvalidSessionIdError
 from geppetto_temporal.events import Event, event_to_json
-from geppetto_temporal.search import SessionSearchStatus
+from geppetto_temporal.search import SessionSearchStatus, search_attributes_missing
 from geppetto_temporal.turns import Block, BlockKind, BlockMetaKey, PayloadKey, Usage
 from geppetto_temporal.workflows._models import (
     INFERENCE_WORKFLOW,
@@ -620,6 +620,7 @@ def create_app(
             filters=filters,
             rows=rows,
             error=error,
+            unindexed=await _unindexed_reason(client),
             query=request.url.query,
             nav="sessions",
         )
@@ -757,6 +758,14 @@ def _possible_id(workflow_id: str) -> bool:
     except InvalidSessionIdError:
         return False
     return True
+
+
+async def _unindexed_reason(client: Client) -> str | None:
+    """Why sessions keep no search attributes here (their counts are unknown), if they do not."""
+    try:
+        return await search_attributes_missing(client)
+    except RPCError:
+        return None
 
 
 async def _rows_or_error(

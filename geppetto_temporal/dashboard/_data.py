@@ -110,6 +110,7 @@ def _row_from_info(info: SessionInfo) -> SessionRow:
         cost_usd=info.cost_usd,
         started=info.start_time,
         last_activity=info.last_activity or info.close_time or info.start_time,
+        note=None if info.indexed else "no search attributes: counts unavailable",
     )
 
 

@@ -92,6 +92,7 @@ def create_worker(
     # loop for up to seconds on a busy host, longer than the 3 s heartbeat timeout allows.
     import anthropic  # noqa: F401
     import openai  # noqa: F401
+
     if engines is None:
         if not isinstance(endpoints, EndpointRegistry):
             endpoints = EndpointRegistry(endpoints or (), allow_any_base_url=allow_any_base_url)
