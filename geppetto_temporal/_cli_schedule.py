@@ -20,6 +20,7 @@ from temporalio.client import Client
 
 from geppetto_temporal import schedules
 from geppetto_temporal._inputs import check_new_session_id, check_prompt
+from geppetto_temporal._render import escape_controls, one_line
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 
@@ -81,12 +82,13 @@ def _seconds(total: float) -> str:
 
 
 def _target(info: schedules.ScheduleInfo) -> str:
-    return "fresh session per run" if info.fresh_session else f"session {info.session_id}"
+    if info.fresh_session:
+        return "fresh session per run"
+    return f"session {escape_controls(info.session_id or '', multiline=False)}"
 
 
 def _short(text: str | None, limit: int = 80) -> str:
-    value = " ".join((text or "").split())
-    return value if len(value) <= limit else value[: limit - 1] + "…"
+    return one_line(text or "", limit)
 
 
 @schedule_app.command("create")
@@ -219,7 +221,7 @@ def list_(as_json: JsonOption = False) -> None:
             info.name,
             _spec_text(info),
             _target(info),
-            info.model,
+            _short(info.model),
             info.overlap,
             Text("paused", style="yellow") if info.paused else Text("active", style="green"),
             _when(info.next_runs[0]) if info.next_runs and not info.paused else "-",
@@ -241,7 +243,9 @@ _STATUS_STYLE = {
 @schedule_app.command("describe")
 def describe(
     name: NameArg,
-    recent: Annotated[int, typer.Option("--recent", help="How many recent runs to show.")] = 10,
+    recent: Annotated[
+        int, typer.Option("--recent", min=0, help="How many recent runs to show.")
+    ] = 10,
     as_json: JsonOption = False,
 ) -> None:
     """Show a schedule: its spec, next runs and recent runs with their answers or errors."""
@@ -255,7 +259,7 @@ def describe(
         ("prompt", _short(info.prompt, 200)),
         ("when", _spec_text(info)),
         ("target", _target(info)),
-        ("model", info.model),
+        ("model", _short(info.model)),
         ("overlap", info.overlap),
         ("state", f"paused ({info.note})" if info.paused and info.note else "paused")
         if info.paused
@@ -282,7 +286,7 @@ def describe(
             detail = Text(_short(run.error), style="red")
         else:
             detail = Text(_short(run.answer))
-        table.add_row(_when(run.scheduled_at), status, run.session_id or "-", detail)
+        table.add_row(_when(run.scheduled_at), status, _short(run.session_id or "-"), detail)
     console.print(table)
 
 

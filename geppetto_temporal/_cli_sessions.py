@@ -16,17 +16,26 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.cells import cell_len
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal._inputs import check_existing_id
-from geppetto_temporal._render import format_usage, render_blocks
+from geppetto_temporal._render import (
+    escape_controls,
+    format_usage,
+    render_blocks,
+    safe_text,
+    was_interrupted,
+)
 from geppetto_temporal.client import Session
 from geppetto_temporal.errors import SessionError, SessionNotFoundError
 from geppetto_temporal.search import search_attributes_missing
 from geppetto_temporal.sessions import SessionInfo, describe_session, list_sessions
+from geppetto_temporal.turns import Usage
 from geppetto_temporal.workflows._models import (
     DEFAULT_TASK_QUEUE,
     INFERENCE_WORKFLOW,
@@ -107,6 +116,98 @@ def _status_text(status: str) -> Text:
     return Text(status, style=_STATUS_STYLE.get(status, ""))
 
 
+def _model_text(info: SessionInfo) -> str:
+    if info.provider and info.model:
+        return escape_controls(f"{info.provider}:{info.model}", multiline=False)
+    return escape_controls(info.model or "-", multiline=False)
+
+
+#: Columns of `sessions list` after SESSION: (header, justify).
+_LIST_COLUMNS = (
+    ("STATUS", "left"),
+    ("MODEL", "left"),
+    ("PROMPTS", "right"),
+    ("TOKENS IN/OUT", "right"),
+    ("COST", "right"),
+    ("LAST ACTIVE (UTC)", "left"),
+)
+#: The MODEL column gives up characters (with "…") down to this before others go.
+_MIN_MODEL_WIDTH = 12
+#: What a narrow terminal drops first (the list is sorted by last activity anyway).
+_DROP_ORDER = ("LAST ACTIVE (UTC)", "COST", "PROMPTS", "TOKENS IN/OUT")
+_GAP = 2  # rich's default padding between two columns
+
+
+def print_session_list(console: Console, found: list[SessionInfo]) -> None:
+    """The sessions as a table that fits the terminal, with every session id whole.
+
+    The session id identifies the row (it is what the other commands take), so it is
+    never cut, wrapped or dropped. When the table is too wide, MODEL is shortened,
+    then the less useful columns are left out; when even that cannot fit the ids,
+    each session is shown as its id on a line of its own with its details below.
+    """
+    headers = ["SESSION", *(name for name, _ in _LIST_COLUMNS)]
+    justify = {"SESSION": "left", **dict(_LIST_COLUMNS)}
+    rows = [
+        {
+            "SESSION": escape_controls(s.session_id, multiline=False),
+            "STATUS": escape_controls(s.status, multiline=False),
+            "MODEL": _model_text(s),
+            "PROMPTS": _count(s.prompt_count),
+            "TOKENS IN/OUT": f"{_count(s.input_tokens)}/{_count(s.output_tokens)}",
+            "COST": _cost(s.cost_usd),
+            "LAST ACTIVE (UTC)": _when(s.last_activity or s.start_time, seconds=False),
+        }
+        for s in found
+    ]
+    widths = {h: max(cell_len(h), *(cell_len(r[h]) for r in rows)) for h in headers}
+
+    natural_model = widths["MODEL"]
+    least_model = min(_MIN_MODEL_WIDTH, natural_model)
+
+    def room_for_model() -> int:
+        others = sum(widths[h] for h in headers if h != "MODEL")
+        return console.width - others - _GAP * (len(headers) - 1)
+
+    for column in _DROP_ORDER:
+        if room_for_model() >= natural_model:
+            break
+        if room_for_model() >= least_model:
+            break
+        headers.remove(column)
+    if room_for_model() < least_model:
+        _print_session_blocks(console, rows)
+        return
+    widths["MODEL"] = min(natural_model, room_for_model())
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for header in headers:
+        table.add_column(
+            header,
+            justify=justify[header],  # type: ignore[arg-type]
+            no_wrap=True,
+            overflow="ellipsis",
+            width=widths[header],
+        )
+    for row in rows:
+        table.add_row(
+            *(_status_text(row[h]) if h == "STATUS" else Text(row[h], style="") for h in headers)
+        )
+    console.print(table)
+
+
+def _print_session_blocks(console: Console, rows: list[dict[str, str]]) -> None:
+    for row in rows:
+        console.print(Text(row["SESSION"], style="bold"), soft_wrap=True)
+        console.print(
+            Text("  ")
+            + _status_text(row["STATUS"])
+            + Text(
+                f"  {row['MODEL']}  {row['PROMPTS']} prompt(s)  {row['TOKENS IN/OUT']} tokens "
+                f"in/out  {row['COST']}  last active {row['LAST ACTIVE (UTC)']} UTC"
+            )
+        )
+
+
 @sessions_app.command("list")
 def list_command(
     status: Annotated[
@@ -126,7 +227,7 @@ def list_command(
     schedule: Annotated[
         str | None, typer.Option("--schedule", help="Sessions prompted by this schedule.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many sessions.")] = 100,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many sessions.")] = 100,
     as_json: JsonOption = False,
 ) -> None:
     """List sessions, most recently active first, with status, model, prompts, tokens and cost."""
@@ -164,29 +265,7 @@ def list_command(
     if not found:
         console.print("no sessions match")
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column, justify in (
-        ("SESSION", "left"),
-        ("STATUS", "left"),
-        ("MODEL", "left"),
-        ("PROMPTS", "right"),
-        ("TOKENS IN/OUT", "right"),
-        ("COST", "right"),
-        ("LAST ACTIVE (UTC)", "left"),
-    ):
-        table.add_column(column, justify=justify, no_wrap=column != "SESSION")  # type: ignore[arg-type]
-    for s in found:
-        model_text = f"{s.provider}:{s.model}" if s.provider and s.model else s.model or "-"
-        table.add_row(
-            s.session_id,
-            _status_text(s.status),
-            model_text,
-            _count(s.prompt_count),
-            _count(s.input_tokens) + "/" + _count(s.output_tokens),
-            _cost(s.cost_usd),
-            _when(s.last_activity or s.start_time, seconds=False),
-        )
-    console.print(table)
+    print_session_list(console, found)
 
 
 async def _status_or_none(session: Session) -> SessionStatus | None:
@@ -227,8 +306,12 @@ def show_command(
         return
     from geppetto_temporal.cli import console
 
-    header = Text(info.session_id, style="bold") + Text("  ") + _status_text(info.status)
-    console.print(header)
+    header = (
+        safe_text(info.session_id, "bold", multiline=False)
+        + Text("  ")
+        + _status_text(escape_controls(info.status, multiline=False))
+    )
+    console.print(header, soft_wrap=True)
     provider, model_name = info.provider, info.model
     if not info.indexed and status is not None:
         # No search attributes: the session itself knows its engine.
@@ -236,10 +319,14 @@ def show_command(
     model = f"{provider}:{model_name}" if provider else (model_name or "-")
     usage = status.usage if status is not None else None
     prompts = info.prompt_count if info.indexed else len(transcript.turns)
+    # A cancelled turn's cut-off reply is not counted: the total is then a lower bound.
+    partial = any(was_interrupted(record.metadata.status) for record in transcript.turns)
+    if usage is None and info.input_tokens is not None and info.output_tokens is not None:
+        usage = Usage(input_tokens=info.input_tokens, output_tokens=info.output_tokens)
     lines = [
         f"model {model}; {prompts} prompt(s); "
         + (
-            format_usage(usage)
+            format_usage(usage, interrupted=partial)
             if usage
             else f"{_count(info.input_tokens)} in / {_count(info.output_tokens)} out tokens"
         )
@@ -252,7 +339,7 @@ def show_command(
     if status is not None and status.queued_prompts:
         lines.append(f"{status.queued_prompts} queued prompt(s)")
     for line in lines:
-        console.print(Text(line, style="dim"))
+        console.print(safe_text(line, "dim", multiline=False), soft_wrap=True)
     start = 0
     for record in transcript.turns:
         blocks = transcript.blocks[start : record.end]
@@ -261,15 +348,16 @@ def show_command(
         console.print()
         for block in blocks:
             if block.kind == "user":
-                console.print(Text("> ", style="bold") + Text(block.text, style="bold"))
+                console.print(Text("> ", style="bold") + safe_text(block.text, "bold"))
         render_blocks(console, [b for b in blocks if b.kind != "user"])
-        summary = f"  [{meta.status or '?'}; {format_usage(meta.usage)}; ~{_cost(meta.cost_usd)}"
+        usage_text = format_usage(meta.usage, interrupted=was_interrupted(meta.status))
+        summary = f"  [{meta.status or '?'}; {usage_text}; ~{_cost(meta.cost_usd)}"
         if meta.inference_id:
             summary += f"; {meta.inference_id}"
         summary += "]"
-        console.print(Text(summary, style="dim"))
+        console.print(safe_text(summary, "dim", multiline=False), soft_wrap=True)
         if meta.error and meta.status not in ("completed", "cancelled"):
-            console.print(Text(f"  {meta.error}", style="red"), soft_wrap=True)
+            console.print(safe_text(f"  {meta.error}", "red", multiline=False), soft_wrap=True)
 
 
 @sessions_app.command("cancel")
@@ -305,9 +393,9 @@ def cancel_command(session_id: IdArg, as_json: JsonOption = False) -> None:
     from geppetto_temporal.cli import console
 
     if active is None:
-        console.print(f"nothing running in {session_id}")
+        console.print(safe_text(f"nothing running in {session_id}", multiline=False))
     else:
-        console.print(f"cancel requested for {active}")
+        console.print(safe_text(f"cancel requested for {active}", multiline=False))
 
 
 @sessions_app.command("close")
@@ -336,6 +424,9 @@ def close_command(
     from geppetto_temporal.cli import console
 
     console.print(
-        f"closed {session_id}: {summary.turn_count} turn(s), {format_usage(summary.usage)}, "
-        f"~{_cost(summary.usage.cost_usd)}"
+        safe_text(
+            f"closed {session_id}: {summary.turn_count} turn(s), {format_usage(summary.usage)}, "
+            f"~{_cost(summary.usage.cost_usd)}",
+            multiline=False,
+        )
     )

@@ -29,8 +29,16 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.text import Text
 
+from geppetto_temporal._cli_errors import describe_error
 from geppetto_temporal._cli_session import EngineOptions, open_cli_session
-from geppetto_temporal._render import format_call, format_usage
+from geppetto_temporal._render import (
+    escape_controls,
+    format_call,
+    format_tool_call,
+    format_usage,
+    one_line,
+    was_interrupted,
+)
 from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.errors import GeppettoError, SessionBusyError
@@ -69,9 +77,6 @@ HELP = (
     ("/help", "this list"),
 )
 
-# Terminal control characters a model could send (escape sequences, carriage returns,
-# bells): printed raw they would rewrite the user's screen. Newlines and tabs stay.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # A command is a single slash-word; "/etc/hosts, what is it?" is a prompt.
 _COMMAND = re.compile(r"^/[A-Za-z]+$")
 
@@ -174,21 +179,7 @@ class LineReader:
 
 
 def _one_line(text: str, limit: int = MAX_LINE) -> str:
-    flat = " ".join(_CONTROL.sub(" ", text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def format_tool_call(name: str, arguments: str) -> str:
-    """`name(arg=value, ...)` from a tool call's JSON arguments (raw when not a JSON object)."""
-    try:
-        args = json.loads(arguments) if arguments else {}
-    except ValueError:
-        args = arguments
-    if isinstance(args, dict):
-        inner = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
-    else:
-        inner = str(args)
-    return _one_line(f"{name}({inner})")
+    return one_line(text, limit)
 
 
 @dataclass
@@ -245,7 +236,9 @@ class ReplyPrinter:
         self.text_seen = False
 
     def _write(self, text: str) -> None:
-        text = _CONTROL.sub("", text)
+        # Terminal control characters a model could send (escape sequences, carriage
+        # returns, bells) would rewrite the user's screen: shown escaped instead.
+        text = escape_controls(text)
         if not text:
             return
         # Raw write, not console.print: rich would wrap each delta on its own and
@@ -354,8 +347,8 @@ class Chat:
         )
 
     def note(self, message: str, style: str = "dim") -> None:
-        """An informational line."""
-        self.console.print(Text(message, style=style), soft_wrap=True)
+        """An informational line (ids and model names in it are shown escaped)."""
+        self.console.print(Text(escape_controls(message), style=style), soft_wrap=True)
 
     # -- Ctrl-C -------------------------------------------------------------------
 
@@ -374,7 +367,7 @@ class Chat:
         except Exception as err:
             # A chat outlives a failed request (a lost connection, a query that
             # timed out): say what failed on one line and show the prompt again.
-            self.error(f"{type(err).__name__}: {err}")
+            self.error(describe_error(err)[0])
         finally:
             self._foreground = None
 
@@ -391,7 +384,8 @@ class Chat:
                 self.console.print()
                 break
             if not self.reader.interactive:
-                self.console.print(Text(line), soft_wrap=True)  # nobody's echo shows it
+                # nobody's echo shows it
+                self.console.print(Text(escape_controls(line)), soft_wrap=True)
             text = line.strip()
             if not text:
                 continue  # an empty Enter starts nothing
@@ -414,7 +408,7 @@ class Chat:
         except Exception as err:
             self.note(f"session {sid}")
             self.error(
-                f"no worker answered for session {sid} ({type(err).__name__}): is a worker "
+                f"no worker answered for session {sid} ({describe_error(err)[0]}): is a worker "
                 f"(`geppetto worker`) running on task queue {self._task_queue!r}?"
             )
             return
@@ -502,7 +496,8 @@ class Chat:
         label = status.value if status is not None else "unknown"
         if turn.metadata.error and status != InferenceStatus.CANCELLED:
             label += f": {_one_line(turn.metadata.error, 100)}"
-        self.note(f"      [{label}; {format_usage(turn.metadata.usage)}]", _status_style(status))
+        usage = format_usage(turn.metadata.usage, interrupted=was_interrupted(status))
+        self.note(f"      [{label}; {usage}]", _status_style(status))
 
     # -- a reply ------------------------------------------------------------------
 
@@ -623,7 +618,8 @@ class Chat:
         elif not printer.text_seen and status == InferenceStatus.COMPLETED:
             self.note("(no text)")
         label = "" if status in (None, InferenceStatus.COMPLETED) else f"{status.value}; "
-        self.note(f"  [{label}{format_usage(usage)}; {handle.inference_id}]")
+        shown = format_usage(usage, interrupted=was_interrupted(status))
+        self.note(f"  [{label}{shown}; {handle.inference_id}]")
 
 
 async def run_chat(

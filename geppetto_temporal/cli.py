@@ -20,12 +20,13 @@ from rich.console import Console
 from rich.text import Text
 from temporalio.client import Client
 
-from geppetto_temporal import devserver
+from geppetto_temporal import _cli_errors, devserver
+from geppetto_temporal._cli_errors import describe_validation as _describe_validation
 from geppetto_temporal._cli_schedule import schedule_app
 from geppetto_temporal._cli_session import EngineOptions, load_tools, open_cli_session, tool_modules
 from geppetto_temporal._cli_sessions import sessions_app
 from geppetto_temporal._inputs import check_existing_id, check_prompt
-from geppetto_temporal._render import StreamPrinter, format_usage
+from geppetto_temporal._render import StreamPrinter, escape_controls, format_usage
 from geppetto_temporal.client import ExecutionHandle
 from geppetto_temporal.connection import temporal_address_from_env
 from geppetto_temporal.engines._builder import EngineBuilder
@@ -57,8 +58,10 @@ app.add_typer(server_app, name="server")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(sessions_app, name="sessions")
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Markup and emoji codes off: text from users and models is printed as it is written
+# (control characters escaped by _render), never interpreted as `[bold]` or `:smile:`.
+console = Console(highlight=False, markup=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 DEFAULT_MODEL = "openai:gpt-4o-mini"
 #: How long Ctrl-C waits for the in-process worker to record the cancelled inference.
@@ -68,36 +71,26 @@ T = TypeVar("T")
 
 def _progress(line: str) -> None:
     # One line however long, like _error: a warning must stay one greppable line.
-    err_console.print(Text(line, style="dim"), soft_wrap=True)
+    err_console.print(Text(escape_controls(line), style="dim"), soft_wrap=True)
 
 
 def _error(message: str) -> None:
-    # soft_wrap: one line however long, so logs and `2>&1 | grep` see the whole message.
-    err_console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
+    """One red `error: ...` line on stderr, however long the message (logs and grep see it whole)."""
+    _cli_errors.print_error(message)
 
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Report a bad option (model spec, tool module, engine setting) as one line, exit 1."""
+    """Report a bad option (model spec, tool module, engine setting) as one line, exit 1.
+
+    The same as what `main`'s error boundary does; kept so an option's mistake is
+    reported before a command starts any server.
+    """
     try:
         yield
-    except GeppettoError as err:
-        _error(str(err))
+    except (GeppettoError, ValidationError, ValueError) as err:
+        _cli_errors.report(err)
         raise typer.Exit(1) from None
-    except ValidationError as err:
-        _error(f"invalid {_describe_validation(err)}")
-        raise typer.Exit(1) from None
-
-
-def _describe_validation(err: ValidationError) -> str:
-    """`where: what` for the first problem pydantic found, on one line."""
-    errors = err.errors()
-    if not errors:
-        return str(err).splitlines()[0]
-    first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ())) or "value"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
 class _Terminated(Exception):
@@ -151,7 +144,7 @@ def _run(
     quiet_worker: bool = True,
     sigterm_exit: int = SIGTERM_EXIT,
 ) -> T:
-    """Run a command, turning user-facing errors into one red line and an exit code.
+    """Run a command's coroutine; errors go on to `main`'s boundary (one line, exit 1).
 
     SIGTERM stops it as Ctrl-C does (cleanly) and exits with `sigterm_exit`.
     """
@@ -169,9 +162,6 @@ def _run(
     except _Terminated:
         err_console.print(Text("stopped (SIGTERM)", style="yellow"))
         raise typer.Exit(sigterm_exit) from None
-    except (GeppettoError, devserver.DevServerError) as err:
-        _error(str(err))
-        raise typer.Exit(1) from None
 
 
 def _load_tools(modules: list[str] | None, examples: bool) -> ToolRegistry:
@@ -307,16 +297,20 @@ async def _run_prompt(
         lazy=True,
     ) as opened:
         session = opened.session
+        handle = await session.start_inference(prompt, engine=opened.engine)
         if session_id is None:
+            # Only now: with `lazy`, a rejected prompt leaves no session behind to continue.
             _progress(
                 f"session {session.session_id} (continue with --session {session.session_id})"
             )
-        handle = await session.start_inference(prompt, engine=opened.engine)
+        printer = StreamPrinter(console)
         try:
             if output != "turn":
-                await _stream(handle, as_json=output == "json")
+                await _stream(handle, printer, as_json=output == "json")
             turn = await handle.wait()
         except asyncio.CancelledError:
+            # The partial answer's line is still open on the terminal: end it first.
+            printer.end_line()
             # Ctrl-C: stop the inference, keep the session. Wait until the session has
             # recorded the cancelled turn: the in-process worker is the one that processes
             # the cancellation, and without it the next `run` would find the session busy.
@@ -334,6 +328,7 @@ async def _run_prompt(
                 )
             raise
         except InferenceError as err:
+            printer.end_line()
             if err.turn is not None and output == "turn":
                 print(err.turn.model_dump_json(indent=2), flush=True)
             _error(str(err))
@@ -345,9 +340,8 @@ async def _run_prompt(
         return 0
 
 
-async def _stream(handle: ExecutionHandle, *, as_json: bool) -> None:
+async def _stream(handle: ExecutionHandle, printer: StreamPrinter, *, as_json: bool) -> None:
     """Show the inference live: text as it streams, or one JSON event per line."""
-    printer = StreamPrinter(console)
     async for event in handle.events():
         if as_json:
             print(event_to_json(event), flush=True)
@@ -520,7 +514,9 @@ async def _serve_worker(
 
 @app.command("fake-llm")
 def fake_llm(
-    port: Annotated[int, typer.Option("--port", "-p", help="Port (0 picks a free one).")] = 8765,
+    port: Annotated[
+        int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0 picks a free one).")
+    ] = 8765,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     script: Annotated[
         Path | None, typer.Option("--script", help="Script file (JSON); default: the demo script.")
@@ -632,7 +628,9 @@ def dashboard(
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (loopback by default).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", help="Port to serve on.")] = 8800,
+    port: Annotated[
+        int, typer.Option("--port", "-p", min=0, max=65535, help="Port to serve on.")
+    ] = 8800,
     token: Annotated[
         str | None,
         typer.Option(
@@ -713,13 +711,25 @@ async def _serve_dashboard(
             raise typer.Exit(1)
 
 
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="On an error, also print the Python traceback (also GEPPETTO_DEBUG=1).",
+        ),
+    ] = False,
+) -> None:
+    if debug:
+        _cli_errors.set_debug(True)
+
+
 def main() -> None:
-    """Console script entry point."""
-    try:
-        app()
-        code: int = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    """Console script entry point: the one error boundary of every command."""
+    # Non-standalone: errors come back here (see _cli_errors.run_command) instead of
+    # being printed by click/typer in their own multi-line formats.
+    code = _cli_errors.run_command(lambda: app(standalone_mode=False, prog_name="geppetto"))
     # Everything the command had to do is done and flushed below. Ending the
     # process here skips interpreter finalisation, where the Temporal SDK's
     # native runtime threads occasionally crash the process (seen as a rare

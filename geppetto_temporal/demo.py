@@ -16,7 +16,7 @@ from rich.rule import Rule
 from rich.text import Text
 
 from geppetto_temporal._cli_session import EXAMPLE_TOOLS_MODULE, TOOLS_MEMO
-from geppetto_temporal._render import format_usage, render_turn
+from geppetto_temporal._render import format_usage, render_turn, was_interrupted
 from geppetto_temporal.client import Session, new_session_id
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.errors import InferenceCancelled
@@ -123,7 +123,7 @@ async def _converse(
         memo={TOOLS_MEMO: [EXAMPLE_TOOLS_MODULE]},
     )
     report = DemoReport(session_id=session.session_id, ui_link=runtime.ui_link(session.session_id))
-    console.print(f"session [bold]{session.session_id}[/bold]")
+    console.print(Text("session ") + Text(session.session_id, style="bold"))
     for index, prompt in enumerate(PROMPTS):
         console.print(Rule(style="dim"))
         console.print(Text(f"you> {prompt}", style="bold"))
@@ -143,5 +143,6 @@ async def _converse(
         report.tool_calls += sum(
             1 for b in turn.blocks_since_last_user() if b.kind == BlockKind.TOOL_CALL
         )
-        console.print(Text(f"  [{status.value}; {format_usage(turn.metadata.usage)}]", style="dim"))
+        usage = format_usage(turn.metadata.usage, interrupted=was_interrupted(status))
+        console.print(Text(f"  [{status.value}; {usage}]", style="dim"))
     return report

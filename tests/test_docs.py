@@ -31,6 +31,10 @@ EXAMPLE_TIMEOUT = 240.0
 #: The default dev server ports, which a developer's own server may be using.
 
 
+#: Examples that inject provider faults: how many failed attempts the worker logs.
+EXPECTED_FAILURE_LOGS = {"offline-test": 2}
+
+
 @dataclass(frozen=True)
 class Example:
     name: str
@@ -140,3 +144,8 @@ def test_docs_example_runs(example: Example, tmp_path: Path) -> None:
         f"docs example {example.name!r} ({example.source}) exited with {proc.returncode}\n"
         f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
     )
+    if example.name in EXPECTED_FAILURE_LOGS:
+        # Faults injected on purpose are expected provider errors: one log line each.
+        failures = [line for line in proc.stderr.splitlines() if "activity as failed" in line]
+        assert len(failures) == EXPECTED_FAILURE_LOGS[example.name], proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr

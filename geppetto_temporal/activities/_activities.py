@@ -14,6 +14,7 @@ from geppetto_temporal._known_blocks import BlockReader, KnownBlocks, ends_with
 from geppetto_temporal._redact import install_log_redaction, known_secrets, redact, redacted_copy
 from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
 from geppetto_temporal.activities._heartbeat import heartbeating
+from geppetto_temporal.activities._logging import install_expected_failure_filter
 from geppetto_temporal.activities._models import (
     LLM_STEP_ACTIVITY,
     TOOL_CALL_ACTIVITY,
@@ -53,6 +54,9 @@ class InferenceActivities:
         middleware: Mapping[str, Middleware] | None = None,
         engines: EngineFactory | None = None,
     ) -> None:
+        # A worker's logs show a provider's expected failures (429, 5xx, cut
+        # streams: retried by Temporal) as one line each, not a traceback.
+        install_expected_failure_filter()
         self.tools = tools or ToolRegistry()
         self.middleware = {**BUILTIN_MIDDLEWARE, **(middleware or {})}
         self.engines = engines or EngineFactory()

@@ -279,7 +279,7 @@ def _block_view(block: Block) -> BlockView:
         interrupted = bool(block.metadata.get(BlockMetaKey.INTERRUPTED))
         return BlockView("assistant", "assistant", block.text, interrupted=interrupted)
     if block.kind == BlockKind.TOOL_CALL:
-        return BlockView("tool-call", "tool call", _short(format_call(block)))
+        return BlockView("tool-call", "tool call", _short(format_call(block, limit=None)))
     if block.kind == BlockKind.TOOL_USE:
         error = block.payload.get(PayloadKey.ERROR)
         if error is not None:

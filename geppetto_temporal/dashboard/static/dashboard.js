@@ -70,6 +70,25 @@
     return div;
   }
 
+  // The same form as the server-rendered conversation and the CLI: name(arg=value, ...).
+  function toolCall(call) {
+    let args;
+    try {
+      args = call.input.trim() ? JSON.parse(call.input) : {};
+    } catch (err) {
+      args = call.input;
+    }
+    const inner =
+      args && typeof args === "object" && !Array.isArray(args)
+        ? Object.entries(args)
+            .map(([key, value]) => `${key}=${JSON.stringify(value)}`)
+            .join(", ")
+        : typeof args === "string"
+          ? args
+          : JSON.stringify(args);
+    return `${call.name}(${inner})`;
+  }
+
   function segment(segments, event, kind) {
     const key = `${event.meta.message_id || ""}/${kind}`;
     let el = segments.get(key);
@@ -105,7 +124,7 @@
         if (event.text) segment(segments, event, "partial").textContent = event.text;
         break;
       case "tool-call":
-        line("tool-call", `→ ${event.tool_call.name}(${event.tool_call.input})`);
+        line("tool-call", `→ ${toolCall(event.tool_call)}`);
         break;
       case "tool-call-execution-result":
         line(event.is_error ? "error" : "tool-result", `← ${event.tool_result.result}`);
