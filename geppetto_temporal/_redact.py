@@ -115,6 +115,8 @@ def redact(text: str, secrets: Iterable[str] | None = None) -> str:
     if not text:
         return text
     values = known_secrets()
+    if isinstance(secrets, str):  # one secret, not its characters
+        secrets = [secrets]
     if secrets is not None:
         values = values | {s for s in secrets if s}
     pattern = _values_pattern(values)

@@ -609,7 +609,7 @@ async def test_error_taxonomy(
     engine = factory.build(spec)
     with pytest.raises(Exception) as info:
         await engine.stream_step([user_block("hello")], [], spec, StepOutput())
-    error = classify_error(info.value, spec, factory.resolve(spec).key_env)
+    error = classify_error(info.value, spec, key_env=factory.resolve(spec).key_env)
     assert error.non_retryable is not retryable
     for word in words:
         assert word in error.message

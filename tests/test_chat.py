@@ -290,7 +290,8 @@ def test_chat_as_a_pure_client_with_piped_input(cli: Cli) -> None:
     worker_log = cli.workdir / "worker.log"
     with worker_log.open("wb") as out:
         worker = subprocess.Popen(
-            [*GEPPETTO, "worker"],
+            # A cluster's worker calls only the endpoints its operator registered.
+            [*GEPPETTO, "worker", "--endpoint", f"fake={llm.base_url}"],
             env=env,
             cwd=cli.workdir,
             stdin=subprocess.DEVNULL,
