@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from geppetto_temporal import devserver
+from geppetto_temporal._cli_codec import codec_app, codec_server
 from geppetto_temporal._cli_schedule import schedule_app
 from geppetto_temporal._cli_sessions import sessions_app
 from geppetto_temporal._render import StreamPrinter, format_usage
@@ -51,6 +52,8 @@ server_app = typer.Typer(help="Manage the embedded Temporal dev server.", no_arg
 app.add_typer(server_app, name="server")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(codec_app, name="codec")
+app.command("codec-server")(codec_server)
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
