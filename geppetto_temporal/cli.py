@@ -463,6 +463,13 @@ def server_start() -> None:
         ) as info:
             console.print(
                 f"Temporal dev server {info.address}, UI {info.ui_url}, data {info.data_dir}"
+                + (
+                    f"; the UI decodes payloads through {info.ui_codec_endpoint} "
+                    "(run `geppetto codec-server` there)"
+                    if info.ui_codec_endpoint
+                    else ""
+                ),
+                soft_wrap=True,
             )
 
     _run(start())
@@ -490,6 +497,7 @@ def server_status() -> None:
                 "address": info.address,
                 "ui": info.ui_url,
                 "data_dir": str(info.data_dir),
+                "ui_codec_endpoint": info.ui_codec_endpoint,
             }
         )
     )

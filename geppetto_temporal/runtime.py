@@ -67,8 +67,10 @@ async def open_runtime(
     that URL themselves. `$GEPPETTO_CODEC_KEYS` encrypts payloads either way
     (see `geppetto_temporal.codec`).
     """
+    # Read first: a malformed key is reported before a server is started for nothing.
+    codec = codec_from_env()
     if temporal_address_from_env():
-        client = await connect(metrics_address=metrics_address)
+        client = await connect(metrics_address=metrics_address, codec=codec)
         yield Runtime(client=client, task_queue=task_queue)
         return
     async with EmbeddedServer(
@@ -82,7 +84,7 @@ async def open_runtime(
             namespace="default",
             from_env=False,
             payload_storage=storage,
-            codec=codec_from_env(),
+            codec=codec,
             metrics_address=metrics_address,
         )
         if not with_worker:

@@ -47,6 +47,7 @@ from geppetto_temporal import EngineBuilder, Session, connect, create_worker, da
 from geppetto_temporal import schedules as sch
 from geppetto_temporal.codec import (
     CODEC_KEYS_ENV,
+    DEFAULT_CODEC_PORT,
     ENCODING,
     KEY_ID_METADATA,
     CodecError,
@@ -63,7 +64,12 @@ from geppetto_temporal.codec_server import (
     check_codec_bind,
     create_codec_app,
 )
-from geppetto_temporal.devserver import DevServerInfo, EmbeddedServer
+from geppetto_temporal.devserver import (
+    DevServerInfo,
+    EmbeddedServer,
+    find_temporal_binary,
+    ui_codec_endpoint_from_env,
+)
 from geppetto_temporal.events import event_to_json
 from geppetto_temporal.search import SEARCH_ATTRIBUTES
 from geppetto_temporal.storage import payload_storage
@@ -103,9 +109,19 @@ def remember(note: str) -> str:
     return f"{MARK_RESULT} for {note}; receipt {secrets.token_urlsafe(3000)}"
 
 
+@tool(non_retryable_errors=(ValueError,))
+def refuse(note: str) -> str:
+    """Always fails, quoting its argument (so the failure message carries it)."""
+    raise ValueError(f"cannot store {note}")
+
+
 SCRIPT = calls_then_answer(
     {"name": "remember", "arguments": {"note": MARK_TOOL}},
     answer=f"Stored it, {MARK_REPLY}.",
+)
+#: A tool that fails with the marker in its message, then an answer quoting the result.
+FAILING_SCRIPT = calls_then_answer(
+    {"name": "refuse", "arguments": {"note": MARK_TOOL}}, answer="Saw: {tool_results}"
 )
 
 
@@ -282,6 +298,11 @@ async def check_history(
         for event in await raw_history(client, workflow_id, run_id):
             what = f"{workflow_id} event {event.event_id} ({EventType.Name(event.event_type)})"
             assert_no_marker(what, event.SerializeToString())
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+                failure = event.activity_task_failed_event_attributes.failure
+                # Messages and stack traces travel as an encrypted payload.
+                assert failure.message == "Encoded failure", what
+                assert failure.encoded_attributes.metadata["encoding"] == ENCODING, what
             for payload in payloads_in(event):
                 if payload.metadata.get("encoding") == ENCODING:
                     key_ids.add(payload.metadata[KEY_ID_METADATA].decode())
@@ -372,6 +393,18 @@ def test_codec_server_cli_refuses_a_public_address_without_token() -> None:
     assert K1.to_text().split(":")[1] not in done.stderr
 
 
+def test_embedded_ui_codec_endpoint_follows_the_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GEPPETTO_CODEC_ENDPOINT", raising=False)
+    monkeypatch.delenv(CODEC_KEYS_ENV, raising=False)
+    assert ui_codec_endpoint_from_env() is None
+    monkeypatch.setenv(CODEC_KEYS_ENV, K1.to_text())
+    assert ui_codec_endpoint_from_env() == f"http://127.0.0.1:{DEFAULT_CODEC_PORT}"
+    monkeypatch.setenv("GEPPETTO_CODEC_ENDPOINT", "https://codec.example/geppetto")
+    assert ui_codec_endpoint_from_env() == "https://codec.example/geppetto"
+    monkeypatch.setenv("GEPPETTO_CODEC_ENDPOINT", "")
+    assert ui_codec_endpoint_from_env() is None
+
+
 def test_keygen_cli() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "geppetto_temporal.cli", "codec", "keygen", "--id", "k7"],
@@ -396,7 +429,10 @@ async def test_nothing_readable_in_temporal_and_the_session_answers(
     queue = f"codec-{uuid.uuid4().hex[:8]}"
     base_url = model_server.add_script(SCRIPT)
     async with create_worker(
-        client, task_queue=queue, tools=[remember], endpoints=scripted_endpoints(model_server.url)
+        client,
+        task_queue=queue,
+        tools=[remember, refuse],
+        endpoints=scripted_endpoints(model_server.url),
     ):
         session = await Session.create(
             client,
@@ -416,13 +452,35 @@ async def test_nothing_readable_in_temporal_and_the_session_answers(
         status = await session.status()
         assert status.turn_count == 1
 
+        # A tool failing with the marker in its message: the model still sees the message.
+        failing = await Session.create(
+            client,
+            EngineBuilder("openai:scripted")
+            .base_url(model_server.add_script(FAILING_SCRIPT))
+            .tool_error_handling("retry"),
+            task_queue=queue,
+        )
+        turn = await (await failing.start_inference("store this")).wait()
+        assert f"cannot store {MARK_TOOL}" in turn.last_text
+
     codec = EncryptionCodec([K1])
-    workflows = [session.session_id, inference_workflow_id(session.session_id, 1)]
+    workflows = [
+        session.session_id,
+        inference_workflow_id(session.session_id, 1),
+        failing.session_id,
+        inference_workflow_id(failing.session_id, 1),
+    ]
     seen = ""
     for workflow_id in workflows:
         key_ids, plaintext = await check_history(client, workflow_id, codec)
         assert key_ids == {"k1"}, (workflow_id, key_ids)
         seen += plaintext
+    tool_failures = [
+        event
+        for event in await raw_history(client, inference_workflow_id(failing.session_id, 1))
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+    ]
+    assert tool_failures, "the failing tool left no failure in history to check"
     # The scan is meaningful: the markers are in those payloads, once decrypted (or in the
     # external store, whose files are encrypted too and read back below).
     files = await asyncio.to_thread(read_store, store_dir)
@@ -452,20 +510,25 @@ async def test_nothing_readable_in_temporal_and_the_session_answers(
         assert_no_marker(f"description of {workflow_id}", described.SerializeToString())
 
 
-async def test_schedule_action_is_encrypted(
+async def test_schedule_action_and_failed_runs_are_encrypted(
     connect_with: Callable[[Sequence[CodecKey] | None], Awaitable[Client]],
+    model_server: ScriptedModelServer,
 ) -> None:
     client = await connect_with([K1])
+    queue = f"codec-sched-{uuid.uuid4().hex[:8]}"
+    rejected = {
+        "rules": [{"reply": {"error": {"status": 401, "message": f"no such key {MARK_REPLY}"}}}]
+    }
+    engine = EngineBuilder("openai:scripted").base_url(model_server.add_script(rejected))
     name = f"codec-{uuid.uuid4().hex[:8]}"
     await sch.create_schedule(
         client,
         name,
         cron="0 0 1 1 *",
         prompt=f"report on {MARK_SCHEDULE}",
-        session_id=f"codec-sched-{uuid.uuid4().hex[:8]}",
-        engine="openai:scripted",
-        task_queue="codec-schedules",
-        paused=True,
+        fresh_session=True,
+        engine=engine,
+        task_queue=queue,
     )
     try:
         raw = await client.workflow_service.describe_schedule(
@@ -477,6 +540,29 @@ async def test_schedule_action_is_encrypted(
         assert_no_marker(f"schedule {name}", raw.SerializeToString())
         info = await sch.describe_schedule(client, name)
         assert info.prompt == f"report on {MARK_SCHEDULE}"
+
+        # A failed run: its error reads back through the codec, and is ciphertext in history.
+        async with create_worker(
+            client, task_queue=queue, endpoints=scripted_endpoints(model_server.url)
+        ):
+            await sch.trigger(client, name)
+            info = await eventually(
+                lambda: sch.describe_schedule(client, name),
+                lambda i: bool(i.recent_runs) and i.recent_runs[-1].status == "failed",
+                what="a failed run",
+            )
+        run = info.recent_runs[-1]
+        assert run.error and "401" in run.error and MARK_REPLY in run.error, run
+        failed = [
+            event.workflow_execution_failed_event_attributes.failure
+            for event in await raw_history(client, run.workflow_id)
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
+        ]
+        assert failed and failed[0].HasField("encoded_attributes")
+        codec = EncryptionCodec([K1])
+        for workflow_id in (run.workflow_id, run.session_id):
+            assert workflow_id
+            await check_history(client, workflow_id, codec)
     finally:
         await sch.delete(client, name)
 
@@ -734,6 +820,41 @@ async def test_temporal_ui_shows_plaintext_through_the_codec_server(
         if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED
     ]
     assert_no_marker("the UI workflow's start", started.SerializeToString())
+
+    # Temporal's own CLI shows the plaintext through the codec server too, and only with it.
+    async def show(*extra: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            str(find_temporal_binary()),
+            "workflow",
+            "show",
+            "--workflow-id",
+            workflow_id,
+            "--address",
+            server.address,
+            "--output",
+            "json",
+            *extra,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, out
+        return out.decode()
+
+    def started_input(shown: str) -> dict[str, Any]:
+        [payload] = json.loads(shown)["events"][0]["workflowExecutionStartedEventAttributes"][
+            "input"
+        ]["payloads"]
+        return {
+            "encoding": base64.b64decode(payload["metadata"]["encoding"]),
+            "data": base64.b64decode(payload["data"]),
+        }
+
+    decoded = started_input(await show("--codec-endpoint", codec_url))
+    assert decoded["encoding"] == b"json/plain" and MARK_PROMPT.encode() in decoded["data"]
+    shown = await show()
+    assert started_input(shown)["encoding"] == ENCODING
+    assert_no_marker("temporal workflow show", shown.encode())
 
     decode_calls: list[str] = []
     page = await browser.new_page()
