@@ -76,7 +76,7 @@ from geppetto_temporal.storage import payload_storage
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools import tool
 from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
-from geppetto_temporal.workflows._models import inference_workflow_id
+from geppetto_temporal.workflows._models import INFERENCE_WORKFLOW, inference_workflow_id
 from tests.conftest import scripted_endpoints
 from tests.ports import free_port, free_ports
 from tests.scripts import calls_then_answer
@@ -809,7 +809,7 @@ async def test_temporal_ui_shows_plaintext_through_the_codec_server(
     # slashes, which the UI 2.54 route does not fetch: "400 Bad Request".)
     workflow_id = f"codec-ui-{uuid.uuid4().hex[:8]}"
     handle = await client.start_workflow(
-        "InferenceWorkflow",
+        INFERENCE_WORKFLOW,
         {"prompt": f"Please remember {MARK_PROMPT}"},
         id=workflow_id,
         task_queue=f"codec-ui-nobody-{uuid.uuid4().hex[:8]}",
