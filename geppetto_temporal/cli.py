@@ -23,6 +23,7 @@ from geppetto_temporal._cli_schedule import schedule_app
 from geppetto_temporal._cli_sessions import sessions_app
 from geppetto_temporal._render import StreamPrinter, format_usage
 from geppetto_temporal.client import ExecutionHandle, Session, new_session_id
+from geppetto_temporal.codec import CodecError
 from geppetto_temporal.connection import temporal_address_from_env
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.engines._endpoints import (
@@ -97,6 +98,10 @@ def _describe_validation(err: ValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
+def _drop_codec_errors(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], CodecError))
+
+
 def _run(coro: Coroutine[Any, Any, T], *, quiet_worker: bool = True) -> T:
     """Run a command, turning user-facing errors into one red line and an exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -105,6 +110,8 @@ def _run(coro: Coroutine[Any, Any, T], *, quiet_worker: bool = True) -> T:
         # for every failed attempt; the command reports the outcome itself.
         logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
         logging.getLogger("temporalio.workflow").setLevel(logging.ERROR)
+        # A missing codec key fails the session's workflow tasks; the command says so.
+        logging.getLogger("temporalio.worker._workflow").addFilter(_drop_codec_errors)
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:

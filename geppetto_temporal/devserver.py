@@ -363,11 +363,11 @@ class EmbeddedServer:
             self._log(f"registered search attributes: {', '.join(added)}")
         if self._dynamic_config.keys() - _BASE_DYNAMIC_CONFIG.keys():
             self._log("note: dynamic config is not applied to an already running server")
-        if self._ui_codec_endpoint != state.ui_codec_endpoint:
+        if self._ui_codec_endpoint and self._ui_codec_endpoint != state.ui_codec_endpoint:
             self._log(
                 "note: the running server's Web UI uses codec endpoint "
                 f"{state.ui_codec_endpoint or '(none)'}; `geppetto server stop` and start "
-                f"again for {self._ui_codec_endpoint or 'none'}"
+                f"again for {self._ui_codec_endpoint}"
             )
         if self._keep_running and not state.keep_running:
             state = replace(state, keep_running=True)

@@ -43,7 +43,15 @@ from temporalio.api.workflowservice.v1 import (
 from temporalio.client import Client
 from temporalio.worker import Replayer
 
-from geppetto_temporal import EngineBuilder, Session, connect, create_worker, data_converter
+from geppetto_temporal import (
+    EngineBuilder,
+    ExecutionHandle,
+    Session,
+    SessionError,
+    connect,
+    create_worker,
+    data_converter,
+)
 from geppetto_temporal import schedules as sch
 from geppetto_temporal.codec import (
     CODEC_KEYS_ENV,
@@ -677,9 +685,22 @@ async def test_a_process_without_the_key_fails_naming_it(
             ]
 
         [message, *_] = await eventually(failures, bool, what="a failed workflow task")
+        # A client is told why the session does not answer.
+        with pytest.raises(SessionError, match=f"cannot run: .*{CODEC_KEYS_ENV}=k1:"):
+            await stuck.start_inference("are you there?")
     assert "'k1'" in message and f"{CODEC_KEYS_ENV}=k1:" in message, message
     async with create_worker(writer, task_queue=keyless_queue, endpoints=endpoints):
-        turn = await (await stuck.start_inference(f"again {MARK_PROMPT}")).wait()
+        # Temporal retries the failed workflow task (with a backoff); then the session runs.
+        async def prompt() -> ExecutionHandle | None:
+            try:
+                return await stuck.start_inference(f"again {MARK_PROMPT}")
+            except SessionError as err:
+                assert "cannot run" in str(err), err
+                return None
+
+        handle = await eventually(prompt, bool, within=120, what="the session to resume")
+        assert handle is not None
+        turn = await handle.wait()
         assert MARK_REPLY in turn.last_text
         await stuck.close()
 
