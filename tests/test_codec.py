@@ -88,7 +88,6 @@ from geppetto_temporal.workflows._models import INFERENCE_WORKFLOW, inference_wo
 from tests.conftest import scripted_endpoints
 from tests.ports import free_port, free_ports
 from tests.scripts import calls_then_answer
-from tests.test_dashboard import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _Server
 
 T = TypeVar("T")
 
@@ -104,7 +103,19 @@ THRESHOLD = 2048
 SUGGEST_AFTER_EVENTS = 60
 
 #: Screenshots of the Temporal UI test.
-SHOTS = ARTIFACTS.parent / "codec"
+SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "codec"
+#: Debian's Chromium, launched like the dashboard tests launch it.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 K1 = generate_key("k1")
 K2 = generate_key("k2")
 K9 = generate_key("k9")
@@ -186,6 +197,14 @@ def connect_with(
         )
 
     return make
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: pytest keeps Ctrl-C."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @contextlib.asynccontextmanager
@@ -803,13 +822,19 @@ async def test_codec_server_protocol_cors_and_token(codec_url: str, server: DevS
 
 
 @pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
+def chromium() -> Path:
+    """Debian's Chromium; its absence fails the test (never a skip, never a download)."""
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} is missing: run `apt-get install chromium` (as root)")
     SHOTS.mkdir(parents=True, exist_ok=True)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
         )
         try:
             yield launched
