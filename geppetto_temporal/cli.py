@@ -21,6 +21,7 @@ from rich.text import Text
 from temporalio.client import Client
 
 from geppetto_temporal import _cli_errors, devserver
+from geppetto_temporal._cli_codec import codec_app, codec_server
 from geppetto_temporal._cli_errors import describe_validation as _describe_validation
 from geppetto_temporal._cli_schedule import schedule_app
 from geppetto_temporal._cli_session import EngineOptions, load_tools, open_cli_session, tool_modules
@@ -28,6 +29,7 @@ from geppetto_temporal._cli_sessions import sessions_app
 from geppetto_temporal._inputs import check_existing_id, check_prompt
 from geppetto_temporal._render import StreamPrinter, escape_controls, format_usage
 from geppetto_temporal.client import ExecutionHandle
+from geppetto_temporal.codec import CodecError
 from geppetto_temporal.connection import temporal_address_from_env
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.engines._endpoints import (
@@ -57,6 +59,8 @@ server_app = typer.Typer(help="Manage the embedded Temporal dev server.", no_arg
 app.add_typer(server_app, name="server")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(codec_app, name="codec")
+app.command("codec-server")(codec_server)
 
 # Markup and emoji codes off: text from users and models is printed as it is written
 # (control characters escaped by _render), never interpreted as `[bold]` or `:smile:`.
@@ -95,6 +99,10 @@ def _user_errors() -> Iterator[None]:
 
 class _Terminated(Exception):
     """SIGTERM stopped the command; its cleanup has run (as after Ctrl-C)."""
+
+
+def _drop_codec_errors(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], CodecError))
 
 
 #: The exit code of a command stopped by SIGTERM (128 + 15), unless it says otherwise.
@@ -154,6 +162,8 @@ def _run(
         # for every failed attempt; the command reports the outcome itself.
         logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
         logging.getLogger("temporalio.workflow").setLevel(logging.ERROR)
+        # A missing codec key fails the session's workflow tasks; the command says so.
+        logging.getLogger("temporalio.worker._workflow").addFilter(_drop_codec_errors)
     try:
         return asyncio.run(_cancelled_by_sigterm(coro))
     except KeyboardInterrupt:
@@ -555,6 +565,13 @@ def server_start() -> None:
         ) as info:
             console.print(
                 f"Temporal dev server {info.address}, UI {info.ui_url}, data {info.data_dir}"
+                + (
+                    f"; the UI decodes payloads through {info.ui_codec_endpoint} "
+                    "(run `geppetto codec-server` there)"
+                    if info.ui_codec_endpoint
+                    else ""
+                ),
+                soft_wrap=True,
             )
 
     _run(start())
@@ -582,6 +599,7 @@ def server_status() -> None:
                 "address": info.address,
                 "ui": info.ui_url,
                 "data_dir": str(info.data_dir),
+                "ui_codec_endpoint": info.ui_codec_endpoint,
             }
         )
     )

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -42,6 +45,7 @@ from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.errors import (
     ErrorType,
+    GeppettoError,
     InferenceCancelled,
     InferenceFailed,
     InvalidPromptError,
@@ -601,7 +605,38 @@ class Session:
                 "is a geppetto worker running on its task queue?",
                 session_id=self.session_id,
             )
+        if err.status == RPCStatusCode.FAILED_PRECONDITION and "Workflow Task in failed state" in (
+            err.message or ""
+        ):
+            # The worker cannot run the session (e.g. it lacks the codec key): say why.
+            reason = await self._workflow_task_failure()
+            return SessionError(
+                f"session {self.session_id} cannot run: a worker failed its workflow task"
+                + (f": {reason}" if reason else ""),
+                session_id=self.session_id,
+            )
         return err
+
+    async def _workflow_task_failure(self) -> str | None:
+        """The message of the session's latest failed workflow task, if it can be read."""
+        try:
+            history = await self.client.workflow_service.get_workflow_execution_history_reverse(
+                GetWorkflowExecutionHistoryReverseRequest(
+                    namespace=self.client.namespace,
+                    execution=WorkflowExecution(workflow_id=self.session_id),
+                    maximum_page_size=50,
+                )
+            )
+            for event in history.history.events:
+                if event.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                    continue
+                failure = event.workflow_task_failed_event_attributes.failure
+                if failure.HasField("encoded_attributes"):
+                    return str(await self.client.data_converter.decode_failure(failure))
+                return failure.message
+        except (RPCError, GeppettoError) as err:
+            return str(err)
+        return None
 
     async def submit_prompt(
         self,

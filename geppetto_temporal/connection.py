@@ -13,13 +13,16 @@ from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
 from temporalio.converter import (
     CompositePayloadConverter,
     DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
     DefaultPayloadConverter,
     ExternalStorage,
     JSONPlainPayloadConverter,
+    PayloadCodec,
 )
 from temporalio.envconfig import ClientConfig
 
 from geppetto_temporal._wire import WireModel
+from geppetto_temporal.codec import EncryptionCodec, codec_from_env
 from geppetto_temporal.storage import payload_storage_from_env
 
 
@@ -50,15 +53,35 @@ class GeppettoPayloadConverter(CompositePayloadConverter):
 DATA_CONVERTER: DataConverter = DataConverter(payload_converter_class=GeppettoPayloadConverter)
 
 
-def data_converter(payload_storage: ExternalStorage | None = None) -> DataConverter:
+#: Without codec keys: encrypts nothing, and names the missing key when it meets an
+#: encrypted payload (instead of an "unknown encoding" from the JSON converter).
+_NO_KEYS_CODEC = EncryptionCodec()
+
+
+def data_converter(
+    payload_storage: ExternalStorage | None = None, codec: PayloadCodec | None = None
+) -> DataConverter:
     """The data converter geppetto workflows, activities and clients use.
 
     With `payload_storage`, payloads above its threshold are kept outside
     workflow history; clients and workers must then use the same store.
+    With `codec` (e.g. `geppetto_temporal.codec.EncryptionCodec`), every payload
+    is encoded by it before it leaves the process (and before it is stored
+    externally), and failure messages and stack traces travel as encoded
+    payloads too; clients and workers must then hold the keys to read them.
     """
-    if payload_storage is None:
-        return DATA_CONVERTER
-    return dataclasses.replace(DATA_CONVERTER, external_storage=payload_storage)
+    converter = dataclasses.replace(DATA_CONVERTER, payload_codec=_NO_KEYS_CODEC)
+    if codec is not None and not (
+        isinstance(codec, EncryptionCodec) and codec.encrypting_key_id is None
+    ):
+        converter = dataclasses.replace(
+            converter,
+            payload_codec=codec,
+            failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+        )
+    if payload_storage is not None:
+        converter = dataclasses.replace(converter, external_storage=payload_storage)
+    return converter
 
 
 async def connect(
@@ -67,6 +90,7 @@ async def connect(
     namespace: str | None = None,
     from_env: bool = True,
     payload_storage: ExternalStorage | None = None,
+    codec: PayloadCodec | None = None,
     tracing: bool | None = None,
     metrics_address: str | None = None,
     **kwargs: Any,
@@ -78,7 +102,9 @@ async def connect(
     explicit arguments win. `from_env=False` ignores them (the embedded server
     needs no API key or TLS, whatever the shell has set for a cluster).
     `payload_storage` (or `GEPPETTO_PAYLOAD_STORE` when `from_env`) keeps large
-    payloads out of history; see `geppetto_temporal.storage`.
+    payloads out of history; see `geppetto_temporal.storage`. `codec` (or
+    `GEPPETTO_CODEC_KEYS` when `from_env`) encrypts every payload; see
+    `geppetto_temporal.codec`.
 
     `tracing=True` (default: `GEPPETTO_OTEL=1`) adds Temporal's OpenTelemetry
     plugin, which workers made from this client inherit; `metrics_address`
@@ -96,7 +122,9 @@ async def connect(
     config.update(kwargs)
     if payload_storage is None and from_env:
         payload_storage = payload_storage_from_env()
-    config["data_converter"] = data_converter(payload_storage)
+    if codec is None and from_env:
+        codec = codec_from_env()
+    config["data_converter"] = data_converter(payload_storage, codec)
     if metrics_address is not None:
         from geppetto_temporal.observability import prometheus_runtime
 

@@ -45,6 +45,8 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from geppetto_temporal.codec import CODEC_KEYS_ENV, DEFAULT_CODEC_PORT
+
 __all__ = [
     "SEARCH_ATTRIBUTE_TYPES",
     "DevServerError",
@@ -54,6 +56,7 @@ __all__ = [
     "find_temporal_binary",
     "server_status",
     "stop_server",
+    "ui_codec_endpoint_from_env",
     "unused_port",
 ]
 
@@ -136,6 +139,8 @@ class DevServerInfo:
     ui_port: int
     ui_url: str
     data_dir: Path
+    #: The codec server the Web UI decodes payloads through (`--ui-codec-endpoint`), if any.
+    ui_codec_endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,7 @@ class _State:
     ui_url: str
     started_at: str
     keep_running: bool = False
+    ui_codec_endpoint: str | None = None
 
     def info(self, data_dir: Path) -> DevServerInfo:
         return DevServerInfo(
@@ -156,6 +162,7 @@ class _State:
             ui_port=self.ui_port,
             ui_url=self.ui_url,
             data_dir=data_dir,
+            ui_codec_endpoint=self.ui_codec_endpoint,
         )
 
 
@@ -281,6 +288,7 @@ class EmbeddedServer:
         dynamic_config: Mapping[str, str | int | bool] = _NO_DYNAMIC_CONFIG,
         keep_running: bool = False,
         log: Callable[[str], None] | None = None,
+        ui_codec_endpoint: str | None = None,
     ) -> None:
         """Configure (but do not start) the server.
 
@@ -288,11 +296,16 @@ class EmbeddedServer:
         ``dynamic_config`` values are JSON-encoded for ``--dynamic-config-value`` and only apply
         when this call starts the server; ``keep_running`` leaves the server up after release
         (until :func:`stop_server`); ``log`` receives short progress lines.
+        ``ui_codec_endpoint`` points the Web UI at a codec server when this call starts the
+        server; by default :func:`ui_codec_endpoint_from_env` (``""`` for none).
         """
         self.data_dir = _resolve_data_dir(data_dir)
         self._search_attributes = _normalize_search_attributes(search_attributes)
         self._dynamic_config = {**_BASE_DYNAMIC_CONFIG, **dynamic_config}
         self._keep_running = keep_running
+        self._ui_codec_endpoint = (
+            ui_codec_endpoint_from_env() if ui_codec_endpoint is None else ui_codec_endpoint
+        ) or None
         self._log: Callable[[str], None] = log if log is not None else _ignore
         self._lease: Path | None = None
         self._info: DevServerInfo | None = None
@@ -350,6 +363,12 @@ class EmbeddedServer:
             self._log(f"registered search attributes: {', '.join(added)}")
         if self._dynamic_config.keys() - _BASE_DYNAMIC_CONFIG.keys():
             self._log("note: dynamic config is not applied to an already running server")
+        if self._ui_codec_endpoint and self._ui_codec_endpoint != state.ui_codec_endpoint:
+            self._log(
+                "note: the running server's Web UI uses codec endpoint "
+                f"{state.ui_codec_endpoint or '(none)'}; `geppetto server stop` and start "
+                f"again for {self._ui_codec_endpoint}"
+            )
         if self._keep_running and not state.keep_running:
             state = replace(state, keep_running=True)
             _write_state(self.data_dir, state)
@@ -390,7 +409,13 @@ class EmbeddedServer:
         self._log(f"starting Temporal dev server on {address} (UI {ui_url}) ...")
         began = time.monotonic()
         proc = _spawn(
-            binary, self.data_dir, port, ui_port, self._search_attributes, self._dynamic_config
+            binary,
+            self.data_dir,
+            port,
+            ui_port,
+            self._search_attributes,
+            self._dynamic_config,
+            self._ui_codec_endpoint,
         )
         state = _State(
             pid=proc.pid,
@@ -400,6 +425,7 @@ class EmbeddedServer:
             ui_url=ui_url,
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
             keep_running=self._keep_running,
+            ui_codec_endpoint=self._ui_codec_endpoint,
         )
         # Recorded before readiness so that, should we die now, the next user finds this pid.
         _write_state(self.data_dir, state)
@@ -417,6 +443,18 @@ class EmbeddedServer:
             raise
         self._log(f"Temporal dev server ready (pid {proc.pid}) in {time.monotonic() - began:.1f}s")
         return state
+
+
+def ui_codec_endpoint_from_env() -> str | None:
+    """The codec endpoint for the embedded Web UI: ``$GEPPETTO_CODEC_ENDPOINT`` (empty for
+    none), else ``geppetto codec-server``'s default address when ``$GEPPETTO_CODEC_KEYS`` is set.
+    """
+    explicit = os.environ.get("GEPPETTO_CODEC_ENDPOINT")
+    if explicit is not None:
+        return explicit.strip() or None
+    if os.environ.get(CODEC_KEYS_ENV, "").strip():
+        return f"http://{HOST}:{DEFAULT_CODEC_PORT}"
+    return None
 
 
 def _ignore(_: str) -> None:
@@ -447,6 +485,7 @@ def _spawn(
     ui_port: int,
     search_attributes: Mapping[str, str],
     dynamic_config: Mapping[str, str | int | bool],
+    ui_codec_endpoint: str | None = None,
 ) -> subprocess.Popen[bytes]:
     args = [
         str(binary),
@@ -479,6 +518,8 @@ def _spawn(
     for key, value in dynamic_config.items():
         # The CLI parses each value as JSON, so a bare string would be rejected.
         args += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
+    if ui_codec_endpoint:
+        args += ["--ui-codec-endpoint", ui_codec_endpoint]
     try:
         with _log_path(data_dir).open("wb") as log_file:
             # A new session keeps a Ctrl-C in the starting terminal away from a shared server.
@@ -758,6 +799,7 @@ def _read_state(data_dir: Path) -> _State | None:
             ui_url=str(raw["ui_url"]),
             started_at=str(raw.get("started_at", "")),
             keep_running=bool(raw.get("keep_running", False)),
+            ui_codec_endpoint=raw.get("ui_codec_endpoint") or None,
         )
     except (OSError, ValueError, KeyError, TypeError):
         # Missing or corrupt: treated like "no server", the caller will start a fresh one.
@@ -776,6 +818,7 @@ def _write_state(data_dir: Path, state: _State) -> None:
         "ui_url": state.ui_url,
         "started_at": state.started_at,
         "keep_running": state.keep_running,
+        "ui_codec_endpoint": state.ui_codec_endpoint,
     }
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)

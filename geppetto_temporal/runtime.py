@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from geppetto_temporal import search
+from geppetto_temporal.codec import codec_from_env
 from geppetto_temporal.connection import connect, temporal_address_from_env
 from geppetto_temporal.devserver import DevServerInfo, EmbeddedServer
 from geppetto_temporal.engines._endpoints import EndpointRegistry
@@ -63,10 +64,13 @@ async def open_runtime(
     else those of `$GEPPETTO_ENDPOINTS` / `$GEPPETTO_ENDPOINTS_FILE`; it also
     calls any other base URL, without a key: the embedded server listens on
     loopback only, so its clients are this machine's users, who could call
-    that URL themselves.
+    that URL themselves. `$GEPPETTO_CODEC_KEYS` encrypts payloads either way
+    (see `geppetto_temporal.codec`).
     """
+    # Read first: a malformed key is reported before a server is started for nothing.
+    codec = codec_from_env()
     if temporal_address_from_env():
-        client = await connect(metrics_address=metrics_address)
+        client = await connect(metrics_address=metrics_address, codec=codec)
         yield Runtime(client=client, task_queue=task_queue)
         return
     async with EmbeddedServer(
@@ -80,6 +84,7 @@ async def open_runtime(
             namespace="default",
             from_env=False,
             payload_storage=storage,
+            codec=codec,
             metrics_address=metrics_address,
         )
         if not with_worker:

@@ -361,6 +361,9 @@ async def _run_outcome(client: Client, run: ScheduleRun) -> ScheduleRun:
             if event.event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
                 continue
             failure = event.workflow_execution_failed_event_attributes.failure
+            if failure.HasField("encoded_attributes"):
+                # With encrypted payloads the message travels as an encoded payload too.
+                failure.message = str(await client.data_converter.decode_failure(failure))
             update["error"] = failure.message
             details = failure.application_failure_info.details.payloads
             if details:
