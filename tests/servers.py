@@ -7,6 +7,7 @@ embedded server fast (`LATENCY_DYNAMIC_CONFIG`) plus whatever a test needs on to
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from temporalio.testing import WorkflowEnvironment
@@ -15,12 +16,13 @@ from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_bi
 from tests.ports import free_port, internal_ports
 
 
+@contextlib.asynccontextmanager
 async def dev_server(
     *,
     dynamic: Mapping[str, object] | None = None,
     search_attributes: Sequence[object] = (),
 ) -> AsyncIterator[WorkflowEnvironment]:
-    """Body of a server fixture: start a dev server, yield it, shut it down.
+    """A dev server for the duration of an `async with` block.
 
     `dynamic` adds dynamic config values (e.g. a low continue-as-new threshold);
     `search_attributes` are registered at start (none: a namespace as an operator's

@@ -42,7 +42,6 @@ from geppetto_temporal._inputs import (
     SESSION_CARRY_LIMIT,
 )
 from geppetto_temporal.dashboard import create_app
-from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 from geppetto_temporal.workflows._models import (
@@ -52,7 +51,7 @@ from geppetto_temporal.workflows._models import (
     SessionInput,
 )
 from tests.conftest import TASK_QUEUE, scripted_endpoints
-from tests.ports import free_port, internal_ports
+from tests.servers import dev_server
 from tests.test_cli import _SCRUBBED_ENV, GEPPETTO
 from tests.test_dashboard import serve
 from tests.workers import wait_until
@@ -83,28 +82,13 @@ async def plain_client(
     Its own dev server suggests continue-as-new after a few events, so a session
     tries to continue as new after every inference.
     """
-    dynamic = {
-        "frontend.enableServerVersionCheck": "false",
-        "limit.historyCount.suggestContinueAsNew": 10,
-        **LATENCY_DYNAMIC_CONFIG,
-    }
-    args = [arg for k, v in dynamic.items() for arg in ("--dynamic-config-value", f"{k}={v}")]
-    port = free_port()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(find_temporal_binary()),
-        dev_server_extra_args=[*args, "--log-level", "error", *internal_ports(port)],
-        ui=False,
-        port=port,
-    )
-    try:
+    async with dev_server(dynamic={"limit.historyCount.suggestContinueAsNew": 10}) as env:
         client = await connect(env.client.service_client.config.target_host, from_env=False)
         assert client.data_converter.external_storage is None
         async with create_worker(
             client, task_queue=PLAIN_QUEUE, endpoints=scripted_endpoints(model_server.url)
         ):
             yield client
-    finally:
-        await env.shutdown()
 
 
 async def plain_session(

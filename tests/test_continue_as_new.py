@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
 from geppetto_temporal import (
     EngineBuilder,
@@ -22,12 +21,11 @@ from geppetto_temporal import (
     connect,
     create_worker,
 )
-from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
 from geppetto_temporal.events import FinalEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import calculate
 from tests.conftest import scripted_endpoints, scripted_endpoints_env
-from tests.ports import free_port, internal_ports
+from tests.servers import dev_server
 from tests.workers import WorkerProcs, unique_queue, wait_until
 
 TASK_QUEUE = "geppetto-can-tests"
@@ -38,21 +36,8 @@ SUGGEST_AFTER_EVENTS = 40
 @pytest.fixture(scope="module")
 async def can_client(api_key_env: str, model_server: ScriptedModelServer) -> AsyncIterator[Client]:
     """A dev server that suggests continue-as-new after a few dozen events, and a worker on it."""
-    dynamic = {
-        "frontend.enableServerVersionCheck": "false",
-        "limit.historyCount.suggestContinueAsNew": SUGGEST_AFTER_EVENTS,
-        **LATENCY_DYNAMIC_CONFIG,
-    }
-    args = [arg for k, v in dynamic.items() for arg in ("--dynamic-config-value", f"{k}={v}")]
-    # Below the ephemeral range: the SDK's own pick could be taken before the bind.
-    port = free_port()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(find_temporal_binary()),
-        dev_server_extra_args=[*args, "--log-level", "error", *internal_ports(port)],
-        ui=False,
-        port=port,
-    )
-    try:
+    dynamic = {"limit.historyCount.suggestContinueAsNew": SUGGEST_AFTER_EVENTS}
+    async with dev_server(dynamic=dynamic) as env:
         client = await connect(env.client.service_client.config.target_host, from_env=False)
         async with create_worker(
             client,
@@ -61,8 +46,6 @@ async def can_client(api_key_env: str, model_server: ScriptedModelServer) -> Asy
             endpoints=scripted_endpoints(model_server.url),
         ):
             yield client
-    finally:
-        await env.shutdown()
 
 
 async def runs_of(client: Client, workflow_id: str) -> int:

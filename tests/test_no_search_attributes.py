@@ -27,10 +27,10 @@ from temporalio.testing import WorkflowEnvironment
 from geppetto_temporal import EngineBuilder, Session, connect, list_sessions, search
 from geppetto_temporal import schedules as sch
 from geppetto_temporal.dashboard import create_app
-from geppetto_temporal.devserver import LATENCY_DYNAMIC_CONFIG, find_temporal_binary
+from geppetto_temporal.devserver import find_temporal_binary
 from geppetto_temporal.testing import ScriptedModelServer
 from tests.conftest import scripted_endpoints_env
-from tests.ports import free_port, internal_ports
+from tests.servers import dev_server
 from tests.workers import GEPPETTO, WorkerProcs, unique_queue
 
 T = TypeVar("T")
@@ -41,19 +41,8 @@ ECHO: dict[str, Any] = {"rules": [{"name": "echo", "reply": {"text": "You said: 
 @pytest.fixture(scope="module")
 async def plain_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server as an operator starts one: no `--search-attribute` at all."""
-    dynamic = {"frontend.enableServerVersionCheck": "false", **LATENCY_DYNAMIC_CONFIG}
-    args = [arg for k, v in dynamic.items() for arg in ("--dynamic-config-value", f"{k}={v}")]
-    port = free_port()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(find_temporal_binary()),
-        dev_server_extra_args=[*args, "--log-level", "error", *internal_ports(port)],
-        ui=False,
-        port=port,
-    )
-    try:
+    async with dev_server() as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture
