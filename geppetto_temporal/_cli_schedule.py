@@ -8,7 +8,6 @@ import back would be circular.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
@@ -21,7 +20,6 @@ from temporalio.client import Client
 from geppetto_temporal import schedules
 from geppetto_temporal._inputs import check_new_session_id, check_prompt
 from geppetto_temporal._render import escape_controls, one_line
-from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 
 schedule_app = typer.Typer(
@@ -145,7 +143,7 @@ def create(
     as_json: JsonOption = False,
 ) -> None:
     """Create a schedule: send PROMPT on a cron or an interval, to one session or a fresh one per run."""
-    from geppetto_temporal.cli import _error, _user_errors, console, err_console
+    from geppetto_temporal.cli import _engine_options, _error, _user_errors, console, err_console
 
     if (cron is None) == (every is None):
         _error("give exactly one of --cron and --every")
@@ -160,15 +158,9 @@ def create(
             prompt, session_id=session, external_storage=True
         )  # size: checked once connected
         interval = schedules.parse_interval(every) if every is not None else None
-        builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or "openai:gpt-4o-mini")
-        if base_url:
-            builder = builder.base_url(base_url)
-        if endpoint:
-            builder = builder.endpoint(endpoint)
-        if system:
-            builder = builder.system_prompt(system)
-        engine = builder.build()
-    configured = any(v is not None for v in (model, base_url, endpoint, system))
+        options = _engine_options(model, base_url, endpoint, system, None, switch=False)
+        engine = options.builder.build()
+    configured = options.given
 
     info = _call(
         lambda client: schedules.create_schedule(

@@ -298,3 +298,54 @@ async def test_cli_output_never_carries_the_key(
         _no_canary(text, f"`geppetto run {' '.join(output)}`")
         assert "HTTP 401" in text and REDACTED in text, text
     assert len(model_server.requests(base_url)) == 2
+
+
+# ---- the embedded default: every file under the data dir ----------------------------------
+
+
+@pytest.fixture
+def embedded_cli(tmp_path: Path) -> Iterator[Any]:
+    from tests.test_cli import _make_cli
+
+    yield from _make_cli(tmp_path)
+
+
+def test_no_file_under_the_data_dir_holds_the_key(embedded_cli: Any) -> None:
+    """`geppetto run` on the embedded server, its key paired with the model's endpoint: after a
+    401 and a 500 that quote the key back, no file under $GEPPETTO_HOME holds it."""
+    cli = embedded_cli
+    llm = cli.fake_llm(
+        {
+            "rules": [
+                {"when": {"last_user_contains": "auth"}, "reply": {"error": ECHOED}},
+                {
+                    "when": {"last_user_contains": "boom"},
+                    "reply": {"text": "recovered"},
+                    "faults": [{"status": 500, "echo_headers": True}],
+                },
+            ]
+        }
+    )
+    # The operator pairs the key with this server, so it really goes out (and comes back).
+    cli.env.update(
+        OPENAI_API_KEY=SECRET_API_KEY,
+        GEPPETTO_ENDPOINTS=f"fake={llm.base_url},key_env=OPENAI_API_KEY",
+    )
+    base = ["run", "-m", "openai:fake", "--base-url", llm.base_url, "-s", "canary"]
+    auth = cli.run(*base, "auth please")
+    assert auth.returncode == 1 and "HTTP 401" in auth.stderr, auth.stdout + auth.stderr
+    assert REDACTED in auth.stderr  # the echo carried the key, and it was taken out
+    boom = cli.run(*base, "boom please")
+    assert boom.returncode == 0 and "recovered" in boom.stdout, boom.stdout + boom.stderr
+    for result in (auth, boom):
+        _no_canary(result.stdout + result.stderr, "the CLI's output")
+    sent = [r for r in llm.requests() if r.get("path", "").endswith("/chat/completions")]
+    assert len(sent) == 3 and all(r["headers"].get("authorization") for r in sent)
+    stop = cli.run("server", "stop")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    files = [p for p in cli.home.rglob("*") if p.is_file()]
+    assert any(p.name == "temporal.db" for p in files), files
+    for path in files:
+        data = path.read_bytes()
+        for canary in CANARIES:
+            assert canary.encode() not in data, f"the API key is in {path}"

@@ -105,7 +105,7 @@ class EngineBuilder:
         return self._with_tools(timeout_seconds=seconds)
 
     def tool_heartbeat(self, seconds: float) -> EngineBuilder:
-        """How soon a tool call whose worker died is retried elsewhere (default 3 s)."""
+        """How soon a tool call whose worker died is retried elsewhere (default 4 s)."""
         return self._with_tools(heartbeat_seconds=seconds)
 
     def tool_retry(self, retry: RetrySpec) -> EngineBuilder:

@@ -64,7 +64,7 @@ class EngineSpec(WireModel):
     llm_timeout_seconds: float = Field(default=300.0, gt=0)
     #: A step whose worker stops heartbeating this long is retried on another worker; with a
     #: spare worker polling, recovery takes about this plus the retry's 1 s backoff.
-    llm_heartbeat_seconds: float = Field(default=3.0, gt=0)
+    llm_heartbeat_seconds: float = Field(default=4.0, gt=0)
     #: Publish live events (deltas) to the inference's stream.
     stream_events: bool = True
     #: Deltas arriving within this interval are sent as one event batch (one signal).

@@ -46,7 +46,7 @@ class ToolConfig(WireModel):
     #: Default retry policy; a tool's own policy wins.
     retry: RetrySpec = RetrySpec()
     #: A tool activity that stops heartbeating this long (its worker died) is retried elsewhere.
-    heartbeat_seconds: float = Field(default=3.0, gt=0)
+    heartbeat_seconds: float = Field(default=4.0, gt=0)
 
 
 class ToolActivityOptions(WireModel):

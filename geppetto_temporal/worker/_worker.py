@@ -89,7 +89,7 @@ def create_worker(
     # Load the price table (and $GEPPETTO_PRICES) now: a bad file fails here, not in every LLM call.
     price_table()
     # Import the provider SDKs now: a first import inside an LLM step blocks the event
-    # loop for up to seconds on a busy host, longer than the 3 s heartbeat timeout allows.
+    # loop for up to seconds on a busy host, longer than the 4 s heartbeat timeout allows.
     import anthropic  # noqa: F401
     import openai  # noqa: F401
 
