@@ -62,6 +62,8 @@ def _offered_tools(request: dict[str, Any]) -> list[str]:
 
 
 def test_follow_up_run_and_chat_offer_the_sessions_example_tools(cli: Cli) -> None:
+    # One embedded server for all the commands below (each would otherwise start its own).
+    assert cli.run("server", "start").returncode == 0
     llm = cli.fake_llm(WEATHER_SCRIPT)
     first = cli.run(
         "run",
@@ -112,6 +114,7 @@ def test_follow_up_run_and_chat_offer_the_sessions_example_tools(cli: Cli) -> No
 def test_follow_up_says_in_one_line_when_the_sessions_tools_cannot_be_loaded(
     cli: Cli, tmp_path: Path
 ) -> None:
+    assert cli.run("server", "start").returncode == 0
     llm = cli.fake_llm(WEATHER_SCRIPT)
     (cli.workdir / "my_weather_tools.py").write_text(MY_TOOLS)
     first = cli.run(
@@ -156,6 +159,8 @@ def test_follow_up_says_in_one_line_when_the_sessions_tools_cannot_be_loaded(
 
 
 def test_follow_up_refuses_another_model_or_base_url_without_switch_engine(cli: Cli) -> None:
+    # One embedded server for all the commands below (each would otherwise start its own).
+    assert cli.run("server", "start").returncode == 0
     llm = cli.fake_llm(WEATHER_SCRIPT)
     other = cli.fake_llm({"rules": [{"name": "other", "reply": {"text": "other server"}}]})
     created = cli.run("run", "-s", "e1", "-m", "openai:fake", "--base-url", llm.base_url, "hi")

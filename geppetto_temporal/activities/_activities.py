@@ -161,7 +161,11 @@ class InferenceActivities:
         info = activity.info()
         try:
             endpoint = self.engines.resolve(spec)
-            engine = self.engines.build(spec, endpoint)
+            engine = self.engines.cached(spec, endpoint)
+            if engine is None:
+                # A provider's first engine imports its SDK (up to seconds on a busy host):
+                # off the event loop, so the step's heartbeats go on meanwhile.
+                engine = await asyncio.to_thread(self.engines.build, spec, endpoint)
             own = await self._own(input)
             blocks = apply_middleware(await self._conversation(input, own), spec, self.middleware)
         except ApplicationError:

@@ -40,15 +40,23 @@ class EngineFactory:
         """The endpoint a spec's requests go to; raises a non-retryable `ApplicationError`."""
         return self.endpoints.resolve(spec)
 
+    def cached(self, spec: EngineSpec, endpoint: ResolvedEndpoint) -> ProviderEngine | None:
+        """The engine for a spec at a resolved endpoint, if one was built already."""
+        return self._engines.get(self._cache_key(spec, endpoint))
+
+    @staticmethod
+    def _cache_key(spec: EngineSpec, endpoint: ResolvedEndpoint) -> tuple[str, str, str, str]:
+        # A digest, so the key itself is not kept as a dict key in memory dumps.
+        digest = hashlib.sha256(endpoint.api_key.encode()).hexdigest()
+        return (spec.provider, endpoint.name, endpoint.base_url, digest)
+
     def build(self, spec: EngineSpec, endpoint: ResolvedEndpoint | None = None) -> ProviderEngine:
         """The engine for a spec (at `endpoint`, already resolved, if given).
 
         Raises a non-retryable `ApplicationError` if it cannot exist.
         """
         endpoint = endpoint or self.resolve(spec)
-        # Cache by a digest so the key itself is not kept as a dict key in memory dumps.
-        digest = hashlib.sha256(endpoint.api_key.encode()).hexdigest()
-        cache_key = (spec.provider, endpoint.name, endpoint.base_url, digest)
+        cache_key = self._cache_key(spec, endpoint)
         engine = self._engines.get(cache_key)
         if engine is None:
             engine = self._create(spec, endpoint)

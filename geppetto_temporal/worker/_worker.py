@@ -88,10 +88,6 @@ def create_worker(
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
     # Load the price table (and $GEPPETTO_PRICES) now: a bad file fails here, not in every LLM call.
     price_table()
-    # Import the provider SDKs now: a first import inside an LLM step blocks the event
-    # loop for up to seconds on a busy host, longer than the 4 s heartbeat timeout allows.
-    import anthropic  # noqa: F401
-    import openai  # noqa: F401
 
     if engines is None:
         if not isinstance(endpoints, EndpointRegistry):
