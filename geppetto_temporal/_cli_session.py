@@ -147,11 +147,23 @@ def _add_recorded_tools(
     session_id: str,
     log: Callable[[str], None] | None,
 ) -> None:
-    """Load the session's remembered tool modules too; say in one line what cannot be."""
+    """Load the session's remembered example tools too; name the other modules in one line.
+
+    Only the example tools are imported on the session's word: its memo is written by
+    whoever created it, and importing a module runs its code in this process, so the
+    user's own modules are imported only when this command line names them.
+    """
     if "" not in sys.path:
         sys.path.insert(0, "")
+    named_only = [m for m in recorded if m not in given and m != EXAMPLE_TOOLS_MODULE]
+    if named_only and log is not None:
+        log(
+            f"session {session_id} was created with the tools of {', '.join(named_only)}; "
+            f"add {' '.join(f'--tools {m}' for m in named_only)} to offer them (a session's "
+            "own modules are imported only when the command line names them)"
+        )
     for module in recorded:
-        if module in given:
+        if module in given or module in named_only:
             continue
         try:
             for t in ToolRegistry.from_modules([module]):

@@ -322,7 +322,11 @@ def show_command(
     # A cancelled turn's cut-off reply is not counted: the total is then a lower bound.
     partial = any(was_interrupted(record.metadata.status) for record in transcript.turns)
     if usage is None and info.input_tokens is not None and info.output_tokens is not None:
-        usage = Usage(input_tokens=info.input_tokens, output_tokens=info.output_tokens)
+        usage = Usage(
+            input_tokens=info.input_tokens,
+            output_tokens=info.output_tokens,
+            cost_usd=info.cost_usd or 0.0,
+        )
     lines = [
         f"model {model}; {prompts} prompt(s); "
         + (

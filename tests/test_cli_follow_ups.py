@@ -111,7 +111,7 @@ def test_follow_up_run_and_chat_offer_the_sessions_example_tools(cli: Cli) -> No
         assert {"get_weather", "calculate", "current_time"} <= set(_offered_tools(request))
 
 
-def test_follow_up_says_in_one_line_when_the_sessions_tools_cannot_be_loaded(
+def test_follow_up_names_the_sessions_own_tool_modules_and_imports_them_only_when_asked(
     cli: Cli, tmp_path: Path
 ) -> None:
     assert cli.run("server", "start").returncode == 0
@@ -133,29 +133,31 @@ def test_follow_up_says_in_one_line_when_the_sessions_tools_cannot_be_loaded(
     [paris] = _tool_results(_turn_json(first))
     assert paris["result"] == {"city": "Paris", "sky": "made-up blue"}
 
-    # The same module is found again from the same directory...
-    again = cli.run("run", "-s", "s2", "--turn-json", "Rome?")
+    # A follow-up does not import a module on the session's word: it says which to add...
+    plain = cli.run("run", "-s", "s2", "--turn-json", "Berlin?")
+    _no_traceback(plain)
+    hints = [line for line in plain.stderr.splitlines() if "add --tools my_weather_tools" in line]
+    assert len(hints) == 1, plain.stderr
+    assert "unknown tool" in _tool_results(_turn_json(plain))[-1]["error"]
+
+    # ...and named on the command line, the module is offered again.
+    again = cli.run("run", "-s", "s2", "--tools", "my_weather_tools", "--turn-json", "Rome?")
     assert _tool_results(_turn_json(again))[-1]["result"] == {"city": "Rome", "sky": "made-up blue"}
 
-    # ...but not from another one: the command says so, once, and the prompt still runs.
+    # From another directory, naming it is a mistake said in one line.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    follow_up = subprocess.run(
-        [*GEPPETTO, "run", "-s", "s2", "--turn-json", "Berlin?"],
+    missing = subprocess.run(
+        [*GEPPETTO, "run", "-s", "s2", "--tools", "my_weather_tools", "Oslo?"],
         env=cli.env,
         cwd=elsewhere,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    turn = _turn_json(follow_up)
-    _no_traceback(follow_up)
-    warnings = [line for line in follow_up.stderr.splitlines() if "cannot be loaded here" in line]
-    assert len(warnings) == 1, follow_up.stderr
-    assert "warning: session s2 was created with the tools of 'my_weather_tools'" in warnings[0]
-    assert "No module named 'my_weather_tools'" in warnings[0]
-    # The model's call reached no tool, and the model was told so.
-    assert "unknown tool" in _tool_results(turn)[-1]["error"]
+    _no_traceback(missing)
+    assert missing.returncode == 1
+    assert "my_weather_tools" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
 
 
 def test_follow_up_refuses_another_model_or_base_url_without_switch_engine(cli: Cli) -> None:

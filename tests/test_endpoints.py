@@ -203,6 +203,7 @@ def test_base_url_under_an_endpoint_gets_its_key(base_url: str) -> None:
         "http://127.0.0.1:9/v1?x=1",  # a query
         "http://user:pw@127.0.0.1:9/v1",  # credentials in the URL
         "http://127.0.0.1:9@evil.example/v1",  # userinfo trick
+        "http://127.0.0.1:9\\@evil.example/v1",  # a backslash parsers disagree on
         "file:///etc/passwd",
         "not a url",
     ],
@@ -235,6 +236,13 @@ def test_named_endpoints() -> None:
     assert "not configured" in refused(reg, spec(endpoint="nope"))
     assert "does not serve" in refused(reg, spec(endpoint="claude"))
     assert "not under" in refused(reg, spec(endpoint="local", base_url="http://127.0.0.1:8/v1"))
+    # A named endpoint's base URL is checked like any other: no way out of its path.
+    for escape in (
+        "http://127.0.0.1:9/v1/../admin",
+        "http://127.0.0.1:9/v1/%2e%2e/admin",
+        "http://127.0.0.1:9/v1?redirect=x",
+    ):
+        assert "nothing was sent" in refused(reg, spec(endpoint="local", base_url=escape))
     # Without key_env, an endpoint gets the placeholder, never another variable's value.
     keyless = registry(Endpoint("ollama", "http://127.0.0.1:11434/v1"))
     assert keyless.resolve(spec(endpoint="ollama")).api_key == PLACEHOLDER_KEY
@@ -324,8 +332,10 @@ def canary_worker(client: Client, task_queue: str, *endpoints: Endpoint, any_url
 @contextlib.contextmanager
 def sdk_env_canaries() -> Iterator[None]:
     """Variables the SDKs themselves read from the process environment."""
-    saved = {k: os.environ.get(k) for k in ("OPENAI_ORG_ID", "ANTHROPIC_CUSTOM_HEADERS")}
+    names = ("OPENAI_ORG_ID", "OPENAI_CUSTOM_HEADERS", "ANTHROPIC_CUSTOM_HEADERS")
+    saved = {k: os.environ.get(k) for k in names}
     os.environ["OPENAI_ORG_ID"] = CANARY_ORG
+    os.environ["OPENAI_CUSTOM_HEADERS"] = f"X-Gateway-Secret: {CANARY_HEADER}"
     os.environ["ANTHROPIC_CUSTOM_HEADERS"] = f"X-Gateway-Secret: {CANARY_HEADER}"
     try:
         yield
@@ -475,3 +485,12 @@ async def test_cli_and_schedules_cannot_reach_a_foreign_url(
         finally:
             await sch.delete(client, name)
     assert recorder.requests == []
+
+
+def test_extra_cannot_carry_sdk_call_options() -> None:
+    """`extra` is for request parameters; headers or a query a client chose would go out
+    with the worker's key (another Host at a shared proxy, another billing organisation)."""
+    for option in ("extra_headers", "extra_query", "extra_body", "timeout"):
+        with pytest.raises(ConfigurationError, match=option):
+            EngineBuilder("openai:gpt-4o").extra(**{option: {"Host": "evil.example"}})
+    assert EngineBuilder("openai:gpt-4o").extra(store=False).build().extra == {"store": False}

@@ -239,6 +239,13 @@ class EndpointRegistry:
         )
 
     def _choose(self, spec: EngineSpec) -> Endpoint | None:
+        if spec.base_url is not None:
+            try:
+                _checked_url(spec.base_url, "the base URL")
+            except ConfigurationError as err:
+                raise _not_allowed(
+                    f"{err}, so it is no endpoint of this worker; nothing was sent"
+                ) from None
         if spec.endpoint is not None:
             endpoint = self._endpoints.get(spec.endpoint)
             if endpoint is None:
@@ -261,12 +268,6 @@ class EndpointRegistry:
             return endpoint
         if spec.base_url is None:
             return self._endpoints[_BUILTIN_FOR_PROVIDER[spec.provider]]
-        try:
-            _checked_url(spec.base_url, "the base URL")
-        except ConfigurationError as err:
-            raise _not_allowed(
-                f"{err}, so it is no endpoint of this worker; nothing was sent"
-            ) from None
         matches = [
             e
             for e in self._endpoints.values()
@@ -313,8 +314,10 @@ def _checked_url(url: str, what: str) -> None:
         raise ConfigurationError(f"{what} {url!r} must not have a query or a fragment")
     if any(seg in {".", ".."} for seg in parts.path.split("/")) or "%" in parts.path:
         raise ConfigurationError(f"{what} {url!r} must not have '.', '..' or escaped path segments")
-    if any(ord(c) < 33 or ord(c) == 127 for c in url):
-        raise ConfigurationError(f"{what} must not contain spaces or control characters")
+    if "\\" in url or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise ConfigurationError(
+            f"{what} must not contain backslashes, spaces or control characters"
+        )
 
 
 def parse_endpoint(text: str) -> Endpoint:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 
 from temporalio.exceptions import ApplicationError
@@ -16,8 +17,11 @@ from geppetto_temporal.errors import ErrorType
 #: Headers the OpenAI SDK fills from the worker's environment (OPENAI_ORG_ID,
 #: OPENAI_PROJECT_ID); only a built-in endpoint may send them.
 _OPENAI_ENV_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
-#: The Anthropic SDK adds $ANTHROPIC_CUSTOM_HEADERS to every request; likewise.
+#: Each SDK adds the `Name: value` lines of its variable to every request; likewise.
+_OPENAI_HEADERS_ENV = "OPENAI_CUSTOM_HEADERS"
 _ANTHROPIC_HEADERS_ENV = "ANTHROPIC_CUSTOM_HEADERS"
+#: SDK clients (each with its connection pool) a worker keeps.
+_MAX_ENGINES = 64
 
 
 class EngineFactory:
@@ -34,7 +38,9 @@ class EngineFactory:
         endpoints: EndpointRegistry | None = None,
     ) -> None:
         self.endpoints = endpoints or EndpointRegistry(environ=environ)
-        self._engines: dict[tuple[str, str, str, str], ProviderEngine] = {}
+        # Least recently used first; bounded, since with any base URL allowed each URL a
+        # client names would otherwise keep an SDK client and its connections for good.
+        self._engines: OrderedDict[tuple[str, str, str, str], ProviderEngine] = OrderedDict()
 
     def resolve(self, spec: EngineSpec) -> ResolvedEndpoint:
         """The endpoint a spec's requests go to; raises a non-retryable `ApplicationError`."""
@@ -61,6 +67,9 @@ class EngineFactory:
         if engine is None:
             engine = self._create(spec, endpoint)
             self._engines[cache_key] = engine
+            while len(self._engines) > _MAX_ENGINES:
+                self._engines.popitem(last=False)
+        self._engines.move_to_end(cache_key)
         return engine
 
     def _create(self, spec: EngineSpec, endpoint: ResolvedEndpoint) -> ProviderEngine:
@@ -70,6 +79,7 @@ class EngineFactory:
             headers: dict[str, str | Omit] = {}
             if not endpoint.builtin:
                 headers.update(dict.fromkeys(_OPENAI_ENV_HEADERS, Omit()))
+                headers.update(dict.fromkeys(_custom_header_names(_OPENAI_HEADERS_ENV), Omit()))
             headers.update(endpoint.headers)
             # max_retries=0: Temporal's retry policy is the only retry loop.
             client = AsyncOpenAI(
@@ -96,7 +106,9 @@ class EngineFactory:
 
             anthropic_headers: dict[str, str | AnthropicOmit] = {}
             if not endpoint.builtin:
-                anthropic_headers.update(dict.fromkeys(_custom_header_names(), AnthropicOmit()))
+                anthropic_headers.update(
+                    dict.fromkeys(_custom_header_names(_ANTHROPIC_HEADERS_ENV), AnthropicOmit())
+                )
             anthropic_headers.update(endpoint.headers)
             return AnthropicMessagesEngine(
                 AsyncAnthropic(
@@ -113,7 +125,7 @@ class EngineFactory:
         )
 
 
-def _custom_header_names() -> list[str]:
-    """The header names the Anthropic SDK reads from the process's $ANTHROPIC_CUSTOM_HEADERS."""
-    text = os.environ.get(_ANTHROPIC_HEADERS_ENV, "")
+def _custom_header_names(variable: str) -> list[str]:
+    """The header names an SDK reads from the process's `variable` (`Name: value` lines)."""
+    text = os.environ.get(variable, "")
     return [line.partition(":")[0].strip() for line in text.split("\n") if ":" in line]

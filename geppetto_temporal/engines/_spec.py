@@ -35,6 +35,8 @@ DEFAULT_API_KEY_ENV: dict[str, str] = {
 }
 
 DEFAULT_MIDDLEWARE: tuple[str, ...] = ("system_prompt", "tool_result_reorder")
+#: Keyword arguments of the SDKs' create() calls that are not request parameters.
+_SDK_CALL_OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
 
 
 class EngineSpec(WireModel):
@@ -81,6 +83,16 @@ class EngineSpec(WireModel):
         if value not in {p.value for p in Provider}:
             known = ", ".join(p.value for p in Provider)
             raise ValueError(f"unknown provider {value!r}; known providers: {known}")
+        return value
+
+    @field_validator("extra")
+    @classmethod
+    def _request_parameters_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The SDKs take these as call options, not request parameters: headers or a query
+        # a client chose would go out with the worker's key (e.g. another Host at a proxy).
+        options = sorted(set(value) & _SDK_CALL_OPTIONS)
+        if options:
+            raise ValueError(f"extra may not set the SDK call options {', '.join(options)}")
         return value
 
     @field_validator("model")
