@@ -71,28 +71,36 @@ TOOLS: list[ChatCompletionToolParam] = [
 ]
 
 
+async def stream_step(
+    client: AsyncOpenAI, messages: list[ChatCompletionMessageParam]
+) -> tuple[str, list[dict[str, str]]]:
+    """One streamed model call: its text and its tool calls (id, name, arguments)."""
+    stream = await client.chat.completions.create(
+        model="scripted",
+        messages=messages,
+        tools=TOOLS,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, calls = "", dict[int, dict[str, str]]()
+    async for chunk in stream:
+        for choice in chunk.choices:
+            if choice.delta.content:
+                text += choice.delta.content
+            for call in choice.delta.tool_calls or ():
+                entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                entry["id"] = call.id or entry["id"]
+                if call.function:
+                    entry["name"] += call.function.name or ""
+                    entry["arguments"] += call.function.arguments or ""
+    return text, list(calls.values())
+
+
 async def plain_inference(client: AsyncOpenAI, prompt: str) -> str:
     """The baseline: the same tool loop with the openai client, in process, no durability."""
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": prompt}]
     for _ in range(5):
-        stream = await client.chat.completions.create(
-            model="scripted",
-            messages=messages,
-            tools=TOOLS,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        text, calls = "", dict[int, dict[str, str]]()
-        async for chunk in stream:
-            for choice in chunk.choices:
-                if choice.delta.content:
-                    text += choice.delta.content
-                for call in choice.delta.tool_calls or ():
-                    entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
-                    entry["id"] = call.id or entry["id"]
-                    if call.function:
-                        entry["name"] += call.function.name or ""
-                        entry["arguments"] += call.function.arguments or ""
+        text, calls = await stream_step(client, messages)
         if not calls:
             return text
         messages.append(
@@ -105,11 +113,11 @@ async def plain_inference(client: AsyncOpenAI, prompt: str) -> str:
                         "type": "function",
                         "function": {"name": c["name"], "arguments": c["arguments"]},
                     }
-                    for c in calls.values()
+                    for c in calls
                 ],
             }
         )
-        for c in calls.values():
+        for c in calls:
             result = get_weather.fn(**json.loads(c["arguments"]))
             messages.append(
                 {"role": "tool", "tool_call_id": c["id"], "content": json.dumps(result)}
@@ -130,25 +138,10 @@ class FloorActivities:
 
     @activity.defn(name="floor.llm_step")
     async def llm_step(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        stream = await self.client.chat.completions.create(
-            model="scripted",
-            messages=cast(list[ChatCompletionMessageParam], messages),
-            tools=TOOLS,
-            stream=True,
-            stream_options={"include_usage": True},
+        text, calls = await stream_step(
+            self.client, cast(list[ChatCompletionMessageParam], messages)
         )
-        text, calls = "", dict[int, dict[str, str]]()
-        async for chunk in stream:
-            for choice in chunk.choices:
-                if choice.delta.content:
-                    text += choice.delta.content
-                for call in choice.delta.tool_calls or ():
-                    entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
-                    entry["id"] = call.id or entry["id"]
-                    if call.function:
-                        entry["name"] += call.function.name or ""
-                        entry["arguments"] += call.function.arguments or ""
-        return {"text": text, "tool_calls": list(calls.values())}
+        return {"text": text, "tool_calls": calls}
 
     @activity.defn(name="floor.get_weather")
     async def tool(self, arguments: str) -> str:

@@ -31,7 +31,7 @@ import httpx
 import pytest
 import uvicorn
 from google.protobuf.message import Message
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser
 from temporalio.api.common.v1 import Payload, WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import (
@@ -85,9 +85,11 @@ from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools import tool
 from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 from geppetto_temporal.workflows._models import INFERENCE_WORKFLOW, inference_workflow_id
+from tests.browser import chromium_for, launched
 from tests.conftest import scripted_endpoints
 from tests.ports import free_port, free_ports
 from tests.scripts import calls_then_answer
+from tests.waiting import eventually
 
 T = TypeVar("T")
 
@@ -104,18 +106,6 @@ SUGGEST_AFTER_EVENTS = 60
 
 #: Screenshots of the Temporal UI test.
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "codec"
-#: Debian's Chromium, launched like the dashboard tests launch it.
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 K1 = generate_key("k1")
 K2 = generate_key("k2")
 K9 = generate_key("k9")
@@ -240,19 +230,6 @@ async def codec_url(server: DevServerInfo, codec_port: int) -> AsyncIterator[str
     app = create_codec_app(EncryptionCodec([K2, K1]), ui_origins=[server.ui_url])
     async with serve_on(app, codec_port) as url:
         yield url
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], *, within: float = 60, what: str
-) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
-        await asyncio.sleep(0.2)
 
 
 # ---- scanning what Temporal holds ----------------------------------------------------------
@@ -577,7 +554,9 @@ async def test_schedule_action_and_failed_runs_are_encrypted(
             info = await eventually(
                 lambda: sch.describe_schedule(client, name),
                 lambda i: bool(i.recent_runs) and i.recent_runs[-1].status == "failed",
+                within=60,
                 what="a failed run",
+                interval=0.2,
             )
         run = info.recent_runs[-1]
         assert run.error and "401" in run.error and MARK_REPLY in run.error, run
@@ -704,7 +683,9 @@ async def test_a_process_without_the_key_fails_naming_it(
                 if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
             ]
 
-        [message, *_] = await eventually(failures, bool, what="a failed workflow task")
+        [message, *_] = await eventually(
+            failures, bool, within=60, what="a failed workflow task", interval=0.2
+        )
         # A client is told why the session does not answer.
         with pytest.raises(SessionError, match=f"cannot run: .*{CODEC_KEYS_ENV}=k1:"):
             await stuck.start_inference("are you there?")
@@ -718,7 +699,9 @@ async def test_a_process_without_the_key_fails_naming_it(
                 assert "cannot run" in str(err), err
                 return None
 
-        handle = await eventually(prompt, bool, within=120, what="the session to resume")
+        handle = await eventually(
+            prompt, bool, within=120, what="the session to resume", interval=0.2
+        )
         assert handle is not None
         turn = await handle.wait()
         assert MARK_REPLY in turn.last_text
@@ -824,23 +807,13 @@ async def test_codec_server_protocol_cors_and_token(codec_url: str, server: DevS
 
 @pytest.fixture(scope="module")
 def chromium() -> Path:
-    """Debian's Chromium; its absence fails the test (never a skip, never a download)."""
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: run `apt-get install chromium` (as root)")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    return CHROMIUM
+    return chromium_for("codec")
 
 
 @pytest.fixture(scope="module")
 async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async for launched_browser in launched(chromium):
+        yield launched_browser
 
 
 async def test_temporal_ui_shows_plaintext_through_the_codec_server(

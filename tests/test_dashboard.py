@@ -23,26 +23,17 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from temporalio.client import Client
 
 from geppetto_temporal.dashboard import TOKEN_COOKIE, SessionFilter, create_app, list_session_rows
 from geppetto_temporal.dashboard._app import CSRF_COOKIE, NOTICES
 from geppetto_temporal.errors import InferenceCancelled
 from geppetto_temporal.turns import InferenceStatus
+from tests.browser import ARTIFACTS as BROWSER_ARTIFACTS
+from tests.browser import chromium_for, launched
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard"
+ARTIFACTS = BROWSER_ARTIFACTS / "dashboard"
 TOKEN = "dashboard-test-token"
 
 ECHO = {"name": "echo", "reply": {"text": "You said: {last_user}"}}
@@ -105,26 +96,13 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="module")
 def chromium() -> Path:
-    """Debian's Chromium; its absence fails the test (never a skip, never a download)."""
-    if not CHROMIUM.is_file():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the dashboard tests need Debian's Chromium; "
-            "run `apt-get install chromium` (as root; .ci/run does it on CI)"
-        )
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return CHROMIUM
+    return chromium_for("dashboard")
 
 
 @pytest.fixture(scope="module")
 async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async for launched_browser in launched(chromium):
+        yield launched_browser
 
 
 async def _shot(page: Page, name: str) -> None:

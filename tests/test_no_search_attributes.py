@@ -13,9 +13,8 @@ import asyncio
 import json
 import os
 import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +30,7 @@ from geppetto_temporal.devserver import find_temporal_binary
 from geppetto_temporal.testing import ScriptedModelServer
 from tests.conftest import scripted_endpoints_env
 from tests.servers import dev_server
+from tests.waiting import eventually
 from tests.workers import GEPPETTO, WorkerProcs, unique_queue
 
 T = TypeVar("T")
@@ -48,19 +48,6 @@ async def plain_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture
 async def plain_client(plain_env: WorkflowEnvironment) -> Client:
     return await connect(plain_env.client.service_client.config.target_host, from_env=False)
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], *, within: float, what: str
-) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
-        await asyncio.sleep(0.2)
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -32,6 +32,7 @@ from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.workflows._schedule_models import ScheduledPromptInput
 from geppetto_temporal.workflows.scheduled import ScheduledPromptWorkflow
 from tests.conftest import TASK_QUEUE
+from tests.waiting import eventually
 
 T = TypeVar("T")
 
@@ -70,23 +71,6 @@ async def names(client: Client) -> Any:
             await sch.delete(client, name)
         except sch.ScheduleNotFoundError:
             pass
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    ok: Callable[[T], bool],
-    *,
-    within: float = 10,
-    what: str = "condition",
-) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
-        await asyncio.sleep(0.1)
 
 
 async def turn_count(client: Client, session_id: str) -> int:
