@@ -11,6 +11,7 @@ from typing import Any
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 from temporalio.contrib.workflow_streams import PollInput, PollResult
+from temporalio.converter import PayloadConverter
 
 from geppetto_temporal.events import (
     EVENTS_TOPIC,
@@ -21,6 +22,7 @@ from geppetto_temporal.events import (
     PartialThinkingEvent,
     parse_event,
 )
+from geppetto_temporal.workflows._models import InferenceRun
 
 _SHARED = ("session_id", "inference_id", "turn_id", "model")
 
@@ -43,13 +45,51 @@ async def _stream_items(
         result = await handle.query(
             _POLL_QUERY, PollInput(topics=[topic], from_offset=offset), result_type=PollResult
         )
+        first = result.items[0].offset if result.items else result.next_offset
+        if first > offset:
+            # The workflow continued as new: the events before `first` are in earlier runs.
+            async for item in _earlier_items(client, workflow_id, topic, offset, first):
+                yield item
+            offset = first
+            continue
         for item in result.items:
-            # The stream's documented wire form: base64 of the serialized Payload.
-            payload = Payload.FromString(base64.b64decode(item.data))
-            yield item.offset, converter.from_payload(payload)
+            yield item.offset, _decode(converter, item.data)
         offset = result.next_offset
         if not result.more_ready and not result.items:
             await asyncio.sleep(poll_cooldown.total_seconds())
+
+
+def _decode(converter: PayloadConverter, data: str) -> Any:
+    # The stream's documented wire form: base64 of the serialized Payload.
+    return converter.from_payload(Payload.FromString(base64.b64decode(data)))
+
+
+async def _earlier_items(
+    client: Client, workflow_id: str, topic: str, start: int, end: int
+) -> AsyncIterator[tuple[int, Any]]:
+    """Items `start:end` of a stream that continued as new, read from its closed runs.
+
+    A closed run answers a query by being replayed on a worker: seconds for a long
+    run, paid only by a subscriber that starts (or falls) behind the current run.
+    """
+    runs: list[InferenceRun] = await client.get_workflow_handle(workflow_id).query(
+        "runs", result_type=list[InferenceRun]
+    )
+    converter = client.data_converter.payload_converter
+    for run in runs:
+        offset = max(start, run.stream_start)
+        stop = min(end, run.stream_end)
+        handle = client.get_workflow_handle(workflow_id, run_id=run.run_id)
+        while offset < stop:
+            result = await handle.query(
+                _POLL_QUERY, PollInput(topics=[topic], from_offset=offset), result_type=PollResult
+            )
+            for item in result.items:
+                if item.offset < stop:
+                    yield item.offset, _decode(converter, item.data)
+            if result.next_offset <= offset:
+                break
+            offset = result.next_offset
 
 
 class _Completions:

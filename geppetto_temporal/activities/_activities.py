@@ -16,6 +16,7 @@ from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
 from geppetto_temporal.activities._heartbeat import heartbeating
 from geppetto_temporal.activities._logging import install_expected_failure_filter
 from geppetto_temporal.activities._models import (
+    INFERENCE_BLOCKS_ACTIVITY,
     LLM_STEP_ACTIVITY,
     TOOL_CALL_ACTIVITY,
     LLMStepInput,
@@ -36,7 +37,12 @@ from geppetto_temporal.tools._config import ToolChoice, ToolErrorHandling
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext
 from geppetto_temporal.turns import Block, BlockKind, PayloadKey
-from geppetto_temporal.workflows._models import BlockRange, previous_inference_id
+from geppetto_temporal.workflows._models import (
+    BlockRange,
+    InferenceBlocksInput,
+    InferenceRun,
+    previous_inference_id,
+)
 
 #: Sessions whose conversation a worker keeps in memory (a miss costs one query).
 _CONVERSATION_CACHE_SIZE = 64
@@ -70,12 +76,14 @@ class InferenceActivities:
         # output), which its next step references instead of receiving them again.
         self._own_blocks: OrderedDict[str, KnownBlocks] = OrderedDict()
 
-    async def _read_blocks(self, workflow_id: str, start: int, end: int) -> list[Block]:
+    async def _read_blocks(
+        self, workflow_id: str, start: int, end: int, run_id: str | None = None
+    ) -> list[Block]:
         """Blocks `start:end` of a session's or an inference's block list (`blocks` query)."""
         try:
             blocks: list[Block] = (
                 await activity.client()
-                .get_workflow_handle(workflow_id)
+                .get_workflow_handle(workflow_id, run_id=run_id)
                 .query("blocks", BlockRange(start=start, end=end), result_type=list[Block])
             )
         except Exception as err:
@@ -85,8 +93,24 @@ class InferenceActivities:
             ) from err
         return blocks
 
-    def _reader(self, workflow_id: str) -> BlockReader:
-        return lambda start, end: self._read_blocks(workflow_id, start, end)
+    def _reader(self, workflow_id: str, runs: list[InferenceRun] | None = None) -> BlockReader:
+        if not runs:
+            return lambda start, end: self._read_blocks(workflow_id, start, end)
+
+        async def read(start: int, end: int) -> list[Block]:
+            # An inference that continued as new: each earlier run holds its own range
+            # (a closed run's query replays it on a worker), the current run the rest.
+            blocks: list[Block] = []
+            for run in runs:
+                lo, hi = max(start, run.blocks_start), min(end, run.blocks_end)
+                if lo < hi:
+                    blocks += await self._read_blocks(workflow_id, lo, hi, run.run_id)
+            tail = max(start, runs[-1].blocks_end)
+            if tail < end:
+                blocks += await self._read_blocks(workflow_id, tail, end)
+            return blocks
+
+        return read
 
     async def _own(self, input: LLMStepInput) -> list[Block]:
         """The inference's own blocks this step continues from."""
@@ -95,7 +119,9 @@ class InferenceActivities:
             return input.blocks
         # A miss: another worker ran the previous step, or this one restarted.
         cached = self._own_blocks.get(input.inference_id) or KnownBlocks()
-        earlier = await cached.up_to(known, last_id, self._reader(input.inference_id))
+        earlier = await cached.up_to(
+            known, last_id, self._reader(input.inference_id, input.earlier_runs)
+        )
         if not ends_with(earlier, known, last_id):
             raise ApplicationError(
                 f"inference {input.inference_id} has {len(earlier)} blocks, expected {known}",
@@ -250,6 +276,22 @@ class InferenceActivities:
             events=[] if from_blocks else tail,
             events_from_blocks=from_blocks,
         )
+
+    @activity.defn(name=INFERENCE_BLOCKS_ACTIVITY)
+    async def inference_blocks(self, input: InferenceBlocksInput) -> list[Block]:
+        """Blocks of an inference's earlier runs, for the result of its last run."""
+        async with heartbeating():
+            cached = self._own_blocks.get(input.inference_id) or KnownBlocks()
+            blocks = await cached.up_to(
+                input.end, input.last_id, self._reader(input.inference_id, input.runs)
+            )
+        if not ends_with(blocks, input.end, input.last_id):
+            raise ApplicationError(
+                f"inference {input.inference_id} has {len(blocks)} blocks in its earlier runs, "
+                f"expected {input.end}",
+                type=ErrorType.SESSION_UNAVAILABLE,
+            )
+        return blocks[input.start :]
 
     @activity.defn(name=TOOL_CALL_ACTIVITY)
     async def tool_call(self, input: ToolCallInput) -> ToolCallResult:

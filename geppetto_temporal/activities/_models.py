@@ -11,10 +11,11 @@ from geppetto_temporal._wire import WireModel
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
 from geppetto_temporal.turns import Block, Usage
-from geppetto_temporal.workflows._models import session_id_of
+from geppetto_temporal.workflows._models import InferenceRun, session_id_of
 
 LLM_STEP_ACTIVITY = "geppetto.llm_step"
 TOOL_CALL_ACTIVITY = "geppetto.tool_call"
+INFERENCE_BLOCKS_ACTIVITY = "geppetto.inference_blocks"
 
 
 class LLMStepInput(WireModel):
@@ -41,6 +42,8 @@ class LLMStepInput(WireModel):
     #: Id of the session's block `prefix_end - 1`: lets a worker that ran the previous
     #: inference extend its cached conversation without reading it from the session.
     prefix_last_id: str | None = None
+    #: The inference's earlier runs (it continued as new), which hold its first blocks.
+    earlier_runs: list[InferenceRun] = Field(default_factory=list)
 
 
 def reported_model(model: str | None, spec: EngineSpec) -> str | None:

@@ -116,6 +116,10 @@ class EngineBuilder:
         """Most LLM calls in one inference's tool loop (default 5)."""
         return self._with(max_iterations=n)
 
+    def steps_per_run(self, n: int | None) -> EngineBuilder:
+        """Continue a long tool loop as new after `n` steps per workflow run (default: when Temporal suggests it)."""
+        return self._with(steps_per_run=n)
+
     def middleware(self, names: Sequence[str]) -> EngineBuilder:
         """Worker-side middleware applied around each provider call, in order."""
         return self._with(middleware=tuple(names))

@@ -63,6 +63,9 @@ class EngineSpec(WireModel):
     middleware: tuple[str, ...] = DEFAULT_MIDDLEWARE
     tools: ToolConfig = ToolConfig()
     max_iterations: int = Field(default=5, ge=1, le=100_000)
+    #: Continue the inference as new after this many steps in one run, besides whenever
+    #: Temporal suggests it (history length or size). None: only when Temporal suggests it.
+    steps_per_run: int | None = Field(default=None, ge=1)
     llm_timeout_seconds: float = Field(default=300.0, gt=0)
     #: A step whose worker stops heartbeating this long is retried on another worker; with a
     #: spare worker polling, recovery takes about this plus the retry's 1 s backoff.

@@ -117,6 +117,11 @@ def create_worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=[activities.llm_step, activities.tool_call, *SCHEDULE_ACTIVITIES],
+        activities=[
+            activities.llm_step,
+            activities.tool_call,
+            activities.inference_blocks,
+            *SCHEDULE_ACTIVITIES,
+        ],
         **options,
     )

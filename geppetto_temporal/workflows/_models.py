@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from pydantic import Field
+from temporalio.contrib.workflow_streams import WorkflowStreamState
 
 from geppetto_temporal._wire import WireModel
 from geppetto_temporal.engines._spec import EngineSpec
@@ -22,6 +23,8 @@ SEARCH_ATTRIBUTES_PATCH = "search-attributes"
 SESSION_FEATURES: tuple[str, ...] = (PREFIX_BY_REFERENCE, SEARCH_ATTRIBUTES_PATCH)
 #: Patch id: a session with a `payload_limit` does not continue-as-new with a larger input.
 CARRY_LIMIT_PATCH = "carry-limit"
+#: Patch id: an inference continues as new between steps (recorded only by runs that do).
+INFERENCE_CONTINUE_AS_NEW_PATCH = "inference-continue-as-new"
 
 
 def inference_workflow_id(session_id: str, n: int) -> str:
@@ -199,6 +202,46 @@ class SessionSummary(WireModel):
     usage: Usage
 
 
+class InferenceRun(WireModel):
+    """An earlier run of an inference that continued as new: its id and what it holds.
+
+    Its own blocks are `blocks_start:blocks_end` of the inference's block list and its
+    events are offsets `stream_start:stream_end` of the inference's stream; both are
+    read from the closed run by query (`blocks`, the stream's poll query).
+    """
+
+    run_id: str
+    blocks_start: int = 0
+    blocks_end: int
+    stream_start: int = 0
+    stream_end: int
+
+
+class InferenceCarry(WireModel):
+    """What an inference takes into its next run: counters and references, never the conversation.
+
+    The blocks of earlier runs stay in those runs (`runs`); only the blocks the
+    model has not seen yet (the last step's tool results) travel, so a run costs
+    the same whatever the length of the loop before it.
+    """
+
+    #: The step the new run starts with.
+    step: int
+    usage: Usage = Usage()
+    #: The model the provider last reported, when not the engine's.
+    model: str | None = None
+    #: The earlier runs, oldest first.
+    runs: list[InferenceRun] = Field(default_factory=list)
+    #: How many of the inference's own blocks the model has seen (all held by `runs`).
+    known: int
+    #: Id of block `known - 1`, to check a copy of the first `known` blocks against.
+    known_last_id: str | None = None
+    #: The inference's blocks after the first `known`: the new run's first blocks.
+    blocks: list[Block] = Field(default_factory=list)
+    #: The event stream's offsets and publisher de-duplication, without its events.
+    stream: WorkflowStreamState | None = None
+
+
 class InferenceInput(WireModel):
     """The input of one InferenceWorkflow: the turn to complete and the engine.
 
@@ -216,6 +259,8 @@ class InferenceInput(WireModel):
     prefix_end: int | None = None
     #: Id of the session's block `prefix_end - 1` (see `LLMStepInput.prefix_last_id`).
     prefix_last_id: str | None = None
+    #: Set when this run continues an earlier one (continue-as-new between steps).
+    carry: InferenceCarry | None = None
 
     def with_ids(self, inference_id: str) -> InferenceInput:
         """This input with the session and inference ids filled in from the workflow id."""
@@ -231,6 +276,17 @@ class BlockRange(WireModel):
 
     start: int = 0
     end: int
+
+
+class InferenceBlocksInput(WireModel):
+    """Blocks `start:end` of an inference that continued as new, read from its earlier runs."""
+
+    inference_id: str
+    runs: list[InferenceRun]
+    start: int
+    end: int
+    #: Id of block `end - 1`, to check a cached copy against.
+    last_id: str | None = None
 
 
 class InferenceResult(WireModel):

@@ -14,11 +14,12 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.contrib.workflow_streams import WorkflowStream
+from temporalio.contrib.workflow_streams import WorkflowStream, WorkflowStreamState
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from geppetto_temporal.activities._models import (
+        INFERENCE_BLOCKS_ACTIVITY,
         LLM_STEP_ACTIVITY,
         TOOL_CALL_ACTIVITY,
         LLMStepInput,
@@ -58,15 +59,21 @@ with workflow.unsafe.imports_passed_through():
         tool_use_block,
     )
     from geppetto_temporal.workflows._models import (
+        INFERENCE_CONTINUE_AS_NEW_PATCH,
         INFERENCE_WORKFLOW,
         BlockRange,
+        InferenceBlocksInput,
+        InferenceCarry,
         InferenceInput,
         InferenceResult,
+        InferenceRun,
     )
 
 # The activity enforces the tool's own timeout precisely; Temporal's timeout is
 # the backstop for a tool that never yields.
 _TOOL_TIMEOUT_GRACE = timedelta(seconds=5)
+#: Reading an earlier run's blocks may replay that run on a worker: seconds, not minutes.
+_EARLIER_BLOCKS_TIMEOUT = timedelta(minutes=2)
 
 
 def describe_activity_error(err: BaseException) -> str:
@@ -108,6 +115,12 @@ class InferenceWorkflow:
     It hosts the inference's event stream: its activities publish live deltas
     to it, and the workflow publishes everything else (tool calls, finals, the
     end), which costs no history events.
+
+    A long loop continues as new between steps (when Temporal suggests it, or
+    every `EngineSpec.steps_per_run` steps). The new run carries counters and
+    references to the earlier runs, which keep their blocks and events; readers
+    (the LLM activity, subscribers) follow the chain (`runs` query), and the last
+    run gathers the earlier blocks once for its result.
     """
 
     @workflow.init
@@ -117,13 +130,20 @@ class InferenceWorkflow:
         self._iterations = 0
         input = input.with_ids(workflow.info().workflow_id)
         self._input = input
-        self._stream = WorkflowStream()
+        carry = input.carry
+        self._carry = carry
+        self._stream = WorkflowStream(prior_state=carry.stream if carry else None)
         self._events = self._stream.topic(EVENTS_TOPIC)
-        # The inference's own blocks (prompt, replies, tool calls and results), for
-        # the `blocks` query; the same list the loop appends to.
-        self._blocks: list[Block] = list(input.turn.blocks)
+        # The inference's own blocks (prompt, replies, tool calls and results) this run
+        # holds, for the `blocks` query: the list the loop appends to. They start at
+        # `_base` of the inference's block list; earlier runs hold the ones before.
+        self._base = carry.known if carry else 0
+        self._blocks: list[Block] = list(carry.blocks) if carry else list(input.turn.blocks)
+        self._runs: list[InferenceRun] = list(carry.runs) if carry else []
+        self._stream_start = carry.stream.base_offset if carry and carry.stream else 0
         # How many of them the LLM activity has seen: the next step sends only the rest.
-        self._known = 0
+        self._known = self._base
+        self._known_last_id = carry.known_last_id if carry else None
 
     def _emit(
         self,
@@ -154,8 +174,18 @@ class InferenceWorkflow:
 
     @workflow.query(name="blocks")
     def blocks(self, block_range: BlockRange) -> list[Block]:
-        """A slice of this inference's own blocks (append-only, so a slice never changes)."""
-        return self._blocks[block_range.start : block_range.end]
+        """A slice of this inference's own blocks (append-only, so a slice never changes).
+
+        A run that continued an earlier one holds blocks from `runs()[-1].blocks_end`
+        on; a slice reaching before that starts there.
+        """
+        start = max(block_range.start - self._base, 0)
+        return self._blocks[start : max(block_range.end - self._base, 0)]
+
+    @workflow.query(name="runs")
+    def runs(self) -> list[InferenceRun]:
+        """The earlier runs of this inference (it continued as new), oldest first."""
+        return self._runs
 
     @workflow.run
     async def run(self, input: InferenceInput) -> InferenceResult:
@@ -172,13 +202,17 @@ class InferenceWorkflow:
     async def _loop(self, input: InferenceInput) -> InferenceResult:
         spec = input.engine
         blocks = self._blocks
-        self._emit(InferenceStartedEvent(prompt=input.turn.prompt))
-        usage = Usage()
-        model: str | None = spec.model
+        carry = self._carry
+        if carry is None:
+            self._emit(InferenceStartedEvent(prompt=input.turn.prompt))
+        usage = carry.usage if carry else Usage()
+        model: str | None = (carry.model if carry else None) or spec.model
         stop_reason: str | None = None
         status = InferenceStatus.MAX_ITERATIONS
         error: str | None = None
-        for step in range(1, spec.max_iterations + 1):
+        first_step = carry.step if carry else 1
+        self._iterations = first_step - 1
+        for step in range(first_step, spec.max_iterations + 1):
             self._iterations = step
             if self._cancel_requested:
                 status = InferenceStatus.CANCELLED
@@ -205,7 +239,9 @@ class InferenceWorkflow:
                 break
             blocks.extend(result.blocks)
             # The activity saw all of these: its input and its own output.
-            self._known = len(blocks)
+            self._known = self._base + len(blocks)
+            if blocks:
+                self._known_last_id = blocks[-1].id
             usage = usage + result.usage
             # A step names the model only when the provider reported another than the engine's.
             model, stop_reason = result.model or spec.model, result.stop_reason
@@ -242,6 +278,14 @@ class InferenceWorkflow:
             if abort_reason is not None:
                 status, error = InferenceStatus.FAILED, abort_reason
                 break
+            if step < spec.max_iterations and self._time_for_a_new_run(spec, step - first_step + 1):
+                try:
+                    await self._wait_for_handlers()
+                except asyncio.CancelledError:
+                    status = InferenceStatus.CANCELLED
+                    break
+                if not self._cancel_requested:
+                    self._continue_as_new(input, step + 1, usage, model)
         if status == InferenceStatus.MAX_ITERATIONS:
             error = (
                 f"max iterations ({spec.max_iterations}) reached with tool calls still being made"
@@ -264,10 +308,78 @@ class InferenceWorkflow:
         )
         return InferenceResult(
             status=status,
-            blocks=blocks[len(input.turn.blocks) :],
+            blocks=await self._added_blocks(input),
             metadata=metadata,
             iterations=self._iterations,
         )
+
+    def _time_for_a_new_run(self, spec: EngineSpec, steps_in_run: int) -> bool:
+        """Whether to continue as new before the next step.
+
+        `workflow.patched()` is asked only when the answer would be yes, so only runs
+        that do continue as new record its marker, and a run recorded before this
+        version (which never did) replays as it ran.
+        """
+        due = (
+            spec.steps_per_run is not None and steps_in_run >= spec.steps_per_run
+        ) or workflow.info().is_continue_as_new_suggested()
+        return due and workflow.patched(INFERENCE_CONTINUE_AS_NEW_PATCH)
+
+    async def _wait_for_handlers(self) -> None:
+        # A signal (a late publish) or a query-free update still running would be
+        # lost with the run; cancellation arriving meanwhile keeps this run instead.
+        await workflow.wait_condition(
+            lambda: workflow.all_handlers_finished() or self._cancel_requested
+        )
+
+    def _continue_as_new(
+        self, input: InferenceInput, step: int, usage: Usage, model: str | None
+    ) -> None:
+        """Continue in a new run from `step`, carrying references, not the conversation."""
+        state = self._stream.get_state()
+        stream_end = state.base_offset + len(state.log)
+        run = InferenceRun(
+            run_id=workflow.info().run_id,
+            blocks_start=self._base,
+            blocks_end=self._base + len(self._blocks),
+            stream_start=self._stream_start,
+            stream_end=stream_end,
+        )
+        carry = InferenceCarry(
+            step=step,
+            usage=usage,
+            model=model if model != input.engine.model else None,
+            runs=[*self._runs, run],
+            known=self._known,
+            known_last_id=self._known_last_id,
+            blocks=self._blocks[self._known - self._base :],
+            # The events stay in this run (read by query); the new run continues the offsets.
+            stream=WorkflowStreamState(log=[], base_offset=stream_end, publishers=state.publishers),
+        )
+        workflow.continue_as_new(
+            # The ids follow from the workflow id, as in the first run.
+            input.model_copy(update={"carry": carry, "session_id": "", "inference_id": ""})
+        )
+
+    async def _added_blocks(self, input: InferenceInput) -> list[Block]:
+        """The blocks this inference added to its input: read from earlier runs once, at the end."""
+        own = len(input.turn.blocks)
+        if self._base <= own:
+            return self._blocks[own - self._base :]
+        earlier: list[Block] = await workflow.execute_activity(
+            INFERENCE_BLOCKS_ACTIVITY,
+            InferenceBlocksInput(
+                inference_id=input.inference_id,
+                runs=self._runs,
+                start=own,
+                end=self._base,
+                last_id=self._carry.known_last_id if self._carry else None,
+            ),
+            result_type=list[Block],
+            start_to_close_timeout=_EARLIER_BLOCKS_TIMEOUT,
+            summary="blocks of earlier runs",
+        )
+        return [*earlier, *self._blocks]
 
     async def _llm_step(
         self, input: InferenceInput, spec: EngineSpec, blocks: list[Block], step: int
@@ -277,12 +389,13 @@ class InferenceWorkflow:
             LLM_STEP_ACTIVITY,
             LLMStepInput(
                 engine=spec,
-                blocks=blocks[known:],
+                blocks=blocks[known - self._base :],
                 prefix_end=input.prefix_end,
                 step=step,
                 known=known or None,
-                known_last_id=blocks[known - 1].id if known else None,
+                known_last_id=self._known_last_id if known else None,
                 prefix_last_id=input.prefix_last_id,
+                earlier_runs=self._runs,
             ),
             result_type=LLMStepResult,
             start_to_close_timeout=timedelta(seconds=spec.llm_timeout_seconds),
