@@ -18,6 +18,13 @@ async def slow_tool(seconds: float) -> dict[str, float]:
     return {"slept": seconds}
 
 
+@tool(timeout=60, local=True)
+async def slow_local_tool(seconds: float) -> dict[str, float]:
+    """`slow_tool` as a local activity: it runs inside the workflow task that follows its step."""
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
+
+
 @tool(timeout=0.5)
 async def sleepy_tool(seconds: float) -> str:
     """Sleeps longer than its own 0.5 s timeout allows."""
@@ -100,6 +107,7 @@ async def blocking_tool(key: str, seconds: float) -> dict[str, float]:
 
 ALL = [
     slow_tool,
+    slow_local_tool,
     sleepy_tool,
     failing_tool,
     flaky_tool,
