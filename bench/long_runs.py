@@ -15,7 +15,7 @@ model, measured against the targets of the "long runs" issue:
   with a spare worker already polling (target: <= 5 s): from the kill to the
   retry's start on the spare, read from Temporal.
 
-    .venv/bin/python bench/long_runs.py [--stream-seconds 30] [--steps 100,1000] [--trials 3]
+    .venv/bin/python bench/long_runs.py [--stream-seconds 30] [--steps 100,1000,2000] [--trials 3]
 
 Prints a table and one JSON line. Timing figures vary with the machine's load;
 event and byte counts do not.
@@ -181,37 +181,76 @@ async def tool_loop(client: Client, model: ScriptedModelServer, steps: int) -> d
     session = await Session.create(client, engine.tools("step"), task_queue=TASK_QUEUE)
     started = time.monotonic()
     handle = await session.start_inference(f"loop {steps}")
+    # A subscriber follows the whole loop, across the inference's runs.
+    seen: list[Event] = []
+
+    async def subscribe() -> None:
+        async for event in handle.events():
+            seen.append(event)
+
+    subscriber = asyncio.create_task(subscribe())
     try:
         await handle.wait()
     except MaxIterationsReached:
         pass
     wall = time.monotonic() - started
-    inference = client.get_workflow_handle(handle.inference_id)
+    await asyncio.wait_for(subscriber, 120)
     runs: list[tuple[int, int]] = []
+    scheduled: list[float] = []
+    activity_ms: list[tuple[float, float]] = []
     async for execution in client.list_workflows(f"WorkflowId = '{handle.inference_id}'"):
         history = await client.get_workflow_handle(
             handle.inference_id, run_id=execution.run_id
         ).fetch_history()
         runs.append((len(history.events), sum(e.ByteSize() for e in history.events)))
-    # Step k starts when its LLM step is scheduled; a step's time is the gap to the next one.
-    scheduled = [
-        e.event_time.ToMicroseconds() / 1e6
-        async for e in inference.fetch_history_events()
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and e.activity_task_scheduled_event_attributes.activity_type.name == "geppetto.llm_step"
-    ]
+        # Step k starts when its LLM step is scheduled; a step's time is the gap to the next one.
+        llm = {
+            e.event_id: e.event_time.ToMicroseconds() / 1e6
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and e.activity_task_scheduled_event_attributes.activity_type.name == "geppetto.llm_step"
+        }
+        scheduled += llm.values()
+        # How long each LLM activity ran (it calls the model with the whole conversation).
+        began = {
+            e.activity_task_started_event_attributes.scheduled_event_id: (
+                e.event_time.ToMicroseconds() / 1e6
+            )
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+            and e.activity_task_started_event_attributes.scheduled_event_id in llm
+        }
+        for e in history.events:
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                sid = e.activity_task_completed_event_attributes.scheduled_event_id
+                if sid in began:
+                    ms = (e.event_time.ToMicroseconds() / 1e6 - began[sid]) * 1000
+                    activity_ms.append((llm[sid], ms))
+    scheduled.sort()
+    in_activity = [ms for _, ms in sorted(activity_ms)]
     gaps = [b - a for a, b in itertools.pairwise(scheduled)]
     early = statistics.mean(gaps[5:15]) if len(gaps) >= 15 else statistics.mean(gaps)
     late = statistics.mean(gaps[-10:])
+    # What the model is sent grows with the loop (every earlier call and result, each step):
+    # the request body of the last step against step 10, to tell the model's share apart.
+    bodies = [len(json.dumps(r.body)) for r in model.requests(base_url)]
     return {
         "steps": steps,
         "wall_seconds": round(wall, 1),
         "runs": len(runs),
         "largest_run_events": max(e for e, _ in runs),
         "largest_run_bytes": max(b for _, b in runs),
+        "total_events": sum(e for e, _ in runs),
+        "total_bytes": sum(b for _, b in runs),
+        "subscriber_events": len(seen),
+        "subscriber_saw_the_end": bool(seen) and seen[-1].type == "inference-finished",
         "step_ms_at_10": round(early * 1000, 1),
         "step_ms_at_end": round(late * 1000, 1),
         "end_vs_10": round(late / early, 2),
+        "llm_activity_ms_at_10": round(statistics.mean(in_activity[5:15] or in_activity), 1),
+        "llm_activity_ms_at_end": round(statistics.mean(in_activity[-10:]), 1),
+        "request_kb_at_10": round(bodies[min(9, len(bodies) - 1)] / 1024, 1),
+        "request_kb_at_end": round(bodies[-1] / 1024, 1),
     }
 
 
@@ -344,16 +383,56 @@ def report(r: dict[str, Any]) -> None:
             f"{s['events_per_streamed_minute']:11.0f} "
             f"{lat.get('p50', float('nan')):8.1f} {lat.get('p95', float('nan')):8.1f}"
         )
-    print(f"{'tool loop':16} {'runs':>5} {'largest run':>24} {'ms/step @10':>12} {'@end':>8}")
+    print(
+        f"{'tool loop':16} {'runs':>5} {'largest run':>24} {'ms/step @10':>12} {'@end':>8}"
+        f" {'request KB @10':>15} {'@end':>8}"
+    )
     for t in r["tool_loops"]:
         print(
             f"  {t['steps']:>5} steps   {t['runs']:>5} "
             f"{t['largest_run_events']:>9} ev {t['largest_run_bytes'] / 1e6:8.2f} MB "
             f"{t['step_ms_at_10']:12.1f} {t['step_ms_at_end']:8.1f}"
+            f" {t['request_kb_at_10']:15.1f} {t['request_kb_at_end']:8.1f}"
         )
     for what, values in r.get("recovery_seconds", {}).items():
         print(f"recovery after SIGKILL mid-{what} (spare worker): {values} s")
+    print("targets:")
+    for line in targets(r):
+        print(f"  {line}")
     print(json.dumps(r, sort_keys=True))
+
+
+def targets(r: dict[str, Any]) -> list[str]:
+    """Each target of the long-runs issue, as met or not, with the figure."""
+
+    def mark(ok: bool) -> str:
+        return "met    " if ok else "NOT met"
+
+    lines: list[str] = []
+    for s in r.get("streaming", []):
+        per_min = s["events_per_streamed_minute"]
+        lines.append(
+            f"{mark(per_min <= 60)} <= 60 history events per streamed minute, "
+            f"{s['subscribers']} subscriber(s): {per_min:.0f}"
+        )
+        if "delta_ms" in s:
+            p50 = s["delta_ms"]["p50"]
+            lines.append(f"{mark(p50 < 100)} delta latency p50 < 100 ms: {p50:.0f} ms")
+    for t in r.get("tool_loops", []):
+        lines.append(
+            f"{mark(t['largest_run_events'] <= 10_240 and t['subscriber_saw_the_end'])} "
+            f"{t['steps']} steps with a subscriber, no run over 10,240 events: "
+            f"largest {t['largest_run_events']} in {t['runs']} run(s)"
+        )
+        lines.append(
+            f"{mark(t['end_vs_10'] <= 1.2)} {t['steps']} steps, per-step time at the end "
+            f"<= 1.2x step 10: {t['end_vs_10']}x (the LLM activity took "
+            f"{t['llm_activity_ms_at_10']:.0f} -> {t['llm_activity_ms_at_end']:.0f} ms, its "
+            f"request grew {t['request_kb_at_10']:.0f} -> {t['request_kb_at_end']:.0f} KB)"
+        )
+    for what, values in r.get("recovery_seconds", {}).items():
+        lines.append(f"{mark(max(values) <= 5)} recovery mid-{what} <= 5 s: max {max(values)} s")
+    return lines
 
 
 if __name__ == "__main__":
@@ -361,7 +440,9 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--stream-seconds", type=float, default=30.0)
-    parser.add_argument("--steps", default="100,1000", help="tool-loop lengths, comma-separated")
+    parser.add_argument(
+        "--steps", default="100,1000,2000", help="tool-loop lengths, comma-separated"
+    )
     parser.add_argument("--trials", type=int, default=3, help="SIGKILL trials per point (0: skip)")
     args = parser.parse_args()
     os.environ.pop("TEMPORAL_ADDRESS", None)
