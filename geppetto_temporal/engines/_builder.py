@@ -124,6 +124,10 @@ class EngineBuilder:
         """Worker-side middleware applied around each provider call, in order."""
         return self._with(middleware=tuple(names))
 
+    def stream_batch(self, seconds: float) -> EngineBuilder:
+        """How often a streaming step sends its coalesced deltas to the inference's stream (default 0.1 s)."""
+        return self._with(stream_batch_seconds=seconds)
+
     def llm_activity(
         self,
         *,
