@@ -121,9 +121,17 @@ SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     "retry-429": ("session", "inference-1"),
     "scheduled-prompt": ("scheduled",),
     "tool-loop": ("session", "inference-1"),
+    # The inference continued as new twice: its earlier runs, and its last run.
+    "long-loop": (
+        "session",
+        "inference-1-run-1",
+        "inference-1-run-2",
+        "inference-1-run-3",
+        "inference-1",
+    ),
 }
 #: Scenarios added after the first set, and the set that first has them.
-SCENARIO_SINCE = {"scheduled-prompt": "v0-3"}
+SCENARIO_SINCE = {"scheduled-prompt": "v0-3", "long-loop": "v0-9"}
 
 
 def expected_history_files() -> list[str]:
@@ -172,6 +180,10 @@ def test_histories_are_all_there() -> None:
 
 def test_history_is_of_a_completed_workflow(history_file: Path) -> None:
     last = load(history_file).events[-1].event_type
+    if "-run-" in history_file.name:
+        # An earlier run of an inference that continued as new (`<scenario>-inference-<n>-run-<k>`).
+        assert last == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW, history_file.name
+        return
     assert last == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, (
         f"{history_file.name} ends with {EventType.Name(last)}: "
         "record histories of completed workflows"

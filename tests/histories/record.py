@@ -319,6 +319,40 @@ async def scheduled_prompt(rec: Recorder) -> Session:
     return session
 
 
+async def long_loop(rec: Recorder) -> Session:
+    """Three tool steps, two per run: the inference continues as new twice (v0-9 on)."""
+    script = {
+        "rules": [
+            {
+                "name": "answer",
+                "when": {"tool_result_count": 3},
+                "reply": {"text": "three sums"},
+            },
+            {
+                "name": "sum",
+                "reply": {
+                    "tool_calls": [{"name": "calculate", "arguments": {"expression": "1 + 2"}}]
+                },
+            },
+        ]
+    }
+    session, _ = await rec.session(
+        "long-loop", script, lambda b: b.max_iterations(4).steps_per_run(1)
+    )
+    handle = await session.start_inference("add three times")
+    turn = await handle.wait()
+    check(turn.last_text == "three sums", f"unexpected answer {turn.last_text!r}")
+    runs = [
+        w.run_id async for w in rec.client.list_workflows(f"WorkflowId = '{handle.inference_id}'")
+    ][::-1]
+    check(len(runs) == 4, f"expected four runs, got {len(runs)}")
+    # The latest run is recorded as `inference-1`; the earlier ones, oldest first, as runs.
+    for k, run_id in enumerate(runs[:-1], start=1):
+        rec.extra.append((f"inference-1-run-{k}", handle.inference_id, run_id))
+    await session.close()
+    return session
+
+
 SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "plain-text": plain_text,
     "tool-loop": tool_loop,
@@ -332,6 +366,7 @@ SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "close-idle": close_idle,
     "multi-turn": multi_turn,
     "scheduled-prompt": scheduled_prompt,
+    "long-loop": long_loop,
 }
 
 
@@ -342,6 +377,14 @@ def _completed(history: WorkflowHistory) -> bool:
     return (
         bool(history.events)
         and history.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+    )
+
+
+def _continued(history: WorkflowHistory) -> bool:
+    return (
+        bool(history.events)
+        and history.events[-1].event_type
+        == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
     )
 
 
@@ -406,7 +449,10 @@ async def record(tag: str | None, names: list[str]) -> list[tuple[str, WorkflowH
                     history = await client.get_workflow_handle(
                         workflow_id, run_id=run_id
                     ).fetch_history()
-                    check(_completed(history), f"{workflow_id} is not a completed workflow")
+                    check(
+                        _completed(history) or _continued(history),
+                        f"{workflow_id} is not a completed workflow",
+                    )
                     recorded.append((file_name(tag, name, suffix), history))
                 rec.extra.clear()
                 print(f"{name:<22} {time.monotonic() - t0:6.2f} s", file=sys.stderr)
