@@ -22,6 +22,7 @@ from geppetto_temporal.events import (
     FinalEvent,
     InferenceFinishedEvent,
     InferenceStartedEvent,
+    PartialEvent,
     ToolCallExecutionResultEvent,
 )
 from geppetto_temporal.testing import ScriptedModelServer
@@ -34,7 +35,7 @@ TOOL_STEPS = 6
 
 
 def counting_script(steps: int) -> dict[str, Any]:
-    """`calculate("<n> + 1")` at every step, then an answer once `steps` results are in."""
+    """Some streamed text and `calculate("1 + 1")` at every step, then an answer after `steps`."""
     return {
         "rules": [
             {
@@ -44,8 +45,13 @@ def counting_script(steps: int) -> dict[str, Any]:
             },
             {
                 "name": "count",
+                # Streamed over ~0.3 s: the step's activity signals its deltas, so the
+                # stream's publisher de-duplication is carried across the runs too.
                 "reply": {
-                    "tool_calls": [{"name": "calculate", "arguments": {"expression": "1 + 1"}}]
+                    "text": "counting " * 8,
+                    "chunk_size": 6,
+                    "chunk_delay": 0.025,
+                    "tool_calls": [{"name": "calculate", "arguments": {"expression": "1 + 1"}}],
                 },
             },
         ]
@@ -94,7 +100,10 @@ async def test_a_tool_loop_continues_as_new_and_every_reader_follows(
     )
 
     # The turn: the prompt, six calls each answered, the answer; nothing lost or doubled.
-    expected = [BlockKind.USER, *[BlockKind.TOOL_CALL, BlockKind.TOOL_USE] * TOOL_STEPS]
+    expected = [
+        BlockKind.USER,
+        *[BlockKind.LLM_TEXT, BlockKind.TOOL_CALL, BlockKind.TOOL_USE] * TOOL_STEPS,
+    ]
     assert [b.kind for b in turn.blocks] == [*expected, BlockKind.LLM_TEXT]
     assert turn.last_text == f"counted {TOOL_STEPS} results"
     assert len({b.id for b in turn.blocks}) == len(turn.blocks)
@@ -141,6 +150,8 @@ async def test_a_tool_loop_continues_as_new_and_every_reader_follows(
     assert sum(isinstance(e, InferenceStartedEvent) for e in events) == 1
     assert sum(isinstance(e, FinalEvent) for e in events) == TOOL_STEPS + 1
     assert sum(isinstance(e, ToolCallExecutionResultEvent) for e in events) == TOOL_STEPS
+    texts = [e.completion for e in events if isinstance(e, PartialEvent)]
+    assert texts.count("counting " * 8) == TOOL_STEPS  # every step's text, whole, once
     assert isinstance(events[-1], InferenceFinishedEvent)
     assert events[-1].status == InferenceStatus.COMPLETED
     middle = len(events) // 2
