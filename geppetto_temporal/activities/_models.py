@@ -41,6 +41,9 @@ class LLMStepInput(WireModel):
     #: Id of the session's block `prefix_end - 1`: lets a worker that ran the previous
     #: inference extend its cached conversation without reading it from the session.
     prefix_last_id: str | None = None
+    #: The inference's `live` feature: the workflow published this step's `start`, deltas
+    #: go to the worker's live channel and only coarse `partial` batches are signalled.
+    live: bool = False
 
 
 def reported_model(model: str | None, spec: EngineSpec) -> str | None:

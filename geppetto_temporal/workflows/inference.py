@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from geppetto_temporal.workflows._models import (
         INFERENCE_WORKFLOW,
+        LIVE_DELTAS,
         BlockRange,
         InferenceInput,
         InferenceResult,
@@ -124,6 +125,9 @@ class InferenceWorkflow:
         self._blocks: list[Block] = list(input.turn.blocks)
         # How many of them the LLM activity has seen: the next step sends only the rest.
         self._known = 0
+        # Live deltas (set by the session for new inferences): steps stream to the worker's
+        # live channel, and this workflow publishes each step's `start` itself.
+        self._live = LIVE_DELTAS in input.features
 
     def _emit(
         self,
@@ -212,7 +216,8 @@ class InferenceWorkflow:
             text = "".join(b.text for b in result.blocks if b.kind == BlockKind.LLM_TEXT)
             attempt = next((b.metadata.get(BlockMetaKey.ATTEMPT, 1) for b in result.blocks), None)
             if result.events_from_blocks:
-                self._emit(StartEvent(), step=step, attempt=attempt)
+                if not self._live:
+                    self._emit(StartEvent(), step=step, attempt=attempt)
                 if text:
                     self._emit(PartialEvent(delta=text), step=step, attempt=attempt)
             for live in result.events:
@@ -273,6 +278,10 @@ class InferenceWorkflow:
         self, input: InferenceInput, spec: EngineSpec, blocks: list[Block], step: int
     ) -> LLMStepResult:
         known = self._known
+        if self._live and spec.stream_events:
+            # Published here, not signalled by the activity: in memory, no history event.
+            # It also tells readers a step is running, so they look for its live endpoint.
+            self._emit(StartEvent(), step=step, attempt=1)
         result: LLMStepResult = await workflow.execute_activity(
             LLM_STEP_ACTIVITY,
             LLMStepInput(
@@ -283,6 +292,7 @@ class InferenceWorkflow:
                 known=known or None,
                 known_last_id=blocks[known - 1].id if known else None,
                 prefix_last_id=input.prefix_last_id,
+                live=self._live,
             ),
             result_type=LLMStepResult,
             start_to_close_timeout=timedelta(seconds=spec.llm_timeout_seconds),
