@@ -22,8 +22,11 @@ from geppetto_temporal.live._reader import LiveAdvert, find_live_steps, read_liv
 
 logger = logging.getLogger(__name__)
 
-#: First and longest wait between describe() calls looking for a running step's endpoint.
+#: Waits between describe() calls looking for a running step's endpoint: every 0.1 s for
+#: the first 2 s (a step advertises it as its stream starts), then backing off to 2 s
+#: (a worker without the live channel never does).
 _DISCOVER_FIRST = 0.1
+_DISCOVER_FAST_FOR = 2.0
 _DISCOVER_MAX = 2.0
 
 _Key = tuple[str, int, str]
@@ -111,15 +114,17 @@ async def merge_live(
 
     async def follow(message_id: str) -> None:
         tried: set[str] = set()
-        wait = _DISCOVER_FIRST
+        loop = asyncio.get_running_loop()
+        wait, since = _DISCOVER_FIRST, loop.time()
         while message_id in attempts:
             advert = await _find(client, inference_id, message_id, attempts[message_id], tried)
             if advert is None:
                 await asyncio.sleep(wait)
-                wait = min(wait * 2, _DISCOVER_MAX)
+                if loop.time() - since > _DISCOVER_FAST_FOR:
+                    wait = min(wait * 2, _DISCOVER_MAX)
                 continue
             tried.add(advert.url)
-            wait = _DISCOVER_FIRST
+            wait, since = _DISCOVER_FIRST, loop.time()
             text_key = (message_id, advert.attempt, TEXT)
             thinking_key = (message_id, advert.attempt, THINKING)
             try:
