@@ -20,7 +20,14 @@ from temporalio.client import Client
 
 from geppetto_temporal import EngineBuilder, Session, create_worker
 from geppetto_temporal.events import Event, FinalEvent, PartialEvent
-from geppetto_temporal.live import find_live_steps
+from geppetto_temporal.live import (
+    LiveConfig,
+    LiveDelta,
+    LiveHub,
+    LiveServer,
+    find_live_steps,
+    read_live,
+)
 from geppetto_temporal.testing import ScriptedModelServer
 from tests.conftest import scripted_endpoints
 
@@ -155,3 +162,34 @@ async def test_streaming_costs_no_history_per_watcher_and_stays_exact(
     assert len([e for e in plain if isinstance(e, PartialEvent)]) > 1
     assert spelled(plain) == SHORT_TEXT
     assert [e.meta.seq for e in plain] == list(range(len(plain)))
+
+
+async def test_the_live_endpoint_serves_a_step_from_any_position() -> None:
+    hub = LiveHub()
+    server = LiveServer(hub, LiveConfig(address="127.0.0.1:0"))
+    url = await server.start()
+    try:
+        step = hub.open("m1", attempt=2)
+        assert step.url is not None and step.url.startswith(url + "/live/")
+        step.add("partial", "Hello, ")
+        step.add("partial-thinking", "hmm")
+
+        async def read() -> list[LiveDelta]:
+            assert step.url is not None
+            return [d async for d in read_live(step.url, text_from=3, thinking_from=1)]
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(0)  # let it connect while the step still streams
+        step.add("partial", "world")
+        step.close()
+        got = await asyncio.wait_for(reader, 30)
+        text = "".join(d.delta for d in got if d.kind == "partial")
+        assert text == "lo, world"
+        assert [d.pos for d in got if d.kind == "partial"][0] == 3
+        assert [(d.pos, d.delta) for d in got if d.kind == "partial-thinking"] == [(1, "mm")]
+        # A finished step stays readable for a while, from any position.
+        again = [d async for d in read_live(step.url, text_from=7, thinking_from=3)]
+        assert [(d.kind, d.pos, d.delta) for d in again] == [("partial", 7, "world")]
+    finally:
+        await server.close()
+    assert hub.url is None

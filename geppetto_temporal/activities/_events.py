@@ -142,12 +142,17 @@ class StepEventPublisher:
             await self._send()
 
     async def __aenter__(self) -> StepEventPublisher:
-        await self._client.__aenter__()
-        if self._send_start:
-            self._pending.append(self._event(StartEvent()))
-            if self._live_stream:
-                # A retry: readers learn of it now, not a durable interval later.
-                await self._send()
+        try:
+            await self._client.__aenter__()
+            if self._send_start:
+                self._pending.append(self._event(StartEvent()))
+                if self._live_stream:
+                    # A retry: readers learn of it now, not a durable interval later.
+                    await self._send()
+        except BaseException:
+            if self._live is not None:
+                self._live.close()
+            raise
         self._flusher = asyncio.create_task(self._run())
         return self
 

@@ -79,8 +79,14 @@ class LiveStep:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def follow(self, start: dict[str, int]) -> AsyncIterator[tuple[str, int, str]]:
-        """(kind, position, delta) from the positions in `start` on, until the step ends."""
+    async def follow(
+        self, start: dict[str, int], *, idle: float | None = None
+    ) -> AsyncIterator[tuple[str, int, str]]:
+        """(kind, position, delta) from the positions in `start` on, until the step ends.
+
+        With `idle`, a quiet stretch that long yields `("", 0, "")`, so a server can
+        show its readers the connection is alive.
+        """
         pos = {kind: start.get(kind, 0) for kind in KINDS}
         while True:
             changed = self._changed
@@ -91,7 +97,10 @@ class LiveStep:
                     pos[kind] += len(delta)
             if self.done and all(pos[k] >= self._texts[k].length for k in KINDS):
                 return
-            await changed.wait()
+            try:
+                await asyncio.wait_for(changed.wait(), idle)
+            except TimeoutError:
+                yield "", 0, ""
 
 
 class LiveHub:

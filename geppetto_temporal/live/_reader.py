@@ -15,8 +15,9 @@ logger = logging.getLogger(__name__)
 
 #: The key of the heartbeat detail an LLM step advertises its live endpoint under.
 ADVERT_KEY = "geppetto_live"
-#: Connecting to a worker's live endpoint; reading waits as long as the step streams.
-_TIMEOUT = httpx.Timeout(connect=3.0, read=None, write=5.0, pool=5.0)
+#: Connecting to a worker's live endpoint, and how long a read may wait: the worker sends
+#: a keepalive line every 5 s, so a silent connection is a lost worker.
+_TIMEOUT = httpx.Timeout(connect=3.0, read=15.0, write=5.0, pool=5.0)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ URL_ENV = "GEPPETTO_LIVE_URL"
 #: A client that has not sent its request line and headers by then is dropped.
 _REQUEST_TIMEOUT = 10.0
 _MAX_REQUEST_LINE = 8192
+#: A quiet step sends an empty line this often; readers give up after three missed.
+KEEPALIVE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class LiveServer:
 
     The answer is one JSON object per line: `{"kind", "pos", "delta"}` for each
     stretch of new text (`pos` is its absolute position in the step's text of that
-    kind), then `{"end": true}` when the step is over. An unknown token is a 404.
+    kind), then `{"end": true}` when the step is over; an empty line every
+    `KEEPALIVE_SECONDS` while nothing streams. An unknown token is a 404.
     """
 
     def __init__(self, hub: LiveHub, config: LiveConfig) -> None:
@@ -101,7 +104,13 @@ class LiveServer:
             self._connections.add(task)
         try:
             await self._answer(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+        except (
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ValueError,
+        ):
             pass
         finally:
             if task is not None:
@@ -132,9 +141,12 @@ class LiveServer:
         head = {"message_id": step.message_id, "attempt": step.attempt}
         writer.write(json.dumps(head).encode() + b"\n")
         await writer.drain()
-        async for kind, pos, delta in step.follow(start):
-            line = {"kind": kind, "pos": pos, "delta": delta}
-            writer.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+        async for kind, pos, delta in step.follow(start, idle=KEEPALIVE_SECONDS):
+            if not kind:
+                writer.write(b"\n")  # keepalive: readers time out a connection that stays silent
+            else:
+                line = {"kind": kind, "pos": pos, "delta": delta}
+                writer.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
             await writer.drain()
         writer.write(b'{"end": true}\n')
         await writer.drain()
