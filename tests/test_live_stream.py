@@ -185,7 +185,7 @@ async def test_the_live_endpoint_serves_a_step_from_any_position() -> None:
         got = await asyncio.wait_for(reader, 30)
         text = "".join(d.delta for d in got if d.kind == "partial")
         assert text == "lo, world"
-        assert [d.pos for d in got if d.kind == "partial"][0] == 3
+        assert next(d.pos for d in got if d.kind == "partial") == 3
         assert [(d.pos, d.delta) for d in got if d.kind == "partial-thinking"] == [(1, "mm")]
         # A finished step stays readable for a while, from any position.
         again = [d async for d in read_live(step.url, text_from=7, thinking_from=3)]
