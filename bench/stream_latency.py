@@ -3,8 +3,12 @@
 The scripted server records when it writes each chunk; a partial event that
 arrives at time t covers chunks up to its cumulative length, and each of them
 gets latency `t - sent(i)`. The same stream read directly with the
-openai client in this process is the baseline. Also counts the history events
-the inference adds per 1,000 deltas. Prints a table and one JSON line.
+openai client in this process is the baseline. Two subscribers watch each
+inference: `events()` (live deltas from the worker merged with the durable
+stream) and one reading the durable stream only (what a reader gets when the
+worker's live channel is off or unreachable: coarse batches). Also counts the
+history events the inference adds per 1,000 deltas and per streamed minute.
+Prints a table and one JSON line.
 
     .venv/bin/python bench/stream_latency.py [--chunks 400] [--chunk-delay 0.01] [--runs 3]
 """
@@ -20,12 +24,14 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from openai import AsyncOpenAI
 
-from geppetto_temporal import EngineBuilder, Session, connect, create_worker
+from geppetto_temporal import EngineBuilder, ExecutionHandle, Session, connect, create_worker
+from geppetto_temporal._subscribe import follow_inference
 from geppetto_temporal.devserver import EmbeddedServer
 from geppetto_temporal.events import PartialEvent
 from geppetto_temporal.testing import ScriptedModelServer
@@ -78,20 +84,41 @@ async def direct(model: ScriptedModelServer, base_url: str, chunk_delay: float) 
     return chunk_latencies(arrivals, text_chunk_times(model, base_url, prompt))
 
 
-async def durable(
-    model: ScriptedModelServer, base_url: str, session: Session, chunk_delay: float
-) -> tuple[list[float], str]:
-    prompt = f"durable {uuid.uuid4().hex}"
-    handle = await session.start_inference(prompt)
+async def arrivals_of(handle: ExecutionHandle, *, live: bool) -> list[tuple[float, int]]:
     arrivals: list[tuple[float, int]] = []
-    async for event in handle.events(poll_interval=POLL):
+    events = follow_inference(
+        handle.client, handle.inference_id, poll_cooldown=timedelta(seconds=POLL), live=live
+    )
+    async for event in events:
         if isinstance(event, PartialEvent):
             arrivals.append((time.time(), len(event.completion)))
-    await handle.wait()
-    return chunk_latencies(arrivals, text_chunk_times(model, base_url, prompt)), handle.inference_id
+    return arrivals
 
 
-async def main(chunks: int, chunk_delay: float, runs: int, batch: float) -> dict[str, Any]:
+async def watched(
+    model: ScriptedModelServer, base_url: str, session: Session
+) -> tuple[list[float], list[float], str]:
+    """Latencies seen by a live subscriber and by a durable-only one of the same inference."""
+    prompt = f"watched {uuid.uuid4().hex}"
+    handle = await session.start_inference(prompt)
+    live, durable, _ = await asyncio.gather(
+        arrivals_of(handle, live=True), arrivals_of(handle, live=False), handle.wait()
+    )
+    sent = text_chunk_times(model, base_url, prompt)
+    return chunk_latencies(live, sent), chunk_latencies(durable, sent), handle.inference_id
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": statistics.median(values),
+        "p95": percentile(values, 0.95),
+        "p99": percentile(values, 0.99),
+    }
+
+
+async def main(
+    chunks: int, chunk_delay: float, runs: int, batch: float, durable_batch: float | None
+) -> dict[str, Any]:
     async with (
         ScriptedModelServer(script(chunks, chunk_delay)) as model,
         EmbeddedServer(Path(tempfile.mkdtemp(prefix="geppetto-bench-"))) as server,
@@ -99,7 +126,10 @@ async def main(chunks: int, chunk_delay: float, runs: int, batch: float) -> dict
         client = await connect(server.address, from_env=False)
         builder = EngineBuilder("openai:scripted").base_url(model.base_url).llm_activity()
         builder = builder.no_tools()
-        spec = builder.build().model_copy(update={"stream_batch_seconds": batch})
+        update: dict[str, Any] = {"stream_batch_seconds": batch}
+        if durable_batch is not None:
+            update["durable_batch_seconds"] = durable_batch
+        spec = builder.build().model_copy(update=update)
         async with create_worker(client, task_queue=TASK_QUEUE, allow_any_base_url=True):
             session = await Session.create(
                 client,
@@ -108,23 +138,30 @@ async def main(chunks: int, chunk_delay: float, runs: int, batch: float) -> dict
                 task_queue=TASK_QUEUE,
             )
             direct_ms: list[float] = []
+            live_ms: list[float] = []
             durable_ms: list[float] = []
-            events_per_1000: list[float] = []
+            events: list[int] = []
             for _ in range(runs):
                 direct_ms += await direct(model, model.base_url, chunk_delay)
-                lat, inference_id = await durable(model, model.base_url, session, chunk_delay)
-                durable_ms += lat
+                live, durable, inference_id = await watched(model, model.base_url, session)
+                live_ms += live
+                durable_ms += durable
                 history = await client.get_workflow_handle(inference_id).fetch_history()
-                events_per_1000.append(len(history.events) * 1000 / chunks)
+                events.append(len(history.events))
     return {
         "chunks": chunks,
         "chunk_delay_ms": chunk_delay * 1000,
         "batch_ms": batch * 1000,
+        "durable_batch_s": spec.durable_batch_seconds,
         "runs": runs,
-        "direct_ms": {"p50": statistics.median(direct_ms), "p99": percentile(direct_ms, 0.99)},
-        "durable_ms": {"p50": statistics.median(durable_ms), "p99": percentile(durable_ms, 0.99)},
-        "ratio_p50": statistics.median(durable_ms) / max(statistics.median(direct_ms), 1e-3),
-        "history_events_per_1000_deltas": statistics.median(events_per_1000),
+        "direct_ms": summary(direct_ms),
+        "live_ms": summary(live_ms),
+        "durable_only_ms": summary(durable_ms),
+        "ratio_p50": statistics.median(live_ms) / max(statistics.median(direct_ms), 1e-3),
+        "history_events_per_1000_deltas": statistics.median(events) * 1000 / chunks,
+        "history_events_per_streamed_minute": statistics.median(events)
+        * 60
+        / (chunks * chunk_delay),
     }
 
 
@@ -136,13 +173,22 @@ if __name__ == "__main__":
     parser.add_argument("--chunk-delay", type=float, default=0.01)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch", type=float, default=0.1, help="stream_batch_seconds")
+    parser.add_argument(
+        "--durable-batch", type=float, default=None, help="durable_batch_seconds (default: spec's)"
+    )
     args = parser.parse_args()
     os.environ.pop("TEMPORAL_ADDRESS", None)
-    r = asyncio.run(main(args.chunks, args.chunk_delay, args.runs, args.batch))
-    print(f"{'delta latency (ms)':32} {'p50':>8} {'p99':>8}")
-    print(f"{'direct openai stream':32} {r['direct_ms']['p50']:8.1f} {r['direct_ms']['p99']:8.1f}")
-    print(f"{'geppetto events()':32} {r['durable_ms']['p50']:8.1f} {r['durable_ms']['p99']:8.1f}")
-    print(f"ratio (p50)                      {r['ratio_p50']:.0f}x")
-    print(f"history events per 1,000 deltas  {r['history_events_per_1000_deltas']:.0f}")
+    r = asyncio.run(main(args.chunks, args.chunk_delay, args.runs, args.batch, args.durable_batch))
+    print(f"{'delta latency (ms)':34} {'p50':>8} {'p95':>8} {'p99':>8}")
+    for name, key in (
+        ("direct openai stream", "direct_ms"),
+        ("geppetto events() (live)", "live_ms"),
+        ("durable stream only", "durable_only_ms"),
+    ):
+        v = r[key]
+        print(f"{name:34} {v['p50']:8.1f} {v['p95']:8.1f} {v['p99']:8.1f}")
+    print(f"ratio live/direct (p50)            {r['ratio_p50']:.1f}x")
+    print(f"history events per 1,000 deltas    {r['history_events_per_1000_deltas']:.0f}")
+    print(f"history events per streamed minute {r['history_events_per_streamed_minute']:.0f}")
     print(json.dumps(r, sort_keys=True))
     sys.exit(0)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
-from datetime import timedelta
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.api.common.v1 import Payload
@@ -16,12 +17,15 @@ from temporalio.converter import PayloadConverter
 from geppetto_temporal.events import (
     EVENTS_TOPIC,
     Event,
+    EventMeta,
     InferenceFinishedEvent,
     InferenceStartedEvent,
     PartialEvent,
     PartialThinkingEvent,
     parse_event,
 )
+from geppetto_temporal.live._hub import TEXT
+from geppetto_temporal.live._merge import LivePiece, TextLedger, merge_live
 from geppetto_temporal.workflows._models import InferenceRun
 
 _SHARED = ("session_id", "inference_id", "turn_id", "model")
@@ -92,24 +96,6 @@ async def _earlier_items(
             offset = result.next_offset
 
 
-class _Completions:
-    """Rebuilds `completion` of partial events, which travel with only their delta.
-
-    Text is kept per (message, attempt): a retried call starts its completion
-    afresh, and a late delta from an attempt the server already gave up on
-    never mixes into the current attempt's text.
-    """
-
-    def __init__(self) -> None:
-        self._text: dict[tuple[str, int, str], str] = {}
-
-    def apply(self, event: Event) -> None:
-        if isinstance(event, PartialEvent | PartialThinkingEvent):
-            key = (event.meta.message_id or "", event.meta.attempt or 1, event.type)
-            event.completion = self._text.get(key, "") + event.delta
-            self._text[key] = event.completion
-
-
 async def follow_inference(
     client: Client,
     inference_id: str,
@@ -117,17 +103,49 @@ async def follow_inference(
     from_seq: int = 0,
     defaults: dict[str, Any] | None = None,
     poll_cooldown: timedelta = POLL_COOLDOWN,
+    live: bool = True,
 ) -> AsyncIterator[Event]:
     """Yield an inference's events from `from_seq` on, live, ending after `inference-finished`.
 
     It reads from offset 0 even when resuming, so `completion` of partial
     events is right; earlier events are just not yielded.
+
+    With `live`, a running step's text also comes straight from its worker
+    (`geppetto_temporal.live`) as `partial` events marked `meta.live`, whose
+    `seq` is that of the durable event before them; durable `partial` events
+    then carry only the text the live ones had not (`delta` may be empty). Every
+    durable event is yielded once, with its own `seq`, so resuming from
+    `seq + 1` of the last event seen skips no durable event and repeats none.
     """
-    completions = _Completions()
+    ledger = TextLedger()
     # Activities publish lean metadata (message id, attempt, time); the ids
     # every event shares are filled in here from the workflow's first event.
     shared: dict[str, Any] = dict(defaults or {})
-    async for offset, data in _stream_items(client, inference_id, EVENTS_TOPIC, poll_cooldown):
+    durable = _stream_items(client, inference_id, EVENTS_TOPIC, poll_cooldown)
+    items: AsyncGenerator[Any] = (
+        merge_live(client, inference_id, durable, ledger, from_seq=from_seq)
+        if live
+        else _closable(durable)
+    )
+    async with contextlib.aclosing(items):
+        async for event in _events(items, ledger, shared, from_seq):
+            yield event
+
+
+async def _closable(items: AsyncIterator[Any]) -> AsyncGenerator[Any]:
+    async for item in items:
+        yield item
+
+
+async def _events(
+    items: AsyncIterator[Any], ledger: TextLedger, shared: dict[str, Any], from_seq: int
+) -> AsyncIterator[Event]:
+    offset = -1
+    async for item in items:
+        if isinstance(item, LivePiece):
+            yield _live_event(item, offset, shared)
+            continue
+        offset, data = item
         event = parse_event(data)
         event.meta.seq = offset
         if isinstance(event, InferenceStartedEvent):
@@ -137,8 +155,26 @@ async def follow_inference(
         for name, value in shared.items():
             if getattr(event.meta, name) is None:
                 setattr(event.meta, name, value)
-        completions.apply(event)
+        if isinstance(event, PartialEvent | PartialThinkingEvent):
+            key = (event.meta.message_id or "", event.meta.attempt or 1, event.type)
+            event.delta = ledger.durable(key, event.delta)
+            event.completion = ledger.shown(key)
         if offset >= from_seq:
             yield event
         if isinstance(event, InferenceFinishedEvent):
             return
+
+
+def _live_event(piece: LivePiece, seq: int, shared: dict[str, Any]) -> Event:
+    """A `partial` (or `partial-thinking`) event from live text, after durable event `seq`."""
+    meta = EventMeta(
+        message_id=piece.message_id,
+        attempt=piece.attempt,
+        seq=seq,
+        ts=datetime.now(UTC),
+        live=True,
+        **{k: v for k, v in shared.items() if k in _SHARED},
+    )
+    if piece.kind == TEXT:
+        return PartialEvent(delta=piece.delta, completion=piece.completion, meta=meta)
+    return PartialThinkingEvent(delta=piece.delta, completion=piece.completion, meta=meta)

@@ -423,17 +423,54 @@ def worker(
             "Default: on with the embedded server, off on a cluster.",
         ),
     ] = None,
+    live_address: Annotated[
+        str | None,
+        typer.Option(
+            "--live-address",
+            envvar="GEPPETTO_LIVE_ADDRESS",
+            metavar="HOST:PORT",
+            help="Serve streamed deltas to live readers here (default 127.0.0.1, a free port).",
+        ),
+    ] = None,
+    live_url: Annotated[
+        str | None,
+        typer.Option(
+            "--live-url",
+            envvar="GEPPETTO_LIVE_URL",
+            help="The base URL readers reach the live address by (NAT, proxy, k8s Service).",
+        ),
+    ] = None,
+    no_live: Annotated[
+        bool,
+        typer.Option(
+            "--no-live", help="Serve no live deltas: readers get the durable stream only."
+        ),
+    ] = False,
 ) -> None:
     """Run a worker: against TEMPORAL_ADDRESS (TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS from env), or the embedded server."""
     with _user_errors():
         registry = _load_tools(tools, example_tools)
         endpoints = _endpoint_registry(endpoint or [], endpoints_file, allow_any_base_url)
+        live = _live_options(live_address, live_url, no_live)
     if otel:
         os.environ["GEPPETTO_OTEL"] = "1"
     # SIGTERM is how service managers stop a worker: a clean stop, exit 0.
     _run(
-        _serve_worker(registry, endpoints, task_queue, metrics), quiet_worker=False, sigterm_exit=0
+        _serve_worker(registry, endpoints, task_queue, metrics, live),
+        quiet_worker=False,
+        sigterm_exit=0,
     )
+
+
+def _live_options(address: str | None, url: str | None, off: bool) -> dict[str, Any]:
+    """`create_worker`'s live keywords from the worker's options (the address checked now)."""
+    from geppetto_temporal.live._server import parse_address
+
+    if off:
+        return {"live": False}
+    if address is not None:
+        parse_address(address)
+    return {"live": True, "live_address": address, "live_url": url}
 
 
 def _endpoint_registry(
@@ -487,14 +524,20 @@ def _observability_note(metrics: str | None) -> str:
 
 
 async def _serve_worker(
-    registry: ToolRegistry, endpoints: EndpointRegistry, task_queue: str, metrics: str | None
+    registry: ToolRegistry,
+    endpoints: EndpointRegistry,
+    task_queue: str,
+    metrics: str | None,
+    live: dict[str, Any],
 ) -> None:
     if temporal_address_from_env():
         from geppetto_temporal.connection import connect
         from geppetto_temporal.worker import create_worker
 
         client = await connect(metrics_address=metrics)
-        w = create_worker(client, task_queue=task_queue, tools=registry, endpoints=endpoints)
+        w = create_worker(
+            client, task_queue=task_queue, tools=registry, endpoints=endpoints, **live
+        )
         where = client.service_client.config.target_host
         _progress(
             f"worker on {where} task queue {task_queue!r}; tools: {', '.join(registry.names) or 'none'}"
@@ -510,6 +553,7 @@ async def _serve_worker(
         log=_progress,
         metrics_address=metrics,
         endpoints=endpoints,
+        **live,
     ) as runtime:
         assert runtime.server is not None
         _progress(

@@ -282,6 +282,9 @@ class ExecutionHandle:
 
         A subscriber that attaches late, or after the end, gets the whole
         stream; every subscriber sees the same events with the same `meta.seq`.
+        While a step streams, its text also arrives straight from the worker as
+        `partial` events marked `meta.live` (see docs/events.md for how they and
+        resuming from `seq + 1` fit together).
         `poll_interval` (seconds) is how often a caught-up subscriber asks for
         more: shorter is snappier, longer adds fewer events to the history.
         """

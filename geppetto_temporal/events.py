@@ -53,6 +53,9 @@ class EventMeta(BaseModel):
     ts: datetime | None = None
     model: str | None = None
     usage: Usage | None = None
+    #: A `partial` that came from the step's worker as it streamed (not from the
+    #: durable stream); its `seq` is that of the durable event before it.
+    live: bool | None = None
 
 
 class _Event(BaseModel):

@@ -56,6 +56,9 @@ async def open_runtime(
     log: Callable[[str], None] | None = None,
     metrics_address: str | None = None,
     endpoints: EndpointRegistry | None = None,
+    live: bool = True,
+    live_address: str | None = None,
+    live_url: str | None = None,
 ) -> AsyncIterator[Runtime]:
     """Connect to `TEMPORAL_ADDRESS`, or to the embedded server with an in-process worker.
 
@@ -65,7 +68,8 @@ async def open_runtime(
     calls any other base URL, without a key: the embedded server listens on
     loopback only, so its clients are this machine's users, who could call
     that URL themselves. `$GEPPETTO_CODEC_KEYS` encrypts payloads either way
-    (see `geppetto_temporal.codec`).
+    (see `geppetto_temporal.codec`). The in-process worker serves live deltas
+    on 127.0.0.1 (`live`, `live_address`, `live_url`: see `create_worker`).
     """
     # Read first: a malformed key is reported before a server is started for nothing.
     codec = codec_from_env()
@@ -92,6 +96,14 @@ async def open_runtime(
             return
         if endpoints is None:
             endpoints = EndpointRegistry.from_env(allow_any_base_url=True)
-        worker = create_worker(client, task_queue=task_queue, tools=tools, endpoints=endpoints)
+        worker = create_worker(
+            client,
+            task_queue=task_queue,
+            tools=tools,
+            endpoints=endpoints,
+            live=live,
+            live_address=live_address,
+            live_url=live_url,
+        )
         async with worker:
             yield Runtime(client=client, task_queue=task_queue, server=info, worker=worker)

@@ -167,6 +167,7 @@ def _bad_inputs(missing: str, closed_port: int) -> list[Bad]:
         # worker, dashboard, demo, fake-llm, server
         Bad(("worker", "--tools", "no_such_tool_module"), "cannot import tool module"),
         Bad(("worker",), refused, env=unreachable),
+        Bad(("worker", "--live-address", "nowhere"), "live address must be HOST:PORT"),
         Bad(("dashboard",), refused, env=unreachable),
         Bad(("dashboard", "--host", "0.0.0.0"), "give it a token", code=2),
         Bad(("dashboard", "--port", "70000"), "'--port'", code=2),

@@ -267,7 +267,9 @@ async def test_wait_returns_exactly_the_turn_the_session_records(
         if status.turn_count == 3 and status.active_inference_id is None:
             break
         await asyncio.sleep(0.05)
-    handle = await session.start_inference("long answer " * 10)
+    # Long enough (about 1.8 s) to outlast a cancel's way to the activity: it hears of
+    # it in a heartbeat's answer, at most one a second.
+    handle = await session.start_inference("long answer " * 30)
     watch = EventWatch(handle)
     await watch.first(PartialEvent)  # cancelled while it streams
     await handle.cancel()

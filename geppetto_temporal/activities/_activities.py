@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from geppetto_temporal._known_blocks import BlockReader, KnownBlocks, ends_with
 from geppetto_temporal._redact import install_log_redaction, known_secrets, redact, redacted_copy
 from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
-from geppetto_temporal.activities._heartbeat import heartbeating
+from geppetto_temporal.activities._heartbeat import Heartbeat, heartbeating
 from geppetto_temporal.activities._logging import install_expected_failure_filter
 from geppetto_temporal.activities._models import (
     INFERENCE_BLOCKS_ACTIVITY,
@@ -32,6 +32,8 @@ from geppetto_temporal.engines._step import StepOutput
 from geppetto_temporal.engines.middleware import BUILTIN_MIDDLEWARE, Middleware, apply_middleware
 from geppetto_temporal.errors import ErrorType
 from geppetto_temporal.events import message_id_for
+from geppetto_temporal.live._hub import LiveHub, LiveStep
+from geppetto_temporal.live._reader import LiveAdvert
 from geppetto_temporal.pricing import with_cost
 from geppetto_temporal.tools._config import ToolChoice, ToolErrorHandling
 from geppetto_temporal.tools._registry import ToolRegistry
@@ -59,6 +61,7 @@ class InferenceActivities:
         *,
         middleware: Mapping[str, Middleware] | None = None,
         engines: EngineFactory | None = None,
+        live: LiveHub | None = None,
     ) -> None:
         # A worker's logs show a provider's expected failures (429, 5xx, cut
         # streams: retried by Temporal) as one line each, not a traceback.
@@ -66,6 +69,8 @@ class InferenceActivities:
         self.tools = tools or ToolRegistry()
         self.middleware = {**BUILTIN_MIDDLEWARE, **(middleware or {})}
         self.engines = engines or EngineFactory()
+        #: Where LLM steps put their deltas for live readers (None: durable stream only).
+        self.live = live
         # This process holds provider keys: no log record of it may carry one.
         install_log_redaction()
         # The conversation so far, per session: every step of an inference reads
@@ -179,10 +184,22 @@ class InferenceActivities:
         # import) and reading the conversation can outlast a short heartbeat
         # timeout, and an attempt the server already gave up on must not go on
         # to call the model.
-        async with heartbeating():
-            return await self._llm_step(with_ids(input))
+        async with heartbeating() as heartbeat:
+            return await self._llm_step(with_ids(input), heartbeat)
 
-    async def _llm_step(self, input: LLMStepInput) -> LLMStepResult:
+    def _open_live(self, input: LLMStepInput, heartbeat: Heartbeat) -> LiveStep | None:
+        """Register the step with the live hub and advertise it in the heartbeat details."""
+        if not input.live or self.live is None or self.live.url is None:
+            return None
+        step = self.live.open(
+            message_id_for(input.inference_id, input.step), activity.info().attempt
+        )
+        if step.url is not None:
+            # Readers find it with describe(): pending activities' heartbeat details.
+            heartbeat.set(LiveAdvert(step.url, step.message_id, step.attempt).detail())
+        return step
+
+    async def _llm_step(self, input: LLMStepInput, heartbeat: Heartbeat) -> LLMStepResult:
         spec = input.engine
         info = activity.info()
         try:
@@ -207,7 +224,9 @@ class InferenceActivities:
         publisher = (
             StepEventPublisher(
                 message_id=message_id_for(input.inference_id, input.step),
-                interval=spec.stream_batch_seconds,
+                interval=spec.durable_batch_seconds if input.live else spec.stream_batch_seconds,
+                live_stream=input.live,
+                live=self._open_live(input, heartbeat),
             )
             if spec.stream_events
             else None
@@ -265,7 +284,7 @@ class InferenceActivities:
         }
         self._remember_own(input.inference_id, [*own, *new_blocks])
         text = "".join(b.text for b in new_blocks if b.kind == BlockKind.LLM_TEXT)
-        from_blocks = spec.stream_events and rebuildable(tail, text)
+        from_blocks = spec.stream_events and rebuildable(tail, text, live=input.live)
         return LLMStepResult(
             blocks=new_blocks,
             # Priced here, not in the workflow: a price change never alters a replay.

@@ -20,6 +20,7 @@ from geppetto_temporal.events import (
     PartialThinkingEvent,
     StartEvent,
 )
+from geppetto_temporal.live._hub import TEXT, THINKING, LiveStep
 
 # Flushing is driven by our own timer (coalescing deltas first), so the
 # client's own interval only matters as a backstop.
@@ -28,13 +29,19 @@ _CLIENT_BATCH_INTERVAL = timedelta(seconds=30)
 _LiveEvent = StartEvent | PartialEvent | PartialThinkingEvent | ErrorEvent
 
 
-def rebuildable(tail: list[dict[str, Any]], text: str) -> bool:
+def rebuildable(tail: list[dict[str, Any]], text: str, *, live: bool = False) -> bool:
     """Whether a step's unsent events are just `start` and one `partial` carrying `text`.
 
     A `start` still in the tail means nothing was signalled (it is the first
     event every flush sends), so the workflow can publish both from the blocks.
+    With `live` the workflow published `start` itself (or a retry signalled it),
+    and a lone `partial` with all of `text` means no text was signalled.
     """
     types = [event.get("type") for event in tail]
+    if live:
+        if not types:
+            return text == ""
+        return types == ["partial"] and text != "" and tail[0].get("delta") == text
     if types == ["start"]:
         return text == ""
     return types == ["start", "partial"] and text != "" and tail[1].get("delta") == text
@@ -49,12 +56,27 @@ class StepEventPublisher:
     the activity's result (`tail()`) and the workflow publishes it, which costs
     no history events. Signals are recorded before the activity's completion,
     so the order in the stream is kept either way.
+
+    With `live_stream` (the inference's `live` feature) the workflow has published
+    `start` already, the interval is the coarse durable one, and every delta also
+    goes at once to `live`, the worker's live hub, when there is one. A retried
+    attempt still signals its own `start` at once, so readers see the retry.
     """
 
-    def __init__(self, *, message_id: str, interval: float) -> None:
+    def __init__(
+        self,
+        *,
+        message_id: str,
+        interval: float,
+        live_stream: bool = False,
+        live: LiveStep | None = None,
+    ) -> None:
         info = activity.info()
         self._meta = EventMeta(message_id=message_id, attempt=info.attempt)
         self._interval = interval
+        self._live_stream = live_stream
+        self._live = live
+        self._send_start = not live_stream or info.attempt > 1
         self._client = WorkflowStreamClient.from_within_activity(
             batch_interval=_CLIENT_BATCH_INTERVAL
         )
@@ -73,10 +95,14 @@ class StepEventPublisher:
     def on_text(self, delta: str) -> None:
         """A text delta arrived."""
         self._text += delta
+        if self._live is not None:
+            self._live.add(TEXT, delta)
 
     def on_thinking(self, delta: str) -> None:
         """A reasoning delta arrived."""
         self._thinking += delta
+        if self._live is not None:
+            self._live.add(THINKING, delta)
 
     def _coalesce(self) -> None:
         if self._thinking:
@@ -116,8 +142,17 @@ class StepEventPublisher:
             await self._send()
 
     async def __aenter__(self) -> StepEventPublisher:
-        await self._client.__aenter__()
-        self._pending.append(self._event(StartEvent()))
+        try:
+            await self._client.__aenter__()
+            if self._send_start:
+                self._pending.append(self._event(StartEvent()))
+                if self._live_stream:
+                    # A retry: readers learn of it now, not a durable interval later.
+                    await self._send()
+        except BaseException:
+            if self._live is not None:
+                self._live.close()
+            raise
         self._flusher = asyncio.create_task(self._run())
         return self
 
@@ -127,6 +162,8 @@ class StepEventPublisher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._live is not None:
+            self._live.close()
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -44,6 +44,9 @@ class LLMStepInput(WireModel):
     prefix_last_id: str | None = None
     #: The inference's earlier runs (it continued as new), which hold its first blocks.
     earlier_runs: list[InferenceRun] = Field(default_factory=list)
+    #: The inference's `live` feature: the workflow published this step's `start`, deltas
+    #: go to the worker's live channel and only coarse `partial` batches are signalled.
+    live: bool = False
 
 
 def reported_model(model: str | None, spec: EngineSpec) -> str | None:

@@ -135,9 +135,13 @@ class EngineBuilder:
         heartbeat_seconds: float | None = None,
         retry: RetrySpec | None = None,
         stream_idle_seconds: float | None = None,
+        durable_batch_seconds: float | None = None,
     ) -> EngineBuilder:
-        """Timeouts and retry policy of the LLM step activity, and how long a stream may stall."""
+        """Timeouts and retry policy of the LLM step activity, how long a stream may stall, and
+        how often its text is signalled to the durable stream (live readers get it at once)."""
         update: dict[str, Any] = {}
+        if durable_batch_seconds is not None:
+            update["durable_batch_seconds"] = durable_batch_seconds
         if stream_idle_seconds is not None:
             update["stream_idle_timeout_seconds"] = stream_idle_seconds
         if timeout_seconds is not None:

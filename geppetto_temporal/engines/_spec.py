@@ -74,6 +74,10 @@ class EngineSpec(WireModel):
     stream_events: bool = True
     #: Deltas arriving within this interval are sent as one event batch (one signal).
     stream_batch_seconds: float = Field(default=0.1, gt=0)
+    #: With live deltas (inferences started by this version), text is signalled to the
+    #: durable stream only this often; live readers get every delta at once. A reply
+    #: shorter than this signals nothing (see docs/events.md for the cost per minute).
+    durable_batch_seconds: float = Field(default=10.0, gt=0)
     #: A stream that sends nothing for this long is treated as stalled and the step retried.
     stream_idle_timeout_seconds: float = Field(default=180.0, gt=0)
     llm_retry: RetrySpec = RetrySpec(maximum_attempts=5)

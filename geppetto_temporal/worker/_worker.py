@@ -15,6 +15,8 @@ from geppetto_temporal.activities._scheduled import SCHEDULE_ACTIVITIES
 from geppetto_temporal.engines._endpoints import Endpoint, EndpointRegistry
 from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines.middleware import Middleware
+from geppetto_temporal.live._hub import LiveHub
+from geppetto_temporal.live._server import LiveConfig, LiveServer, parse_address
 from geppetto_temporal.observability import (
     ObservabilityInterceptor,
     client_is_traced,
@@ -55,6 +57,22 @@ def workflow_runner(*, sandboxed: bool = True) -> WorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
+class _LiveWorker(Worker):
+    """A worker that serves its LLM steps' live deltas for as long as it runs."""
+
+    def __init__(self, *args: Any, live_server: LiveServer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.live_server = live_server
+
+    async def run(self) -> None:
+        """Start the live server, then run the worker; the server stops with it."""
+        await self.live_server.start()
+        try:
+            await super().run()
+        finally:
+            await self.live_server.close()
+
+
 def create_worker(
     client: Client,
     *,
@@ -66,6 +84,9 @@ def create_worker(
     engines: EngineFactory | None = None,
     sandboxed: bool = False,
     tracing: bool | None = None,
+    live: bool = True,
+    live_address: str | None = None,
+    live_url: str | None = None,
     **worker_options: Any,
 ) -> Worker:
     """A Temporal worker running geppetto's workflows and activities with the given tools.
@@ -84,6 +105,11 @@ def create_worker(
     wherever the client's runtime sends Temporal's. It traces when its client
     does (`connect(tracing=True)`); `tracing=True` traces this worker even if
     the client does not. Extra `interceptors=` run inside the tracing one.
+
+    While it runs, the worker serves its LLM steps' deltas to live readers on
+    `live_address` (HOST:PORT, default `$GEPPETTO_LIVE_ADDRESS` or 127.0.0.1 on a
+    free port) and tells them `live_url` (default `$GEPPETTO_LIVE_URL` or the bound
+    address). `live=False` serves nothing: readers then get the durable stream only.
     """
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
     # Load the price table (and $GEPPETTO_PRICES) now: a bad file fails here, not in every LLM call.
@@ -93,7 +119,8 @@ def create_worker(
         if not isinstance(endpoints, EndpointRegistry):
             endpoints = EndpointRegistry(endpoints or (), allow_any_base_url=allow_any_base_url)
         engines = EngineFactory(endpoints=endpoints)
-    activities = InferenceActivities(registry, middleware=middleware, engines=engines)
+    hub = LiveHub() if live else None
+    activities = InferenceActivities(registry, middleware=middleware, engines=engines, live=hub)
     options: dict[str, Any] = {
         # After a worker dies, its sessions' next tasks wait this long on its
         # sticky queue before any worker may take them (SDK default 10 s).
@@ -113,8 +140,7 @@ def create_worker(
         interceptors.insert(0, tracing_interceptor())
     interceptors.append(ObservabilityInterceptor())
     options["interceptors"] = interceptors
-    return Worker(
-        client,
+    options.update(
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
         activities=[
@@ -125,3 +151,9 @@ def create_worker(
         ],
         **options,
     )
+    if hub is None:
+        return Worker(client, **options)
+    # Read now: a malformed address fails here, not when the worker starts.
+    config = LiveConfig.from_env(live_address, live_url)
+    parse_address(config.address)
+    return _LiveWorker(client, live_server=LiveServer(hub, config), **options)

@@ -21,6 +21,11 @@ PREFIX_BY_REFERENCE = "prefix-by-reference"
 SEARCH_ATTRIBUTES_PATCH = "search-attributes"
 #: The patches a session started by this version takes as given (`SessionInput.features`).
 SESSION_FEATURES: tuple[str, ...] = (PREFIX_BY_REFERENCE, SEARCH_ATTRIBUTES_PATCH)
+#: Inference feature: the workflow publishes each step's `start`, the LLM step sends its
+#: deltas to the worker's live channel and signals only coarse `partial` batches.
+LIVE_DELTAS = "live"
+#: The features an inference started by this version has (`InferenceInput.features`).
+INFERENCE_FEATURES: tuple[str, ...] = (LIVE_DELTAS,)
 #: Patch id: a session with a `payload_limit` does not continue-as-new with a larger input.
 CARRY_LIMIT_PATCH = "carry-limit"
 #: Patch id: an inference continues as new between steps (recorded only by runs that do).
@@ -261,6 +266,9 @@ class InferenceInput(WireModel):
     prefix_last_id: str | None = None
     #: Set when this run continues an earlier one (continue-as-new between steps).
     carry: InferenceCarry | None = None
+    #: How this inference runs, set by the session that starts it (`INFERENCE_FEATURES`):
+    #: decided by the input, so a run recorded without a feature replays without it.
+    features: list[str] = Field(default_factory=list)
 
     def with_ids(self, inference_id: str) -> InferenceInput:
         """This input with the session and inference ids filled in from the workflow id."""

@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from geppetto_temporal.workflows._models import (
         INFERENCE_CONTINUE_AS_NEW_PATCH,
         INFERENCE_WORKFLOW,
+        LIVE_DELTAS,
         BlockRange,
         InferenceBlocksInput,
         InferenceCarry,
@@ -144,6 +145,9 @@ class InferenceWorkflow:
         # How many of them the LLM activity has seen: the next step sends only the rest.
         self._known = self._base
         self._known_last_id = carry.known_last_id if carry else None
+        # Live deltas (set by the session for new inferences): steps stream to the worker's
+        # live channel, and this workflow publishes each step's `start` itself.
+        self._live = LIVE_DELTAS in input.features
 
     def _emit(
         self,
@@ -248,7 +252,8 @@ class InferenceWorkflow:
             text = "".join(b.text for b in result.blocks if b.kind == BlockKind.LLM_TEXT)
             attempt = next((b.metadata.get(BlockMetaKey.ATTEMPT, 1) for b in result.blocks), None)
             if result.events_from_blocks:
-                self._emit(StartEvent(), step=step, attempt=attempt)
+                if not self._live:
+                    self._emit(StartEvent(), step=step, attempt=attempt)
                 if text:
                     self._emit(PartialEvent(delta=text), step=step, attempt=attempt)
             for live in result.events:
@@ -385,6 +390,10 @@ class InferenceWorkflow:
         self, input: InferenceInput, spec: EngineSpec, blocks: list[Block], step: int
     ) -> LLMStepResult:
         known = self._known
+        if self._live and spec.stream_events:
+            # Published here, not signalled by the activity: in memory, no history event.
+            # It also tells readers a step is running, so they look for its live endpoint.
+            self._emit(StartEvent(), step=step, attempt=1)
         result: LLMStepResult = await workflow.execute_activity(
             LLM_STEP_ACTIVITY,
             LLMStepInput(
@@ -396,6 +405,7 @@ class InferenceWorkflow:
                 known_last_id=self._known_last_id if known else None,
                 prefix_last_id=input.prefix_last_id,
                 earlier_runs=self._runs,
+                live=self._live,
             ),
             result_type=LLMStepResult,
             start_to_close_timeout=timedelta(seconds=spec.llm_timeout_seconds),

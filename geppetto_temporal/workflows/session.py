@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, user_block
     from geppetto_temporal.workflows._models import (
         CARRY_LIMIT_PATCH,
+        INFERENCE_FEATURES,
         PREFIX_BY_REFERENCE,
         SEARCH_ATTRIBUTES_PATCH,
         SESSION_WORKFLOW,
@@ -407,6 +408,7 @@ class SessionWorkflow:
                     engine=self._engine,
                     prefix_end=prefix_end,
                     prefix_last_id=self._state.blocks[prefix_end - 1].id if prefix_end else None,
+                    features=list(INFERENCE_FEATURES),
                 ),
                 id=inference_id,
                 # The workflow id already names the session and the inference's number.
