@@ -37,6 +37,7 @@ from temporalio.client import WorkflowHistory
 
 from geppetto_temporal.activities._activities import InferenceActivities
 from geppetto_temporal.activities._models import (
+    INFERENCE_BLOCKS_ACTIVITY,
     LLM_STEP_ACTIVITY,
     TOOL_CALL_ACTIVITY,
     LLMStepInput,
@@ -52,6 +53,8 @@ from geppetto_temporal.workflows._models import (
     SESSION_WORKFLOW,
     CancelInferenceRequest,
     CloseRequest,
+    InferenceBlocks,
+    InferenceBlocksInput,
     InferenceInput,
     InferenceResult,
     SessionInput,
@@ -90,6 +93,7 @@ WORKFLOWS: dict[str, tuple[Model, Model]] = {
 ACTIVITIES: dict[str, tuple[Model, Model]] = {
     LLM_STEP_ACTIVITY: (LLMStepInput, LLMStepResult),
     TOOL_CALL_ACTIVITY: (ToolCallInput, ToolCallResult),
+    INFERENCE_BLOCKS_ACTIVITY: (InferenceBlocksInput, InferenceBlocks),
     DELIVER_PROMPT_ACTIVITY: (DeliverPromptInput, DeliverPromptResult),
     AWAIT_PROMPT_ACTIVITY: (AwaitPromptInput, PromptOutcome),
 }

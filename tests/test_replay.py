@@ -106,7 +106,7 @@ def is_nondeterminism(failure: Exception | None) -> bool:
 
 #: Every recorded set (file prefix), oldest first. A new set is added here when it is recorded;
 #: none is ever removed, since sessions started by workers of that code may still be running.
-HISTORY_SETS = ("v0-1", "v0-2", "v0-3", "v0-4", "v0-5", "v0-6", "v0-7", "v0-8")
+HISTORY_SETS = ("v0-1", "v0-2", "v0-3", "v0-4", "v0-5", "v0-6", "v0-7", "v0-8", "v0-9")
 #: Each scenario of `record.py` and the histories it keeps (`<set>-<scenario>-<kind>.json`).
 SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     "cancel-during-tool": ("session", "inference-1"),

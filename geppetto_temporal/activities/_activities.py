@@ -41,6 +41,7 @@ from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext
 from geppetto_temporal.turns import Block, BlockKind, PayloadKey
 from geppetto_temporal.workflows._models import (
     BlockRange,
+    InferenceBlocks,
     InferenceBlocksInput,
     InferenceRun,
     previous_inference_id,
@@ -297,7 +298,7 @@ class InferenceActivities:
         )
 
     @activity.defn(name=INFERENCE_BLOCKS_ACTIVITY)
-    async def inference_blocks(self, input: InferenceBlocksInput) -> list[Block]:
+    async def inference_blocks(self, input: InferenceBlocksInput) -> InferenceBlocks:
         """Blocks of an inference's earlier runs, for the result of its last run."""
         async with heartbeating():
             cached = self._own_blocks.get(input.inference_id) or KnownBlocks()
@@ -310,7 +311,7 @@ class InferenceActivities:
                 f"expected {input.end}",
                 type=ErrorType.SESSION_UNAVAILABLE,
             )
-        return blocks[input.start :]
+        return InferenceBlocks(blocks=blocks[input.start :])
 
     @activity.defn(name=TOOL_CALL_ACTIVITY)
     async def tool_call(self, input: ToolCallInput) -> ToolCallResult:

@@ -297,6 +297,12 @@ class InferenceBlocksInput(WireModel):
     last_id: str | None = None
 
 
+class InferenceBlocks(WireModel):
+    """The blocks of an inference's earlier runs (the `geppetto.inference_blocks` activity's result)."""
+
+    blocks: list[Block] = Field(default_factory=list)
+
+
 class InferenceResult(WireModel):
     """How an inference ended, and the blocks it added to its input turn (partial if not completed).
 

@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         INFERENCE_WORKFLOW,
         LIVE_DELTAS,
         BlockRange,
+        InferenceBlocks,
         InferenceBlocksInput,
         InferenceCarry,
         InferenceInput,
@@ -371,7 +372,7 @@ class InferenceWorkflow:
         own = len(input.turn.blocks)
         if self._base <= own:
             return self._blocks[own - self._base :]
-        earlier: list[Block] = await workflow.execute_activity(
+        earlier: InferenceBlocks = await workflow.execute_activity(
             INFERENCE_BLOCKS_ACTIVITY,
             InferenceBlocksInput(
                 inference_id=input.inference_id,
@@ -380,11 +381,11 @@ class InferenceWorkflow:
                 end=self._base,
                 last_id=self._carry.known_last_id if self._carry else None,
             ),
-            result_type=list[Block],
+            result_type=InferenceBlocks,
             start_to_close_timeout=_EARLIER_BLOCKS_TIMEOUT,
             summary="blocks of earlier runs",
         )
-        return [*earlier, *self._blocks]
+        return [*earlier.blocks, *self._blocks]
 
     async def _llm_step(
         self, input: InferenceInput, spec: EngineSpec, blocks: list[Block], step: int
