@@ -6,7 +6,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from temporalio.client import Client
@@ -20,6 +20,9 @@ from geppetto_temporal.tools import ToolRegistry
 from geppetto_temporal.tools.examples import calculate, current_time, get_weather
 from tests import toolbox
 from tests.servers import dev_server
+
+if TYPE_CHECKING:
+    from tests.workers import WorkerProcs
 
 #: A fake key with the shape of a real one: tests prove it never reaches Temporal history.
 SECRET_API_KEY = "sk-test-" + "S3CR3T" * 6
@@ -144,3 +147,18 @@ def new_session(
         return session, base_url
 
     return make
+
+
+@pytest.fixture
+def worker_procs(
+    temporal_env: WorkflowEnvironment,
+    tmp_path: Path,
+    payload_dir: Path,
+    model_server: ScriptedModelServer,
+) -> Iterator[WorkerProcs]:
+    """`geppetto worker` processes on the tests' server (tests/workers.py), killed at the end."""
+    from tests.workers import worker_procs_for  # tests.workers imports this module
+
+    yield from worker_procs_for(
+        temporal_env, tmp_path, payload_dir, scripted_endpoints_env(model_server.url)
+    )

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 
 from geppetto_temporal import BlockKind, EngineBuilder, Session
 from geppetto_temporal.turns import InferenceStatus, Turn
 from tests.workers import (
+    WorkerProcess,
     WorkerProcs,
     history_events,
     running_activity,
@@ -120,6 +121,26 @@ async def _completed_steps(client: Client, workflow_id: str, run_id: str) -> int
     )
 
 
+async def _kill_and_replace(
+    worker: WorkerProcess,
+    trial: Trial,
+    workflow: WorkflowHandle[Any, Any],
+    first_run: str | None,
+    procs: WorkerProcs,
+    queue: str,
+) -> float:
+    """SIGKILL the worker, note whether the new run had begun, start a fresh worker."""
+    worker.kill()
+    killed_at = time.monotonic()
+    trial.landed = (
+        "after the new run began"
+        if (await workflow.describe()).run_id != first_run
+        else "before the new run began"
+    )
+    procs.spawn(queue)
+    return killed_at
+
+
 async def crash_inference_handover(
     point: str, client: Client, procs: WorkerProcs, base_url: str
 ) -> Trial:
@@ -150,14 +171,7 @@ async def crash_inference_handover(
             return await running_activity(workflow, LLM_STEP) is not None
 
         await wait_until(next_run_stepping, 60, "the new run's first step", procs.diagnostics)
-    worker.kill()
-    killed_at = time.monotonic()
-    trial.landed = (
-        "after the new run began"
-        if (await workflow.describe()).run_id != first_run
-        else "before the new run began"
-    )
-    procs.spawn(queue)
+    killed_at = await _kill_and_replace(worker, trial, workflow, first_run, procs, queue)
     turn = await within(handle.wait(), RECOVERY_LIMIT, f"{point} recovery", procs.diagnostics)
     trial.recovery_seconds = time.monotonic() - killed_at
     check_counting_turn(turn)
@@ -217,14 +231,7 @@ async def crash_session_handover(
                 return False
 
         await wait_until(stepping, 90, "the new run's first step", procs.diagnostics)
-    worker.kill()
-    killed_at = time.monotonic()
-    trial.landed = (
-        "after the new run began"
-        if (await workflow.describe()).run_id != first_run
-        else "before the new run began"
-    )
-    procs.spawn(queue)
+    killed_at = await _kill_and_replace(worker, trial, workflow, first_run, procs, queue)
     if point == "session-handover":
         # Prompts arriving while the session has no worker, mid-handover.
         for i, prompt in enumerate(second, start=len(first)):

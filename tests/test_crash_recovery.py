@@ -32,14 +32,12 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
 from geppetto_temporal import BlockKind, EngineBuilder, ExecutionHandle, Session
 from geppetto_temporal.events import (
@@ -54,7 +52,6 @@ from geppetto_temporal.events import (
 from geppetto_temporal.testing import RecordedRequest, ScriptedModelServer
 from geppetto_temporal.turns import BlockMetaKey, InferenceStatus, PayloadKey, Turn
 from geppetto_temporal.workflows._models import inference_workflow_id
-from tests.conftest import scripted_endpoints_env
 from tests.workers import (
     WorkerProcess,
     WorkerProcs,
@@ -63,7 +60,6 @@ from tests.workers import (
     unique_queue,
     wait_until,
     within,
-    worker_procs_for,
     workflow_task_timeouts,
 )
 
@@ -130,18 +126,6 @@ def engine(base_url: str) -> EngineBuilder:
         .base_url(base_url)
         .llm_activity(heartbeat_seconds=HEARTBEAT_SECONDS)
         .tool_heartbeat(HEARTBEAT_SECONDS)
-    )
-
-
-@pytest.fixture
-def worker_procs(
-    temporal_env: WorkflowEnvironment,
-    tmp_path: Path,
-    payload_dir: Path,
-    model_server: ScriptedModelServer,
-) -> Iterator[WorkerProcs]:
-    yield from worker_procs_for(
-        temporal_env, tmp_path, payload_dir, scripted_endpoints_env(model_server.url)
     )
 
 

@@ -9,29 +9,12 @@ sessions' handovers included; tests/test_continue_as_new.py kills around a sessi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
 from geppetto_temporal.testing import ScriptedModelServer
-from tests.conftest import scripted_endpoints_env
 from tests.handover import INFERENCE_POINTS, crash_inference_handover, handover_script
-from tests.workers import WorkerProcs, worker_procs_for
-
-
-@pytest.fixture
-def worker_procs(
-    temporal_env: WorkflowEnvironment,
-    tmp_path: Path,
-    payload_dir: Path,
-    model_server: ScriptedModelServer,
-) -> Iterator[WorkerProcs]:
-    yield from worker_procs_for(
-        temporal_env, tmp_path, payload_dir, scripted_endpoints_env(model_server.url)
-    )
+from tests.workers import WorkerProcs
 
 
 async def test_sigkill_at_an_inference_handover_and_the_step_after(

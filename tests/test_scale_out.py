@@ -16,25 +16,19 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
 from geppetto_temporal import BlockKind, EngineBuilder, ExecutionHandle, Session
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import InferenceStatus, Turn
-from tests.conftest import scripted_endpoints_env
 from tests.workers import (
     WorkerProcess,
     WorkerProcs,
     activity_starts,
     unique_queue,
     within,
-    worker_procs_for,
     workflow_task_identities,
 )
 
@@ -73,18 +67,6 @@ def expected_answer(prompt: str) -> str:
     slept = json.dumps({"slept": 0.2})
     math = json.dumps({"expression": "6 * 7", "result": 42})
     return f"Done for {prompt}: {slept}; {math}"
-
-
-@pytest.fixture
-def worker_procs(
-    temporal_env: WorkflowEnvironment,
-    tmp_path: Path,
-    payload_dir: Path,
-    model_server: ScriptedModelServer,
-) -> Iterator[WorkerProcs]:
-    yield from worker_procs_for(
-        temporal_env, tmp_path, payload_dir, scripted_endpoints_env(model_server.url)
-    )
 
 
 def owner(identity: str, workers: list[WorkerProcess]) -> WorkerProcess:
