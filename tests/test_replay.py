@@ -106,13 +106,14 @@ def is_nondeterminism(failure: Exception | None) -> bool:
 
 #: Every recorded set (file prefix), oldest first. A new set is added here when it is recorded;
 #: none is ever removed, since sessions started by workers of that code may still be running.
-HISTORY_SETS = ("v0-1", "v0-2", "v0-3", "v0-4", "v0-5", "v0-6", "v0-7", "v0-8")
+HISTORY_SETS = ("v0-1", "v0-2", "v0-3", "v0-4", "v0-5", "v0-6", "v0-7", "v0-8", "v0-9")
 #: Each scenario of `record.py` and the histories it keeps (`<set>-<scenario>-<kind>.json`).
 SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     "cancel-during-tool": ("session", "inference-1"),
     "cancel-mid-stream": ("session", "inference-1", "inference-2"),
     "close-cancel-active": ("session", "inference-1"),
     "close-idle": ("session",),
+    "first-prompt": ("session", "inference-1", "inference-2"),
     "max-iterations": ("session", "inference-1"),
     "multi-turn": ("session", "inference-1", "inference-2", "inference-3"),
     "plain-text": ("session", "inference-1"),
@@ -123,7 +124,7 @@ SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     "tool-loop": ("session", "inference-1"),
 }
 #: Scenarios added after the first set, and the set that first has them.
-SCENARIO_SINCE = {"scheduled-prompt": "v0-3"}
+SCENARIO_SINCE = {"scheduled-prompt": "v0-3", "first-prompt": "v0-9"}
 
 
 def expected_history_files() -> list[str]:
