@@ -106,28 +106,6 @@ def _has_external_storage(client: Client) -> bool:
     return client.data_converter.external_storage is not None
 
 
-#: How long `wait()` waits for the session to record a finished inference (seconds).
-_RECORD_TIMEOUT = 6.0
-#: The session-history events that end a child, and their attributes field.
-_CHILD_ENDED: dict[int, str] = {
-    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED: (
-        "child_workflow_execution_completed_event_attributes"
-    ),
-    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_FAILED: (
-        "child_workflow_execution_failed_event_attributes"
-    ),
-    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_CANCELED: (
-        "child_workflow_execution_canceled_event_attributes"
-    ),
-    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_TIMED_OUT: (
-        "child_workflow_execution_timed_out_event_attributes"
-    ),
-    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_TERMINATED: (
-        "child_workflow_execution_terminated_event_attributes"
-    ),
-}
-
-
 def new_session_id() -> str:
     """A fresh, unique session id."""
     return f"session-{uuid.uuid4().hex[:12]}"
@@ -281,38 +259,14 @@ class ExecutionHandle:
     async def _result_and_turn(self) -> tuple[InferenceResult, Turn]:
         # The input is read while the inference runs, off the critical path.
         started = asyncio.create_task(self._started_input())
-        # A new session's history is a few events long: follow it (long poll) to the
-        # moment it records this inference, instead of polling its `status` query.
-        recorded = (
-            asyncio.create_task(self._recorded_in_history()) if self._starting is not None else None
-        )
         try:
             result = await self.result()
         except BaseException:
             started.cancel()
-            if recorded is not None:
-                recorded.cancel()
             raise
         turn = await self._assemble_turn(await started, result)
-        if recorded is None:
-            await self._recorded_by_session()
-        else:
-            try:
-                await asyncio.wait_for(recorded, _RECORD_TIMEOUT)
-            except (TimeoutError, RPCError):
-                pass  # a session that does not record it (no worker): the turn is complete
+        await self._recorded_by_session()
         return result, turn
-
-    async def _recorded_in_history(self) -> None:
-        """Return once the session's workflow task after this inference's end has completed."""
-        session = self.client.get_workflow_handle(self.session_id)
-        ended = False
-        async for event in session.fetch_history_events(wait_new_event=True):
-            if event.event_type in _CHILD_ENDED:
-                attributes = getattr(event, _CHILD_ENDED[event.event_type])
-                ended = ended or attributes.workflow_execution.workflow_id == self.inference_id
-            elif ended and event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
-                return
 
     async def _recorded_by_session(self) -> None:
         """Wait until the session has recorded this inference (it no longer names it active).
