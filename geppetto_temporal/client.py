@@ -132,7 +132,8 @@ class _SessionStart:
     @property
     def takes_first_prompt(self) -> bool:
         """Whether the first prompt can travel in the start input (a new session, never an existing one)."""
-        return self.options["id_conflict_policy"] == WorkflowIDConflictPolicy.FAIL
+        policy: WorkflowIDConflictPolicy = self.options["id_conflict_policy"]
+        return policy == WorkflowIDConflictPolicy.FAIL
 
     def with_first_prompt(
         self, prompt: str, engine: EngineSpec | None
