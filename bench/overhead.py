@@ -7,10 +7,12 @@ what any Temporal agent framework must at least pay, and the reference for the
 footprint targets. Runs are interleaved so all see the same machine state.
 Prints a table and one JSON line.
 
-    .venv/bin/python bench/overhead.py [--runs 40] [--burst 50] [--server-defaults]
+    .venv/bin/python bench/overhead.py [--runs 40] [--burst 50] [--server-defaults] [--compress]
 
 `--server-defaults` runs a `temporal server start-dev` as a user starts it (in
 memory, no dynamic config) instead of the embedded server's tuned one.
+`--compress` has geppetto's client and worker compress payloads
+(`connect(compress=True)`, as `GEPPETTO_COMPRESS=1` does); the floor never does.
 """
 
 from __future__ import annotations
@@ -336,9 +338,9 @@ async def burst_run(
     return n / seconds, (cpu_seconds(pid) - cpu_before) * 1000 / n
 
 
-async def main(runs: int, burst: int, server_defaults: bool) -> dict[str, Any]:
+async def main(runs: int, burst: int, server_defaults: bool, compress: bool) -> dict[str, Any]:
     async with ScriptedModelServer(SCRIPT) as model, dev_server(server_defaults) as (address, pid):
-        client = await connect(address)
+        client = await connect(address, compress=compress)
         plain_client = await Client.connect(address)  # the floor: Temporal's own converter
         builder = EngineBuilder("openai:scripted").base_url(model.base_url)
         openai_client = AsyncOpenAI(base_url=model.base_url, api_key="bench", max_retries=0)
@@ -425,7 +427,8 @@ async def main(runs: int, burst: int, server_defaults: bool) -> dict[str, Any]:
     floor_median = statistics.median(floor_ms)
     return {
         "runs": runs,
-        "server": "defaults" if server_defaults else "embedded (raised poll rates)",
+        "server": ("defaults" if server_defaults else "embedded (raised poll rates)")
+        + (", compressed payloads" if compress else ""),
         "plain_ms": summary(plain_ms),
         "floor_ms": summary(floor_ms),
         "durable_ms": summary(durable_ms),
@@ -524,9 +527,13 @@ if __name__ == "__main__":
         action="store_true",
         help="a dev server with its default settings, as `temporal server start-dev` starts",
     )
+    parser.add_argument(
+        "--compress", action="store_true", help="geppetto compresses payloads (GEPPETTO_COMPRESS)"
+    )
     args = parser.parse_args()
     os.environ.pop("TEMPORAL_ADDRESS", None)
-    outcome = asyncio.run(main(args.runs, args.burst, args.server_defaults))
+    os.environ.pop("GEPPETTO_COMPRESS", None)
+    outcome = asyncio.run(main(args.runs, args.burst, args.server_defaults, args.compress))
     print_table(outcome)
     print(json.dumps(outcome, sort_keys=True))
     sys.exit(0)

@@ -4,6 +4,8 @@ Runs `--runs` prompts, each on a new session (update-with-start, as `geppetto ru
 does), through the bench's flow (model -> one tool -> model) on the embedded dev
 server, then reads both workflows' histories. Client, worker and server share
 this machine's clock, so client-side moments can be placed among the events.
+The Temporal floor (bench/overhead.py's hand-written workflow) runs interleaved
+on the same server, and its segments are printed after ours.
 
     .venv/bin/python bench/timeline.py [--runs 30]
 """
@@ -24,9 +26,11 @@ from pathlib import Path
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import SCRIPT, TASK_QUEUE
+from openai import AsyncOpenAI
+from overhead import FLOOR_QUEUE, SCRIPT, TASK_QUEUE, FloorActivities, FloorWorkflow
 
 from geppetto_temporal import EngineBuilder, Session, connect, create_worker, search
 from geppetto_temporal.devserver import EmbeddedServer
@@ -83,12 +87,33 @@ def segments(
     out.append(("child done -> wait() returns the turn", done - child_done))
     out.append(("TOTAL", done - sent))
     # Off the critical path: the update's answer, and the session recording the turn.
-    out.append(("(update answered, from start)", accepted - sent))
+    out.append(("(start_inference returned, from start)", accepted - sent))
     recorded = next(
         e for e in session if e.event_type == E.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED
     )
     after = [e for e in session if e.event_id > recorded.event_id]
     out.append(("(session records the turn, from child done)", ts(after[2]) - child_done))
+    return out
+
+
+def floor_segments(sent: float, done: float, events: list[HistoryEvent]) -> list[tuple[str, float]]:
+    """(name, seconds) of one run of the floor workflow: tasks and activities in turn."""
+    out: list[tuple[str, float]] = [("floor: client -> started", ts(events[0]) - sent)]
+    prev, task = ts(events[0]), 0
+    for e in events:
+        t = ts(e)
+        if e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            out.append((f"floor task {task + 1}: dispatch", t - prev))
+        elif e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            task += 1
+            out.append((f"floor task {task}: worker", t - prev))
+        elif e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            out.append((f"floor: activity after task {task}", t - prev))
+        else:
+            continue
+        prev = t
+    out.append(("floor: done -> client has the result", done - ts(events[-1])))
+    out.append(("floor TOTAL", done - sent))
     return out
 
 
@@ -101,11 +126,28 @@ async def main(runs: int) -> None:
         EmbeddedServer(data_dir, search_attributes=search.SEARCH_ATTRIBUTES) as server,
     ):
         client = await connect(server.address)
+        plain = await Client.connect(server.address)
         builder = EngineBuilder("openai:scripted").base_url(model.base_url)
-        async with create_worker(
-            client, task_queue=TASK_QUEUE, tools=[get_weather], allow_any_base_url=True
+        floor = FloorActivities(AsyncOpenAI(base_url=model.base_url, api_key="bench"))
+        async with (
+            create_worker(
+                client, task_queue=TASK_QUEUE, tools=[get_weather], allow_any_base_url=True
+            ),
+            Worker(
+                plain,
+                task_queue=FLOOR_QUEUE,
+                workflows=[FloorWorkflow],
+                activities=[floor.llm_step, floor.tool],
+                workflow_runner=UnsandboxedWorkflowRunner(),
+            ),
         ):
             for i in range(runs + 3):
+                floor_id = f"timeline-floor-{uuid.uuid4().hex[:10]}"
+                floor_sent = time.time()
+                await plain.execute_workflow(
+                    FloorWorkflow.run, f"weather {i}", id=floor_id, task_queue=FLOOR_QUEUE
+                )
+                floor_done = time.time()
                 session = await Session.create(
                     client,
                     builder,
@@ -127,7 +169,7 @@ async def main(runs: int) -> None:
                     done,
                     await events_of(client, session.session_id),
                     await events_of(client, handle.inference_id),
-                )
+                ) + floor_segments(floor_sent, floor_done, await events_of(plain, floor_id))
                 for name, seconds in parts:
                     if name not in table:
                         order.append(name)

@@ -12,7 +12,10 @@ from geppetto_temporal.codec import (
     CODEC_KEYS_ENV,
     DEFAULT_CODEC_PORT,
     CodecError,
+    CompressionCodec,
+    EncryptionCodec,
     codec_from_env,
+    compression_from_env,
     generate_key,
 )
 
@@ -79,10 +82,12 @@ def codec_server(
     )
 
     try:
-        codec = codec_from_env()
+        codec: EncryptionCodec | CompressionCodec | None = codec_from_env()
         check_codec_bind(host, token)
     except (CodecError, CodecServerConfigError) as err:
         raise _fail(str(err)) from None
+    if codec is None and compression_from_env():
+        codec = CompressionCodec()  # compressed payloads only (GEPPETTO_COMPRESS)
     if codec is None:
         raise _fail(
             f"{CODEC_KEYS_ENV} is not set: the codec server needs the keys the workers use "
@@ -99,7 +104,13 @@ def codec_server(
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     _err.print(
-        f"codec server on http://{shown}:{port} (keys {', '.join(codec.key_ids)}; "
+        f"codec server on http://{shown}:{port} ("
+        + (
+            f"keys {', '.join(codec.key_ids)}"
+            if isinstance(codec, EncryptionCodec)
+            else "compression only"
+        )
+        + "; "
         f"UI origins {', '.join(origins)}"
         + ("; token required" if token else "")
         + f"); e.g. temporal workflow show --codec-endpoint http://{shown}:{port} ...; "

@@ -303,7 +303,7 @@ async def _run_prompt(
         modules=modules,
         task_queue=task_queue,
         log=_progress,
-        # Started together with the prompt below (update-with-start).
+        # Started together with the prompt below (the prompt travels in the start input).
         lazy=True,
     ) as opened:
         session = opened.session

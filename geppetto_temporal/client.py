@@ -129,6 +129,28 @@ class _SessionStart:
             SESSION_WORKFLOW, self.input, result_type=SessionSummary, **options
         )
 
+    @property
+    def takes_first_prompt(self) -> bool:
+        """Whether the first prompt can travel in the start input (a new session, never an existing one)."""
+        policy: WorkflowIDConflictPolicy = self.options["id_conflict_policy"]
+        return policy == WorkflowIDConflictPolicy.FAIL
+
+    def with_first_prompt(
+        self, prompt: str, engine: EngineSpec | None
+    ) -> tuple[SessionInput, dict[str, Any]]:
+        """The same start carrying the first prompt (`SessionInput.first_prompt`).
+
+        No update: the session runs the prompt in its first workflow task, which
+        also sets the search attributes. Eager start: when this client's process
+        runs a worker on the task queue, the server hands it that first task in
+        the start call's reply instead of through the task queue.
+        """
+        update: dict[str, Any] = {"first_prompt": prompt}
+        if engine is not None:
+            update["engine"] = engine
+        options = {**self.options, "search_attributes": None, "request_eager_start": True}
+        return self.input.model_copy(update=update), options
+
 
 class ExecutionHandle:
     """One running (or finished) inference: wait for it, cancel it, ask whether it runs.
@@ -137,7 +159,12 @@ class ExecutionHandle:
     """
 
     def __init__(
-        self, client: Client, inference_id: str, *, session: Session | None = None
+        self,
+        client: Client,
+        inference_id: str,
+        *,
+        session: Session | None = None,
+        _starting: bool = False,
     ) -> None:
         check_existing_id(inference_id, what="inference id")
         self.client = client
@@ -147,6 +174,50 @@ class ExecutionHandle:
         self._handle: WorkflowHandle[object, InferenceResult] = client.get_workflow_handle(
             inference_id, result_type=InferenceResult
         )
+        # Set for a first prompt sent with the session's start: the session starts
+        # this workflow in its first task, so it may not exist yet.
+        self._starting: asyncio.Task[None] | None = None
+        if _starting:
+            self._starting = asyncio.create_task(self._started_by_session())
+            # Its error reaches whoever waits on the handle; never "never retrieved".
+            self._starting.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _started_by_session(self) -> None:
+        """Wait until the session has started this inference's workflow (or failed to).
+
+        Follows the new session's history (a long poll, a few events long) to the
+        child's start: no polling, and no read of the inference before it exists.
+        """
+        session = self.client.get_workflow_handle(self.session_id)
+        try:
+            async for event in session.fetch_history_events(wait_new_event=True):
+                if event.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
+                    started = event.child_workflow_execution_started_event_attributes
+                    if started.workflow_execution.workflow_id == self.inference_id:
+                        return
+                elif event.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_FAILED:
+                    failed = event.start_child_workflow_execution_failed_event_attributes
+                    if failed.workflow_id == self.inference_id:
+                        raise InferenceFailed(
+                            f"inference {self.inference_id} could not start",
+                            turn=None,
+                            inference_id=self.inference_id,
+                        )
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise SessionNotFoundError(
+                    f"no session {self.session_id}", session_id=self.session_id
+                ) from err
+            raise
+        raise SessionClosedError(
+            f"session {self.session_id} ended before inference {self.inference_id} started",
+            session_id=self.session_id,
+        )
+
+    async def _exists_now(self) -> None:
+        """Return once the inference's workflow exists (at once, unless it is still starting)."""
+        if self._starting is not None:
+            await asyncio.shield(self._starting)
 
     @classmethod
     def attach(cls, client: Client, inference_id: str) -> ExecutionHandle:
@@ -163,6 +234,7 @@ class ExecutionHandle:
 
     async def result(self) -> InferenceResult:
         """The raw result, whatever the status: the status and the blocks the inference added."""
+        await self._exists_now()
         try:
             result = await self._handle.result()
         except WorkflowFailureError as err:
@@ -237,6 +309,7 @@ class ExecutionHandle:
 
     async def _started_input(self) -> InferenceInput:
         """The inference's input, from the first event of its history."""
+        await self._exists_now()
         async for event in self._handle.fetch_history_events():
             payloads = event.workflow_execution_started_event_attributes.input.payloads
             [started] = await self.client.data_converter.decode(payloads, [InferenceInput])
@@ -288,7 +361,7 @@ class ExecutionHandle:
         `poll_interval` (seconds) is how often a caught-up subscriber asks for
         more: shorter is snappier, longer adds fewer events to the history.
         """
-        return follow_inference(
+        events = follow_inference(
             self.client,
             self.inference_id,
             from_seq=from_seq,
@@ -297,6 +370,12 @@ class ExecutionHandle:
             if poll_interval is not None
             else POLL_COOLDOWN,
         )
+        return events if self._starting is None else self._events_once_started(events)
+
+    async def _events_once_started(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        await self._exists_now()
+        async for event in events:
+            yield event
 
     async def forward_events(self, *sinks: EventSink, from_seq: int = 0) -> None:
         """Deliver the inference's events to each sink, in order, until it finishes."""
@@ -309,6 +388,7 @@ class ExecutionHandle:
 
         Raises `SessionNotFoundError` when no such inference exists, as `wait()` does.
         """
+        await self._exists_now()
         try:
             await self._handle.cancel()
         except RPCError as err:
@@ -322,6 +402,7 @@ class ExecutionHandle:
 
     async def exists(self) -> bool:
         """Whether the inference's workflow exists (it may not have started yet)."""
+        await self._exists_now()
         try:
             await self._handle.describe()
         except RPCError as err:
@@ -332,6 +413,7 @@ class ExecutionHandle:
 
     async def is_running(self) -> bool:
         """Whether the inference is still running."""
+        await self._exists_now()
         try:
             description = await self._handle.describe()
         except RPCError as err:
@@ -511,6 +593,9 @@ class Session:
             engine=_to_spec(engine) if engine is not None else None,
             after_inference_id=self._last_finished,
         )
+        start = self._pending_start
+        if start is not None and start.takes_first_prompt:
+            return await self._start_with_prompt(start, request)
         try:
             response = await self._update_start(request)
         except SessionBusyError as busy:
@@ -525,6 +610,24 @@ class Session:
                 request.model_copy(update={"after_inference_id": active})
             )
         return ExecutionHandle(self.client, response.inference_id, session=self)
+
+    async def _start_with_prompt(
+        self, start: _SessionStart, request: StartInferenceRequest
+    ) -> ExecutionHandle:
+        """Start a new session with its first prompt in the start input (no update).
+
+        A new session is idle, open and empty, and the prompt was checked here,
+        so none of the update's checks could refuse it.
+        """
+        session_input, options = start.with_first_prompt(request.prompt, request.engine)
+        try:
+            await self.client.start_workflow(SESSION_WORKFLOW, session_input, **options)
+        except WorkflowAlreadyStartedError as err:
+            raise await self._already_started(err) from err
+        self._pending_start = None
+        return ExecutionHandle(
+            self.client, inference_workflow_id(self.session_id, 1), session=self, _starting=True
+        )
 
     def _check_prompt(self, prompt: str) -> None:
         check_prompt(

@@ -14,6 +14,11 @@ payloads stay readable as long as their key is still listed. `geppetto codec
 keygen` prints a new key. Without the key a process fails with
 `CodecKeyMissingError`, which names the key id and the variable to set.
 
+Without keys, `GEPPETTO_COMPRESS=1` (or `connect(compress=True)`) only
+compresses: `CompressionCodec` zlib-compresses each payload it makes smaller
+(history bytes per simple prompt about -12%; see docs/performance.md). Every
+geppetto process decodes compressed payloads whatever its own settings.
+
 What stays plaintext (search attributes, workflow ids, summaries) is listed in
 docs/encryption.md. `geppetto codec-server` serves this codec over Temporal's
 remote codec protocol for the Web UI and `temporal workflow show`.
@@ -40,15 +45,19 @@ from geppetto_temporal.errors import ConfigurationError
 
 __all__ = [
     "CODEC_KEYS_ENV",
+    "COMPRESS_ENV",
     "DEFAULT_CODEC_PORT",
     "ENCODING",
     "KEY_ID_METADATA",
+    "ZLIB_ENCODING",
     "CodecError",
     "CodecKey",
     "CodecKeyMissingError",
+    "CompressionCodec",
     "EncryptionCodec",
     "PayloadDecryptionError",
     "codec_from_env",
+    "compression_from_env",
     "generate_key",
     "is_encrypted",
     "parse_keys",
@@ -58,6 +67,12 @@ __all__ = [
 CODEC_KEYS_ENV: Final = "GEPPETTO_CODEC_KEYS"
 #: Where `geppetto codec-server` listens by default, and the embedded Web UI looks for it.
 DEFAULT_CODEC_PORT: Final = 8234
+#: Set to 1 (true, yes, on) to compress payloads without encrypting them (`CompressionCodec`).
+COMPRESS_ENV: Final = "GEPPETTO_COMPRESS"
+#: The `encoding` metadata of a compressed (not encrypted) payload.
+ZLIB_ENCODING: Final = b"binary/zlib"
+#: Payloads smaller than this are left as they are: zlib rarely pays below it.
+_COMPRESS_MIN_BYTES: Final = 200
 #: The `encoding` metadata of an encrypted payload.
 ENCODING: Final = b"binary/geppetto-aes256gcm"
 #: The metadata entry naming the key that encrypted a payload.
@@ -210,7 +225,7 @@ class EncryptionCodec(PayloadCodec):
         return [self.encrypt(payload) for payload in payloads]
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self.decrypt(payload) for payload in payloads]
+        return [self.decrypt(decompress(payload)) for payload in payloads]
 
     def encrypt(self, payload: Payload) -> Payload:
         """The encrypted form of a payload (unchanged without keys or when already encrypted)."""
@@ -267,6 +282,58 @@ class EncryptionCodec(PayloadCodec):
             f"have (it has {', '.join(self._key_ids)}): add {key_id}:<base64 key> to "
             f"{CODEC_KEYS_ENV}"
         )
+
+
+def decompress(payload: Payload) -> Payload:
+    """The payload a compressed payload holds (any other payload is returned unchanged)."""
+    if payload.metadata.get("encoding") != ZLIB_ENCODING:
+        return payload
+    inner = Payload()
+    inner.ParseFromString(zlib.decompress(payload.data))
+    return inner
+
+
+class CompressionCodec(PayloadCodec):
+    """Compresses (zlib) every payload it makes smaller; encrypts nothing.
+
+    Payloads under 200 bytes, and those zlib would not shrink, stay plain JSON.
+    Decoding also reads plain and, like a codec without keys, refuses encrypted
+    payloads with `CodecKeyMissingError`. Compressed payloads show as binary in
+    the Temporal Web UI and `temporal workflow show` unless they use a codec
+    server (`geppetto codec-server` decodes them).
+    """
+
+    def __init__(self) -> None:
+        self._no_keys = EncryptionCodec()
+
+    def __repr__(self) -> str:
+        return "CompressionCodec()"
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [self.compress(payload) for payload in payloads]
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [self._no_keys.decrypt(decompress(payload)) for payload in payloads]
+
+    @staticmethod
+    def compress(payload: Payload) -> Payload:
+        """The compressed form of a payload, or the payload itself where that is not smaller."""
+        size = payload.ByteSize()
+        if size < _COMPRESS_MIN_BYTES or payload.metadata.get("encoding") in (
+            ZLIB_ENCODING,
+            ENCODING,
+        ):
+            return payload
+        packed = Payload(
+            metadata={"encoding": ZLIB_ENCODING}, data=zlib.compress(payload.SerializeToString())
+        )
+        return packed if packed.ByteSize() < size else payload
+
+
+def compression_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `GEPPETTO_COMPRESS` asks for compressed payloads."""
+    value = (os.environ if environ is None else environ).get(COMPRESS_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def codec_from_env(environ: Mapping[str, str] | None = None) -> EncryptionCodec | None:

@@ -22,7 +22,12 @@ from temporalio.converter import (
 from temporalio.envconfig import ClientConfig
 
 from geppetto_temporal._wire import WireModel
-from geppetto_temporal.codec import EncryptionCodec, codec_from_env
+from geppetto_temporal.codec import (
+    CompressionCodec,
+    EncryptionCodec,
+    codec_from_env,
+    compression_from_env,
+)
 from geppetto_temporal.storage import payload_storage_from_env
 
 
@@ -71,7 +76,10 @@ def data_converter(
     payloads too; clients and workers must then hold the keys to read them.
     """
     converter = dataclasses.replace(DATA_CONVERTER, payload_codec=_NO_KEYS_CODEC)
-    if codec is not None and not (
+    if isinstance(codec, CompressionCodec):
+        # Failures stay readable: only payloads are compressed.
+        converter = dataclasses.replace(converter, payload_codec=codec)
+    elif codec is not None and not (
         isinstance(codec, EncryptionCodec) and codec.encrypting_key_id is None
     ):
         converter = dataclasses.replace(
@@ -91,6 +99,7 @@ async def connect(
     from_env: bool = True,
     payload_storage: ExternalStorage | None = None,
     codec: PayloadCodec | None = None,
+    compress: bool | None = None,
     tracing: bool | None = None,
     metrics_address: str | None = None,
     **kwargs: Any,
@@ -104,7 +113,9 @@ async def connect(
     `payload_storage` (or `GEPPETTO_PAYLOAD_STORE` when `from_env`) keeps large
     payloads out of history; see `geppetto_temporal.storage`. `codec` (or
     `GEPPETTO_CODEC_KEYS` when `from_env`) encrypts every payload; see
-    `geppetto_temporal.codec`.
+    `geppetto_temporal.codec`. `compress=True` (or `GEPPETTO_COMPRESS=1` when
+    `from_env`) compresses payloads without a codec of its own (an encrypting
+    codec compresses already).
 
     `tracing=True` (default: `GEPPETTO_OTEL=1`) adds Temporal's OpenTelemetry
     plugin, which workers made from this client inherit; `metrics_address`
@@ -124,6 +135,10 @@ async def connect(
         payload_storage = payload_storage_from_env()
     if codec is None and from_env:
         codec = codec_from_env()
+    if compress is None:
+        compress = from_env and compression_from_env()
+    if codec is None and compress:
+        codec = CompressionCodec()
     config["data_converter"] = data_converter(payload_storage, codec)
     if metrics_address is not None:
         from geppetto_temporal.observability import prometheus_runtime

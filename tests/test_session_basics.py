@@ -28,7 +28,7 @@ from geppetto_temporal import (
 from geppetto_temporal.activities import _activities
 from geppetto_temporal.activities._activities import InferenceActivities
 from geppetto_temporal.events import PartialEvent
-from geppetto_temporal.workflows._models import TurnLookup
+from geppetto_temporal.workflows._models import SessionInput, TurnLookup
 from tests.conftest import TASK_QUEUE
 from tests.watch import EventWatch, assert_no_delta_after_interrupt
 
@@ -153,21 +153,72 @@ async def test_lazy_session_starts_with_its_first_prompt(
     assert turn.last_text == "You said: first"
     turn = await (await session.start_inference("second")).wait()
     assert [t.prompt for t in await session.turns()] == ["first", "second"]
-    # Update-with-start: the update is accepted in the workflow's very first task.
-    events = [e.event_type for e in (await session.workflow_handle.fetch_history()).events]
-    assert events[:5] == [
+    # The first prompt travels in the start input: the workflow's very first task
+    # starts its inference, and only the second prompt is an update.
+    history = (await session.workflow_handle.fetch_history()).events
+    events = [e.event_type for e in history]
+    assert events[:4] == [
         EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED,
         EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
         EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
         EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
-        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
     ]
+    first_task = events[4 : events.index(EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, 4)]
+    assert EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED in first_task
+    assert events.count(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED) == 1
+    [started] = await client.data_converter.decode(
+        history[0].workflow_execution_started_event_attributes.input.payloads, [SessionInput]
+    )
+    assert isinstance(started, SessionInput) and started.first_prompt == "first"
     # The start carries no search attributes; the first task sets them all at once.
     attributes = (await session.workflow_handle.describe()).typed_search_attributes
     assert attributes.get(search.MODEL) == "scripted"
     assert attributes.get(search.PROVIDER) == "openai"
     assert attributes.get(search.STATUS) == "idle"
     assert attributes.get(search.PROMPT_COUNT) == 2
+
+
+async def test_a_first_prompt_handle_works_before_its_inference_exists(
+    client: Client, worker: Any, model_server: Any
+) -> None:
+    # The first prompt travels in the session's start: `start_inference` returns before
+    # the session has started the inference's workflow. Every use of the handle waits
+    # for that start instead of failing on a workflow that does not exist yet.
+    slow = {"rules": [{"reply": {"text": "x" * 40, "chunk_size": 2, "chunk_delay": 0.05}}]}
+    base_url = model_server.add_script(slow)
+    session, _ = await _lazy(client, base_url, f"lazy-{uuid.uuid4().hex[:10]}")
+    handle = await session.start_inference("first")
+    watch = EventWatch(handle)
+    assert await handle.is_running()
+    with pytest.raises(SessionBusyError) as info:
+        await session.start_inference("second")
+    assert info.value.active_inference_id == handle.inference_id
+    await watch.first(PartialEvent)
+    await handle.cancel()
+    with pytest.raises(InferenceCancelled) as cancelled:
+        await handle.wait()
+    assert cancelled.value.turn is not None and cancelled.value.turn.prompt == "first"
+    assert (await watch.finished())[-1].type == "inference-finished"
+    # wait() returned once the session had recorded the turn.
+    assert (await session.status()).active_inference_id is None
+    [turn] = await session.turns()
+    assert turn.metadata.status == InferenceStatus.CANCELLED
+
+
+async def test_a_first_prompt_whose_session_ends_before_it_starts_raises(
+    client: Client, model_server: Any
+) -> None:
+    # No worker on this queue: the session never runs its first task. Terminated,
+    # it never starts the inference, and the handle says so instead of waiting.
+    base_url = model_server.add_script(ECHO)
+    builder = EngineBuilder("openai:scripted").base_url(base_url)
+    session = await Session.create(
+        client, builder, task_queue=f"nobody-{uuid.uuid4().hex[:8]}", lazy=True
+    )
+    handle = await session.start_inference("never runs")
+    await session.workflow_handle.terminate("test")
+    with pytest.raises(SessionClosedError, match="ended before inference"):
+        await handle.wait()
 
 
 async def test_lazy_session_reports_a_taken_id_on_first_prompt(

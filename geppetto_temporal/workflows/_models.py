@@ -123,6 +123,12 @@ class SessionInput(WireModel):
     #: fail every workflow task on Temporal's payload limit. None: no limit, large
     #: payloads go to external storage (and sessions started before this field).
     payload_limit: int | None = None
+    #: A new session's first prompt, sent with its start instead of in a
+    #: `start_inference` update: the session runs it in its first workflow task
+    #: as if it had been queued. It saves the update's two history events and
+    #: lets the client start the session eagerly. Never carried across
+    #: continue-as-new.
+    first_prompt: str | None = None
 
 
 class StartInferenceRequest(WireModel):

@@ -79,6 +79,9 @@ class SessionWorkflow:
         # The turn count at which continue-as-new was last put off for size: not
         # tried again until a turn is added (see `_fits_carry_limit`).
         self._carry_deferred_at: int | None = None
+        if input.first_prompt is not None:
+            # Run by the main loop in this first task, like a prompt queued by signal.
+            self._state.queue.append(QueuedPrompt(prompt=input.first_prompt))
 
     def _uses(self, patch_id: str) -> bool:
         """Whether this run takes the patched path: given by the input, or `workflow.patched()`."""
@@ -224,8 +227,16 @@ class SessionWorkflow:
                 non_retryable=True,
             )
         if active is None and self._state.queue:
+            # E.g. a first prompt sent with the start, not begun yet: name the inference
+            # it becomes, as for a running one, so a caller can wait for it.
+            runs_next = (
+                [inference_workflow_id(session_id, self._state.next_inference)]
+                if self._state.queue[0].unrun_reason is None
+                else []
+            )
             raise ApplicationError(
                 f"session {session_id} has {len(self._state.queue)} queued prompt(s) to run first",
+                *runs_next,
                 type=ErrorType.SESSION_BUSY,
                 non_retryable=True,
             )
@@ -393,7 +404,8 @@ class SessionWorkflow:
         if self._uses(PREFIX_BY_REFERENCE):
             # The child gets only the prompt and reads the conversation before
             # it from this workflow, so it never travels through history again.
-            prefix_end: int | None = record.end - 1
+            # A first prompt has no prefix: `prefix_end=None` (by value) says the same, shorter.
+            prefix_end: int | None = (record.end - 1) or None
             own = self._state.blocks[record.end - 1 :]
         else:
             prefix_end, own = None, list(self._state.blocks)

@@ -353,6 +353,25 @@ async def long_loop(rec: Recorder) -> Session:
     return session
 
 
+async def first_prompt(rec: Recorder) -> Session:
+    """A session started with its first prompt (`lazy=True`: `SessionInput.first_prompt`), then one more."""
+    base_url = rec.server.add_script(
+        calls_then_answer(
+            {"name": "get_weather", "arguments": {"city": "Oslo"}}, answer="It is {tool_result_0}."
+        )
+    )
+    builder = EngineBuilder("openai:scripted").base_url(base_url).llm_activity(heartbeat_seconds=5)
+    session = await Session.create(
+        rec.client, builder, session_id="history-first-prompt", task_queue=TASK_QUEUE, lazy=True
+    )
+    turn = await (await session.start_inference("weather in Oslo")).wait()
+    check(turn.last_text.startswith("It is"), f"unexpected text {turn.last_text!r}")
+    turn = await (await session.start_inference("and again")).wait()
+    check(turn.last_text.startswith("It is"), f"unexpected text {turn.last_text!r}")
+    await session.close()
+    return session
+
+
 SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "plain-text": plain_text,
     "tool-loop": tool_loop,
@@ -367,6 +386,7 @@ SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "multi-turn": multi_turn,
     "scheduled-prompt": scheduled_prompt,
     "long-loop": long_loop,
+    "first-prompt": first_prompt,
 }
 
 
