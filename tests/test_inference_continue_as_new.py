@@ -66,13 +66,14 @@ async def runs_of(client: Client, workflow_id: str) -> list[str]:
 def wait_in_another_process(address: str, inference_id: str) -> dict[str, Any]:
     code = (
         "import asyncio, json, sys\n"
-        "from geppetto_temporal import ExecutionHandle, connect\n"
+        "from geppetto_temporal import ExecutionHandle, connect, run\n"
         "async def main():\n"
         "    client = await connect(sys.argv[1], from_env=False)\n"
         "    turn = await ExecutionHandle.attach(client, sys.argv[2]).wait()\n"
         "    print(json.dumps({'kinds': [b.kind for b in turn.blocks], 'text': turn.last_text,"
         " 'status': turn.metadata.status}))\n"
-        "asyncio.run(main())\n"
+        # `run`, not `asyncio.run`: the SDK's native threads can crash a bare exit.
+        "run(main())\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, address, inference_id],
