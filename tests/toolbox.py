@@ -62,6 +62,12 @@ def huge_tool(megabytes: int) -> dict[str, object]:
     return {"size": megabytes, "data": "x" * (megabytes * 1024 * 1024)}
 
 
+@tool
+def padded_tool(label: str, chars: int) -> str:
+    """Returns `label` padded to `chars` characters (context-window tests)."""
+    return (label + " " + "." * chars)[:chars]
+
+
 #: Per group of `concurrency_probe` calls: how many run right now, and the most that ran at once.
 RUNNING: Counter[str] = Counter()
 PEAK: Counter[str] = Counter()
@@ -113,6 +119,7 @@ ALL = [
     flaky_tool,
     flaky_local_tool,
     huge_tool,
+    padded_tool,
     concurrency_probe,
     blocking_tool,
 ]

@@ -15,6 +15,7 @@ from geppetto_temporal._redact import install_log_redaction, known_secrets, reda
 from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
 from geppetto_temporal.activities._heartbeat import heartbeating
 from geppetto_temporal.activities._logging import install_expected_failure_filter
+from geppetto_temporal.activities._context import ContextKeeper
 from geppetto_temporal.activities._models import (
     INFERENCE_BLOCKS_ACTIVITY,
     LLM_STEP_ACTIVITY,
@@ -75,6 +76,8 @@ class InferenceActivities:
         # Each running inference's own blocks after its latest step here (input and
         # output), which its next step references instead of receiving them again.
         self._own_blocks: OrderedDict[str, KnownBlocks] = OrderedDict()
+        # What each conversation's latest request here sent and cost, to size the next one.
+        self._context = ContextKeeper()
 
     async def _read_blocks(
         self, workflow_id: str, start: int, end: int, run_id: str | None = None
@@ -204,6 +207,8 @@ class InferenceActivities:
         definitions = (
             [] if spec.tools.tool_choice == ToolChoice.NONE else [t.definition() for t in allowed]
         )
+        # Only what is sent changes; `blocks` (and the turn) keep everything.
+        context = self._context.plan(input.inference_id, blocks, definitions, spec)
         publisher = (
             StepEventPublisher(
                 message_id=message_id_for(input.inference_id, input.step),
@@ -216,7 +221,9 @@ class InferenceActivities:
         interrupted: LLMStepResult | None = None
         async with publisher or contextlib.nullcontext():
             try:
-                await engine.stream_step(blocks, definitions, spec, output)
+                context = await self._context.stream(
+                    context, engine, blocks, definitions, spec, output, publisher
+                )
             except asyncio.CancelledError:
                 details = activity.cancellation_details()
                 if details is None or not details.cancel_requested:
@@ -264,6 +271,7 @@ class InferenceActivities:
             if name in allowed_names
         }
         self._remember_own(input.inference_id, [*own, *new_blocks])
+        self._context.remember(input.inference_id, context, blocks, output.usage.input_tokens)
         text = "".join(b.text for b in new_blocks if b.kind == BlockKind.LLM_TEXT)
         from_blocks = spec.stream_events and rebuildable(tail, text)
         return LLMStepResult(

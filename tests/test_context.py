@@ -1,0 +1,209 @@
+"""Context that fits: long sessions and tool loops against a model with a small context window.
+
+The scripted model enforces its window like a real one (HTTP 400 `context_length_exceeded`,
+or Anthropic's "prompt is too long"); the LLM activity compacts what it sends, and the
+session keeps every block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from geppetto_temporal import BlockKind, EngineBuilder, InferenceFailed
+from geppetto_temporal.context import ContextPolicy, estimate_tokens, plan_context
+from geppetto_temporal.events import ContextCompactedEvent, Event
+from geppetto_temporal.testing import ScriptedModelServer
+from geppetto_temporal.turns import (
+    Block,
+    PayloadKey,
+    llm_text_block,
+    system_block,
+    tool_call_block,
+    tool_use_block,
+    user_block,
+)
+
+
+def long_prompt(n: int, chars: int = 1200) -> str:
+    """A distinct prompt of about `chars` characters (300 tokens at 4 characters a token)."""
+    head = f"Prompt number {n}. "
+    return head + " ".join(f"w{n}x{i}" for i in range(chars))[: chars - len(head)]
+
+
+async def events_of(handle: Any) -> list[Event]:
+    return [event async for event in handle.events()]
+
+
+def compactions(events: list[Event]) -> list[ContextCompactedEvent]:
+    return [e for e in events if isinstance(e, ContextCompactedEvent)]
+
+
+def statuses(server: ScriptedModelServer, base_url: str) -> list[int | None]:
+    return [r.status for r in server.requests(base_url) if r.method == "POST"]
+
+
+def test_plan_keeps_system_latest_prompt_and_pairs() -> None:
+    blocks: list[Block] = [system_block("Be brief.", block_id="system-prompt")]
+    for i in range(6):
+        blocks += [
+            user_block(long_prompt(i, 400)),
+            tool_call_block(f"c{i}", "padded_tool", {"label": str(i), "chars": 2000}),
+            tool_use_block(f"c{i}", result="r" * 2000),
+            llm_text_block(f"answer {i}"),
+        ]
+    blocks += [
+        user_block("latest"),
+        tool_call_block("open", "padded_tool", {"label": "open", "chars": 2000}),
+        tool_use_block("open", result="o" * 2000),
+    ]
+    plan = plan_context(blocks, window=2000, policy=ContextPolicy())
+    sent = plan.blocks
+    assert plan.compacted and plan.tokens_after <= 2000 * 0.6 < plan.tokens_before
+    assert estimate_tokens(sent) <= plan.tokens_after + 10
+    assert sent[0].text == "Be brief."
+    # The latest prompt and the open call with its whole result are sent as they are.
+    assert [b.text for b in sent[-3:-2]] == ["latest"]
+    assert sent[-1].payload[PayloadKey.RESULT] == "o" * 2000
+    # Stubs oldest first: a stubbed result never follows one sent whole.
+    old_results = [b for b in sent[:-1] if b.kind == BlockKind.TOOL_USE]
+    whole = [not str(b.payload[PayloadKey.RESULT]).startswith("[tool result of") for b in old_results]
+    assert whole == sorted(whole)
+    assert str(old_results[0].payload[PayloadKey.RESULT]).startswith("[tool result of 2000 ")
+    # Every call sent has its result right after it, and vice versa.
+    calls = [b.call_id for b in sent if b.kind == BlockKind.TOOL_CALL]
+    results = [b.call_id for b in sent if b.kind == BlockKind.TOOL_USE]
+    assert calls == results
+    # Turns left out are whole turns, and a note says so.
+    assert plan.dropped_turns > 0
+    assert sent[1].kind == BlockKind.SYSTEM and "left out" in sent[1].text
+    assert sent[2].kind == BlockKind.USER
+    # The input is untouched.
+    assert blocks[3].payload[PayloadKey.RESULT] == "r" * 2000
+    # With `off`, everything is sent.
+    assert plan_context(blocks, window=2000, policy=ContextPolicy(strategy="off")).blocks == blocks
+
+
+async def test_long_session_completes_every_prompt_and_keeps_them(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    script = {"context_window": 1000, "rules": [{"name": "ack", "reply": {"text": "Noted."}}]}
+    session, base_url = await new_session(
+        script, configure=lambda b: b.no_tools().context_window(1000)
+    )
+    prompts = [long_prompt(n) for n in range(30)]
+    seen: list[ContextCompactedEvent] = []
+    for prompt in prompts:
+        handle = await session.start_inference(prompt)
+        turn = await handle.wait()
+        assert turn.last_text == "Noted."
+        seen += compactions(await events_of(handle))
+    # The model never refused a request: each was compacted before it was sent.
+    assert set(statuses(model_server, base_url)) == {200}
+    assert seen and all(e.reason == "proactive" for e in seen)
+    assert all(e.tokens_after < e.tokens_before for e in seen)
+    assert max(e.dropped_turns for e in seen) > 0
+    # The last request still carried the last prompt whole, and a note for what it left out.
+    last = model_server.requests(base_url)[-1].body["messages"]
+    assert last[-1] == {"role": "user", "content": prompts[-1]}
+    assert any(m["role"] == "system" and "left out" in m["content"] for m in last)
+    # Nothing lost: the session holds every prompt verbatim.
+    transcript = await session.transcript()
+    users = [b.text for b in transcript.blocks if b.kind == BlockKind.USER]
+    assert users == prompts
+
+
+async def test_tool_loop_with_large_results_completes(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    steps = 8
+    script = {
+        "context_window": 1500,
+        "rules": [
+            {"name": "done", "when": {"tool_result_count": steps}, "reply": {"text": "done"}},
+            {
+                "name": "more",
+                "reply": {
+                    "tool_calls": [
+                        {"name": "padded_tool", "arguments": {"label": "part", "chars": 1600}}
+                    ]
+                },
+            },
+        ],
+    }
+    session, base_url = await new_session(
+        script,
+        configure=lambda b: b.tools("padded_tool").max_iterations(steps + 2).context_window(1500),
+    )
+    handle = await session.start_inference("collect the parts")
+    turn = await handle.wait()
+    assert turn.last_text == "done"
+    results = [b for b in turn.blocks if b.kind == BlockKind.TOOL_USE]
+    # The turn keeps every result whole; only what was sent had stubs.
+    assert len(results) == steps
+    assert all(len(b.payload[PayloadKey.RESULT]) == 1600 for b in results)
+    assert set(statuses(model_server, base_url)) == {200}
+    last = model_server.requests(base_url)[-1].body["messages"]
+    tool_messages = [m["content"] for m in last if m["role"] == "tool"]
+    assert len(tool_messages) == steps
+    assert tool_messages[0].startswith("[tool result of 1600 characters left out")
+    assert tool_messages[-1].startswith("part ")  # the open result goes whole
+    events = compactions(await events_of(handle))
+    assert events and sum(len(e.stubbed_tool_results) for e in events) >= steps - 2
+
+
+@pytest.mark.parametrize("provider", ["openai", "openai-responses", "anthropic"])
+async def test_reactive_compaction_after_a_refusal(
+    provider: str, new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    # The engine does not know the window (an unknown model): only the provider's 400 tells.
+    script = {"context_window": 800, "rules": [{"name": "ack", "reply": {"text": "Noted."}}]}
+    session, base_url = await new_session(
+        script,
+        configure=lambda b: EngineBuilder(
+            b.build().model_copy(update={"provider": provider})
+        ).no_tools(),
+    )
+    handles = []
+    for n in range(3):
+        handle = await session.start_inference(long_prompt(n))
+        assert (await handle.wait()).last_text == "Noted."
+        handles.append(handle)
+    # The third prompt's first request was refused, the compacted retry answered.
+    assert statuses(model_server, base_url) == [200, 200, 400, 200]
+    [event] = compactions(await events_of(handles[2]))
+    assert event.reason == "reactive" and event.dropped_turns >= 1
+    assert event.tokens_after < event.tokens_before
+    users = [b.text for b in (await session.transcript()).blocks if b.kind == BlockKind.USER]
+    assert users == [long_prompt(n) for n in range(3)]
+
+
+@pytest.mark.parametrize("window_known", [True, False])
+async def test_oversized_prompt_fails_typed_then_the_session_goes_on(
+    window_known: bool, new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    script = {"context_window": 1000, "rules": [{"name": "ack", "reply": {"text": "Noted."}}]}
+
+    def configure(builder: EngineBuilder) -> EngineBuilder:
+        builder = builder.no_tools()
+        return builder.context_window(1000) if window_known else builder
+
+    session, base_url = await new_session(script, configure=configure)
+    with pytest.raises(InferenceFailed) as failed:
+        await (await session.start_inference(long_prompt(0, 6000))).wait()
+    assert "context window" in str(failed.value)
+    if window_known:
+        # Refused before any request: the worker knew it could not fit.
+        assert "more than the model's context window of 1000" in str(failed.value)
+        assert statuses(model_server, base_url) == []
+    else:
+        # One request, refused; nothing older to leave out, so no second try.
+        assert "nothing more can be left out" in str(failed.value)
+        assert statuses(model_server, base_url) == [400]
+    turn = await (await session.start_inference("hi")).wait()
+    assert turn.last_text == "Noted."
+    # The oversized prompt stays in the session, left out of what is sent.
+    users = [b.text for b in (await session.transcript()).blocks if b.kind == BlockKind.USER]
+    assert users == [long_prompt(0, 6000), "hi"]
+    assert statuses(model_server, base_url)[-1] == 200
