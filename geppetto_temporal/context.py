@@ -202,7 +202,9 @@ class ContextPlan:
         if self.stubbed:
             parts.append(f"stubbed {len(self.stubbed)} tool results")
         if self.dropped_turns:
-            parts.append(f"left out {self.dropped_turns} earlier turns ({self.dropped_blocks} blocks)")
+            parts.append(
+                f"left out {self.dropped_turns} earlier turns ({self.dropped_blocks} blocks)"
+            )
         return ", ".join(parts) or "left out nothing"
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from temporalio.client import Client
+from temporalio.worker import Replayer
 
 from geppetto_temporal import BlockKind, EngineBuilder, InferenceFailed
 from geppetto_temporal.context import ContextPolicy, estimate_tokens, plan_context
@@ -24,6 +26,7 @@ from geppetto_temporal.turns import (
     tool_use_block,
     user_block,
 )
+from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 
 
 def long_prompt(n: int, chars: int = 1200) -> str:
@@ -68,7 +71,9 @@ def test_plan_keeps_system_latest_prompt_and_pairs() -> None:
     assert sent[-1].payload[PayloadKey.RESULT] == "o" * 2000
     # Stubs oldest first: a stubbed result never follows one sent whole.
     old_results = [b for b in sent[:-1] if b.kind == BlockKind.TOOL_USE]
-    whole = [not str(b.payload[PayloadKey.RESULT]).startswith("[tool result of") for b in old_results]
+    whole = [
+        not str(b.payload[PayloadKey.RESULT]).startswith("[tool result of") for b in old_results
+    ]
     assert whole == sorted(whole)
     assert str(old_results[0].payload[PayloadKey.RESULT]).startswith("[tool result of 2000 ")
     # Every call sent has its result right after it, and vice versa.
@@ -115,7 +120,7 @@ async def test_long_session_completes_every_prompt_and_keeps_them(
 
 
 async def test_tool_loop_with_large_results_completes(
-    new_session: Any, model_server: ScriptedModelServer
+    new_session: Any, model_server: ScriptedModelServer, client: Client
 ) -> None:
     steps = 8
     script = {
@@ -134,7 +139,13 @@ async def test_tool_loop_with_large_results_completes(
     }
     session, base_url = await new_session(
         script,
-        configure=lambda b: b.tools("padded_tool").max_iterations(steps + 2).context_window(1500),
+        configure=lambda b: (
+            b.tools("padded_tool")
+            .max_iterations(steps + 2)
+            .context_window(1500)
+            # Compaction goes on across the inference's continue-as-new.
+            .steps_per_run(3)
+        ),
     )
     handle = await session.start_inference("collect the parts")
     turn = await handle.wait()
@@ -151,6 +162,19 @@ async def test_tool_loop_with_large_results_completes(
     assert tool_messages[-1].startswith("part ")  # the open result goes whole
     events = compactions(await events_of(handle))
     assert events and sum(len(e.stubbed_tool_results) for e in events) >= steps - 2
+    # The inference continued as new, and its latest run, whose steps sent stubs,
+    # replays from history alone: no model call, nothing recomputed.
+    history = await handle.workflow_handle.fetch_history()
+    requests = len(model_server.requests(base_url))
+    replayer = Replayer(
+        workflows=WORKFLOWS,
+        data_converter=client.data_converter,
+        workflow_runner=workflow_runner(),
+    )
+    await replayer.replay_workflow(history)
+    assert len(model_server.requests(base_url)) == requests
+    started = history.events[0].workflow_execution_started_event_attributes
+    assert started.continued_execution_run_id, "expected the inference to continue as new"
 
 
 @pytest.mark.parametrize("provider", ["openai", "openai-responses", "anthropic"])

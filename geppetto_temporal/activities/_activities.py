@@ -12,10 +12,10 @@ from temporalio.exceptions import ApplicationError
 
 from geppetto_temporal._known_blocks import BlockReader, KnownBlocks, ends_with
 from geppetto_temporal._redact import install_log_redaction, known_secrets, redact, redacted_copy
+from geppetto_temporal.activities._context import ContextKeeper
 from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
 from geppetto_temporal.activities._heartbeat import heartbeating
 from geppetto_temporal.activities._logging import install_expected_failure_filter
-from geppetto_temporal.activities._context import ContextKeeper
 from geppetto_temporal.activities._models import (
     INFERENCE_BLOCKS_ACTIVITY,
     LLM_STEP_ACTIVITY,
