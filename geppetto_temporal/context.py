@@ -14,10 +14,11 @@ transcript keeps every block. See docs/context.md.
   memory) plus an estimate of the new blocks at `CHARS_PER_TOKEN` characters a
   token. Without a previous step on this worker, every block is estimated. No
   tokenizer: nothing is downloaded at run time.
-- **Compaction** (`plan_context`), oldest first, in two stages: large tool
+- **Compaction** (`plan_context`), oldest first, in three stages: large tool
   results become a short note with their size (the call and the result block
-  stay, so a call is never split from its result), then whole turns (a user
-  prompt and everything up to the next one) are left out, replaced by one note.
+  stay, so a call is never split from its result); then whole turns (a user
+  prompt and everything up to the next one) are left out, replaced by one note;
+  then whole steps of the latest turn (a reply with its calls and their results).
   The system prompt, the latest user prompt and the latest step's tool calls and
   results are always sent as they are.
 """
@@ -99,7 +100,8 @@ class ContextPolicy(WireModel):
     target: float = Field(default=0.6, gt=0, le=1)
     #: Tool results at most this long (in characters) are never stubbed.
     stub_min_chars: int = Field(default=256, ge=0)
-    #: After stubbing tool results, leave out the oldest whole turns.
+    #: After stubbing tool results, leave out the oldest whole turns, then the oldest
+    #: whole steps of the latest turn.
     drop_turns: bool = True
     #: On the provider's context-length error: compact harder and retry the step once.
     reactive: bool = True
@@ -149,6 +151,19 @@ def stub(block: Block) -> Block:
 
 
 @dataclass(frozen=True)
+class Omitted:
+    """What is left out: turns before `kept_from`, and steps of one turn.
+
+    `steps` is (the id of that turn's user block, the id of its first step kept):
+    the steps between them are left out. A turn's steps are left out only once every
+    earlier turn is, so one such range is all there ever is.
+    """
+
+    kept_from: str | None = None
+    steps: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class ContextState:
     """What a worker remembers of a conversation's latest request, to size and shape the next."""
 
@@ -159,8 +174,7 @@ class ContextState:
     prompt_tokens: int | None
     #: Ids of the tool-result blocks sent as stubs.
     stubbed: frozenset[str] = frozenset()
-    #: Id of the first block kept after leaving out the oldest turns (None: none left out).
-    kept_from: str | None = None
+    omitted: Omitted = Omitted()
 
     def continues(self, blocks: Sequence[Block]) -> bool:
         """Whether `blocks` extend the conversation this state was taken from."""
@@ -175,12 +189,13 @@ class ContextPlan:
     tokens_before: int
     tokens_after: int
     stubbed: frozenset[str] = frozenset()
-    kept_from: str | None = None
+    omitted: Omitted = Omitted()
     #: Call ids of the tool results this plan stubbed that the previous request sent whole.
     newly_stubbed: list[str] = field(default_factory=list)
-    #: Blocks and turns left out (all of them, not only this plan's).
+    #: Blocks, turns and steps of the latest turn left out (all of them, not only this plan's).
     dropped_blocks: int = 0
     dropped_turns: int = 0
+    dropped_steps: int = 0
     #: Whether this plan left out more than the previous request did.
     compacted: bool = False
     #: Estimated tokens of what can never be left out (system, latest prompt, open tool calls).
@@ -193,7 +208,7 @@ class ContextPlan:
             last_id=full[-1].id if full else "",
             prompt_tokens=prompt_tokens,
             stubbed=self.stubbed,
-            kept_from=self.kept_from,
+            omitted=self.omitted,
         )
 
     def describe(self) -> str:
@@ -202,9 +217,11 @@ class ContextPlan:
         if self.stubbed:
             parts.append(f"stubbed {len(self.stubbed)} tool results")
         if self.dropped_turns:
-            parts.append(
-                f"left out {self.dropped_turns} earlier turns ({self.dropped_blocks} blocks)"
-            )
+            parts.append(f"left out {self.dropped_turns} earlier turns")
+        if self.dropped_steps:
+            parts.append(f"left out {self.dropped_steps} earlier steps of the latest turn")
+        if self.dropped_blocks:
+            parts.append(f"{self.dropped_blocks} blocks in all")
         return ", ".join(parts) or "left out nothing"
 
 
@@ -218,34 +235,79 @@ def _open_tail(blocks: Sequence[Block]) -> int:
     return i
 
 
-def _drop_note(blocks: int, turns: int) -> Block:
+def _step_starts(blocks: Sequence[Block], first: int, end: int) -> list[int]:
+    """Where each step of the model begins in `blocks[first:end]`: after a run of results.
+
+    A step is the model's reply (text, reasoning, tool calls) and the results of its
+    calls, so leaving out whole steps never splits a call from its result.
+    """
+    return [
+        i
+        for i in range(first + 1, end)
+        if blocks[i - 1].kind == BlockKind.TOOL_USE and blocks[i].kind != BlockKind.TOOL_USE
+    ]
+
+
+def _note(text: str, block_id: str) -> Block:
     block = system_block(
-        f"[{turns} earlier turns of this conversation ({blocks} messages) are left out here "
-        "to fit the model's context window.]",
-        block_id="context-compacted",
+        f"[{text} left out here to fit the model's context window.]", block_id=block_id
     )
     block.metadata["middleware"] = "context"
     return block
 
 
-def _view(
-    full: Sequence[Block], stubbed: frozenset[str], kept_from: str | None
-) -> tuple[list[Block], int, int]:
-    """The blocks sent for `full` with these stubs and turns left out: (blocks, dropped, turns)."""
-    start = 0
-    if kept_from is not None:
-        start = next((i for i, b in enumerate(full) if b.id == kept_from), 0)
-    out: list[Block] = []
-    dropped = turns = 0
+def _turns_note(blocks: int, turns: int) -> Block:
+    return _note(
+        f"{turns} earlier turns of this conversation ({blocks} messages) are", "context-turns"
+    )
+
+
+def _steps_note(blocks: int, steps: int) -> Block:
+    return _note(f"{steps} earlier steps of this turn ({blocks} messages) are", "context-steps")
+
+
+def _index(full: Sequence[Block], block_id: str | None, default: int) -> int:
+    if block_id is None:
+        return default
+    return next((i for i, b in enumerate(full) if b.id == block_id), default)
+
+
+@dataclass
+class _View:
+    blocks: list[Block]
+    dropped: int = 0
+    turns: int = 0
+    steps: int = 0
+
+
+def _view(full: Sequence[Block], stubbed: frozenset[str], omitted: Omitted) -> _View:
+    """The blocks sent for `full` with these stubs and these turns and steps left out."""
+    start = _index(full, omitted.kept_from, 0)
+    step_user, step_from = -1, -1
+    if omitted.steps is not None:
+        step_user = _index(full, omitted.steps[0], -1)
+        step_from = _index(full, omitted.steps[1], -1)
+        if step_user < 0 or step_from <= step_user:
+            step_user = step_from = -1
+    step_starts = {step_user + 1, *_step_starts(full, step_user, step_from)}
+    left_out = [i < start or step_user < i < step_from for i in range(len(full))]
+    view = _View(blocks=[])
+    steps_dropped = 0
     for i, block in enumerate(full):
-        if i < start and block.kind != BlockKind.SYSTEM:
-            dropped += 1
-            turns += block.kind == BlockKind.USER
+        if left_out[i] and block.kind != BlockKind.SYSTEM:
+            view.dropped += 1
+            if i < start:
+                view.turns += block.kind == BlockKind.USER
+            else:
+                steps_dropped += 1
+                view.steps += i in step_starts
             continue
-        if i == start and dropped:
-            out.append(_drop_note(dropped, turns))
-        out.append(stub(block) if block.id in stubbed else block)
-    return out, dropped, turns
+        if i == start and view.dropped:
+            view.blocks.append(_turns_note(view.dropped, view.turns))
+        if i == step_from and steps_dropped:
+            view.blocks.append(_steps_note(steps_dropped, view.steps))
+        view.blocks.append(stub(block) if block.id in stubbed else block)
+    return view
 
 
 def plan_context(
@@ -272,12 +334,12 @@ def plan_context(
     if previous is not None and not previous.continues(full):
         previous = None
     stubbed = previous.stubbed if previous else frozenset()
-    kept_from = previous.kept_from if previous else None
-    view, dropped, turns = _view(full, stubbed, kept_from)
+    omitted = previous.omitted if previous else Omitted()
+    view = _view(full, stubbed, omitted)
     if previous is not None and previous.prompt_tokens:
         before = previous.prompt_tokens + estimate_tokens(full[previous.blocks :])
     else:
-        before = estimate_tokens(view) + fixed_tokens
+        before = estimate_tokens(view.blocks) + fixed_tokens
     latest_user = max((i for i, b in enumerate(full) if b.kind == BlockKind.USER), default=0)
     tail = max(_open_tail(full), latest_user + 1)
     protected = (
@@ -287,13 +349,14 @@ def plan_context(
         + fixed_tokens
     )
     plan = ContextPlan(
-        blocks=view,
+        blocks=view.blocks,
         tokens_before=before,
         tokens_after=before,
         stubbed=stubbed,
-        kept_from=kept_from,
-        dropped_blocks=dropped,
-        dropped_turns=turns,
+        omitted=omitted,
+        dropped_blocks=view.dropped,
+        dropped_turns=view.turns,
+        dropped_steps=view.steps,
         protected_tokens=protected,
     )
     if goal is None:
@@ -301,7 +364,8 @@ def plan_context(
             return plan
         goal = int(window * policy.target)
     tokens = before
-    start = next((i for i, b in enumerate(full) if b.id == kept_from), 0) if kept_from else 0
+    start = _index(full, omitted.kept_from, 0)
+    sent = {b.id for b in view.blocks}
     new_stubs = set(stubbed)
     newly: list[str] = []
     # Stage 1: large tool results, oldest first, except the latest step's.
@@ -312,43 +376,72 @@ def plan_context(
         if (
             block.kind != BlockKind.TOOL_USE
             or block.id in new_stubs
+            or block.id not in sent
             or len(_result_text(block)) <= policy.stub_min_chars
         ):
             continue
         tokens -= estimate_tokens([block]) - estimate_tokens([stub(block)])
         new_stubs.add(block.id)
         newly.append(block.call_id or block.id)
+
+    def cost(blocks: Sequence[Block]) -> int:
+        return estimate_tokens(
+            [stub(b) if b.id in new_stubs else b for b in blocks if b.kind != BlockKind.SYSTEM]
+        )
+
     # Stage 2: whole turns, oldest first, never the latest prompt's.
     new_start = start
+    noted = view.turns > 0
     if policy.drop_turns and tokens > goal:
-        starts = [i for i in range(start + 1, latest_user + 1) if full[i].kind == BlockKind.USER]
-        for next_start in starts:
+        for next_start in [
+            i for i in range(start + 1, latest_user + 1) if full[i].kind == BlockKind.USER
+        ]:
             if tokens <= goal:
                 break
-            region = [
-                stub(b) if b.id in new_stubs else b
-                for b in full[new_start:next_start]
-                if b.kind != BlockKind.SYSTEM
-            ]
-            tokens -= estimate_tokens(region)
-            if new_start == start and not plan.dropped_blocks:
-                tokens += estimate_tokens([_drop_note(0, 0)])
+            saved = cost(full[new_start:next_start])
+            if saved and not noted:
+                saved -= estimate_tokens([_turns_note(0, 0)])
+                noted = True
+            tokens -= saved
             new_start = next_start
-    new_kept = full[new_start].id if new_start != start else kept_from
-    if not newly and new_kept == kept_from:
+    new_omitted = omitted
+    if new_start != start:
+        new_omitted = Omitted(kept_from=full[new_start].id, steps=omitted.steps)
+    # Stage 3: whole steps of the latest turn, oldest first, never the open one.
+    if policy.drop_turns and tokens > goal and new_start == latest_user:
+        same_turn = omitted.steps is not None and omitted.steps[0] == full[latest_user].id
+        begin = latest_user + 1
+        if same_turn and omitted.steps is not None:
+            begin = _index(full, omitted.steps[1], begin)
+        first = begin
+        ends = _step_starts(full, begin, tail) + ([tail] if tail < len(full) else [])
+        for next_step in ends:
+            if tokens <= goal:
+                break
+            saved = cost(full[first:next_step])
+            if saved and first == begin and not same_turn:
+                saved -= estimate_tokens([_steps_note(0, 0)])
+            tokens -= saved
+            first = next_step
+        if first != begin:
+            new_omitted = Omitted(
+                kept_from=new_omitted.kept_from, steps=(full[latest_user].id, full[first].id)
+            )
+    if not newly and new_omitted == omitted:
         return plan
-    view, dropped, turns = _view(full, frozenset(new_stubs), new_kept)
-    # Stubs inside turns now left out need not be remembered.
-    kept_ids = {b.id for b in view}
+    view = _view(full, frozenset(new_stubs), new_omitted)
+    # Stubs inside what is now left out need not be remembered.
+    kept_ids = {b.id for b in view.blocks}
     return ContextPlan(
-        blocks=view,
+        blocks=view.blocks,
         tokens_before=before,
         tokens_after=tokens,
         stubbed=frozenset(s for s in new_stubs if s in kept_ids),
-        kept_from=new_kept,
-        newly_stubbed=[c for c in newly if any(b.call_id == c for b in view)],
-        dropped_blocks=dropped,
-        dropped_turns=turns,
+        omitted=new_omitted,
+        newly_stubbed=[c for c in newly if any(b.call_id == c for b in view.blocks)],
+        dropped_blocks=view.dropped,
+        dropped_turns=view.turns,
+        dropped_steps=view.steps,
         compacted=True,
         protected_tokens=protected,
     )

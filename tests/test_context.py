@@ -7,6 +7,7 @@ session keeps every block.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -90,6 +91,42 @@ def test_plan_keeps_system_latest_prompt_and_pairs() -> None:
     assert plan_context(blocks, window=2000, policy=ContextPolicy(strategy="off")).blocks == blocks
 
 
+def test_plan_leaves_out_whole_steps_of_a_long_loop_and_remembers() -> None:
+    blocks: list[Block] = [system_block("Be brief.", block_id="system-prompt"), user_block("go")]
+    for i in range(30):
+        blocks += [
+            tool_call_block(f"c{i}", "padded_tool", {"key": "k", "chars": 2000}),
+            tool_use_block(f"c{i}", result=f"r{i} " + "." * 2000),
+        ]
+    plan = plan_context(blocks, window=1500, policy=ContextPolicy())
+    sent = plan.blocks
+    assert plan.dropped_steps > 0 and plan.dropped_turns == 0
+    assert [b.kind for b in sent[:3]] == [BlockKind.SYSTEM, BlockKind.USER, BlockKind.SYSTEM]
+    assert "earlier steps of this turn" in sent[2].text
+    calls = [b.call_id for b in sent if b.kind == BlockKind.TOOL_CALL]
+    results = [b.call_id for b in sent if b.kind == BlockKind.TOOL_USE]
+    assert calls == results and calls[-1] == "c29"
+    assert str(sent[-1].payload[PayloadKey.RESULT]).startswith("r29 ")
+    assert estimate_tokens(sent) <= 1500 * 0.6
+    # The next step keeps what this one left out; a small step adds to the end only...
+    state = plan.state(blocks, plan.tokens_after)
+    small = [*blocks, tool_call_block("s", "padded_tool", {}), tool_use_block("s", result="ok")]
+    nxt = plan_context(small, window=1500, policy=ContextPolicy(), previous=state)
+    assert not nxt.compacted
+    assert [b.id for b in nxt.blocks] == [b.id for b in sent] + [small[-2].id, small[-1].id]
+    # ... and a large one leaves out more of the oldest steps, still whole ones.
+    large = [
+        *blocks,
+        tool_call_block("c30", "padded_tool", {"key": "k", "chars": 2000}),
+        tool_use_block("c30", result="r30 " + "." * 2000),
+    ]
+    nxt = plan_context(large, window=1500, policy=ContextPolicy(), previous=state)
+    assert nxt.compacted and nxt.dropped_steps > plan.dropped_steps
+    kept = [b.call_id for b in nxt.blocks if b.kind == BlockKind.TOOL_CALL]
+    assert kept == [f"c{i}" for i in range(31 - len(kept), 31)]
+    assert kept == [b.call_id for b in nxt.blocks if b.kind == BlockKind.TOOL_USE]
+
+
 async def test_long_session_completes_every_prompt_and_keeps_them(
     new_session: Any, model_server: ScriptedModelServer
 ) -> None:
@@ -119,62 +156,64 @@ async def test_long_session_completes_every_prompt_and_keeps_them(
     assert users == prompts
 
 
-async def test_tool_loop_with_large_results_completes(
+async def test_long_tool_loop_with_large_results_completes(
     new_session: Any, model_server: ScriptedModelServer, client: Client
 ) -> None:
-    steps = 8
+    steps = 30
+    key = uuid.uuid4().hex
+    call = {"name": "padded_tool", "arguments": {"key": key, "chars": 1600, "last": steps}}
     script = {
         "context_window": 1500,
         "rules": [
-            {"name": "done", "when": {"tool_result_count": steps}, "reply": {"text": "done"}},
-            {
-                "name": "more",
-                "reply": {
-                    "tool_calls": [
-                        {"name": "padded_tool", "arguments": {"label": "part", "chars": 1600}}
-                    ]
-                },
-            },
+            # The model stops on the latest result: always sent whole, however long the loop.
+            {"name": "done", "when": {"tool_results_contain": "FINAL"}, "reply": {"text": "done"}},
+            {"name": "more", "reply": {"tool_calls": [call]}},
         ],
     }
     session, base_url = await new_session(
         script,
         configure=lambda b: (
             b.tools("padded_tool")
-            .max_iterations(steps + 2)
+            .max_iterations(steps + 5)
             .context_window(1500)
             # Compaction goes on across the inference's continue-as-new.
-            .steps_per_run(3)
+            .steps_per_run(10)
         ),
     )
     handle = await session.start_inference("collect the parts")
     turn = await handle.wait()
     assert turn.last_text == "done"
     results = [b for b in turn.blocks if b.kind == BlockKind.TOOL_USE]
-    # The turn keeps every result whole; only what was sent had stubs.
+    # The turn keeps every result whole; only what was sent had stubs or left steps out.
     assert len(results) == steps
     assert all(len(b.payload[PayloadKey.RESULT]) == 1600 for b in results)
     assert set(statuses(model_server, base_url)) == {200}
-    last = model_server.requests(base_url)[-1].body["messages"]
-    tool_messages = [m["content"] for m in last if m["role"] == "tool"]
-    assert len(tool_messages) == steps
-    assert tool_messages[0].startswith("[tool result of 1600 characters left out")
-    assert tool_messages[-1].startswith("part ")  # the open result goes whole
-    events = compactions(await events_of(handle))
-    assert events and sum(len(e.stubbed_tool_results) for e in events) >= steps - 2
-    # The inference continued as new, and its latest run, whose steps sent stubs,
-    # replays from history alone: no model call, nothing recomputed.
-    history = await handle.workflow_handle.fetch_history()
-    requests = len(model_server.requests(base_url))
-    replayer = Replayer(
-        workflows=WORKFLOWS,
-        data_converter=client.data_converter,
-        workflow_runner=workflow_runner(),
+    requests = model_server.requests(base_url)
+    assert len(requests) == steps + 1
+    tool_messages = [
+        [m["content"] for m in r.body["messages"] if m["role"] == "tool"] for r in requests
+    ]
+    # Early requests stubbed old results; late ones also left out the oldest steps.
+    assert any(
+        any(t.startswith("[tool result of 1600 characters") for t in ms) for ms in tool_messages
     )
-    await replayer.replay_workflow(history)
-    assert len(model_server.requests(base_url)) == requests
+    last = requests[-1].body["messages"]
+    assert last[0] == {"role": "user", "content": "collect the parts"}
+    assert last[1]["role"] == "system" and "earlier steps of this turn" in last[1]["content"]
+    assert len(tool_messages[-1]) < steps
+    assert tool_messages[-1][-1].startswith(f"FINAL {steps} ")  # the open result goes whole
+    events = compactions(await events_of(handle))
+    assert events and max(e.dropped_steps for e in events) > 0
+    # The inference continued as new, and its latest run, whose steps sent a compacted
+    # conversation, replays from history alone: no model call, nothing recomputed.
+    history = await handle.workflow_handle.fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes
     assert started.continued_execution_run_id, "expected the inference to continue as new"
+    replayer = Replayer(
+        workflows=WORKFLOWS, data_converter=client.data_converter, workflow_runner=workflow_runner()
+    )
+    await replayer.replay_workflow(history)
+    assert len(model_server.requests(base_url)) == steps + 1
 
 
 @pytest.mark.parametrize("provider", ["openai", "openai-responses", "anthropic"])

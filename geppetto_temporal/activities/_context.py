@@ -50,6 +50,7 @@ def _event(
         stubbed_tool_results=plan.newly_stubbed,
         stubbed_total=len(plan.stubbed),
         dropped_turns=plan.dropped_turns,
+        dropped_steps=plan.dropped_steps,
         dropped_blocks=plan.dropped_blocks,
     )
 
