@@ -105,6 +105,9 @@ class ContextPolicy(WireModel):
     drop_turns: bool = True
     #: On the provider's context-length error: compact harder and retry the step once.
     reactive: bool = True
+    #: Send the latest step's tool results truncated, with a note, when they alone would
+    #: (nearly) fill the window; off: such a step fails with `ContextWindowExceeded`.
+    truncate_tool_results: bool = True
 
     @model_validator(mode="after")
     def _target_below_threshold(self) -> Self:
@@ -150,6 +153,17 @@ def stub(block: Block) -> Block:
     return block.model_copy(update={"payload": payload})
 
 
+def truncate(block: Block, chars: int) -> Block:
+    """A tool result cut to its first `chars` characters, with a note giving its size."""
+    text = _result_text(block)
+    note = (
+        f"… [tool result truncated to {chars} of {len(text)} characters to fit the model's "
+        "context window]"
+    )
+    payload: dict[str, Any] = {PayloadKey.ID: block.call_id, PayloadKey.RESULT: text[:chars] + note}
+    return block.model_copy(update={"payload": payload})
+
+
 @dataclass(frozen=True)
 class Omitted:
     """What is left out: turns before `kept_from`, and steps of one turn.
@@ -192,6 +206,8 @@ class ContextPlan:
     omitted: Omitted = Omitted()
     #: Call ids of the tool results this plan stubbed that the previous request sent whole.
     newly_stubbed: list[str] = field(default_factory=list)
+    #: Call ids of the latest step's tool results sent truncated.
+    truncated: list[str] = field(default_factory=list)
     #: Blocks, turns and steps of the latest turn left out (all of them, not only this plan's).
     dropped_blocks: int = 0
     dropped_turns: int = 0
@@ -214,6 +230,8 @@ class ContextPlan:
     def describe(self) -> str:
         """What was left out, for events and errors."""
         parts = []
+        if self.truncated:
+            parts.append(f"truncated {len(self.truncated)} new tool results")
         if self.stubbed:
             parts.append(f"stubbed {len(self.stubbed)} tool results")
         if self.dropped_turns:
@@ -280,7 +298,12 @@ class _View:
     steps: int = 0
 
 
-def _view(full: Sequence[Block], stubbed: frozenset[str], omitted: Omitted) -> _View:
+def _view(
+    full: Sequence[Block],
+    stubbed: frozenset[str],
+    omitted: Omitted,
+    truncated: Mapping[str, int] | None = None,
+) -> _View:
     """The blocks sent for `full` with these stubs and these turns and steps left out."""
     start = _index(full, omitted.kept_from, 0)
     step_user, step_from = -1, -1
@@ -306,7 +329,11 @@ def _view(full: Sequence[Block], stubbed: frozenset[str], omitted: Omitted) -> _
             view.blocks.append(_turns_note(view.dropped, view.turns))
         if i == step_from and steps_dropped:
             view.blocks.append(_steps_note(steps_dropped, view.steps))
-        view.blocks.append(stub(block) if block.id in stubbed else block)
+        if block.id in stubbed:
+            block = stub(block)
+        elif truncated and block.id in truncated:
+            block = truncate(block, truncated[block.id])
+        view.blocks.append(block)
     return view
 
 
@@ -348,6 +375,24 @@ def plan_context(
         + estimate_tokens(full[tail:])
         + fixed_tokens
     )
+    # A result of the latest step that alone (nearly) fills the window is sent truncated.
+    truncated: dict[str, int] = {}
+    saving = 0
+    if (
+        window is not None
+        and policy.truncate_tool_results
+        and protected > window * policy.threshold
+    ):
+        opened = [b for b in full[tail:] if b.kind == BlockKind.TOOL_USE]
+        room = max(int(window * policy.target) - protected + estimate_tokens(opened), 0)
+        each = max(room * CHARS_PER_TOKEN // max(len(opened), 1) - 100, policy.stub_min_chars)
+        truncated = {b.id: each for b in opened if len(_result_text(b)) > each}
+        saving = sum(
+            estimate_tokens([b]) - estimate_tokens([truncate(b, each)])
+            for b in opened
+            if b.id in truncated
+        )
+        protected -= saving
     plan = ContextPlan(
         blocks=view.blocks,
         tokens_before=before,
@@ -363,7 +408,7 @@ def plan_context(
         if window is None or before <= window * policy.threshold:
             return plan
         goal = int(window * policy.target)
-    tokens = before
+    tokens = before - saving
     start = _index(full, omitted.kept_from, 0)
     sent = {b.id for b in view.blocks}
     new_stubs = set(stubbed)
@@ -427,9 +472,9 @@ def plan_context(
             new_omitted = Omitted(
                 kept_from=new_omitted.kept_from, steps=(full[latest_user].id, full[first].id)
             )
-    if not newly and new_omitted == omitted:
+    if not newly and not truncated and new_omitted == omitted:
         return plan
-    view = _view(full, frozenset(new_stubs), new_omitted)
+    view = _view(full, frozenset(new_stubs), new_omitted, truncated)
     # Stubs inside what is now left out need not be remembered.
     kept_ids = {b.id for b in view.blocks}
     return ContextPlan(
@@ -439,6 +484,7 @@ def plan_context(
         stubbed=frozenset(s for s in new_stubs if s in kept_ids),
         omitted=new_omitted,
         newly_stubbed=[c for c in newly if any(b.call_id == c for b in view.blocks)],
+        truncated=[b.call_id or b.id for b in full[tail:] if b.id in truncated],
         dropped_blocks=view.dropped,
         dropped_turns=view.turns,
         dropped_steps=view.steps,

@@ -176,6 +176,8 @@ class ContextCompactedEvent(_Event):
     context_window: int | None = None
     #: Call ids of the tool results this call newly sends as a note with their size.
     stubbed_tool_results: list[str] = Field(default_factory=list)
+    #: Call ids of the latest step's tool results sent truncated (too large for the window).
+    truncated_tool_results: list[str] = Field(default_factory=list)
     #: All tool results sent as notes, and the earlier turns (and their blocks) left out.
     stubbed_total: int = 0
     dropped_turns: int = 0

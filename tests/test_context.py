@@ -10,12 +10,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import anthropic
+import openai
 import pytest
 from temporalio.client import Client
 from temporalio.worker import Replayer
 
 from geppetto_temporal import BlockKind, EngineBuilder, InferenceFailed
 from geppetto_temporal.context import ContextPolicy, estimate_tokens, plan_context
+from geppetto_temporal.engines import EngineSpec
+from geppetto_temporal.engines._errors import classify_error
+from geppetto_temporal.engines.anthropic_messages import sdk_base_url
+from geppetto_temporal.errors import ErrorType
 from geppetto_temporal.events import ContextCompactedEvent, Event
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import (
@@ -46,6 +52,46 @@ def compactions(events: list[Event]) -> list[ContextCompactedEvent]:
 
 def statuses(server: ScriptedModelServer, base_url: str) -> list[int | None]:
     return [r.status for r in server.requests(base_url) if r.method == "POST"]
+
+
+async def test_scripted_window_refuses_like_each_provider(
+    model_server: ScriptedModelServer, api_key_env: str
+) -> None:
+    base_url = model_server.add_script(
+        {"context_window": 50, "rules": [{"name": "ack", "reply": {"text": "Noted."}}]}
+    )
+    chat = openai.AsyncOpenAI(base_url=base_url, api_key=api_key_env, max_retries=0)
+    fits = await chat.chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "x" * 200}]
+    )
+    # Prompt tokens by the window's own count: 200 characters at 4 a token.
+    assert fits.usage is not None and fits.usage.prompt_tokens == 50
+    spec = EngineSpec.parse("openai:scripted")
+    with pytest.raises(openai.BadRequestError) as chat_error:
+        await chat.chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": "x" * 201}]
+        )
+    assert chat_error.value.code == "context_length_exceeded"
+    assert "maximum context length is 50 tokens" in chat_error.value.message
+    assert classify_error(chat_error.value, spec).type == ErrorType.PROVIDER_CONTEXT_TOO_LONG
+    with pytest.raises(openai.BadRequestError) as responses_error:
+        await chat.responses.create(model="scripted", input="x" * 201)
+    assert responses_error.value.code == "context_length_exceeded"
+    assert "exceeds the context window" in responses_error.value.message
+    anthropic_client = anthropic.AsyncAnthropic(
+        base_url=sdk_base_url(base_url), api_key=api_key_env, max_retries=0
+    )
+    with pytest.raises(anthropic.BadRequestError) as anthropic_error:
+        await anthropic_client.messages.create(
+            model="scripted", max_tokens=10, messages=[{"role": "user", "content": "x" * 201}]
+        )
+    assert "prompt is too long: 51 tokens > 50 maximum" in str(anthropic_error.value)
+    assert (
+        classify_error(anthropic_error.value, EngineSpec.parse("anthropic:scripted")).type
+        == ErrorType.PROVIDER_CONTEXT_TOO_LONG
+    )
+    await chat.close()
+    await anthropic_client.close()
 
 
 def test_plan_keeps_system_latest_prompt_and_pairs() -> None:
@@ -125,6 +171,52 @@ def test_plan_leaves_out_whole_steps_of_a_long_loop_and_remembers() -> None:
     kept = [b.call_id for b in nxt.blocks if b.kind == BlockKind.TOOL_CALL]
     assert kept == [f"c{i}" for i in range(31 - len(kept), 31)]
     assert kept == [b.call_id for b in nxt.blocks if b.kind == BlockKind.TOOL_USE]
+
+
+def test_plan_truncates_a_new_tool_result_larger_than_the_window() -> None:
+    blocks: list[Block] = [
+        user_block("read it"),
+        tool_call_block("big", "padded_tool", {"key": "k", "chars": 20_000}),
+        tool_use_block("big", result="head " + "." * 20_000),
+    ]
+    plan = plan_context(blocks, window=1500, policy=ContextPolicy())
+    assert plan.truncated == ["big"] and plan.compacted
+    sent = str(plan.blocks[-1].payload[PayloadKey.RESULT])
+    assert sent.startswith("head ") and "truncated to" in sent and "of 20005 characters" in sent
+    assert plan.protected_tokens <= estimate_tokens(plan.blocks) <= 1500
+    assert blocks[-1].payload[PayloadKey.RESULT] == "head " + "." * 20_000
+    # Off: nothing is truncated, and the prompt with its result is more than the window.
+    strict = plan_context(blocks, window=1500, policy=ContextPolicy(truncate_tool_results=False))
+    assert not strict.truncated and strict.protected_tokens > 1500
+
+
+async def test_a_tool_result_larger_than_the_window_is_sent_truncated(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    call = {
+        "name": "padded_tool",
+        "arguments": {"key": uuid.uuid4().hex, "chars": 20_000, "last": 1},
+    }
+    script = {
+        "context_window": 1500,
+        "rules": [
+            {"name": "done", "when": {"tool_results_contain": "FINAL"}, "reply": {"text": "done"}},
+            {"name": "call", "reply": {"tool_calls": [call]}},
+        ],
+    }
+    session, base_url = await new_session(
+        script, configure=lambda b: b.tools("padded_tool").context_window(1500)
+    )
+    handle = await session.start_inference("read the big one")
+    turn = await handle.wait()
+    assert turn.last_text == "done"
+    [result] = [b for b in turn.blocks if b.kind == BlockKind.TOOL_USE]
+    assert len(result.payload[PayloadKey.RESULT]) == 20_000  # the turn keeps it whole
+    assert statuses(model_server, base_url) == [200, 200]
+    sent = [m for m in model_server.requests(base_url)[-1].body["messages"] if m["role"] == "tool"]
+    assert sent[0]["content"].startswith("FINAL 1 ") and "truncated to" in sent[0]["content"]
+    [event] = compactions(await events_of(handle))
+    assert event.truncated_tool_results == [result.call_id]
 
 
 async def test_long_session_completes_every_prompt_and_keeps_them(

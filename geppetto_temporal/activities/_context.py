@@ -48,6 +48,7 @@ def _event(
         tokens_after=plan.tokens_after,
         context_window=window,
         stubbed_tool_results=plan.newly_stubbed,
+        truncated_tool_results=plan.truncated,
         stubbed_total=len(plan.stubbed),
         dropped_turns=plan.dropped_turns,
         dropped_steps=plan.dropped_steps,
