@@ -305,6 +305,8 @@ def _view(
     truncated: Mapping[str, int] | None = None,
 ) -> _View:
     """The blocks sent for `full` with these stubs and these turns and steps left out."""
+    if not stubbed and not truncated and omitted == Omitted():
+        return _View(blocks=list(full))
     start = _index(full, omitted.kept_from, 0)
     step_user, step_from = -1, -1
     if omitted.steps is not None:
@@ -367,7 +369,9 @@ def plan_context(
         before = previous.prompt_tokens + estimate_tokens(full[previous.blocks :])
     else:
         before = estimate_tokens(view.blocks) + fixed_tokens
-    latest_user = max((i for i, b in enumerate(full) if b.kind == BlockKind.USER), default=0)
+    latest_user = next(
+        (i for i in range(len(full) - 1, -1, -1) if full[i].kind == BlockKind.USER), 0
+    )
     tail = max(_open_tail(full), latest_user + 1)
     protected = (
         estimate_tokens([b for b in full[:latest_user] if b.kind == BlockKind.SYSTEM])
@@ -477,13 +481,14 @@ def plan_context(
     view = _view(full, frozenset(new_stubs), new_omitted, truncated)
     # Stubs inside what is now left out need not be remembered.
     kept_ids = {b.id for b in view.blocks}
+    sent_calls = {b.call_id for b in view.blocks if b.kind == BlockKind.TOOL_USE}
     return ContextPlan(
         blocks=view.blocks,
         tokens_before=before,
         tokens_after=tokens,
         stubbed=frozenset(s for s in new_stubs if s in kept_ids),
         omitted=new_omitted,
-        newly_stubbed=[c for c in newly if any(b.call_id == c for b in view.blocks)],
+        newly_stubbed=[c for c in newly if c in sent_calls],
         truncated=[b.call_id or b.id for b in full[tail:] if b.id in truncated],
         dropped_blocks=view.dropped,
         dropped_turns=view.turns,
