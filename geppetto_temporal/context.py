@@ -28,13 +28,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
 from geppetto_temporal._wire import WireModel
-from geppetto_temporal.turns import Block, BlockKind, PayloadKey, system_block
+from geppetto_temporal.turns import Block, BlockKind, PayloadKey, Usage, system_block
 
 #: The estimate's characters per token (English text and JSON average about 4).
 CHARS_PER_TOKEN = 4
@@ -88,12 +88,15 @@ class ContextPolicy(WireModel):
     `compact` (the default) leaves out what is oldest and least needed once the
     next request would pass `threshold` of the window, until it is under
     `target`; when the provider refuses a request as too long it compacts harder
-    and retries the step once (`reactive`). `off` sends every block, as before.
+    and retries the step once (`reactive`). `summarize` does the same, but sends a
+    summary of the turns it leaves out, written by the same model (one more call
+    when turns are left out; its usage counts in the step's). `off` sends every
+    block, as before.
     """
 
     model_config = ConfigDict(frozen=True)
 
-    strategy: Literal["compact", "off"] = "compact"
+    strategy: Literal["compact", "summarize", "off"] = "compact"
     #: Compact before a step whose estimated input passes this share of the window.
     threshold: float = Field(default=0.85, gt=0, le=1)
     #: ... down to this share, so the next steps do not each compact again.
@@ -175,6 +178,8 @@ class Omitted:
 
     kept_from: str | None = None
     steps: tuple[str, str] | None = None
+    #: A summary of the turns before `kept_from` (strategy `summarize`).
+    summary: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,10 @@ class ContextPlan:
     compacted: bool = False
     #: Estimated tokens of what can never be left out (system, latest prompt, open tool calls).
     protected_tokens: int = 0
+    #: What the previous request had left out (where a summary of newly left-out turns starts).
+    started_from: Omitted = Omitted()
+    #: Usage of calls made to compact (a summary), counted in the step's usage.
+    extra_usage: Usage = field(default_factory=Usage)
 
     def state(self, full: Sequence[Block], prompt_tokens: int | None) -> ContextState:
         """The state to remember after this plan's request was answered."""
@@ -266,6 +275,10 @@ def _step_starts(blocks: Sequence[Block], first: int, end: int) -> list[int]:
     ]
 
 
+#: Id of the note that stands for the turns left out.
+TURNS_NOTE_ID = "context-turns"
+
+
 def _note(text: str, block_id: str) -> Block:
     block = system_block(
         f"[{text} left out here to fit the model's context window.]", block_id=block_id
@@ -274,9 +287,17 @@ def _note(text: str, block_id: str) -> Block:
     return block
 
 
-def _turns_note(blocks: int, turns: int) -> Block:
+def _turns_note(blocks: int, turns: int, summary: str | None = None) -> Block:
+    if summary:
+        block = system_block(
+            f"[{turns} earlier turns of this conversation ({blocks} messages) are left out here "
+            f"to fit the model's context window. A summary of them: {summary}]",
+            block_id=TURNS_NOTE_ID,
+        )
+        block.metadata["middleware"] = "context"
+        return block
     return _note(
-        f"{turns} earlier turns of this conversation ({blocks} messages) are", "context-turns"
+        f"{turns} earlier turns of this conversation ({blocks} messages) are", TURNS_NOTE_ID
     )
 
 
@@ -328,7 +349,7 @@ def _view(
                 view.steps += i in step_starts
             continue
         if i == start and view.dropped:
-            view.blocks.append(_turns_note(view.dropped, view.turns))
+            view.blocks.append(_turns_note(view.dropped, view.turns, omitted.summary))
         if i == step_from and steps_dropped:
             view.blocks.append(_steps_note(steps_dropped, view.steps))
         if block.id in stubbed:
@@ -407,6 +428,7 @@ def plan_context(
         dropped_turns=view.turns,
         dropped_steps=view.steps,
         protected_tokens=protected,
+        started_from=omitted,
     )
     if goal is None:
         if window is None or before <= window * policy.threshold:
@@ -455,7 +477,10 @@ def plan_context(
             new_start = next_start
     new_omitted = omitted
     if new_start != start:
-        new_omitted = Omitted(kept_from=full[new_start].id, steps=omitted.steps)
+        # The summary (if any) covers fewer turns now; the activity writes a new one.
+        new_omitted = Omitted(
+            kept_from=full[new_start].id, steps=omitted.steps, summary=omitted.summary
+        )
     # Stage 3: whole steps of the latest turn, oldest first, never the open one.
     if policy.drop_turns and tokens > goal and new_start == latest_user:
         same_turn = omitted.steps is not None and omitted.steps[0] == full[latest_user].id
@@ -474,7 +499,9 @@ def plan_context(
             first = next_step
         if first != begin:
             new_omitted = Omitted(
-                kept_from=new_omitted.kept_from, steps=(full[latest_user].id, full[first].id)
+                kept_from=new_omitted.kept_from,
+                steps=(full[latest_user].id, full[first].id),
+                summary=new_omitted.summary,
             )
     if not newly and not truncated and new_omitted == omitted:
         return plan
@@ -495,4 +522,66 @@ def plan_context(
         dropped_steps=view.steps,
         compacted=True,
         protected_tokens=protected,
+        started_from=omitted,
+    )
+
+
+#: What the summarising call is asked to do.
+SUMMARY_INSTRUCTIONS = (
+    "Summarise the conversation below for the assistant who continues it: the user's "
+    "goals and requests, decisions and facts established, results of tool calls that still "
+    "matter, and open questions. Be concise; write plain text, no preamble."
+)
+#: Each block's text is cut to this many characters in the summary request.
+_SUMMARY_BLOCK_CHARS = 2000
+
+
+def summary_request(
+    full: Sequence[Block], plan: ContextPlan, *, window: int | None
+) -> list[Block] | None:
+    """The request that summarises the turns `plan` newly left out (with the earlier
+    summary), or None when it left out no new turns."""
+    previous, now = plan.started_from, plan.omitted
+    if now.kept_from is None or now.kept_from == previous.kept_from:
+        return None
+    start = _index(full, previous.kept_from, 0) if previous.kept_from else 0
+    end = _index(full, now.kept_from, 0)
+    lines = [f"Summary so far: {previous.summary}"] if previous.summary else []
+    for block in full[start:end]:
+        if block.kind == BlockKind.USER:
+            lines.append(f"User: {block.text[:_SUMMARY_BLOCK_CHARS]}")
+        elif block.kind == BlockKind.LLM_TEXT:
+            lines.append(f"Assistant: {block.text[:_SUMMARY_BLOCK_CHARS]}")
+        elif block.kind == BlockKind.TOOL_CALL:
+            args = block.payload.get(PayloadKey.ARGS)
+            encoded = args if isinstance(args, str) else json.dumps(args)
+            name = block.payload.get(PayloadKey.NAME, "")
+            lines.append(f"Tool call {name}({encoded[:_SUMMARY_BLOCK_CHARS]})")
+        elif block.kind == BlockKind.TOOL_USE:
+            lines.append(f"Tool result: {_result_text(block)[:_SUMMARY_BLOCK_CHARS]}")
+    text = "Conversation to summarise:\n" + "\n".join(lines)
+    if window is not None:
+        # The summary request must fit too: keep its newest part.
+        limit = int(window * 0.8) * CHARS_PER_TOKEN
+        if len(text) > limit:
+            text = "Conversation to summarise (its oldest part cut):\n" + text[-limit:]
+    return [
+        system_block(SUMMARY_INSTRUCTIONS, block_id="context-summary-instructions"),
+        Block(id="context-summary-source", kind=BlockKind.USER, payload={PayloadKey.TEXT: text}),
+    ]
+
+
+def with_summary(plan: ContextPlan, summary: str | None, usage: Usage) -> ContextPlan:
+    """`plan` with its note for the turns left out carrying `summary` (None: a plain note)."""
+    note = _turns_note(plan.dropped_blocks, plan.dropped_turns, summary)
+    blocks = [note if b.id == TURNS_NOTE_ID else b for b in plan.blocks]
+    old = next((b for b in plan.blocks if b.id == TURNS_NOTE_ID), None)
+    delta = estimate_tokens([note]) - (estimate_tokens([old]) if old is not None else 0)
+    omitted = Omitted(kept_from=plan.omitted.kept_from, steps=plan.omitted.steps, summary=summary)
+    return replace(
+        plan,
+        blocks=blocks,
+        omitted=omitted,
+        tokens_after=plan.tokens_after + delta,
+        extra_usage=plan.extra_usage + usage,
     )

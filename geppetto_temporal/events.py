@@ -181,6 +181,8 @@ class ContextCompactedEvent(_Event):
     #: All tool results sent as notes, and the earlier turns (and their blocks) left out.
     stubbed_total: int = 0
     dropped_turns: int = 0
+    #: Of the turns left out, how many a summary stands for (strategy `summarize`).
+    summarized_turns: int = 0
     #: Steps of the latest turn left out (a long tool loop), oldest first.
     dropped_steps: int = 0
     dropped_blocks: int = 0

@@ -23,7 +23,7 @@ from geppetto_temporal.engines._errors import classify_error
 from geppetto_temporal.engines.anthropic_messages import sdk_base_url
 from geppetto_temporal.errors import ErrorType
 from geppetto_temporal.events import ContextCompactedEvent, Event
-from geppetto_temporal.testing import ScriptedModelServer
+from geppetto_temporal.testing import ChatCompletionsWire, ScriptedModelServer
 from geppetto_temporal.turns import (
     Block,
     PayloadKey,
@@ -245,6 +245,55 @@ async def test_long_session_completes_every_prompt_and_keeps_them(
     # Nothing lost: the session holds every prompt verbatim.
     transcript = await session.transcript()
     users = [b.text for b in transcript.blocks if b.kind == BlockKind.USER]
+    assert users == prompts
+
+
+async def test_summarize_sends_a_summary_of_the_turns_left_out(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    script = {
+        "context_window": 1000,
+        "rules": [
+            {
+                "name": "summary",
+                "when": {"last_user_contains": "Conversation to summarise"},
+                "reply": {"text": "SUMMARY: the user sent numbered prompts."},
+            },
+            {"name": "ack", "reply": {"text": "Noted."}},
+        ],
+    }
+    session, base_url = await new_session(
+        script, configure=lambda b: b.no_tools().context_window(1000).context_policy("summarize")
+    )
+    prompts = [long_prompt(n) for n in range(6)]
+    seen: list[ContextCompactedEvent] = []
+    for prompt in prompts:
+        handle = await session.start_inference(prompt)
+        assert (await handle.wait()).last_text == "Noted."
+        seen += compactions(await events_of(handle))
+    assert set(statuses(model_server, base_url)) == {200}
+    requests = [r.body for r in model_server.requests(base_url)]
+    summaries = [b for b in requests if "Conversation to summarise" in str(b["messages"][-1])]
+    # The first summary was asked for the first prompt left out, verbatim.
+    assert summaries and prompts[0] in summaries[0]["messages"][-1]["content"]
+    # The conversation sent afterwards carries the summary in place of those turns.
+    last = requests[-1]["messages"]
+    assert last[-1] == {"role": "user", "content": prompts[-1]}
+    notes = [m["content"] for m in last if m["role"] == "system"]
+    assert any("SUMMARY: the user sent numbered prompts." in n for n in notes)
+    assert any(e.summarized_turns > 0 for e in seen)
+    # The summary's tokens count in its step's usage: the turn whose step summarised
+    # reports more input than its own request held.
+    turns = await session.turns()
+    wire = ChatCompletionsWire()
+    own = [wire.parse(b).estimated_tokens for b in requests if b not in summaries]
+    reported = [t.metadata.usage.input_tokens for t in turns if t.metadata.usage is not None]
+    assert len(own) == len(reported) == len(prompts)
+    extra = [r - o for r, o in zip(reported, own, strict=True)]
+    assert extra.count(0) == len(prompts) - len(summaries)
+    assert all(e == 0 or e > 50 for e in extra)
+    # And the session still has every prompt.
+    users = [b.text for b in (await session.transcript()).blocks if b.kind == BlockKind.USER]
     assert users == prompts
 
 

@@ -277,7 +277,10 @@ class InferenceActivities:
         return LLMStepResult(
             blocks=new_blocks,
             # Priced here, not in the workflow: a price change never alters a replay.
-            usage=with_cost(output.usage, spec.provider, output.model or spec.model),
+            # A summary written to compact the context is part of the step's cost.
+            usage=with_cost(
+                output.usage + context.extra_usage, spec.provider, output.model or spec.model
+            ),
             stop_reason=output.stop_reason,
             model=reported_model(output.model, spec),
             tool_options=options,

@@ -14,6 +14,7 @@ from typing import Literal
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from geppetto_temporal._redact import redact
 from geppetto_temporal.activities._events import StepEventPublisher
 from geppetto_temporal.context import (
     ContextPlan,
@@ -21,6 +22,8 @@ from geppetto_temporal.context import (
     context_window_for,
     estimate_text_tokens,
     plan_context,
+    summary_request,
+    with_summary,
 )
 from geppetto_temporal.engines._errors import classify_error
 from geppetto_temporal.engines._spec import EngineSpec
@@ -33,6 +36,8 @@ from geppetto_temporal.workflows._models import previous_inference_id
 
 #: Conversations whose latest request a worker remembers (a miss estimates every block).
 _STATES = 256
+#: The longest summary asked for (tokens).
+_SUMMARY_MAX_TOKENS = 512
 
 
 def _window(spec: EngineSpec) -> int | None:
@@ -51,6 +56,7 @@ def _event(
         truncated_tool_results=plan.truncated,
         stubbed_total=len(plan.stubbed),
         dropped_turns=plan.dropped_turns,
+        summarized_turns=plan.dropped_turns if plan.omitted.summary else 0,
         dropped_steps=plan.dropped_steps,
         dropped_blocks=plan.dropped_blocks,
     )
@@ -117,6 +123,31 @@ class ContextKeeper:
             self._states.popitem(last=False)
 
     @staticmethod
+    async def _summarized(
+        plan: ContextPlan, engine: ProviderEngine, blocks: list[Block], spec: EngineSpec
+    ) -> ContextPlan:
+        """With strategy `summarize`: `plan` with a summary of the turns it left out, written
+        by the same model; a failed summary leaves the plain note (the step goes on)."""
+        if spec.context_policy.strategy != "summarize":
+            return plan
+        request = summary_request(blocks, plan, window=_window(spec))
+        if request is None:
+            return plan
+        summary_spec = spec.model_copy(
+            update={"max_tokens": min(spec.max_tokens or _SUMMARY_MAX_TOKENS, _SUMMARY_MAX_TOKENS)}
+        )
+        output = StepOutput()
+        try:
+            await engine.stream_step(request, [], summary_spec, output)
+        except Exception as err:
+            activity.logger.warning(
+                "could not summarise the turns left out, sending a note instead: %s",
+                redact(f"{type(err).__name__}: {err}"),
+            )
+            return with_summary(plan, None, output.usage)
+        return with_summary(plan, output.text.strip() or None, output.usage)
+
+    @staticmethod
     def _refused_as_too_long(err: Exception, spec: EngineSpec, output: StepOutput) -> bool:
         policy = spec.context_policy
         return (
@@ -141,6 +172,7 @@ class ContextKeeper:
         """Run the provider call on `plan`; if the provider refuses it as too long, compact
         harder and try once more. Returns the plan that was answered."""
         window = _window(spec)
+        plan = await self._summarized(plan, engine, blocks, spec)
         if plan.compacted:
             activity.logger.info("context compacted: %s", plan.describe())
             if publisher is not None:
@@ -159,6 +191,7 @@ class ContextKeeper:
         harder = plan_context(
             blocks, window=window, policy=spec.context_policy, previous=sent, goal=goal
         )
+        harder = await self._summarized(harder, engine, blocks, spec)
         if not harder.compacted:
             raise ApplicationError(
                 f"{spec.spec_string} refused the request (about {plan.tokens_after} tokens, "

@@ -156,8 +156,8 @@ class EngineBuilder:
     def context_policy(
         self, policy: ContextPolicy | str | None = None, **settings: Any
     ) -> EngineBuilder:
-        """How requests are kept inside the window: a `ContextPolicy`, `"compact"` or `"off"`,
-        and/or its fields (`threshold=0.9`, `reactive=False`, ...)."""
+        """How requests are kept inside the window (docs/context.md): a `ContextPolicy`,
+        `"compact"`, `"summarize"` or `"off"`, and/or its fields (`threshold=0.9`, ...)."""
         from pydantic import ValidationError
 
         base = self._spec.context_policy.model_dump()
