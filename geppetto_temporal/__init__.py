@@ -8,6 +8,7 @@ made with `create_worker`.
 
 from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.connection import connect, data_converter
+from geppetto_temporal.context import ContextPolicy
 from geppetto_temporal.engines import Endpoint, EndpointRegistry, EngineBuilder, EngineSpec
 from geppetto_temporal.errors import (
     ConfigurationError,
@@ -44,6 +45,7 @@ __all__ = [
     "Block",
     "BlockKind",
     "ConfigurationError",
+    "ContextPolicy",
     "Endpoint",
     "EndpointRegistry",
     "EngineBuilder",

@@ -28,6 +28,8 @@ class ErrorType:
     PROVIDER_AUTH = "ProviderAuthError"
     PROVIDER_NOT_FOUND = "ProviderNotFound"
     PROVIDER_CONTEXT_TOO_LONG = "ProviderContextTooLong"
+    #: Compaction could not make the request fit the model's context window (docs/context.md).
+    CONTEXT_WINDOW_EXCEEDED = "ContextWindowExceeded"
     PROVIDER_STREAM = "ProviderStreamError"
     UNKNOWN_PROVIDER = "UnknownProvider"
     SESSION_UNAVAILABLE = "SessionUnavailable"

@@ -163,6 +163,34 @@ class InferenceFinishedEvent(_Event):
     error: str | None = None
 
 
+class ContextCompactedEvent(_Event):
+    """An LLM call sends less than the whole conversation, to fit the model's context window.
+
+    Only the request changed: the turn and the session keep every block. Tokens are
+    estimates (docs/context.md); `reason` is `proactive` (before the call, above the
+    policy's threshold) or `reactive` (after the provider refused the call as too long).
+    """
+
+    type: Literal["context-compacted"] = "context-compacted"
+    reason: Literal["proactive", "reactive"] = "proactive"
+    tokens_before: int = 0
+    tokens_after: int = 0
+    #: The model's window, when known.
+    context_window: int | None = None
+    #: Call ids of the tool results this call newly sends as a note with their size.
+    stubbed_tool_results: list[str] = Field(default_factory=list)
+    #: Call ids of the latest step's tool results sent truncated (too large for the window).
+    truncated_tool_results: list[str] = Field(default_factory=list)
+    #: All tool results sent as notes, and the earlier turns (and their blocks) left out.
+    stubbed_total: int = 0
+    dropped_turns: int = 0
+    #: Of the turns left out, how many a summary stands for (strategy `summarize`).
+    summarized_turns: int = 0
+    #: Steps of the latest turn left out (a long tool loop), oldest first.
+    dropped_steps: int = 0
+    dropped_blocks: int = 0
+
+
 class InfoEvent(_Event):
     """Informational marker (e.g. `thinking-started`)."""
 
@@ -192,6 +220,7 @@ Event = Annotated[
     | ToolCallExecuteEvent
     | ToolCallExecutionResultEvent
     | InferenceFinishedEvent
+    | ContextCompactedEvent
     | InfoEvent
     | LogEvent,
     Field(discriminator="type"),

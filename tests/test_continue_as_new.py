@@ -267,3 +267,29 @@ async def test_worker_killed_around_continue_as_new_loses_nothing(
         await session.close()
     finally:
         procs.kill_all()
+
+
+async def test_compaction_goes_on_across_a_sessions_continue_as_new(
+    can_client: Client, model_server: ScriptedModelServer
+) -> None:
+    # A model with a small window: without compaction the fourth prompt would be refused.
+    base_url = model_server.add_script(
+        {"context_window": 1000, "rules": [{"name": "ack", "reply": {"text": "Noted."}}]}
+    )
+    session = await Session.create(
+        can_client,
+        EngineBuilder("openai:scripted").base_url(base_url).no_tools().context_window(1000),
+        session_id=f"can-ctx-{uuid.uuid4().hex[:8]}",
+        task_queue=TASK_QUEUE,
+    )
+    prompts = [f"Prompt {n}: " + f"word{n} " * 200 for n in range(8)]
+    for prompt in prompts:
+        assert (await (await session.start_inference(prompt)).wait()).last_text == "Noted."
+    assert await runs_of(can_client, session.session_id) >= 2, "expected a continue-as-new"
+    assert {r.status for r in model_server.requests(base_url)} == {200}
+    last = model_server.requests(base_url)[-1].body["messages"]
+    assert last[-1] == {"role": "user", "content": prompts[-1]}
+    assert len([m for m in last if m["role"] == "user"]) < len(prompts)
+    users = [b.text for b in (await session.transcript()).blocks if b.kind == "user"]
+    assert users == prompts
+    await session.close()

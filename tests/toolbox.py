@@ -62,6 +62,20 @@ def huge_tool(megabytes: int) -> dict[str, object]:
     return {"size": megabytes, "data": "x" * (megabytes * 1024 * 1024)}
 
 
+#: Calls of `padded_tool`, per key.
+PADDED_CALLS: Counter[str] = Counter()
+
+
+@tool
+def padded_tool(key: str, chars: int, last: int = 0) -> str:
+    """A result of `chars` characters, `part <n>`, or `FINAL <n>` from the `last`-th call of
+    this key on (context-window tests: the script stops when it sees FINAL)."""
+    PADDED_CALLS[key] += 1
+    n = PADDED_CALLS[key]
+    head = f"{'FINAL' if last and n >= last else 'part'} {n} "
+    return (head + "." * chars)[:chars]
+
+
 #: Per group of `concurrency_probe` calls: how many run right now, and the most that ran at once.
 RUNNING: Counter[str] = Counter()
 PEAK: Counter[str] = Counter()
@@ -113,6 +127,7 @@ ALL = [
     flaky_tool,
     flaky_local_tool,
     huge_tool,
+    padded_tool,
     concurrency_probe,
     blocking_tool,
 ]

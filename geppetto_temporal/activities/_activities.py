@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 
 from geppetto_temporal._known_blocks import BlockReader, KnownBlocks, ends_with
 from geppetto_temporal._redact import install_log_redaction, known_secrets, redact, redacted_copy
+from geppetto_temporal.activities._context import ContextKeeper
 from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
 from geppetto_temporal.activities._heartbeat import Heartbeat, heartbeating
 from geppetto_temporal.activities._logging import install_expected_failure_filter
@@ -81,6 +82,8 @@ class InferenceActivities:
         # Each running inference's own blocks after its latest step here (input and
         # output), which its next step references instead of receiving them again.
         self._own_blocks: OrderedDict[str, KnownBlocks] = OrderedDict()
+        # What each conversation's latest request here sent and cost, to size the next one.
+        self._context = ContextKeeper()
 
     async def _read_blocks(
         self, workflow_id: str, start: int, end: int, run_id: str | None = None
@@ -222,6 +225,8 @@ class InferenceActivities:
         definitions = (
             [] if spec.tools.tool_choice == ToolChoice.NONE else [t.definition() for t in allowed]
         )
+        # Only what is sent changes; `blocks` (and the turn) keep everything.
+        context = self._context.plan(input.inference_id, blocks, definitions, spec)
         publisher = (
             StepEventPublisher(
                 message_id=message_id_for(input.inference_id, input.step),
@@ -236,7 +241,9 @@ class InferenceActivities:
         interrupted: LLMStepResult | None = None
         async with publisher or contextlib.nullcontext():
             try:
-                await engine.stream_step(blocks, definitions, spec, output)
+                context = await self._context.stream(
+                    context, engine, blocks, definitions, spec, output, publisher
+                )
             except asyncio.CancelledError:
                 details = activity.cancellation_details()
                 if details is None or not details.cancel_requested:
@@ -284,12 +291,16 @@ class InferenceActivities:
             if name in allowed_names
         }
         self._remember_own(input.inference_id, [*own, *new_blocks])
+        self._context.remember(input.inference_id, context, blocks, output.usage.input_tokens)
         text = "".join(b.text for b in new_blocks if b.kind == BlockKind.LLM_TEXT)
         from_blocks = spec.stream_events and rebuildable(tail, text, live=input.live)
         return LLMStepResult(
             blocks=new_blocks,
             # Priced here, not in the workflow: a price change never alters a replay.
-            usage=with_cost(output.usage, spec.provider, output.model or spec.model),
+            # A summary written to compact the context is part of the step's cost.
+            usage=with_cost(
+                output.usage + context.extra_usage, spec.provider, output.model or spec.model
+            ),
             stop_reason=output.stop_reason,
             model=reported_model(output.model, spec),
             tool_options=options,

@@ -14,6 +14,7 @@ from temporalio.contrib.workflow_streams import TopicHandle, WorkflowStreamClien
 from geppetto_temporal._redact import redact
 from geppetto_temporal.events import (
     EVENTS_TOPIC,
+    ContextCompactedEvent,
     ErrorEvent,
     EventMeta,
     PartialEvent,
@@ -26,7 +27,7 @@ from geppetto_temporal.live._hub import TEXT, THINKING, LiveStep
 # client's own interval only matters as a backstop.
 _CLIENT_BATCH_INTERVAL = timedelta(seconds=30)
 
-_LiveEvent = StartEvent | PartialEvent | PartialThinkingEvent | ErrorEvent
+_LiveEvent = StartEvent | PartialEvent | PartialThinkingEvent | ErrorEvent | ContextCompactedEvent
 
 
 def rebuildable(tail: list[dict[str, Any]], text: str, *, live: bool = False) -> bool:
@@ -124,6 +125,11 @@ class StepEventPublisher:
         while True:
             await asyncio.sleep(self._interval)
             await self._send()
+
+    def note(self, event: ContextCompactedEvent) -> None:
+        """An event about this call (sent with its next batch of deltas, or in its result)."""
+        self._coalesce()
+        self._pending.append(self._event(event))
 
     def tail(self) -> list[dict[str, Any]]:
         """The events not yet signalled, for the activity's result; call after the block ends."""

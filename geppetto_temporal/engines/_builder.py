@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from geppetto_temporal.context import ContextPolicy
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.retry import RetrySpec
@@ -151,6 +152,28 @@ class EngineBuilder:
         if retry is not None:
             update["llm_retry"] = retry
         return self._with(**update)
+
+    def context_window(self, tokens: int | None) -> EngineBuilder:
+        """The model's input window in tokens (None: the built-in table; docs/context.md)."""
+        return self._with(context_window=tokens)
+
+    def context_policy(
+        self, policy: ContextPolicy | str | None = None, **settings: Any
+    ) -> EngineBuilder:
+        """How requests are kept inside the window (docs/context.md): a `ContextPolicy`,
+        `"compact"`, `"summarize"` or `"off"`, and/or its fields (`threshold=0.9`, ...)."""
+        from pydantic import ValidationError
+
+        base = self._spec.context_policy.model_dump()
+        if isinstance(policy, ContextPolicy):
+            base = policy.model_dump()
+        elif policy is not None:
+            base["strategy"] = policy
+        try:
+            chosen = ContextPolicy.model_validate({**base, **settings})
+        except ValidationError as err:
+            raise ConfigurationError(f"invalid context policy: {self._describe(err)}") from None
+        return self._with(context_policy=chosen)
 
     def extra(self, **params: Any) -> EngineBuilder:
         """Provider-specific request parameters, passed through unchanged."""

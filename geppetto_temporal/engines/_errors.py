@@ -42,12 +42,35 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     return None
 
 
+_CONTEXT_HINT = (
+    "the request is longer than the model's context window; compaction could not avoid it "
+    "(docs/context.md: set the engine's context_window, or use a larger model)"
+)
+
+
+def is_context_length_message(message: str, code: str | None = None) -> bool:
+    """Whether a provider's error says the request is longer than the model's window.
+
+    OpenAI (Chat and Responses): code `context_length_exceeded`, "maximum context length"
+    or "exceeds the context window"; Anthropic: "prompt is too long: N tokens > M maximum".
+    """
+    if code == "context_length_exceeded":
+        return True
+    lowered = message.lower()
+    if "prompt is too long" in lowered:
+        return True
+    return "context" in lowered and (
+        "length" in lowered or "too long" in lowered or "window" in lowered
+    )
+
+
 def _status_error(
     status: int,
     message: str,
     spec: EngineSpec,
     headers: Mapping[str, str] | None,
     key_env: str | None = None,
+    code: str | None = None,
 ) -> ApplicationError:
     where = f"{spec.spec_string} returned HTTP {status}"
     if status in _RETRYABLE_STATUS or status >= 500:
@@ -58,7 +81,6 @@ def _status_error(
             type=kind,
             next_retry_delay=timedelta(seconds=delay) if delay is not None else None,
         )
-    lowered = message.lower()
     if status in (401, 403):
         kind = ErrorType.PROVIDER_AUTH
         hint = (
@@ -70,11 +92,9 @@ def _status_error(
     elif status == 404:
         kind = ErrorType.PROVIDER_NOT_FOUND
         hint = f"check the model name {spec.model!r} and the base URL"
-    elif "context" in lowered and (
-        "length" in lowered or "too long" in lowered or "window" in lowered
-    ):
+    elif is_context_length_message(message, code):
         kind = ErrorType.PROVIDER_CONTEXT_TOO_LONG
-        hint = "the conversation is longer than the model's context window; start a new session or use a larger model"
+        hint = _CONTEXT_HINT
     else:
         kind = ErrorType.PROVIDER_REQUEST_REJECTED
         hint = "the provider rejected the request; it will not be retried"
@@ -121,9 +141,9 @@ def _stream_error(err: ProviderStreamError, spec: EngineSpec) -> ApplicationErro
             else ErrorType.PROVIDER_UNAVAILABLE
         )
         return ApplicationError(f"{where}: {err.message} (will retry)", type=kind)
-    if "context" in lowered and ("length" in lowered or "window" in lowered or "long" in lowered):
+    if is_context_length_message(err.message, code):
         kind = ErrorType.PROVIDER_CONTEXT_TOO_LONG
-        hint = "the conversation is longer than the model's context window; start a new session or use a larger model"
+        hint = _CONTEXT_HINT
     else:
         kind = ErrorType.PROVIDER_REQUEST_REJECTED
         hint = "the provider rejected the request; it will not be retried"
@@ -189,7 +209,9 @@ def _classify(err: BaseException, spec: EngineSpec, key_env: str | None) -> Appl
         return _stream_error(in_stream, spec)
     if isinstance(status, int):
         headers = getattr(response, "headers", None)
-        return _status_error(status, _provider_message(err), spec, headers, key_env)
+        return _status_error(
+            status, _provider_message(err), spec, headers, key_env, _provider_code(err)
+        )
     if _is_transport_error(err):
         return ApplicationError(
             f"{spec.spec_string}: connection problem: {err or type(err).__name__} (will retry)",
@@ -216,6 +238,15 @@ def _is_transport_error(err: BaseException) -> bool:
     if isinstance(err, (asyncio.TimeoutError, ConnectionError, EOFError)):
         return True
     return any(cls.__name__ in _TRANSPORT_CLASS_NAMES for cls in type(err).__mro__)
+
+
+def _provider_code(err: BaseException) -> str | None:
+    body: Any = getattr(err, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("code"), str):
+            return str(inner["code"])
+    return None
 
 
 def _provider_message(err: BaseException) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, field_validator
 
 from geppetto_temporal._wire import WireModel
+from geppetto_temporal.context import ContextPolicy
 from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.retry import RetrySpec
 from geppetto_temporal.tools._config import ToolConfig
@@ -81,6 +82,10 @@ class EngineSpec(WireModel):
     #: A stream that sends nothing for this long is treated as stalled and the step retried.
     stream_idle_timeout_seconds: float = Field(default=180.0, gt=0)
     llm_retry: RetrySpec = RetrySpec(maximum_attempts=5)
+    #: The model's input window in tokens; None: the worker's table (`geppetto_temporal.context`).
+    context_window: int | None = Field(default=None, ge=1)
+    #: How requests are kept inside the window (docs/context.md).
+    context_policy: ContextPolicy = ContextPolicy()
     #: Provider-specific request parameters passed through unchanged.
     extra: dict[str, Any] = Field(default_factory=dict)
 

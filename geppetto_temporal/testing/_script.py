@@ -47,6 +47,9 @@ _PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TOOL_RESULT_N_RE = re.compile(r"tool_result_(\d+)")
 _SIMPLE_PLACEHOLDERS = frozenset({"last_user", "tool_results"})
 
+#: The scripted model's tokenizer: this many characters make a token (about right for English).
+CHARS_PER_TOKEN = 4
+
 # Counted per tool call for the default completion_tokens: a tool call always costs something.
 _TOKENS_PER_TOOL_CALL = 10
 
@@ -131,6 +134,16 @@ class NormalizedRequest:
     def tool_results(self) -> list[str]:
         """Contents of the tool messages after the last user message, in order."""
         return [m.text for m in self.since_last_user if m.role == "tool"]
+
+    @property
+    def estimated_tokens(self) -> int:
+        """Input tokens by the scripted model's count: ``CHARS_PER_TOKEN`` characters a token
+        over every message's text and its tool calls' names and arguments, rounded up."""
+        chars = 0
+        for m in self.messages:
+            chars += len(m.text)
+            chars += sum(len(c.name) + len(c.arguments) for c in m.tool_calls)
+        return -(-chars // CHARS_PER_TOKEN)
 
     @property
     def word_count(self) -> int:
@@ -433,6 +446,10 @@ class Script(_StrictModel):
     name: str | None = None
     description: str | None = None
     models: list[str] | None = None
+    #: The scripted model's context window in tokens (``NormalizedRequest.estimated_tokens``):
+    #: a longer request gets HTTP 400 ``context_length_exceeded`` (each wire's own form), and
+    #: replies report that estimate as their prompt tokens. None: no window.
+    context_window: int | None = Field(default=None, ge=1)
     rules: list[Rule]
 
     @classmethod
@@ -546,6 +563,8 @@ class ErrorReply:
     retry_after_ms: int | None = None
     #: The server appends the request's headers to ``message`` when it sends the error.
     echo_headers: bool = False
+    #: For a context-length error, (the request's tokens, the window): each wire words it its own way.
+    context: tuple[int, int] | None = None
 
     def headers(self) -> dict[str, str]:
         h: dict[str, str] = {}
@@ -604,7 +623,9 @@ def _tool_call_id(fingerprint: str, index: int) -> str:
     return f"call_{digest[:24]}"
 
 
-def _render_reply(spec: ReplySpec, request: NormalizedRequest) -> Reply:
+def _render_reply(
+    spec: ReplySpec, request: NormalizedRequest, prompt_tokens: int | None = None
+) -> Reply:
     text = render_template(spec.text, request) if spec.text is not None else None
     calls = tuple(
         ReplyToolCall(
@@ -622,7 +643,7 @@ def _render_reply(spec: ReplySpec, request: NormalizedRequest) -> Reply:
             digest = hashlib.sha256(f"{request.fingerprint}:{summary}".encode()).hexdigest()
             encrypted = f"gAAAAA{digest}"
         reasoning = ReplyReasoning(summary=summary, encrypted_content=encrypted)
-    prompt = request.word_count
+    prompt = request.word_count if prompt_tokens is None else prompt_tokens
     cached = cache_creation = 0
     thinking = len(reasoning.summary.split()) if reasoning is not None else 0
     if spec.usage is not None and spec.usage.reasoning_tokens is not None:
@@ -672,6 +693,25 @@ class ScriptRunner:
         return None
 
     def plan(self, request: NormalizedRequest) -> Plan:
+        window = self.script.context_window
+        tokens = request.estimated_tokens if window is not None else None
+        if window is not None and tokens is not None and tokens > window:
+            # Like a real model: refused before any rule is looked at, and never counted as a
+            # rule's request (a retry of a shorter conversation is a new conversation anyway).
+            return Plan(
+                rule_name=None,
+                error=ErrorReply(
+                    status=400,
+                    message=(
+                        f"This model's maximum context length is {window} tokens. However, your "
+                        f"messages resulted in {tokens} tokens. Please reduce the length of the "
+                        "messages."
+                    ),
+                    type="invalid_request_error",
+                    code="context_length_exceeded",
+                    context=(tokens, window),
+                ),
+            )
         found = self.match(request)
         if found is None:
             last_user = request.last_user_text
@@ -725,7 +765,7 @@ class ScriptRunner:
             )
         return Plan(
             rule_name=rule_name,
-            reply=_render_reply(spec, request),
+            reply=_render_reply(spec, request, tokens),
             delay=fault_delay + spec.delay,
             cut_after_chunks=fault.cut_after_chunks if fault is not None else None,
             stall_after_chunks=fault.stall_after_chunks if fault is not None else None,

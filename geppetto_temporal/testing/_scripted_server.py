@@ -608,7 +608,11 @@ class AnthropicMessagesWire:
         etype = error.type or self._ERROR_TYPES.get(
             error.status, "api_error" if error.status >= 500 else "invalid_request_error"
         )
-        return {"type": "error", "error": {"type": etype, "message": error.message}}
+        message = error.message
+        if error.context is not None:
+            # Anthropic's form: no code, only the message.
+            message = f"prompt is too long: {error.context[0]} tokens > {error.context[1]} maximum"
+        return {"type": "error", "error": {"type": etype, "message": message}}
 
     def encode_stream_error(self, error: ErrorReply) -> SSEEvent:
         return SSEEvent(_json(self.encode_error(error)), event="error")
@@ -942,7 +946,14 @@ class ResponsesWire:
         yield event("response.completed", {"response": final})
 
     def encode_error(self, error: ErrorReply) -> dict[str, Any]:
-        return _CHAT_WIRE.encode_error(error)
+        body = _CHAT_WIRE.encode_error(error)
+        if error.context is not None:
+            body["error"]["message"] = (
+                "Your input exceeds the context window of this model. "
+                "Please adjust your input and try again."
+            )
+            body["error"]["param"] = "input"
+        return body
 
     def encode_stream_error(self, error: ErrorReply) -> SSEEvent:
         """A ``response.failed`` event carrying the error's ``code`` (how clients decide to retry)."""
