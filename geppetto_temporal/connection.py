@@ -21,6 +21,7 @@ from temporalio.converter import (
 )
 from temporalio.envconfig import ClientConfig
 
+from geppetto_temporal._core_logs import forwarding_runtime
 from geppetto_temporal._wire import WireModel
 from geppetto_temporal.codec import (
     CompressionCodec,
@@ -144,6 +145,9 @@ async def connect(
         from geppetto_temporal.observability import prometheus_runtime
 
         config["runtime"] = prometheus_runtime(metrics_address)
+    if "runtime" not in config:
+        # Not the SDK's default runtime: it prints the core's warnings on stdout.
+        config["runtime"] = forwarding_runtime()
     if tracing is None:
         from geppetto_temporal.observability import tracing_enabled_from_env
 

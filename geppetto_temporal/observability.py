@@ -43,6 +43,7 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
+from geppetto_temporal._core_logs import core_logging
 from geppetto_temporal._redact import redact
 from geppetto_temporal.activities._models import (
     LLM_STEP_ACTIVITY,
@@ -143,7 +144,11 @@ def prometheus_runtime(
             )
             try:
                 runtime = Runtime(
-                    telemetry=TelemetryConfig(metrics=config, global_tags=dict(global_tags or {}))
+                    telemetry=TelemetryConfig(
+                        metrics=config,
+                        global_tags=dict(global_tags or {}),
+                        logging=core_logging(),
+                    )
                 )
             except ValueError as err:
                 raise ConfigurationError(f"cannot serve metrics on {bind_address}: {err}") from None

@@ -76,9 +76,10 @@ def shutdown_temporal_runtime() -> bool:
     holder: Any = getattr(temporalio.runtime, "_runtime_ref", None)
     if holder is not None and hasattr(holder, "_default_runtime"):
         holder._default_runtime = None
-    from geppetto_temporal import observability
+    from geppetto_temporal import _core_logs, observability
 
     observability.forget_prometheus_runtimes()
+    _core_logs.forget_runtime()
     gc.collect()
     left = temporal_runtime_threads()
     if left:
