@@ -44,6 +44,8 @@ from geppetto_temporal._subscribe import POLL_COOLDOWN, follow_inference
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.errors import (
+    ApprovalNotPendingError,
+    BudgetExceeded,
     ErrorType,
     GeppettoError,
     InferenceCancelled,
@@ -62,11 +64,13 @@ from geppetto_temporal.workflows._models import (
     DEFAULT_TASK_QUEUE,
     SESSION_FEATURES,
     SESSION_WORKFLOW,
+    ApprovalDecision,
     BlockRange,
     CancelInferenceRequest,
     CloseRequest,
     InferenceInput,
     InferenceResult,
+    PendingApproval,
     SessionInput,
     SessionStatus,
     SessionSummary,
@@ -293,7 +297,8 @@ class ExecutionHandle:
     async def wait(self) -> Turn:
         """Wait for the inference and return its turn.
 
-        Raises `InferenceCancelled`, `InferenceFailed` or `MaxIterationsReached`,
+        Raises `InferenceCancelled`, `InferenceFailed` (`BudgetExceeded` when a
+        budget stopped it) or `MaxIterationsReached`,
         each carrying the partial turn in `.turn`. When it returns, the session
         has recorded the turn: `turns()` shows it and the next prompt is accepted.
         """
@@ -304,6 +309,7 @@ class ExecutionHandle:
         error_class = {
             InferenceStatus.CANCELLED: InferenceCancelled,
             InferenceStatus.MAX_ITERATIONS: MaxIterationsReached,
+            InferenceStatus.BUDGET_EXCEEDED: BudgetExceeded,
         }.get(result.status, InferenceFailed)
         raise error_class(message.rstrip(": "), turn=turn, inference_id=self.inference_id)
 
@@ -399,6 +405,65 @@ class ExecutionHandle:
                 raise SessionNotFoundError(
                     f"no inference {self.inference_id}", session_id=self.session_id
                 ) from err
+
+    async def pending_approvals(self) -> list[PendingApproval]:
+        """The tool calls waiting for a person's decision (docs/approvals.md); [] once it ended."""
+        await self._exists_now()
+        try:
+            pending: list[PendingApproval] = await self._handle.query(
+                "pending_approvals", result_type=list[PendingApproval]
+            )
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND and not await self.exists():
+                raise SessionNotFoundError(
+                    f"no inference {self.inference_id}", session_id=self.session_id
+                ) from err
+            raise
+        return [p.model_copy(update={"inference_id": self.inference_id}) for p in pending]
+
+    async def approve(self, call_id: str, *, remember: bool = False) -> None:
+        """Let a waiting tool call run; returns once the inference accepted the decision.
+
+        `remember=True` approves the tool's later calls for the rest of the session.
+        Raises `ApprovalNotPendingError` for a call that is not waiting (unknown,
+        already decided, or the inference ended).
+        """
+        await self._decide("approve", ApprovalDecision(call_id=call_id, remember=remember))
+
+    async def deny(self, call_id: str, *, reason: str = "denied by a person") -> None:
+        """Refuse a waiting tool call: it never runs, and the model gets `reason` as its error.
+
+        Raises `ApprovalNotPendingError` for a call that is not waiting.
+        """
+        await self._decide("deny", ApprovalDecision(call_id=call_id, reason=reason))
+
+    async def _decide(self, update: str, decision: ApprovalDecision) -> None:
+        await self._exists_now()
+        not_pending = ApprovalNotPendingError(
+            f"tool call {decision.call_id!r} of inference {self.inference_id} is not waiting "
+            "for a decision (unknown, already decided, or the inference ended)",
+            inference_id=self.inference_id,
+            call_id=decision.call_id,
+        )
+        try:
+            await self._handle.execute_update(update, decision, id=_update_id())
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == ErrorType.APPROVAL_NOT_PENDING:
+                raise not_pending from err
+            raise InferenceFailed(
+                f"inference {self.inference_id}: {update} failed: {cause or err}",
+                turn=None,
+                inference_id=self.inference_id,
+            ) from err
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                if not await self.exists():
+                    raise SessionNotFoundError(
+                        f"no inference {self.inference_id}", session_id=self.session_id
+                    ) from err
+                raise not_pending from err  # the inference has ended
+            raise
 
     async def exists(self) -> bool:
         """Whether the inference's workflow exists (it may not have started yet)."""
