@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
 from geppetto_temporal import BlockKind, ExecutionHandle, InferenceStatus
 from geppetto_temporal.errors import ApprovalNotPendingError, BudgetExceeded, InferenceCancelled
@@ -275,3 +280,70 @@ async def test_each_budget_stops_the_loop_with_budget_exceeded(
         assert str(uses[-1].payload[PayloadKey.ERROR]).startswith("not run: budget exceeded")
         assert all(PayloadKey.ERROR not in u.payload for u in uses[:-1]), name
         assert (turn.metadata.error or "").startswith("budget exceeded: "), name
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+_SCRIPT = Path(sys.executable).with_name("geppetto")
+GEPPETTO = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "geppetto_temporal.cli"]
+
+
+async def test_cli_lists_approves_and_denies(
+    new_session: Any, temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TEMPORAL_", "GEPPETTO_", "OPENAI_", "ANTHROPIC_"))
+    }
+    # A pure client of the tests' server: the in-process test worker runs the workflows.
+    env.update(
+        TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+        GEPPETTO_HOME=str(tmp_path / "home"),
+        COLUMNS="200",
+    )
+
+    def geppetto(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*GEPPETTO, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            stdin=subprocess.DEVNULL,
+        )
+
+    a, b = key(), key()
+    session, _ = await new_session(
+        calls_then_answer(guarded(a), guarded(b), answer="Saw {tool_results}")
+    )
+    handle = await session.start_inference("two things")
+    waiting = await pending(handle, 2)
+    # By session id: its running inference's calls.
+    listed = await asyncio.to_thread(geppetto, "approvals", session.session_id, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(p["call_id"], p["tool"]) for p in json.loads(listed.stdout)] == [
+        (w.call_id, "guarded_tool") for w in waiting
+    ]
+    shown = await asyncio.to_thread(geppetto, "approvals", handle.inference_id)
+    assert shown.returncode == 0, shown.stderr
+    assert [line.split()[1] for line in shown.stdout.splitlines()] == [w.call_id for w in waiting]
+    ok = await asyncio.to_thread(
+        geppetto, "approve", handle.inference_id, waiting[0].call_id, "--remember"
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert f"approved {waiting[0].call_id}" in ok.stdout
+    no = await asyncio.to_thread(
+        geppetto, "deny", session.session_id, waiting[1].call_id, "--reason", "no way"
+    )
+    assert no.returncode == 0, no.stderr
+    turn = await handle.wait()
+    uses = tool_uses(turn.blocks)
+    assert uses[0].payload[PayloadKey.RESULT] == {"done": a}
+    assert uses[1].payload[PayloadKey.ERROR] == "denied: no way"
+    assert (await handle.result()).approved_tools == ["guarded_tool"]
+    # A decision on a call that no longer waits: one error line, exit 1, no traceback.
+    again = await asyncio.to_thread(geppetto, "deny", handle.inference_id, waiting[0].call_id)
+    assert again.returncode == 1
+    [line] = [x for x in again.stderr.splitlines() if x.strip()]
+    assert line.startswith("error: ") and "is not waiting for a decision" in line, line
