@@ -52,6 +52,7 @@ from geppetto_temporal.errors import (
     InferenceFailed,
     InvalidPromptError,
     MaxIterationsReached,
+    NotPausedError,
     PromptTooLargeError,
     SessionBusyError,
     SessionClosedError,
@@ -68,6 +69,7 @@ from geppetto_temporal.workflows._models import (
     BlockRange,
     CancelInferenceRequest,
     CloseRequest,
+    ContinueStep,
     InferenceInput,
     InferenceResult,
     PendingApproval,
@@ -77,6 +79,7 @@ from geppetto_temporal.workflows._models import (
     SessionTranscript,
     StartInferenceRequest,
     StartInferenceResponse,
+    StepPause,
     SubmitPromptRequest,
     inference_workflow_id,
     session_id_of,
@@ -436,6 +439,36 @@ class ExecutionHandle:
         Raises `ApprovalNotPendingError` for a call that is not waiting.
         """
         await self._decide("deny", ApprovalDecision(call_id=call_id, reason=reason))
+
+    async def paused(self) -> StepPause | None:
+        """Step mode: where the loop waits for `continue_step`, or None (docs/approvals.md)."""
+        await self._exists_now()
+        pause: StepPause | None = await self._handle.query("paused", result_type=StepPause | None)
+        return pause
+
+    async def continue_step(self, pause_id: str | None = None) -> None:
+        """Step mode: let the paused loop go on; returns once the inference accepted it.
+
+        With `pause_id`, only from that pause (`paused()` / the `debugger-pause` event),
+        so a stale click cannot release a later pause. Raises `NotPausedError` otherwise.
+        """
+        await self._exists_now()
+        try:
+            await self._handle.execute_update(
+                "continue_step", ContinueStep(pause_id=pause_id), id=_update_id()
+            )
+        except (WorkflowUpdateFailedError, RPCError) as err:
+            cause = err.cause if isinstance(err, WorkflowUpdateFailedError) else None
+            ended = isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND
+            if ended or (
+                isinstance(cause, ApplicationError) and cause.type == ErrorType.NOT_PAUSED
+            ):
+                message = cause.message if isinstance(cause, ApplicationError) else "it has ended"
+                raise NotPausedError(
+                    f"inference {self.inference_id} cannot continue: {message}",
+                    inference_id=self.inference_id,
+                ) from err
+            raise
 
     async def _decide(self, update: str, decision: ApprovalDecision) -> None:
         await self._exists_now()

@@ -37,6 +37,7 @@ class ErrorType:
     TOOL_TIMEOUT = "ToolTimeout"
     PROMPT_TOO_LARGE = "PromptTooLarge"
     APPROVAL_NOT_PENDING = "ApprovalNotPending"
+    NOT_PAUSED = "NotPaused"
 
 
 class GeppettoError(Exception):
@@ -137,3 +138,11 @@ class ApprovalNotPendingError(GeppettoError):
         super().__init__(message)
         self.inference_id = inference_id
         self.call_id = call_id
+
+
+class NotPausedError(GeppettoError):
+    """`continue_step` on an inference that is not paused (or paused elsewhere than named)."""
+
+    def __init__(self, message: str, *, inference_id: str) -> None:
+        super().__init__(message)
+        self.inference_id = inference_id

@@ -175,6 +175,18 @@ class ApprovalDecidedEvent(_Event):
     remember: bool = False
 
 
+class DebuggerPauseEvent(_Event):
+    """Step mode: the loop paused and waits for `continue_step` (geppetto's `debugger.pause`)."""
+
+    type: Literal["debugger-pause"] = "debugger-pause"
+    pause_id: str
+    #: `after_inference` (the model asked for tools, which have not run) or `after_tools`.
+    phase: Literal["after_inference", "after_tools"]
+    summary: str = ""
+    #: When it continues by itself (the engine's auto-continue); absent: it waits.
+    deadline: datetime | None = None
+
+
 class InferenceFinishedEvent(_Event):
     """The inference ended; always the last event of its stream."""
 
@@ -241,6 +253,7 @@ Event = Annotated[
     | ToolCallExecutionResultEvent
     | ApprovalRequestedEvent
     | ApprovalDecidedEvent
+    | DebuggerPauseEvent
     | InferenceFinishedEvent
     | ContextCompactedEvent
     | InfoEvent

@@ -1,4 +1,4 @@
-"""Human in the loop: tool approvals (approve, deny, remember, deadline, cancel) and budgets."""
+"""Human in the loop: tool approvals (approve, deny, remember, deadline, cancel), budgets, step mode."""
 
 from __future__ import annotations
 
@@ -16,12 +16,21 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from geppetto_temporal import BlockKind, ExecutionHandle, InferenceStatus
-from geppetto_temporal.errors import ApprovalNotPendingError, BudgetExceeded, InferenceCancelled
-from geppetto_temporal.events import ApprovalDecidedEvent, ApprovalRequestedEvent
+from geppetto_temporal.errors import (
+    ApprovalNotPendingError,
+    BudgetExceeded,
+    InferenceCancelled,
+    NotPausedError,
+)
+from geppetto_temporal.events import (
+    ApprovalDecidedEvent,
+    ApprovalRequestedEvent,
+    DebuggerPauseEvent,
+)
 from geppetto_temporal.pricing import ModelPrice, price_table, set_price_table
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import Block, PayloadKey
-from geppetto_temporal.workflows._models import PendingApproval
+from geppetto_temporal.workflows._models import PendingApproval, StepPause
 from tests import toolbox
 from tests.scripts import calls_then_answer
 
@@ -347,3 +356,78 @@ async def test_cli_lists_approves_and_denies(
     assert again.returncode == 1
     [line] = [x for x in again.stderr.splitlines() if x.strip()]
     assert line.startswith("error: ") and "is not waiting for a decision" in line, line
+
+
+# ---- step mode ---------------------------------------------------------------------------------
+
+
+async def paused_at(handle: ExecutionHandle, pause_id: str) -> StepPause:
+    for _ in range(600):
+        pause = await handle.paused()
+        if pause is not None and pause.pause_id == pause_id:
+            return pause
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{handle.inference_id}: never paused at {pause_id}")
+
+
+async def test_step_mode_pauses_after_the_step_and_after_the_tools(new_session: Any) -> None:
+    k = f"step-{key()}"
+    session, _ = await new_session(
+        calls_then_answer(
+            {"name": "blocking_tool", "arguments": {"key": k, "seconds": 0}},
+            answer="Saw {tool_results}",
+        ),
+        configure=lambda b: b.step_mode(),
+    )
+    handle = await session.start_inference("step through")
+    first = await paused_at(handle, "after_inference:1")
+    assert first.phase == "after_inference" and "blocking_tool" in first.summary
+    assert first.deadline is None
+    # Paused before the tool: it has not run.
+    assert k not in toolbox.STARTED
+    with pytest.raises(NotPausedError):
+        await handle.continue_step("after_tools:1")  # not where it is paused
+    await handle.continue_step("after_inference:1")
+    await paused_at(handle, "after_tools:1")
+    assert k in toolbox.STARTED
+    await handle.continue_step()
+    turn = await handle.wait()
+    assert turn.last_text == 'Saw {"slept": 0.0}'
+    pauses = [e async for e in handle.events() if isinstance(e, DebuggerPauseEvent)]
+    assert [(e.pause_id, e.phase) for e in pauses] == [
+        ("after_inference:1", "after_inference"),
+        ("after_tools:1", "after_tools"),
+    ]
+    with pytest.raises(NotPausedError):
+        await handle.continue_step()
+
+
+async def test_step_mode_auto_continues_and_cancel_while_paused(new_session: Any) -> None:
+    script = calls_then_answer(
+        {"name": "calculate", "arguments": {"expression": "6 * 7"}}, answer="Saw {tool_results}"
+    )
+
+    async def auto() -> None:
+        session, _ = await new_session(
+            script, configure=lambda b: b.step_mode(auto_continue_seconds=0.5)
+        )
+        handle = await session.start_inference("auto")
+        turn = await handle.wait()  # nobody continues: each pause ends by itself
+        assert turn.last_text == 'Saw {"expression": "6 * 7", "result": 42}'
+        pauses = [e async for e in handle.events() if isinstance(e, DebuggerPauseEvent)]
+        assert [e.phase for e in pauses] == ["after_inference", "after_tools"]
+        assert all(e.deadline is not None for e in pauses)
+
+    async def cancel() -> None:
+        session, _ = await new_session(script, configure=lambda b: b.step_mode())
+        handle = await session.start_inference("cancel")
+        await paused_at(handle, "after_inference:1")
+        await handle.cancel()
+        with pytest.raises(InferenceCancelled) as info:
+            await handle.wait()
+        turn = info.value.turn
+        assert turn is not None
+        [use] = tool_uses(turn.blocks)
+        assert use.payload[PayloadKey.ERROR] == "cancelled before it ran"
+
+    await asyncio.gather(auto(), cancel())

@@ -140,6 +140,16 @@ class EngineBuilder:
             max_tool_calls=max_tool_calls,
         )
 
+    def step_mode(
+        self, enabled: bool = True, *, auto_continue_seconds: float | None = None
+    ) -> EngineBuilder:
+        """Pause the tool loop after each LLM step that asks for tools and after the tools ran.
+
+        Each pause emits `debugger-pause` and waits for `ExecutionHandle.continue_step()`,
+        or continues by itself after `auto_continue_seconds` when set.
+        """
+        return self._with(step_mode=enabled, step_auto_continue_seconds=auto_continue_seconds)
+
     def max_iterations(self, n: int) -> EngineBuilder:
         """Most LLM calls in one inference's tool loop (default 5)."""
         return self._with(max_iterations=n)

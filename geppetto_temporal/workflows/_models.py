@@ -323,6 +323,22 @@ class ApprovalDecision(WireModel):
     reason: str | None = None
 
 
+class StepPause(WireModel):
+    """Where a loop in step mode is paused (the `paused` query)."""
+
+    pause_id: str
+    phase: str
+    summary: str = ""
+    paused_at: datetime
+    deadline: datetime | None = None
+
+
+class ContinueStep(WireModel):
+    """The `continue_step` update's argument: continue from this pause (None: whichever it is)."""
+
+    pause_id: str | None = None
+
+
 class InferenceBlocksInput(WireModel):
     """Blocks `start:end` of an inference that continued as new, read from its earlier runs."""
 

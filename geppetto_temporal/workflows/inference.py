@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         EVENTS_TOPIC,
         ApprovalDecidedEvent,
         ApprovalRequestedEvent,
+        DebuggerPauseEvent,
         ErrorEvent,
         EventMeta,
         FinalEvent,
@@ -69,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         LIVE_DELTAS,
         ApprovalDecision,
         BlockRange,
+        ContinueStep,
         InferenceBlocks,
         InferenceBlocksInput,
         InferenceCarry,
@@ -76,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
         InferenceResult,
         InferenceRun,
         PendingApproval,
+        StepPause,
     )
 
 # The activity enforces the tool's own timeout precisely; Temporal's timeout is
@@ -107,6 +110,10 @@ def partial_text(err: ActivityError) -> str | None:
         if isinstance(first, str):
             return first
     return None
+
+
+def _call_names(calls: list[Block]) -> str:
+    return ", ".join(str(c.payload.get(PayloadKey.NAME, "")) for c in calls)
 
 
 def _tool_call(block: Block) -> ToolCall:
@@ -164,6 +171,9 @@ class InferenceWorkflow:
         #: Tool names approved for the rest of the session in this inference.
         self._remembered: list[str] = list(carry.approved_tools) if carry else []
         self._tool_calls = carry.tool_calls if carry else 0
+        # Step mode: where the loop is paused, and whether `continue_step` released it.
+        self._pause: StepPause | None = None
+        self._continued = False
 
     def _emit(
         self,
@@ -237,6 +247,27 @@ class InferenceWorkflow:
     @deny.validator
     def _validate_deny(self, decision: ApprovalDecision) -> None:
         self._check_pending(decision)
+
+    @workflow.query(name="paused")
+    def paused(self) -> StepPause | None:
+        """Where the loop waits in step mode, or None."""
+        return None if self._continued else self._pause
+
+    @workflow.update(name="continue_step")
+    def continue_step(self, request: ContinueStep) -> None:
+        """Release the loop from its step-mode pause."""
+        self._continued = True
+
+    @continue_step.validator
+    def _validate_continue_step(self, request: ContinueStep) -> None:
+        pause = None if self._continued else self._pause
+        if pause is None or request.pause_id not in (None, pause.pause_id):
+            where = f"paused at {pause.pause_id}" if pause else "not paused"
+            raise ApplicationError(
+                f"cannot continue from {request.pause_id or 'the current pause'}: the inference is {where}",
+                type=ErrorType.NOT_PAUSED,
+                non_retryable=True,
+            )
 
     @workflow.query(name="runs")
     def runs(self) -> list[InferenceRun]:
@@ -334,6 +365,14 @@ class InferenceWorkflow:
                 status, error = InferenceStatus.BUDGET_EXCEEDED, over
                 break
             self._tool_calls += len(calls)
+            if spec.step_mode and not await self._step_pause(
+                spec, "after_inference", step, f"{len(calls)} tool call(s): {_call_names(calls)}"
+            ):
+                blocks.extend(
+                    tool_use_block(c.call_id or "", error="cancelled before it ran") for c in calls
+                )
+                status = InferenceStatus.CANCELLED
+                break
             results, abort_reason, cancelled = await self._run_tools(
                 input, spec, calls, result.tool_options
             )
@@ -343,6 +382,11 @@ class InferenceWorkflow:
                 break
             if abort_reason is not None:
                 status, error = InferenceStatus.FAILED, abort_reason
+                break
+            if spec.step_mode and not await self._step_pause(
+                spec, "after_tools", step, f"{len(results)} tool result(s)"
+            ):
+                status = InferenceStatus.CANCELLED
                 break
             if step < spec.max_iterations and self._time_for_a_new_run(spec, step - first_step + 1):
                 try:
@@ -402,6 +446,44 @@ class InferenceWorkflow:
                 f"max_tool_calls is {spec.max_tool_calls}"
             )
         return None
+
+    async def _step_pause(self, spec: EngineSpec, phase: str, step: int, summary: str) -> bool:
+        """Step mode: wait for `continue_step` (or the auto-continue); False if cancelled.
+
+        Only engines in step mode pause, so histories recorded without it replay as they ran.
+        """
+        timeout = spec.step_auto_continue_seconds
+        now = workflow.now()
+        deadline = now + timedelta(seconds=timeout) if timeout is not None else None
+        self._pause = StepPause(
+            pause_id=f"{phase}:{step}",
+            phase=phase,
+            summary=summary,
+            paused_at=now,
+            deadline=deadline,
+        )
+        self._continued = False
+        self._emit(
+            DebuggerPauseEvent(
+                pause_id=self._pause.pause_id,
+                phase="after_inference" if phase == "after_inference" else "after_tools",
+                summary=summary,
+                deadline=deadline,
+            ),
+            step=step,
+        )
+        try:
+            await workflow.wait_condition(
+                lambda: self._continued or self._cancel_requested,
+                timeout=timedelta(seconds=timeout) if timeout is not None else None,
+            )
+        except builtins.TimeoutError:  # auto-continue
+            pass
+        except asyncio.CancelledError:
+            return False
+        finally:
+            self._pause = None
+        return not self._cancel_requested
 
     def _needs_approval(self, spec: EngineSpec, name: str, opts: ToolActivityOptions) -> bool:
         # Decided by the recorded step result and the engine, so replay takes the same path.
