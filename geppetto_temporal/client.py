@@ -443,8 +443,9 @@ class ExecutionHandle:
     async def paused(self) -> StepPause | None:
         """Step mode: where the loop waits for `continue_step`, or None (docs/approvals.md)."""
         await self._exists_now()
-        pause: StepPause | None = await self._handle.query("paused", result_type=StepPause | None)
-        return pause
+        # Decoded untyped (a JSON object or null), then validated: `result_type` takes no unions.
+        raw = await self._handle.query("paused")
+        return StepPause.model_validate(raw) if raw is not None else None
 
     async def continue_step(self, pause_id: str | None = None) -> None:
         """Step mode: let the paused loop go on; returns once the inference accepted it.
