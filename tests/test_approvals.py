@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from geppetto_temporal import BlockKind, ExecutionHandle, InferenceStatus
@@ -30,9 +31,11 @@ from geppetto_temporal.events import (
 from geppetto_temporal.pricing import ModelPrice, price_table, set_price_table
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import Block, PayloadKey
+from geppetto_temporal.worker._worker import WORKFLOWS
 from geppetto_temporal.workflows._models import PendingApproval, StepPause
 from tests import toolbox
 from tests.scripts import calls_then_answer
+from tests.test_replay import replayer
 
 
 def guarded(key: str) -> dict[str, Any]:
@@ -55,6 +58,14 @@ async def pending(handle: ExecutionHandle, count: int = 1) -> list[PendingApprov
             return waiting
         await asyncio.sleep(0.05)
     pytest.fail(f"{handle.inference_id}: never {count} pending approvals")
+
+
+async def assert_replays(*handles: WorkflowHandle[Any, Any]) -> None:
+    """The recorded histories replay on a replayer configured like the worker."""
+    for handle in handles:
+        history = await handle.fetch_history()
+        result = await replayer(WORKFLOWS).replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, (handle.id, result.replay_failure)
 
 
 async def history_length(handle: ExecutionHandle) -> int:
@@ -152,6 +163,7 @@ async def test_parallel_calls_are_decided_each_on_its_own_in_call_order(
     assert uses[2].payload[PayloadKey.RESULT] == {"done": c}
     assert (toolbox.GUARDED_RUNS.get(a), toolbox.GUARDED_RUNS.get(b)) == (1, None)
     assert toolbox.GUARDED_RUNS.get(c) == 1
+    await assert_replays(handle.workflow_handle)
 
 
 async def test_approve_and_remember_for_the_rest_of_the_session(new_session: Any) -> None:
@@ -184,6 +196,7 @@ async def test_approve_and_remember_for_the_rest_of_the_session(new_session: Any
     assert toolbox.GUARDED_RUNS[second] == 1
     assert tool_uses(turn.blocks)[-1].payload[PayloadKey.RESULT] == {"done": second}
     assert not [e async for e in again.events() if isinstance(e, ApprovalRequestedEvent)]
+    await assert_replays(handle.workflow_handle, again.workflow_handle, session.workflow_handle)
 
 
 async def test_an_undecided_call_is_denied_at_the_deadline(new_session: Any) -> None:
@@ -400,6 +413,7 @@ async def test_step_mode_pauses_after_the_step_and_after_the_tools(new_session: 
     ]
     with pytest.raises(NotPausedError):
         await handle.continue_step()
+    await assert_replays(handle.workflow_handle)
 
 
 async def test_step_mode_auto_continues_and_cancel_while_paused(new_session: Any) -> None:
