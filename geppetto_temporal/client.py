@@ -424,21 +424,21 @@ class ExecutionHandle:
             raise
         return [p.model_copy(update={"inference_id": self.inference_id}) for p in pending]
 
-    async def approve(self, call_id: str, *, remember: bool = False) -> None:
+    async def approve(self, call_id: str, *, remember: bool = False) -> PendingApproval:
         """Let a waiting tool call run; returns once the inference accepted the decision.
 
         `remember=True` approves the tool's later calls for the rest of the session.
         Raises `ApprovalNotPendingError` for a call that is not waiting (unknown,
-        already decided, or the inference ended).
+        already decided, or the inference ended). Returns the call it approved.
         """
-        await self._decide("approve", ApprovalDecision(call_id=call_id, remember=remember))
+        return await self._decide("approve", ApprovalDecision(call_id=call_id, remember=remember))
 
-    async def deny(self, call_id: str, *, reason: str = "denied by a person") -> None:
+    async def deny(self, call_id: str, *, reason: str = "denied by a person") -> PendingApproval:
         """Refuse a waiting tool call: it never runs, and the model gets `reason` as its error.
 
-        Raises `ApprovalNotPendingError` for a call that is not waiting.
+        Raises `ApprovalNotPendingError` for a call that is not waiting. Returns the call it denied.
         """
-        await self._decide("deny", ApprovalDecision(call_id=call_id, reason=reason))
+        return await self._decide("deny", ApprovalDecision(call_id=call_id, reason=reason))
 
     async def paused(self) -> StepPause | None:
         """Step mode: where the loop waits for `continue_step`, or None (docs/approvals.md)."""
@@ -447,16 +447,20 @@ class ExecutionHandle:
         raw = await self._handle.query("paused")
         return StepPause.model_validate(raw) if raw is not None else None
 
-    async def continue_step(self, pause_id: str | None = None) -> None:
+    async def continue_step(self, pause_id: str | None = None) -> StepPause:
         """Step mode: let the paused loop go on; returns once the inference accepted it.
 
         With `pause_id`, only from that pause (`paused()` / the `debugger-pause` event),
         so a stale click cannot release a later pause. Raises `NotPausedError` otherwise.
+        Returns the pause it ended.
         """
         await self._exists_now()
         try:
-            await self._handle.execute_update(
-                "continue_step", ContinueStep(pause_id=pause_id), id=_update_id()
+            pause: StepPause = await self._handle.execute_update(
+                "continue_step",
+                ContinueStep(pause_id=pause_id),
+                id=_update_id(),
+                result_type=StepPause,
             )
         except (WorkflowUpdateFailedError, RPCError) as err:
             cause = err.cause if isinstance(err, WorkflowUpdateFailedError) else None
@@ -470,8 +474,9 @@ class ExecutionHandle:
                     inference_id=self.inference_id,
                 ) from err
             raise
+        return pause
 
-    async def _decide(self, update: str, decision: ApprovalDecision) -> None:
+    async def _decide(self, update: str, decision: ApprovalDecision) -> PendingApproval:
         await self._exists_now()
         not_pending = ApprovalNotPendingError(
             f"tool call {decision.call_id!r} of inference {self.inference_id} is not waiting "
@@ -480,7 +485,9 @@ class ExecutionHandle:
             call_id=decision.call_id,
         )
         try:
-            await self._handle.execute_update(update, decision, id=_update_id())
+            decided: PendingApproval = await self._handle.execute_update(
+                update, decision, id=_update_id(), result_type=PendingApproval
+            )
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             if isinstance(cause, ApplicationError) and cause.type == ErrorType.APPROVAL_NOT_PENDING:
@@ -498,6 +505,7 @@ class ExecutionHandle:
                     ) from err
                 raise not_pending from err  # the inference has ended
             raise
+        return decided.model_copy(update={"inference_id": self.inference_id})
 
     async def exists(self) -> bool:
         """Whether the inference's workflow exists (it may not have started yet)."""

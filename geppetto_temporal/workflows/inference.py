@@ -228,21 +228,29 @@ class InferenceWorkflow:
             )
 
     @workflow.update(name="approve")
-    def approve(self, decision: ApprovalDecision) -> None:
-        """Run a waiting tool call; with `remember`, the tool's later calls in the session too."""
+    def approve(self, decision: ApprovalDecision) -> PendingApproval:
+        """Run a waiting tool call; with `remember`, the tool's later calls in the session too.
+
+        Returns the call it decided.
+        """
         pending = self._pending[decision.call_id]
         if decision.remember and pending.tool not in self._remembered:
             self._remembered.append(pending.tool)
         self._decisions[decision.call_id] = (True, "remember" if decision.remember else None)
+        return pending
 
     @approve.validator
     def _validate_approve(self, decision: ApprovalDecision) -> None:
         self._check_pending(decision)
 
     @workflow.update(name="deny")
-    def deny(self, decision: ApprovalDecision) -> None:
-        """Answer a waiting tool call with an error carrying the reason; it never runs."""
+    def deny(self, decision: ApprovalDecision) -> PendingApproval:
+        """Answer a waiting tool call with an error carrying the reason; it never runs.
+
+        Returns the call it decided.
+        """
         self._decisions[decision.call_id] = (False, decision.reason or "no reason given")
+        return self._pending[decision.call_id]
 
     @deny.validator
     def _validate_deny(self, decision: ApprovalDecision) -> None:
@@ -254,9 +262,11 @@ class InferenceWorkflow:
         return None if self._continued else self._pause
 
     @workflow.update(name="continue_step")
-    def continue_step(self, request: ContinueStep) -> None:
-        """Release the loop from its step-mode pause."""
+    def continue_step(self, request: ContinueStep) -> StepPause:
+        """Release the loop from its step-mode pause; returns the pause it ended."""
         self._continued = True
+        assert self._pause is not None  # the validator saw it
+        return self._pause
 
     @continue_step.validator
     def _validate_continue_step(self, request: ContinueStep) -> None:
