@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from geppetto_temporal import BlockKind, ExecutionHandle, InferenceStatus
+from geppetto_temporal import BlockKind, EngineBuilder, ExecutionHandle, InferenceStatus, Session
 from geppetto_temporal.errors import (
     ApprovalNotPendingError,
     BudgetExceeded,
@@ -36,6 +36,7 @@ from geppetto_temporal.workflows._models import PendingApproval, StepPause
 from tests import toolbox
 from tests.scripts import calls_then_answer
 from tests.test_replay import replayer
+from tests.workers import WorkerProcs, activity_starts, unique_queue, within
 
 
 def guarded(key: str) -> dict[str, Any]:
@@ -445,3 +446,36 @@ async def test_step_mode_auto_continues_and_cancel_while_paused(new_session: Any
         assert use.payload[PayloadKey.ERROR] == "cancelled before it ran"
 
     await asyncio.gather(auto(), cancel())
+
+
+# ---- durability: real worker processes ---------------------------------------------------------
+
+
+async def test_a_pending_approval_survives_sigkill_and_a_decision_made_without_a_worker(
+    client: Client, model_server: ScriptedModelServer, worker_procs: WorkerProcs
+) -> None:
+    queue = unique_queue("approvals-crash")
+    first = await worker_procs.start(queue)
+    k = key()
+    base_url = model_server.add_script(calls_then_answer(guarded(k), answer="Saw {tool_results}"))
+    engine = EngineBuilder("openai:scripted").base_url(base_url).llm_activity(heartbeat_seconds=5)
+    session = await Session.create(client, engine, session_id=f"test-{key()}", task_queue=queue)
+    handle = await session.start_inference("do it")
+    [waiting] = await pending(handle)
+    first.kill()  # SIGKILL: no shutdown code runs
+    # Decided while no worker runs: the update waits for one, and is applied once.
+    decision = asyncio.create_task(handle.approve(waiting.call_id))
+    await asyncio.sleep(0.5)
+    assert not decision.done()
+    await worker_procs.start(queue)
+    decided = await within(decision, 60, "the approval to be applied", worker_procs.diagnostics)
+    assert decided.call_id == waiting.call_id
+    turn = await within(handle.wait(), 60, "the inference to finish", worker_procs.diagnostics)
+    [use] = tool_uses(turn.blocks)
+    assert use.payload[PayloadKey.RESULT] == {"done": k}
+    tool_runs = [
+        s for s in await activity_starts(handle.workflow_handle) if s[0] == "geppetto.tool_call"
+    ]
+    assert [attempt for _, _, attempt in tool_runs] == [1], tool_runs
+    with pytest.raises(ApprovalNotPendingError):
+        await handle.approve(waiting.call_id)
