@@ -264,9 +264,11 @@ class InferenceWorkflow:
     @workflow.update(name="continue_step")
     def continue_step(self, request: ContinueStep) -> StepPause:
         """Release the loop from its step-mode pause; returns the pause it ended."""
+        pause = self._pause
+        if pause is None:  # the validator refuses this; an exception fails only the update
+            raise ApplicationError("not paused", type=ErrorType.NOT_PAUSED, non_retryable=True)
         self._continued = True
-        assert self._pause is not None  # the validator saw it
-        return self._pause
+        return pause
 
     @continue_step.validator
     def _validate_continue_step(self, request: ContinueStep) -> None:
