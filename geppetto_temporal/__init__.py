@@ -11,6 +11,8 @@ from geppetto_temporal.connection import connect, data_converter
 from geppetto_temporal.context import ContextPolicy
 from geppetto_temporal.engines import Endpoint, EndpointRegistry, EngineBuilder, EngineSpec
 from geppetto_temporal.errors import (
+    ApprovalNotPendingError,
+    BudgetExceeded,
     ConfigurationError,
     GeppettoError,
     InferenceCancelled,
@@ -19,6 +21,7 @@ from geppetto_temporal.errors import (
     InvalidPromptError,
     InvalidSessionIdError,
     MaxIterationsReached,
+    NotPausedError,
     PromptTooLargeError,
     SessionBusyError,
     SessionClosedError,
@@ -42,8 +45,10 @@ from geppetto_temporal.worker import create_worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApprovalNotPendingError",
     "Block",
     "BlockKind",
+    "BudgetExceeded",
     "ConfigurationError",
     "ContextPolicy",
     "Endpoint",
@@ -59,6 +64,7 @@ __all__ = [
     "InvalidPromptError",
     "InvalidSessionIdError",
     "MaxIterationsReached",
+    "NotPausedError",
     "PromptTooLargeError",
     "Session",
     "SessionBusyError",

@@ -310,7 +310,11 @@ class ReplyPrinter:
 def _status_style(status: InferenceStatus | None) -> str:
     if status == InferenceStatus.CANCELLED:
         return "yellow"
-    if status in (InferenceStatus.FAILED, InferenceStatus.MAX_ITERATIONS):
+    if status in (
+        InferenceStatus.FAILED,
+        InferenceStatus.MAX_ITERATIONS,
+        InferenceStatus.BUDGET_EXCEEDED,
+    ):
         return "red"
     return "dim"
 
@@ -613,7 +617,11 @@ class Chat:
             pass
         if status == InferenceStatus.CANCELLED:
             self.note("[interrupted]", "yellow")
-        elif status in (InferenceStatus.FAILED, InferenceStatus.MAX_ITERATIONS):
+        elif status in (
+            InferenceStatus.FAILED,
+            InferenceStatus.MAX_ITERATIONS,
+            InferenceStatus.BUDGET_EXCEEDED,
+        ):
             self.error(error or status.value)
         elif not printer.text_seen and status == InferenceStatus.COMPLETED:
             self.note("(no text)")

@@ -21,6 +21,7 @@ from rich.text import Text
 from temporalio.client import Client
 
 from geppetto_temporal import _cli_errors, devserver
+from geppetto_temporal._cli_approvals import approvals_command, approve_command, deny_command
 from geppetto_temporal._cli_codec import codec_app, codec_server
 from geppetto_temporal._cli_errors import describe_validation as _describe_validation
 from geppetto_temporal._cli_schedule import schedule_app
@@ -785,6 +786,12 @@ def _options(
 ) -> None:
     if debug:
         _cli_errors.set_debug(True)
+
+
+# After the others, so `geppetto --help` lists them after the everyday commands.
+app.command("approvals")(approvals_command)
+app.command("approve")(approve_command)
+app.command("deny")(deny_command)
 
 
 def main() -> None:

@@ -44,12 +44,15 @@ from geppetto_temporal._subscribe import POLL_COOLDOWN, follow_inference
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.errors import (
+    ApprovalNotPendingError,
+    BudgetExceeded,
     ErrorType,
     GeppettoError,
     InferenceCancelled,
     InferenceFailed,
     InvalidPromptError,
     MaxIterationsReached,
+    NotPausedError,
     PromptTooLargeError,
     SessionBusyError,
     SessionClosedError,
@@ -62,17 +65,21 @@ from geppetto_temporal.workflows._models import (
     DEFAULT_TASK_QUEUE,
     SESSION_FEATURES,
     SESSION_WORKFLOW,
+    ApprovalDecision,
     BlockRange,
     CancelInferenceRequest,
     CloseRequest,
+    ContinueStep,
     InferenceInput,
     InferenceResult,
+    PendingApproval,
     SessionInput,
     SessionStatus,
     SessionSummary,
     SessionTranscript,
     StartInferenceRequest,
     StartInferenceResponse,
+    StepPause,
     SubmitPromptRequest,
     inference_workflow_id,
     session_id_of,
@@ -293,7 +300,8 @@ class ExecutionHandle:
     async def wait(self) -> Turn:
         """Wait for the inference and return its turn.
 
-        Raises `InferenceCancelled`, `InferenceFailed` or `MaxIterationsReached`,
+        Raises `InferenceCancelled`, `InferenceFailed` (`BudgetExceeded` when a
+        budget stopped it) or `MaxIterationsReached`,
         each carrying the partial turn in `.turn`. When it returns, the session
         has recorded the turn: `turns()` shows it and the next prompt is accepted.
         """
@@ -304,6 +312,7 @@ class ExecutionHandle:
         error_class = {
             InferenceStatus.CANCELLED: InferenceCancelled,
             InferenceStatus.MAX_ITERATIONS: MaxIterationsReached,
+            InferenceStatus.BUDGET_EXCEEDED: BudgetExceeded,
         }.get(result.status, InferenceFailed)
         raise error_class(message.rstrip(": "), turn=turn, inference_id=self.inference_id)
 
@@ -399,6 +408,104 @@ class ExecutionHandle:
                 raise SessionNotFoundError(
                     f"no inference {self.inference_id}", session_id=self.session_id
                 ) from err
+
+    async def pending_approvals(self) -> list[PendingApproval]:
+        """The tool calls waiting for a person's decision (docs/approvals.md); [] once it ended."""
+        await self._exists_now()
+        try:
+            pending: list[PendingApproval] = await self._handle.query(
+                "pending_approvals", result_type=list[PendingApproval]
+            )
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND and not await self.exists():
+                raise SessionNotFoundError(
+                    f"no inference {self.inference_id}", session_id=self.session_id
+                ) from err
+            raise
+        return [p.model_copy(update={"inference_id": self.inference_id}) for p in pending]
+
+    async def approve(self, call_id: str, *, remember: bool = False) -> PendingApproval:
+        """Let a waiting tool call run; returns once the inference accepted the decision.
+
+        `remember=True` approves the tool's later calls for the rest of the session.
+        Raises `ApprovalNotPendingError` for a call that is not waiting (unknown,
+        already decided, or the inference ended). Returns the call it approved.
+        """
+        return await self._decide("approve", ApprovalDecision(call_id=call_id, remember=remember))
+
+    async def deny(self, call_id: str, *, reason: str = "denied by a person") -> PendingApproval:
+        """Refuse a waiting tool call: it never runs, and the model gets `reason` as its error.
+
+        Raises `ApprovalNotPendingError` for a call that is not waiting. Returns the call it denied.
+        """
+        return await self._decide("deny", ApprovalDecision(call_id=call_id, reason=reason))
+
+    async def paused(self) -> StepPause | None:
+        """Step mode: where the loop waits for `continue_step`, or None (docs/approvals.md)."""
+        await self._exists_now()
+        # Decoded untyped (a JSON object or null), then validated: `result_type` takes no unions.
+        raw = await self._handle.query("paused")
+        return StepPause.model_validate(raw) if raw is not None else None
+
+    async def continue_step(self, pause_id: str | None = None) -> StepPause:
+        """Step mode: let the paused loop go on; returns once the inference accepted it.
+
+        With `pause_id`, only from that pause (`paused()` / the `debugger-pause` event),
+        so a stale click cannot release a later pause. Raises `NotPausedError` otherwise.
+        Returns the pause it ended.
+        """
+        await self._exists_now()
+        try:
+            pause: StepPause = await self._handle.execute_update(
+                "continue_step",
+                ContinueStep(pause_id=pause_id),
+                id=_update_id(),
+                result_type=StepPause,
+            )
+        except (WorkflowUpdateFailedError, RPCError) as err:
+            cause = err.cause if isinstance(err, WorkflowUpdateFailedError) else None
+            ended = isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND
+            if ended or (
+                isinstance(cause, ApplicationError) and cause.type == ErrorType.NOT_PAUSED
+            ):
+                message = cause.message if isinstance(cause, ApplicationError) else "it has ended"
+                raise NotPausedError(
+                    f"inference {self.inference_id} cannot continue: {message}",
+                    inference_id=self.inference_id,
+                ) from err
+            raise
+        return pause
+
+    async def _decide(self, update: str, decision: ApprovalDecision) -> PendingApproval:
+        await self._exists_now()
+        not_pending = ApprovalNotPendingError(
+            f"tool call {decision.call_id!r} of inference {self.inference_id} is not waiting "
+            "for a decision (unknown, already decided, or the inference ended)",
+            inference_id=self.inference_id,
+            call_id=decision.call_id,
+        )
+        try:
+            decided: PendingApproval = await self._handle.execute_update(
+                update, decision, id=_update_id(), result_type=PendingApproval
+            )
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == ErrorType.APPROVAL_NOT_PENDING:
+                raise not_pending from err
+            raise InferenceFailed(
+                f"inference {self.inference_id}: {update} failed: {cause or err}",
+                turn=None,
+                inference_id=self.inference_id,
+            ) from err
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                if not await self.exists():
+                    raise SessionNotFoundError(
+                        f"no inference {self.inference_id}", session_id=self.session_id
+                    ) from err
+                raise not_pending from err  # the inference has ended
+            raise
+        return decided.model_copy(update={"inference_id": self.inference_id})
 
     async def exists(self) -> bool:
         """Whether the inference's workflow exists (it may not have started yet)."""

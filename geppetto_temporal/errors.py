@@ -36,6 +36,8 @@ class ErrorType:
     TOOL_FAILED = "ToolFailed"
     TOOL_TIMEOUT = "ToolTimeout"
     PROMPT_TOO_LARGE = "PromptTooLarge"
+    APPROVAL_NOT_PENDING = "ApprovalNotPending"
+    NOT_PAUSED = "NotPaused"
 
 
 class GeppettoError(Exception):
@@ -119,3 +121,28 @@ class InferenceFailed(InferenceError):
 
 class MaxIterationsReached(InferenceError):
     """The tool loop hit `max_iterations` with tool calls still pending; `turn` is kept."""
+
+
+class BudgetExceeded(InferenceFailed):
+    """The inference went over one of its engine's budgets (tokens, cost, tool calls); `turn` is kept."""
+
+
+class ApprovalNotPendingError(GeppettoError):
+    """An approve/deny named a tool call that is not waiting for a decision.
+
+    The call id is unknown, was already decided (by someone else, or by the
+    approval deadline), or the inference has ended.
+    """
+
+    def __init__(self, message: str, *, inference_id: str, call_id: str) -> None:
+        super().__init__(message)
+        self.inference_id = inference_id
+        self.call_id = call_id
+
+
+class NotPausedError(GeppettoError):
+    """`continue_step` on an inference that is not paused (or paused elsewhere than named)."""
+
+    def __init__(self, message: str, *, inference_id: str) -> None:
+        super().__init__(message)
+        self.inference_id = inference_id

@@ -155,6 +155,38 @@ class ToolCallExecutionResultEvent(_Event):
     truncated_from: int | None = None
 
 
+class ApprovalRequestedEvent(_Event):
+    """A tool call waits for a person to approve or deny it (docs/approvals.md)."""
+
+    type: Literal["approval-requested"] = "approval-requested"
+    tool_call: ToolCall
+    #: When the call is denied if still undecided (the engine's approval timeout).
+    deadline: datetime | None = None
+
+
+class ApprovalDecidedEvent(_Event):
+    """A waiting tool call was approved or denied (by a person, or by its deadline)."""
+
+    type: Literal["approval-decided"] = "approval-decided"
+    tool_call_id: str
+    approved: bool
+    reason: str | None = None
+    #: Approved for the rest of the session (the tool's later calls run without asking).
+    remember: bool = False
+
+
+class DebuggerPauseEvent(_Event):
+    """Step mode: the loop paused and waits for `continue_step` (geppetto's `debugger.pause`)."""
+
+    type: Literal["debugger-pause"] = "debugger-pause"
+    pause_id: str
+    #: `after_inference` (the model asked for tools, which have not run) or `after_tools`.
+    phase: Literal["after_inference", "after_tools"]
+    summary: str = ""
+    #: When it continues by itself (the engine's auto-continue); absent: it waits.
+    deadline: datetime | None = None
+
+
 class InferenceFinishedEvent(_Event):
     """The inference ended; always the last event of its stream."""
 
@@ -219,6 +251,9 @@ Event = Annotated[
     | ToolCallEvent
     | ToolCallExecuteEvent
     | ToolCallExecutionResultEvent
+    | ApprovalRequestedEvent
+    | ApprovalDecidedEvent
+    | DebuggerPauseEvent
     | InferenceFinishedEvent
     | ContextCompactedEvent
     | InfoEvent

@@ -71,6 +71,8 @@ class InferenceStatus(StrEnum):
     CANCELLED = "cancelled"
     FAILED = "failed"
     MAX_ITERATIONS = "max_iterations"
+    #: Stopped by one of the engine's budgets (tokens, cost, tool calls); see docs/approvals.md.
+    BUDGET_EXCEEDED = "budget_exceeded"
 
 
 class Usage(WireModel):

@@ -51,16 +51,20 @@ from geppetto_temporal.worker._worker import WORKFLOWS as WORKER_WORKFLOWS
 from geppetto_temporal.workflows._models import (
     INFERENCE_WORKFLOW,
     SESSION_WORKFLOW,
+    ApprovalDecision,
     CancelInferenceRequest,
     CloseRequest,
+    ContinueStep,
     InferenceBlocks,
     InferenceBlocksInput,
     InferenceInput,
     InferenceResult,
+    PendingApproval,
     SessionInput,
     SessionSummary,
     StartInferenceRequest,
     StartInferenceResponse,
+    StepPause,
     SubmitPromptRequest,
 )
 from geppetto_temporal.workflows._schedule_models import (
@@ -101,6 +105,9 @@ ACTIVITIES: dict[str, tuple[Model, Model]] = {
 UPDATES: dict[tuple[str, str], tuple[Model, Model]] = {
     (SESSION_WORKFLOW, "start_inference"): (StartInferenceRequest, StartInferenceResponse),
     (SESSION_WORKFLOW, "close"): (CloseRequest, SessionSummary),
+    (INFERENCE_WORKFLOW, "approve"): (ApprovalDecision, PendingApproval),
+    (INFERENCE_WORKFLOW, "deny"): (ApprovalDecision, PendingApproval),
+    (INFERENCE_WORKFLOW, "continue_step"): (ContinueStep, StepPause),
 }
 
 

@@ -106,7 +106,19 @@ def is_nondeterminism(failure: Exception | None) -> bool:
 
 #: Every recorded set (file prefix), oldest first. A new set is added here when it is recorded;
 #: none is ever removed, since sessions started by workers of that code may still be running.
-HISTORY_SETS = ("v0-1", "v0-2", "v0-3", "v0-4", "v0-5", "v0-6", "v0-7", "v0-8", "v0-9", "v0-10")
+HISTORY_SETS = (
+    "v0-1",
+    "v0-2",
+    "v0-3",
+    "v0-4",
+    "v0-5",
+    "v0-6",
+    "v0-7",
+    "v0-8",
+    "v0-9",
+    "v0-10",
+    "v0-11",
+)
 #: Each scenario of `record.py` and the histories it keeps (`<set>-<scenario>-<kind>.json`).
 SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     "cancel-during-tool": ("session", "inference-1"),
@@ -114,6 +126,8 @@ SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     "close-cancel-active": ("session", "inference-1"),
     "close-idle": ("session",),
     "first-prompt": ("session", "inference-1", "inference-2"),
+    # Approvals (approve with remember, deny), step mode, a budget stop: one inference each.
+    "human-in-the-loop": ("session", "inference-1", "inference-2", "inference-3"),
     "max-iterations": ("session", "inference-1"),
     "multi-turn": ("session", "inference-1", "inference-2", "inference-3"),
     "plain-text": ("session", "inference-1"),
@@ -132,7 +146,12 @@ SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     ),
 }
 #: Scenarios added after the first set, and the set that first has them.
-SCENARIO_SINCE = {"scheduled-prompt": "v0-3", "long-loop": "v0-9", "first-prompt": "v0-10"}
+SCENARIO_SINCE = {
+    "scheduled-prompt": "v0-3",
+    "long-loop": "v0-9",
+    "first-prompt": "v0-10",
+    "human-in-the-loop": "v0-11",
+}
 
 
 def expected_history_files() -> list[str]:

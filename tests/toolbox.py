@@ -119,6 +119,17 @@ async def blocking_tool(key: str, seconds: float) -> dict[str, float]:
     return {"slept": seconds}
 
 
+#: How many times `guarded_tool` ran, per key.
+GUARDED_RUNS: dict[str, int] = {}
+
+
+@tool(approval=True)
+def guarded_tool(key: str) -> dict[str, str]:
+    """Does something a person must approve first; counts its runs under `key`."""
+    GUARDED_RUNS[key] = GUARDED_RUNS.get(key, 0) + 1
+    return {"done": key}
+
+
 ALL = [
     slow_tool,
     slow_local_tool,
@@ -130,4 +141,5 @@ ALL = [
     padded_tool,
     concurrency_probe,
     blocking_tool,
+    guarded_tool,
 ]

@@ -113,6 +113,43 @@ class EngineBuilder:
         """Default retry policy of tool calls (a tool's own policy wins)."""
         return self._with_tools(retry=retry)
 
+    def require_approval(self, *patterns: str) -> EngineBuilder:
+        """Calls of tools whose names match these fnmatch patterns wait for a person's decision.
+
+        Added to the tools declared with `tool(approval=True)`; see docs/approvals.md.
+        """
+        if not patterns or not all(p.strip() for p in patterns):
+            raise ConfigurationError("require_approval needs at least one non-empty pattern")
+        return self._with_tools(require_approval=(*self._spec.tools.require_approval, *patterns))
+
+    def approval_timeout(self, seconds: float | None) -> EngineBuilder:
+        """Deny a call still undecided this long after it was asked about (default: wait forever)."""
+        return self._with_tools(approval_timeout_seconds=seconds)
+
+    def budget(
+        self,
+        *,
+        max_total_tokens: int | None = None,
+        max_cost_usd: float | None = None,
+        max_tool_calls: int | None = None,
+    ) -> EngineBuilder:
+        """Stop an inference with status `budget_exceeded` once it goes over one of these."""
+        return self._with(
+            max_total_tokens=max_total_tokens,
+            max_cost_usd=max_cost_usd,
+            max_tool_calls=max_tool_calls,
+        )
+
+    def step_mode(
+        self, enabled: bool = True, *, auto_continue_seconds: float | None = None
+    ) -> EngineBuilder:
+        """Pause the tool loop after each LLM step that asks for tools and after the tools ran.
+
+        Each pause emits `debugger-pause` and waits for `ExecutionHandle.continue_step()`,
+        or continues by itself after `auto_continue_seconds` when set.
+        """
+        return self._with(step_mode=enabled, step_auto_continue_seconds=auto_continue_seconds)
+
     def max_iterations(self, n: int) -> EngineBuilder:
         """Most LLM calls in one inference's tool loop (default 5)."""
         return self._with(max_iterations=n)

@@ -86,6 +86,15 @@ class EngineSpec(WireModel):
     context_window: int | None = Field(default=None, ge=1)
     #: How requests are kept inside the window (docs/context.md).
     context_policy: ContextPolicy = ContextPolicy()
+    #: Budgets of one inference (docs/approvals.md): the loop stops with status
+    #: `budget_exceeded` once a step leaves it over one of them. None: no limit.
+    max_total_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_tool_calls: int | None = Field(default=None, ge=0)
+    #: Step mode (docs/approvals.md): pause after an LLM step that asked for tools and after
+    #: the tools ran, until `ExecutionHandle.continue_step()`, or this many seconds when set.
+    step_mode: bool = False
+    step_auto_continue_seconds: float | None = Field(default=None, gt=0)
     #: Provider-specific request parameters passed through unchanged.
     extra: dict[str, Any] = Field(default_factory=dict)
 

@@ -47,6 +47,14 @@ class ToolConfig(WireModel):
     retry: RetrySpec = RetrySpec()
     #: A tool activity that stops heartbeating this long (its worker died) is retried elsewhere.
     heartbeat_seconds: float = Field(default=4.0, gt=0)
+    #: fnmatch patterns of tool names whose calls wait for a person's decision
+    #: (docs/approvals.md), besides tools declared with `tool(approval=True)`.
+    require_approval: tuple[str, ...] = ()
+    #: Tool names approved for the rest of the session ("approve and remember"):
+    #: their calls run without asking. The session fills it in.
+    approved_tools: tuple[str, ...] = ()
+    #: A call still undecided this long after it was asked about is denied; None: wait forever.
+    approval_timeout_seconds: float | None = Field(default=None, gt=0)
 
 
 class ToolActivityOptions(WireModel):
@@ -58,3 +66,5 @@ class ToolActivityOptions(WireModel):
     retry: RetrySpec
     #: Run as a local activity (see `tool(local=True)`).
     local: bool = False
+    #: Declared with `tool(approval=True)`: each call waits for a person's decision.
+    approval: bool = False

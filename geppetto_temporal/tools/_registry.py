@@ -68,6 +68,7 @@ class ToolRegistry:
             timeout_seconds=t.timeout if t.timeout is not None else config.timeout_seconds,
             retry=RetrySpec.model_validate(retry.model_dump()),
             local=t.local,
+            approval=t.approval,
         )
 
     def merge(self, other: ToolRegistry) -> ToolRegistry:

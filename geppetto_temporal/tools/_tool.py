@@ -53,9 +53,11 @@ class Tool:
         retry_policy: RetryPolicy | RetrySpec | None = None,
         non_retryable_errors: tuple[type[BaseException], ...] = (),
         local: bool = False,
+        approval: bool = False,
     ) -> None:
         self.fn = fn
         self.local = local
+        self.approval = approval
         self.name = name or fn.__name__
         self.description = description or inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0]
         self.timeout = timeout
@@ -151,6 +153,7 @@ def tool(
     retry_policy: RetryPolicy | RetrySpec | None = None,
     non_retryable_errors: tuple[type[BaseException], ...] = (),
     local: bool = False,
+    approval: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -164,6 +167,7 @@ def tool(
     retry_policy: RetryPolicy | RetrySpec | None = None,
     non_retryable_errors: tuple[type[BaseException], ...] = (),
     local: bool = False,
+    approval: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed function (sync or async) into a `Tool`.
 
@@ -179,6 +183,9 @@ def tool(
     only when it returns (or at the next workflow-task heartbeat, ~8 s), and a
     worker crash retries it with the workflow task. Use it for quick tools (well
     under a few seconds), such as lookups and arithmetic.
+
+    `approval=True` makes every call wait for a person to approve or deny it
+    (`ExecutionHandle.approve` / `deny`, docs/approvals.md); a denied call never runs.
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -190,6 +197,7 @@ def tool(
             retry_policy=retry_policy,
             non_retryable_errors=non_retryable_errors,
             local=local,
+            approval=approval,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import Field
 from temporalio.contrib.workflow_streams import WorkflowStreamState
@@ -99,6 +101,8 @@ class SessionState(WireModel):
     next_inference: int = 1
     usage: Usage = Usage()
     closing: bool = False
+    #: Tool names a person approved "for the rest of the session" (docs/approvals.md).
+    approved_tools: list[str] = Field(default_factory=list)
 
 
 class SessionInput(WireModel):
@@ -251,6 +255,10 @@ class InferenceCarry(WireModel):
     blocks: list[Block] = Field(default_factory=list)
     #: The event stream's offsets and publisher de-duplication, without its events.
     stream: WorkflowStreamState | None = None
+    #: Tool calls the model made in earlier runs (the `max_tool_calls` budget).
+    tool_calls: int = 0
+    #: Tool names approved for the rest of the session during earlier runs.
+    approved_tools: list[str] = Field(default_factory=list)
 
 
 class InferenceInput(WireModel):
@@ -292,6 +300,45 @@ class BlockRange(WireModel):
     end: int
 
 
+class PendingApproval(WireModel):
+    """A tool call waiting for a person's decision (the `pending_approvals` query)."""
+
+    call_id: str
+    tool: str
+    #: The model's arguments as it sent them (a JSON object, or text that is not JSON).
+    arguments: Any = None
+    asked_at: datetime
+    #: When it is denied if still undecided; None: it waits until decided or cancelled.
+    deadline: datetime | None = None
+    inference_id: str = ""
+
+
+class ApprovalDecision(WireModel):
+    """The `approve` and `deny` updates' argument."""
+
+    call_id: str
+    #: `approve`: also approve the tool's later calls for the rest of the session.
+    remember: bool = False
+    #: `deny`: why, handed to the model as the tool's error.
+    reason: str | None = None
+
+
+class StepPause(WireModel):
+    """Where a loop in step mode is paused (the `paused` query)."""
+
+    pause_id: str
+    phase: str
+    summary: str = ""
+    paused_at: datetime
+    deadline: datetime | None = None
+
+
+class ContinueStep(WireModel):
+    """The `continue_step` update's argument: continue from this pause (None: whichever it is)."""
+
+    pause_id: str | None = None
+
+
 class InferenceBlocksInput(WireModel):
     """Blocks `start:end` of an inference that continued as new, read from its earlier runs."""
 
@@ -324,6 +371,8 @@ class InferenceResult(WireModel):
     #: already has; `ExecutionHandle.result()` fills them in.
     metadata: TurnMetadata = Field(default_factory=TurnMetadata)
     iterations: int = 0
+    #: Tool names a person approved for the rest of the session during this inference.
+    approved_tools: list[str] = Field(default_factory=list)
 
     def with_ids(self, inference_id: str) -> InferenceResult:
         """This result with the inference and session ids filled in where left out."""

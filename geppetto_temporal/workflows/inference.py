@@ -9,6 +9,8 @@ failing, so the session keeps what was produced.
 from __future__ import annotations
 
 import asyncio
+import builtins
+import fnmatch
 import json
 from datetime import timedelta
 from typing import Any
@@ -28,8 +30,12 @@ with workflow.unsafe.imports_passed_through():
         ToolCallResult,
     )
     from geppetto_temporal.engines._spec import EngineSpec
+    from geppetto_temporal.errors import ErrorType
     from geppetto_temporal.events import (
         EVENTS_TOPIC,
+        ApprovalDecidedEvent,
+        ApprovalRequestedEvent,
+        DebuggerPauseEvent,
         ErrorEvent,
         EventMeta,
         FinalEvent,
@@ -62,13 +68,17 @@ with workflow.unsafe.imports_passed_through():
         INFERENCE_CONTINUE_AS_NEW_PATCH,
         INFERENCE_WORKFLOW,
         LIVE_DELTAS,
+        ApprovalDecision,
         BlockRange,
+        ContinueStep,
         InferenceBlocks,
         InferenceBlocksInput,
         InferenceCarry,
         InferenceInput,
         InferenceResult,
         InferenceRun,
+        PendingApproval,
+        StepPause,
     )
 
 # The activity enforces the tool's own timeout precisely; Temporal's timeout is
@@ -100,6 +110,10 @@ def partial_text(err: ActivityError) -> str | None:
         if isinstance(first, str):
             return first
     return None
+
+
+def _call_names(calls: list[Block]) -> str:
+    return ", ".join(str(c.payload.get(PayloadKey.NAME, "")) for c in calls)
 
 
 def _tool_call(block: Block) -> ToolCall:
@@ -149,6 +163,17 @@ class InferenceWorkflow:
         # Live deltas (set by the session for new inferences): steps stream to the worker's
         # live channel, and this workflow publishes each step's `start` itself.
         self._live = LIVE_DELTAS in input.features
+        # Tool calls waiting for a person, and the decisions that arrived for them
+        # (approved, reason). A run never continues as new while one waits: it does
+        # so only between steps, after every call of the step has its result.
+        self._pending: dict[str, PendingApproval] = {}
+        self._decisions: dict[str, tuple[bool, str | None]] = {}
+        #: Tool names approved for the rest of the session in this inference.
+        self._remembered: list[str] = list(carry.approved_tools) if carry else []
+        self._tool_calls = carry.tool_calls if carry else 0
+        # Step mode: where the loop is paused, and whether `continue_step` released it.
+        self._pause: StepPause | None = None
+        self._continued = False
 
     def _emit(
         self,
@@ -186,6 +211,75 @@ class InferenceWorkflow:
         """
         start = max(block_range.start - self._base, 0)
         return self._blocks[start : max(block_range.end - self._base, 0)]
+
+    @workflow.query(name="pending_approvals")
+    def pending_approvals(self) -> list[PendingApproval]:
+        """The tool calls waiting for a decision, in the order they were asked about."""
+        return [p for p in self._pending.values() if p.call_id not in self._decisions]
+
+    def _check_pending(self, decision: ApprovalDecision) -> None:
+        if decision.call_id not in self._pending or decision.call_id in self._decisions:
+            raise ApplicationError(
+                f"tool call {decision.call_id!r} is not waiting for a decision "
+                "(unknown, already decided, or the inference has moved on)",
+                decision.call_id,
+                type=ErrorType.APPROVAL_NOT_PENDING,
+                non_retryable=True,
+            )
+
+    @workflow.update(name="approve")
+    def approve(self, decision: ApprovalDecision) -> PendingApproval:
+        """Run a waiting tool call; with `remember`, the tool's later calls in the session too.
+
+        Returns the call it decided.
+        """
+        pending = self._pending[decision.call_id]
+        if decision.remember and pending.tool not in self._remembered:
+            self._remembered.append(pending.tool)
+        self._decisions[decision.call_id] = (True, "remember" if decision.remember else None)
+        return pending
+
+    @approve.validator
+    def _validate_approve(self, decision: ApprovalDecision) -> None:
+        self._check_pending(decision)
+
+    @workflow.update(name="deny")
+    def deny(self, decision: ApprovalDecision) -> PendingApproval:
+        """Answer a waiting tool call with an error carrying the reason; it never runs.
+
+        Returns the call it decided.
+        """
+        self._decisions[decision.call_id] = (False, decision.reason or "no reason given")
+        return self._pending[decision.call_id]
+
+    @deny.validator
+    def _validate_deny(self, decision: ApprovalDecision) -> None:
+        self._check_pending(decision)
+
+    @workflow.query(name="paused")
+    def paused(self) -> StepPause | None:
+        """Where the loop waits in step mode, or None."""
+        return None if self._continued else self._pause
+
+    @workflow.update(name="continue_step")
+    def continue_step(self, request: ContinueStep) -> StepPause:
+        """Release the loop from its step-mode pause; returns the pause it ended."""
+        pause = self._pause
+        if pause is None:  # the validator refuses this; an exception fails only the update
+            raise ApplicationError("not paused", type=ErrorType.NOT_PAUSED, non_retryable=True)
+        self._continued = True
+        return pause
+
+    @continue_step.validator
+    def _validate_continue_step(self, request: ContinueStep) -> None:
+        pause = None if self._continued else self._pause
+        if pause is None or request.pause_id not in (None, pause.pause_id):
+            where = f"paused at {pause.pause_id}" if pause else "not paused"
+            raise ApplicationError(
+                f"cannot continue from {request.pause_id or 'the current pause'}: the inference is {where}",
+                type=ErrorType.NOT_PAUSED,
+                non_retryable=True,
+            )
 
     @workflow.query(name="runs")
     def runs(self) -> list[InferenceRun]:
@@ -274,6 +368,23 @@ class InferenceWorkflow:
             if not calls:
                 status = InferenceStatus.COMPLETED
                 break
+            over = self._over_budget(spec, usage, len(calls))
+            if over is not None:
+                # Every call still gets a result: the turn must stay a valid conversation.
+                blocks.extend(
+                    tool_use_block(c.call_id or "", error=f"not run: {over}") for c in calls
+                )
+                status, error = InferenceStatus.BUDGET_EXCEEDED, over
+                break
+            self._tool_calls += len(calls)
+            if spec.step_mode and not await self._step_pause(
+                spec, "after_inference", step, f"{len(calls)} tool call(s): {_call_names(calls)}"
+            ):
+                blocks.extend(
+                    tool_use_block(c.call_id or "", error="cancelled before it ran") for c in calls
+                )
+                status = InferenceStatus.CANCELLED
+                break
             results, abort_reason, cancelled = await self._run_tools(
                 input, spec, calls, result.tool_options
             )
@@ -283,6 +394,11 @@ class InferenceWorkflow:
                 break
             if abort_reason is not None:
                 status, error = InferenceStatus.FAILED, abort_reason
+                break
+            if spec.step_mode and not await self._step_pause(
+                spec, "after_tools", step, f"{len(results)} tool result(s)"
+            ):
+                status = InferenceStatus.CANCELLED
                 break
             if step < spec.max_iterations and self._time_for_a_new_run(spec, step - first_step + 1):
                 try:
@@ -317,7 +433,117 @@ class InferenceWorkflow:
             blocks=await self._added_blocks(input),
             metadata=metadata,
             iterations=self._iterations,
+            approved_tools=self._remembered,
         )
+
+    def _over_budget(self, spec: EngineSpec, usage: Usage, calls: int) -> str | None:
+        """Which budget the loop would go over by running these calls and another step, if any.
+
+        Only engines with a budget (None by default) can answer anything but None,
+        so a history recorded without budgets takes the same path.
+        """
+        if spec.max_total_tokens is not None and usage.total_tokens > spec.max_total_tokens:
+            return (
+                f"budget exceeded: {usage.total_tokens} tokens used, "
+                f"max_total_tokens is {spec.max_total_tokens}"
+            )
+        if spec.max_cost_usd is not None and usage.cost_usd > spec.max_cost_usd:
+            return (
+                f"budget exceeded: ${usage.cost_usd:.6f} spent, "
+                f"max_cost_usd is ${spec.max_cost_usd:.6f}"
+            )
+        if spec.max_tool_calls is not None and self._tool_calls + calls > spec.max_tool_calls:
+            return (
+                f"budget exceeded: {self._tool_calls + calls} tool calls requested, "
+                f"max_tool_calls is {spec.max_tool_calls}"
+            )
+        return None
+
+    async def _step_pause(self, spec: EngineSpec, phase: str, step: int, summary: str) -> bool:
+        """Step mode: wait for `continue_step` (or the auto-continue); False if cancelled.
+
+        Only engines in step mode pause, so histories recorded without it replay as they ran.
+        """
+        timeout = spec.step_auto_continue_seconds
+        now = workflow.now()
+        deadline = now + timedelta(seconds=timeout) if timeout is not None else None
+        self._pause = StepPause(
+            pause_id=f"{phase}:{step}",
+            phase=phase,
+            summary=summary,
+            paused_at=now,
+            deadline=deadline,
+        )
+        self._continued = False
+        self._emit(
+            DebuggerPauseEvent(
+                pause_id=self._pause.pause_id,
+                phase="after_inference" if phase == "after_inference" else "after_tools",
+                summary=summary,
+                deadline=deadline,
+            ),
+            step=step,
+        )
+        try:
+            await workflow.wait_condition(
+                lambda: self._continued or self._cancel_requested,
+                timeout=timedelta(seconds=timeout) if timeout is not None else None,
+            )
+        except builtins.TimeoutError:  # auto-continue
+            pass
+        except asyncio.CancelledError:
+            return False
+        finally:
+            self._pause = None
+        return not self._cancel_requested
+
+    def _needs_approval(self, spec: EngineSpec, name: str, opts: ToolActivityOptions) -> bool:
+        # Decided by the recorded step result and the engine, so replay takes the same path.
+        tools = spec.tools
+        if name in tools.approved_tools or name in self._remembered:
+            return False
+        return opts.approval or any(fnmatch.fnmatchcase(name, p) for p in tools.require_approval)
+
+    async def _await_decision(self, spec: EngineSpec, call: Block, name: str) -> str | None:
+        """Wait in the workflow for a person's decision on a call: None to run it, else why not.
+
+        Waiting schedules nothing (no activity, no timer unless the engine sets an
+        approval timeout), so it costs no history events and holds no worker.
+        """
+        call_id = call.call_id or ""
+        timeout = spec.tools.approval_timeout_seconds
+        now = workflow.now()
+        deadline = now + timedelta(seconds=timeout) if timeout is not None else None
+        self._pending[call_id] = PendingApproval(
+            call_id=call_id,
+            tool=name,
+            arguments=call.payload.get(PayloadKey.ARGS),
+            asked_at=now,
+            deadline=deadline,
+            inference_id=self._input.inference_id,
+        )
+        self._emit(ApprovalRequestedEvent(tool_call=_tool_call(call), deadline=deadline))
+        try:
+            await workflow.wait_condition(
+                lambda: call_id in self._decisions,
+                timeout=timedelta(seconds=timeout) if timeout is not None else None,
+            )
+        except builtins.TimeoutError:  # temporalio.exceptions.TimeoutError is imported
+            self._decisions[call_id] = (False, f"no decision within {timeout:g} s")
+        except asyncio.CancelledError:
+            return "cancelled before it ran"
+        finally:
+            del self._pending[call_id]
+        approved, note = self._decisions[call_id]
+        self._emit(
+            ApprovalDecidedEvent(
+                tool_call_id=call_id,
+                approved=approved,
+                reason=None if approved else note,
+                remember=approved and note == "remember",
+            )
+        )
+        return None if approved else f"denied: {note}"
 
     def _time_for_a_new_run(self, spec: EngineSpec, steps_in_run: int) -> bool:
         """Whether to continue as new before the next step.
@@ -361,6 +587,8 @@ class InferenceWorkflow:
             blocks=self._blocks[self._known - self._base :],
             # The events stay in this run (read by query); the new run continues the offsets.
             stream=WorkflowStreamState(log=[], base_offset=stream_end, publishers=state.publishers),
+            tool_calls=self._tool_calls,
+            approved_tools=self._remembered,
         )
         workflow.continue_as_new(
             # The ids follow from the workflow id, as in the first run.
@@ -463,6 +691,10 @@ class InferenceWorkflow:
                         call_id=call_id, error=f"arguments for {name} are not valid JSON: {raw!r}"
                     )
                 )
+            if self._needs_approval(spec, name, opts):
+                refused = await self._await_decision(spec, call, name)
+                if refused is not None:
+                    return finished(ToolCallResult(call_id=call_id, error=refused))
             async with limit:
                 self._emit(ToolCallExecuteEvent(tool_call=_tool_call(call)))
                 call_input = ToolCallInput(

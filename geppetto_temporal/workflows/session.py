@@ -417,7 +417,7 @@ class SessionWorkflow:
                 # The ids follow from the child's workflow id.
                 InferenceInput(
                     turn=turn,
-                    engine=self._engine,
+                    engine=self._engine_for_inference(),
                     prefix_end=prefix_end,
                     prefix_last_id=self._state.blocks[prefix_end - 1].id if prefix_end else None,
                     features=list(INFERENCE_FEATURES),
@@ -437,6 +437,19 @@ class SessionWorkflow:
         active.watcher = asyncio.create_task(self._await_child(active, child))
         workflow.set_current_details(f"running {inference_id}")
         return StartInferenceResponse(inference_id=inference_id, turn_id=record.id)
+
+    def _engine_for_inference(self) -> EngineSpec:
+        """The session's engine, with the tools approved "for the session" (docs/approvals.md).
+
+        The same engine as before for a session without any, so its replay is unchanged.
+        """
+        if not self._state.approved_tools:
+            return self._engine
+        tools = self._engine.tools
+        approved = (*tools.approved_tools, *self._state.approved_tools)
+        return self._engine.model_copy(
+            update={"tools": tools.model_copy(update={"approved_tools": approved})}
+        )
 
     async def _await_child(
         self,
@@ -460,6 +473,9 @@ class SessionWorkflow:
             # The child leaves out what the session already knows (ids, provider).
             record.metadata = record.metadata.merged(result.metadata)
             self._state.usage = self._state.usage + result.usage
+            for name in result.approved_tools:
+                if name not in self._state.approved_tools:
+                    self._state.approved_tools.append(name)
         else:
             record.metadata = record.metadata.model_copy(
                 update={"status": InferenceStatus.FAILED, "error": error}

@@ -372,6 +372,50 @@ async def first_prompt(rec: Recorder) -> Session:
     return session
 
 
+async def human_in_the_loop(rec: Recorder) -> Session:
+    """Approvals (approve with remember, deny), step mode (continue twice), a budget stop."""
+    calc = {"name": "calculate", "arguments": {"expression": "6 * 7"}}
+    session, _ = await rec.session(
+        "human-in-the-loop",
+        calls_then_answer(calc, calc, answer="Done: {tool_results}"),
+        lambda b: b.require_approval("calc*"),
+    )
+    engine = await session.engine()
+    handle = await session.start_inference("compute twice")
+    for _ in range(400):
+        waiting = await handle.pending_approvals()
+        if len(waiting) == 2:
+            break
+        await asyncio.sleep(0.05)
+    check(len(waiting) == 2, f"expected two pending approvals: {waiting}")
+    await handle.approve(waiting[0].call_id, remember=True)
+    await handle.deny(waiting[1].call_id, reason="once is enough")
+    turn = await handle.wait()
+    check(turn.last_text.startswith("Done: "), f"unexpected answer {turn.last_text!r}")
+    # Step mode; `calculate` is remembered for the session, so it runs without asking.
+    stepping = engine.model_copy(update={"step_mode": True})
+    handle = await session.start_inference("compute, step by step", engine=stepping)
+    for pause_id in ("after_inference:1", "after_tools:1"):
+        for _ in range(400):
+            pause = await handle.paused()
+            if pause is not None and pause.pause_id == pause_id:
+                break
+            await asyncio.sleep(0.05)
+        await handle.continue_step(pause_id)
+    turn = await handle.wait()
+    check(turn.last_text.startswith("Done: "), f"unexpected answer {turn.last_text!r}")
+    # A budget of one tool call: the step asks for two.
+    budget = engine.model_copy(update={"max_tool_calls": 1})
+    handle = await session.start_inference("compute on a budget", engine=budget)
+    err = await expect(InferenceFailed, handle.wait())
+    check(
+        err.turn is not None and err.turn.metadata.status == InferenceStatus.BUDGET_EXCEEDED,
+        f"expected budget_exceeded: {err}",
+    )
+    await session.close()
+    return session
+
+
 SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "plain-text": plain_text,
     "tool-loop": tool_loop,
@@ -387,6 +431,7 @@ SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "scheduled-prompt": scheduled_prompt,
     "long-loop": long_loop,
     "first-prompt": first_prompt,
+    "human-in-the-loop": human_in_the_loop,
 }
 
 
