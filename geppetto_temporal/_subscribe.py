@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio.api.common.v1 import Payload
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.workflow_streams import PollInput, PollResult
 from temporalio.converter import PayloadConverter
+from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal.events import (
     EVENTS_TOPIC,
@@ -36,6 +38,40 @@ POLL_COOLDOWN = timedelta(milliseconds=50)
 #: long-poll update). Reading by query keeps watchers out of the history: with update
 #: long-polls every subscriber added about 32 history events per streamed second.
 _POLL_QUERY = "__temporal_workflow_stream_poll"
+#: A query no worker answers (the workflow's worker died, or none polls its queue) is
+#: asked again after these delays, the last one repeating: a subscriber outlives a crash.
+_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
+#: Errors that say the question itself is wrong: asking again will not help.
+_FINAL_STATUSES = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def _ask(handle: WorkflowHandle[Any, Any], query: str, *args: Any, result_type: type[T]) -> T:
+    """A query, asked again while no worker answers it."""
+    attempt = 0
+    while True:
+        try:
+            result: T = await handle.query(query, *args, result_type=result_type)
+            return result
+        except RPCError as err:
+            if err.status in _FINAL_STATUSES:
+                raise
+            delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
+            attempt += 1
+            _log.debug(
+                "query %s of %s unanswered (%s); again in %.2fs", query, handle.id, err, delay
+            )
+            await asyncio.sleep(delay)
+
+
+async def _poll(handle: WorkflowHandle[Any, Any], offset: int, topic: str) -> PollResult:
+    """One poll of the stream from `offset`."""
+    return await _ask(
+        handle, _POLL_QUERY, PollInput(topics=[topic], from_offset=offset), result_type=PollResult
+    )
 
 
 async def _stream_items(
@@ -46,14 +82,12 @@ async def _stream_items(
     converter = client.data_converter.payload_converter
     offset = 0
     while True:
-        result = await handle.query(
-            _POLL_QUERY, PollInput(topics=[topic], from_offset=offset), result_type=PollResult
-        )
+        result = await _poll(handle, offset, topic)
         first = result.items[0].offset if result.items else result.next_offset
         if first > offset:
             # The workflow continued as new: the events before `first` are in earlier runs.
-            async for item in _earlier_items(client, workflow_id, topic, offset, first):
-                yield item
+            async for earlier in _earlier_items(client, workflow_id, topic, offset, first):
+                yield earlier
             offset = first
             continue
         for item in result.items:
@@ -76,8 +110,8 @@ async def _earlier_items(
     A closed run answers a query by being replayed on a worker: seconds for a long
     run, paid only by a subscriber that starts (or falls) behind the current run.
     """
-    runs: list[InferenceRun] = await client.get_workflow_handle(workflow_id).query(
-        "runs", result_type=list[InferenceRun]
+    runs = await _ask(
+        client.get_workflow_handle(workflow_id), "runs", result_type=list[InferenceRun]
     )
     converter = client.data_converter.payload_converter
     for run in runs:
@@ -85,9 +119,7 @@ async def _earlier_items(
         stop = min(end, run.stream_end)
         handle = client.get_workflow_handle(workflow_id, run_id=run.run_id)
         while offset < stop:
-            result = await handle.query(
-                _POLL_QUERY, PollInput(topics=[topic], from_offset=offset), result_type=PollResult
-            )
+            result = await _poll(handle, offset, topic)
             for item in result.items:
                 if item.offset < stop:
                     yield item.offset, _decode(converter, item.data)

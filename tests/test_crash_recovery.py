@@ -249,6 +249,9 @@ async def crash_and_recover(
     warm_up = await (await session.start_inference(WARM_UP)).wait()
     assert warm_up.last_text == f"You said: {WARM_UP}"
     handle = await session.start_inference(prompt)
+    # A subscriber that watches through the crash: its queries go unanswered while no worker
+    # holds the inference, and it must wait that out, not fail.
+    watcher = asyncio.create_task(collect_events(handle))
     note = await trigger(handle, base_url, worker_a, server)
     worker_a.kill()
     killed_at = time.monotonic()
@@ -265,6 +268,9 @@ async def crash_and_recover(
         crash.notes.append(f"{name} workflow task timeouts: {', '.join(timeouts) or 'none'}")
     await check_one_final_turn(crash, prompt, turn)
     events = await within(collect_events(handle), 30, "the event stream", procs.diagnostics)
+    watched = await within(watcher, 30, "the watcher's stream", procs.diagnostics)
+    durable = [(e.meta.seq, e.type) for e in watched if not e.meta.live]
+    assert durable == [(e.meta.seq, e.type) for e in events if not e.meta.live]
     await CHECKS[case](crash, turn, events)
     await check_next_prompt(crash, prompt)
     return crash
