@@ -368,7 +368,7 @@ class ExecutionHandle:
         `partial` events marked `meta.live` (see docs/events.md for how they and
         resuming from `seq + 1` fit together).
         `poll_interval` (seconds) is how often a caught-up subscriber asks for
-        more: shorter is snappier, longer adds fewer events to the history.
+        more durable events (a query: it writes no history, but each is a worker call).
         """
         events = follow_inference(
             self.client,
