@@ -7,11 +7,18 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from geppetto_temporal import BlockKind, EngineBuilder, InferenceCancelled, InferenceStatus
+from geppetto_temporal import (
+    BlockKind,
+    EngineBuilder,
+    ExecutionHandle,
+    InferenceCancelled,
+    InferenceStatus,
+)
 from geppetto_temporal.events import AgentFinishedEvent, AgentStartedEvent, FinalEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import PayloadKey, Usage
 from geppetto_temporal.workflows._models import InferenceResult
+from tests.waiting import eventually
 from tests.watch import EventWatch, until
 
 
@@ -85,7 +92,8 @@ def _team(researcher: str = "researcher", writer: str = "writer") -> Any:
 
 async def _child_result(client: Client, inference_id: str) -> InferenceResult:
     handle = client.get_workflow_handle(inference_id, result_type=InferenceResult)
-    return await handle.result()
+    result: InferenceResult = await handle.result()
+    return result
 
 
 async def test_coordinator_runs_two_sub_agents_in_parallel(
@@ -126,20 +134,19 @@ async def test_coordinator_runs_two_sub_agents_in_parallel(
         child = await _child_result(client, event.agent_inference_id)
         assert child.status == InferenceStatus.COMPLETED
         assert child.usage == finished[event.agent].usage
-        child_events = [e async for e in session_handle(client, event.agent_inference_id)]
+        child_handle = ExecutionHandle.attach(client, event.agent_inference_id)
+        child_events = [e async for e in child_handle.events()]
         assert child_events[0].type == "inference-started"
         assert child_events[-1].type == "inference-finished"
         assert {e.meta.session_id for e in child_events} == {session.session_id}
 
 
-def session_handle(client: Client, inference_id: str) -> Any:
-    from geppetto_temporal import ExecutionHandle
-
-    return ExecutionHandle.attach(client, inference_id).events()
-
-
-async def test_usage_adds_up_exactly(new_session: Any, client: Client) -> None:
-    session, _ = await new_session(TEAM, configure=_team())
+@pytest.mark.parametrize("steps_per_run", [None, 1])
+async def test_usage_adds_up_exactly(
+    new_session: Any, client: Client, steps_per_run: int | None
+) -> None:
+    team = _team()
+    session, _ = await new_session(TEAM, configure=lambda b: team(b).steps_per_run(steps_per_run))
     handle = await session.start_inference("otters")
     watch = EventWatch(handle)
     turn = await handle.wait()
@@ -154,6 +161,54 @@ async def test_usage_adds_up_exactly(new_session: Any, client: Client) -> None:
     assert turn.metadata.usage is not None and turn.metadata.usage.total_tokens == 407
     # And so into the session.
     assert (await session.status()).usage.total_tokens == 407
+    # With one step per run, the children's usage crossed a continue-as-new in the carry.
+    runs = await client.get_workflow_handle(handle.inference_id).query("runs")
+    assert len(runs) == (1 if steps_per_run == 1 else 0)
+
+
+async def test_approvals_of_and_inside_a_sub_agent(new_session: Any, client: Client) -> None:
+    """A sub-agent call can wait for approval; so can a tool call inside the sub-agent."""
+    script = {
+        "rules": [
+            {
+                "name": "delegate",
+                "when": {"model": "scripted", "last_role": "user"},
+                "reply": {"tool_calls": [{"name": "helper", "arguments": {"prompt": "do it"}}]},
+            },
+            {
+                "name": "answer",
+                "when": {"model": "scripted", "last_role": "tool"},
+                "reply": {"text": "helper said: {tool_results}"},
+            },
+            {
+                "name": "guarded",
+                "when": {"model": "helper", "last_role": "user"},
+                "reply": {"tool_calls": [{"name": "guarded_tool", "arguments": {"key": "sa"}}]},
+            },
+            {
+                "name": "helper-done",
+                "when": {"model": "helper", "last_role": "tool"},
+                "reply": {"text": "ran {tool_results}"},
+            },
+        ]
+    }
+
+    def configure(b: EngineBuilder) -> EngineBuilder:
+        helper = _agent(b, "helper").tools("guarded_tool")
+        return b.agent_tool("helper", "Helps.", helper).require_approval("help*")
+
+    session, _ = await new_session(script, configure=configure)
+    handle = await session.start_inference("go")
+    [call] = await eventually(handle.pending_approvals, bool, within=60, what="the agent call")
+    assert call.tool == "helper" and call.arguments == {"prompt": "do it"}
+    await handle.approve(call.call_id)
+    child = ExecutionHandle.attach(client, f"{handle.inference_id}/agent/{call.call_id}")
+    await eventually(child.exists, bool, within=60, what="the sub-agent to start")
+    [inner] = await eventually(child.pending_approvals, bool, within=60, what="the inner call")
+    assert inner.tool == "guarded_tool"
+    await child.approve(inner.call_id)
+    turn = await handle.wait()
+    assert turn.last_text == 'helper said: ran {"done": "sa"}'
 
 
 async def test_cancel_of_the_parent_cancels_its_sub_agents(
@@ -163,19 +218,20 @@ async def test_cancel_of_the_parent_cancels_its_sub_agents(
     handle = await session.start_inference("otters")
     watch = EventWatch(handle)
 
+    def started() -> list[AgentStartedEvent]:
+        return [e for e in watch.events if isinstance(e, AgentStartedEvent)]
+
     def children_waiting() -> bool:
         slow = [r for r in model_server.requests(base_url) if r.body.get("model") == "slow"]
-        return len(slow) == 2
+        return len(slow) == 2 and len(started()) == 2
 
     await until(children_waiting, "both sub-agents to call their model")
-    started = [e for e in watch.events if isinstance(e, AgentStartedEvent)]
-    assert len(started) == 2
     await handle.cancel()
     with pytest.raises(InferenceCancelled) as info:
         await handle.wait()
     assert info.value.turn is not None
     assert info.value.turn.metadata.status == InferenceStatus.CANCELLED
-    for event in started:
+    for event in started():
         child = await _child_result(client, event.agent_inference_id)
         assert child.status == InferenceStatus.CANCELLED
     # Each call still has a result (an error), so the turn stays a valid conversation.
@@ -205,7 +261,7 @@ async def test_depth_limit_gives_the_model_an_error(new_session: Any) -> None:
             *[r for r in TEAM["rules"] if r["name"] in ("middle-calls-leaf", "middle-answers")],
         ]
     }
-    session, base_url = await new_session(script, configure=configure)
+    session, _ = await new_session(script, configure=configure)
     turn = await (await session.start_inference("go")).wait()
     # The middle agent (depth 1) was refused its own sub-agent (depth 2) and said so.
     assert turn.last_text.startswith("coordinator saw: middle saw: ")

@@ -6,10 +6,10 @@ from geppetto_temporal.engines._spec import DEFAULT_API_KEY_ENV, AgentTool, Engi
 
 __all__ = [
     "DEFAULT_API_KEY_ENV",
+    "AgentTool",
     "Endpoint",
     "EndpointRegistry",
     "EngineBuilder",
-    "AgentTool",
     "EngineSpec",
     "Provider",
 ]

@@ -23,6 +23,7 @@ from temporalio.exceptions import (
     CancelledError,
     ChildWorkflowError,
     TimeoutError,
+    WorkflowAlreadyStartedError,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -60,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         message_id_for,
         shorten,
     )
+    from geppetto_temporal.retry import RetrySpec
     from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
     from geppetto_temporal.turns import (
         Block,
@@ -92,7 +94,6 @@ with workflow.unsafe.imports_passed_through():
         agent_depth,
         agent_inference_id,
     )
-    from geppetto_temporal.retry import RetrySpec
 
 # The activity enforces the tool's own timeout precisely; Temporal's timeout is
 # the backstop for a tool that never yields.
@@ -839,7 +840,8 @@ class InferenceWorkflow:
                 parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
                 static_summary=f"agent {agent.name}: {agent.engine.spec_string}",
             )
-        except ChildWorkflowError as err:
+        except (ChildWorkflowError, WorkflowAlreadyStartedError) as err:
+            # Already started: a provider repeated a call id while its first call still runs.
             error = f"{agent.name}: {describe_activity_error(err.__cause__ or err)}"
             self._emit(
                 AgentFinishedEvent(
