@@ -9,7 +9,9 @@ from temporalio.client import Client
 
 from geppetto_temporal import (
     BlockKind,
+    ConfigurationError,
     EngineBuilder,
+    EngineSpec,
     ExecutionHandle,
     InferenceCancelled,
     InferenceStatus,
@@ -266,3 +268,17 @@ async def test_depth_limit_gives_the_model_an_error(new_session: Any) -> None:
     # The middle agent (depth 1) was refused its own sub-agent (depth 2) and said so.
     assert turn.last_text.startswith("coordinator saw: middle saw: ")
     assert "sub-agents may nest only 1 deep" in turn.last_text
+
+
+def test_agent_tool_is_checked_where_it_is_written() -> None:
+    helper = EngineBuilder("openai:helper")
+    with pytest.raises(ConfigurationError, match="name"):
+        EngineBuilder("openai:boss").agent_tool("has spaces", "x", helper)
+    with pytest.raises(ConfigurationError, match="already declared"):
+        EngineBuilder("openai:boss").agent_tool("a", "x", helper).agent_tool("a", "y", helper)
+    with pytest.raises(ConfigurationError, match="max_agent_depth"):
+        EngineBuilder("openai:boss").max_agent_depth(0)
+    # The nested spec travels as JSON and comes back equal.
+    spec = EngineBuilder("openai:boss").agent_tool("a", "x", helper.max_iterations(2)).build()
+    assert EngineSpec.model_validate_json(spec.wire_json()) == spec
+    assert spec.agents[0].engine.max_iterations == 2

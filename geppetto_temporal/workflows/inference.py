@@ -102,8 +102,8 @@ _TOOL_TIMEOUT_GRACE = timedelta(seconds=5)
 _EARLIER_BLOCKS_TIMEOUT = timedelta(minutes=2)
 
 
-#: How the loop treats a sub-agent call where it asks a tool's options (approval patterns
-#: apply; the child inference has its own timeouts).
+#: What the loop checks of a tool's options for a sub-agent call: only `approval` (no, but
+#: `require_approval` patterns apply); the timeout is unused, the child has its own.
 _AGENT_OPTIONS = ToolActivityOptions(timeout_seconds=0.001, retry=RetrySpec())
 
 
