@@ -195,6 +195,29 @@ class InferenceFinishedEvent(_Event):
     error: str | None = None
 
 
+class AgentStartedEvent(_Event):
+    """A tool call started a sub-agent: a child inference with its own stream (docs/sub-agents.md)."""
+
+    type: Literal["agent-started"] = "agent-started"
+    tool_call_id: str
+    agent: str
+    #: The child inference: subscribe to it (or query it) by this id.
+    agent_inference_id: str
+    prompt: str = ""
+
+
+class AgentFinishedEvent(_Event):
+    """A sub-agent's inference ended; its usage is part of this inference's from here on."""
+
+    type: Literal["agent-finished"] = "agent-finished"
+    tool_call_id: str
+    agent: str
+    agent_inference_id: str
+    status: InferenceStatus
+    error: str | None = None
+    usage: Usage | None = None
+
+
 class ContextCompactedEvent(_Event):
     """An LLM call sends less than the whole conversation, to fit the model's context window.
 
@@ -255,6 +278,8 @@ Event = Annotated[
     | ApprovalDecidedEvent
     | DebuggerPauseEvent
     | InferenceFinishedEvent
+    | AgentStartedEvent
+    | AgentFinishedEvent
     | ContextCompactedEvent
     | InfoEvent
     | LogEvent,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -29,6 +30,7 @@ from geppetto_temporal.activities._models import (
 )
 from geppetto_temporal.engines._errors import classify_error
 from geppetto_temporal.engines._factory import EngineFactory
+from geppetto_temporal.engines._spec import AgentTool
 from geppetto_temporal.engines._step import StepOutput
 from geppetto_temporal.engines.middleware import BUILTIN_MIDDLEWARE, Middleware, apply_middleware
 from geppetto_temporal.errors import ErrorType
@@ -38,7 +40,7 @@ from geppetto_temporal.live._reader import LiveAdvert
 from geppetto_temporal.pricing import with_cost
 from geppetto_temporal.tools._config import ToolChoice, ToolErrorHandling
 from geppetto_temporal.tools._registry import ToolRegistry
-from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext
+from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext, ToolDefinition
 from geppetto_temporal.turns import Block, BlockKind, PayloadKey
 from geppetto_temporal.workflows._models import (
     BlockRange,
@@ -52,6 +54,21 @@ from geppetto_temporal.workflows._models import (
 _CONVERSATION_CACHE_SIZE = 64
 #: Inferences whose own blocks a worker keeps in memory for their next step (a miss costs one query).
 _OWN_BLOCKS_CACHE_SIZE = 256
+
+
+#: The arguments every sub-agent takes (docs/sub-agents.md).
+AGENT_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "prompt": {"type": "string", "description": "The task for the agent, self-contained."}
+    },
+    "required": ["prompt"],
+}
+
+
+def agent_definition(agent: AgentTool) -> ToolDefinition:
+    """What the model is told about a sub-agent: a tool taking one `prompt`."""
+    return ToolDefinition(agent.name, agent.description, AGENT_PARAMETERS)
 
 
 class InferenceActivities:
@@ -222,8 +239,14 @@ class InferenceActivities:
                 redact(str(err)), type=ErrorType.INVALID_REQUEST, non_retryable=True
             ) from redacted_copy(err)
         allowed = self.tools.select(spec.tools.allowed_tools)
+        if spec.agents:
+            # A sub-agent's name wins over a worker tool's: the workflow runs it as a child.
+            agent_names = {agent.name for agent in spec.agents}
+            allowed = [t for t in allowed if t.name not in agent_names]
         definitions = (
-            [] if spec.tools.tool_choice == ToolChoice.NONE else [t.definition() for t in allowed]
+            []
+            if spec.tools.tool_choice == ToolChoice.NONE
+            else [*(t.definition() for t in allowed), *map(agent_definition, spec.agents)]
         )
         # Only what is sent changes; `blocks` (and the turn) keep everything.
         context = self._context.plan(input.inference_id, blocks, definitions, spec)

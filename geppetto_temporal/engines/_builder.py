@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from geppetto_temporal.context import ContextPolicy
-from geppetto_temporal.engines._spec import EngineSpec
+from geppetto_temporal.engines._spec import AgentTool, EngineSpec
 from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.retry import RetrySpec
 from geppetto_temporal.tools._config import ToolChoice, ToolConfig, ToolErrorHandling
@@ -211,6 +211,29 @@ class EngineBuilder:
         except ValidationError as err:
             raise ConfigurationError(f"invalid context policy: {self._describe(err)}") from None
         return self._with(context_policy=chosen)
+
+    def agent_tool(
+        self, name: str, description: str, engine: EngineBuilder | EngineSpec
+    ) -> EngineBuilder:
+        """Offer the model a sub-agent as a tool: its call runs a child inference on `engine`.
+
+        The model passes `{"prompt": "..."}`; the child's final text is the call's result,
+        and its usage counts toward this inference's (docs/sub-agents.md).
+        """
+        from pydantic import ValidationError
+
+        spec = engine.build() if isinstance(engine, EngineBuilder) else engine
+        if any(agent.name == name for agent in self._spec.agents):
+            raise ConfigurationError(f"agent tool {name!r} is already declared")
+        try:
+            agent = AgentTool(name=name, description=description, engine=spec)
+        except ValidationError as err:
+            raise ConfigurationError(f"invalid agent tool: {self._describe(err)}") from None
+        return self._with(agents=(*self._spec.agents, agent))
+
+    def max_agent_depth(self, depth: int) -> EngineBuilder:
+        """How deep sub-agents may nest below this engine's inferences (default 3)."""
+        return self._with(max_agent_depth=depth)
 
     def extra(self, **params: Any) -> EngineBuilder:
         """Provider-specific request parameters, passed through unchanged."""

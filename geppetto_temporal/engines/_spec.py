@@ -97,6 +97,13 @@ class EngineSpec(WireModel):
     step_auto_continue_seconds: float | None = Field(default=None, gt=0)
     #: Provider-specific request parameters passed through unchanged.
     extra: dict[str, Any] = Field(default_factory=dict)
+    #: Sub-agents offered to the model as tools (docs/sub-agents.md): calling one runs
+    #: a child inference with its own engine. None by default, so an engine without
+    #: them takes the tool loop's old path and recorded histories replay as they ran.
+    agents: tuple[AgentTool, ...] = ()
+    #: How deep sub-agents may nest below this engine's inference: a call that would
+    #: start an inference deeper than this gets an error result instead.
+    max_agent_depth: int = Field(default=3, ge=1, le=10)
 
     @field_validator("provider")
     @classmethod
@@ -138,6 +145,23 @@ class EngineSpec(WireModel):
             return cls(provider=provider.strip(), model=model.strip(), **overrides)
         except ValueError as err:
             raise ConfigurationError(f"invalid model spec {spec!r}: {_first_error(err)}") from None
+
+
+class AgentTool(WireModel):
+    """A sub-agent the model can call like a tool: a name, a description and its own engine.
+
+    The model passes `{"prompt": "..."}`; the call runs a child inference on `engine`
+    whose final text is the tool's result.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str = ""
+    engine: EngineSpec
+
+
+EngineSpec.model_rebuild()
 
 
 def _first_error(err: ValueError) -> str:

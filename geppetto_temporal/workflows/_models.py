@@ -53,6 +53,19 @@ def session_id_of(inference_id: str) -> str:
     return session_id if sep else inference_id
 
 
+def agent_inference_id(parent_inference_id: str, call_id: str) -> str:
+    """The workflow id (and inference id) of the sub-agent a tool call started.
+
+    It stays inside the parent's id, so `session_id_of` still names the session.
+    """
+    return f"{parent_inference_id}/agent/{call_id}"
+
+
+def agent_depth(inference_id: str) -> int:
+    """How many sub-agent levels below a session's inference this one runs (0: not a sub-agent)."""
+    return inference_id.rpartition("/inference/")[2].count("/agent/")
+
+
 class SessionPhase(StrEnum):
     """Where a session is in its life."""
 

@@ -17,7 +17,14 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.contrib.workflow_streams import WorkflowStream, WorkflowStreamState
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+    TimeoutError,
+    WorkflowAlreadyStartedError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from geppetto_temporal.activities._models import (
@@ -29,10 +36,12 @@ with workflow.unsafe.imports_passed_through():
         ToolCallInput,
         ToolCallResult,
     )
-    from geppetto_temporal.engines._spec import EngineSpec
+    from geppetto_temporal.engines._spec import AgentTool, EngineSpec
     from geppetto_temporal.errors import ErrorType
     from geppetto_temporal.events import (
         EVENTS_TOPIC,
+        AgentFinishedEvent,
+        AgentStartedEvent,
         ApprovalDecidedEvent,
         ApprovalRequestedEvent,
         DebuggerPauseEvent,
@@ -52,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         message_id_for,
         shorten,
     )
+    from geppetto_temporal.retry import RetrySpec
     from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
     from geppetto_temporal.turns import (
         Block,
@@ -59,10 +69,12 @@ with workflow.unsafe.imports_passed_through():
         BlockMetaKey,
         InferenceStatus,
         PayloadKey,
+        Turn,
         Usage,
         llm_text_block,
         pending_tool_calls,
         tool_use_block,
+        user_block,
     )
     from geppetto_temporal.workflows._models import (
         INFERENCE_CONTINUE_AS_NEW_PATCH,
@@ -79,6 +91,8 @@ with workflow.unsafe.imports_passed_through():
         InferenceRun,
         PendingApproval,
         StepPause,
+        agent_depth,
+        agent_inference_id,
     )
 
 # The activity enforces the tool's own timeout precisely; Temporal's timeout is
@@ -86,6 +100,11 @@ with workflow.unsafe.imports_passed_through():
 _TOOL_TIMEOUT_GRACE = timedelta(seconds=5)
 #: Reading an earlier run's blocks may replay that run on a worker: seconds, not minutes.
 _EARLIER_BLOCKS_TIMEOUT = timedelta(minutes=2)
+
+
+#: What the loop checks of a tool's options for a sub-agent call: only `approval` (no, but
+#: `require_approval` patterns apply); the timeout is unused, the child has its own.
+_AGENT_OPTIONS = ToolActivityOptions(timeout_seconds=0.001, retry=RetrySpec())
 
 
 def describe_activity_error(err: BaseException) -> str:
@@ -174,6 +193,8 @@ class InferenceWorkflow:
         # Step mode: where the loop is paused, and whether `continue_step` released it.
         self._pause: StepPause | None = None
         self._continued = False
+        # Usage of the sub-agents that finished since the loop last took it.
+        self._agent_usage = Usage()
 
     def _emit(
         self,
@@ -389,6 +410,8 @@ class InferenceWorkflow:
                 input, spec, calls, result.tool_options
             )
             blocks.extend(results)
+            if spec.agents:  # the sub-agents' usage is this inference's too
+                usage, self._agent_usage = usage + self._agent_usage, Usage()
             if cancelled or self._cancel_requested:
                 status = InferenceStatus.CANCELLED
                 break
@@ -676,7 +699,8 @@ class InferenceWorkflow:
         async def run_one(call: Block) -> ToolCallResult:
             call_id = call.call_id or ""
             name = str(call.payload.get(PayloadKey.NAME, ""))
-            opts = options.get(name)
+            agent = next((a for a in spec.agents if a.name == name), None)
+            opts = _AGENT_OPTIONS if agent is not None else options.get(name)
             if opts is None:
                 return finished(
                     ToolCallResult(
@@ -697,6 +721,8 @@ class InferenceWorkflow:
                     return finished(ToolCallResult(call_id=call_id, error=refused))
             async with limit:
                 self._emit(ToolCallExecuteEvent(tool_call=_tool_call(call)))
+                if agent is not None:
+                    return finished(await self._run_agent(input, spec, agent, call))
                 call_input = ToolCallInput(
                     call_id=call_id,
                     name=name,
@@ -763,3 +789,89 @@ class InferenceWorkflow:
         if first_error is not None and config.error_handling == ToolErrorHandling.ABORT:
             abort_reason = f"tool call failed and error_handling is abort: {first_error}"
         return results, abort_reason, cancelled
+
+    async def _run_agent(
+        self, input: InferenceInput, spec: EngineSpec, agent: AgentTool, call: Block
+    ) -> ToolCallResult:
+        """Run a sub-agent call as a child inference; its final text is the call's result.
+
+        Cancelling this inference cancels the child, which returns its partial turn, so
+        its usage is counted even then.
+        """
+        call_id = call.call_id or ""
+        args = call.payload.get(PayloadKey.ARGS)
+        prompt = args.get("prompt") if isinstance(args, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            return ToolCallResult(
+                call_id=call_id, error=f"{agent.name}: needs a non-empty string argument 'prompt'"
+            )
+        child_id = agent_inference_id(input.inference_id, call_id)
+        if agent_depth(child_id) > spec.max_agent_depth:
+            return ToolCallResult(
+                call_id=call_id,
+                error=(
+                    f"{agent.name}: not run, sub-agents may nest only {spec.max_agent_depth} "
+                    "deep (max_agent_depth); answer without it"
+                ),
+            )
+        self._emit(
+            AgentStartedEvent(
+                tool_call_id=call_id,
+                agent=agent.name,
+                agent_inference_id=child_id,
+                prompt=shorten(prompt)[0],
+            )
+        )
+        engine = agent.engine
+        if engine.max_agent_depth > spec.max_agent_depth:
+            # The bound of the outermost engine holds all the way down.
+            engine = engine.model_copy(update={"max_agent_depth": spec.max_agent_depth})
+        try:
+            result: InferenceResult = await workflow.execute_child_workflow(
+                INFERENCE_WORKFLOW,
+                InferenceInput(
+                    turn=Turn(id=call_id, blocks=[user_block(prompt)]),
+                    engine=engine,
+                    features=input.features,
+                ),
+                result_type=InferenceResult,
+                id=child_id,
+                cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+                parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                static_summary=f"agent {agent.name}: {agent.engine.spec_string}",
+            )
+        except (ChildWorkflowError, WorkflowAlreadyStartedError) as err:
+            # Already started: a provider repeated a call id while its first call still runs.
+            error = f"{agent.name}: {describe_activity_error(err.__cause__ or err)}"
+            self._emit(
+                AgentFinishedEvent(
+                    tool_call_id=call_id,
+                    agent=agent.name,
+                    agent_inference_id=child_id,
+                    status=InferenceStatus.FAILED,
+                    error=error,
+                )
+            )
+            return ToolCallResult(call_id=call_id, error=error)
+        self._agent_usage = self._agent_usage + result.usage
+        self._emit(
+            AgentFinishedEvent(
+                tool_call_id=call_id,
+                agent=agent.name,
+                agent_inference_id=child_id,
+                status=result.status,
+                error=result.metadata.error,
+                usage=result.usage,
+            )
+        )
+        if result.status != InferenceStatus.COMPLETED:
+            why = result.metadata.error or result.status.value
+            return ToolCallResult(call_id=call_id, error=f"{agent.name}: {why}")
+        # The final answer: the text after the child's last tool result.
+        final: list[str] = []
+        for block in result.blocks:
+            if block.kind == BlockKind.TOOL_USE:
+                final = []
+            elif block.kind == BlockKind.LLM_TEXT:
+                final.append(block.text)
+        return ToolCallResult(call_id=call_id, result="".join(final))
