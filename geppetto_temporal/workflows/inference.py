@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ToolCallInput,
         ToolCallResult,
     )
+    from geppetto_temporal.engines._output import OUTPUT_INVALID, retry_block
     from geppetto_temporal.engines._spec import EngineSpec
     from geppetto_temporal.errors import ErrorType
     from geppetto_temporal.events import (
@@ -171,6 +172,8 @@ class InferenceWorkflow:
         #: Tool names approved for the rest of the session in this inference.
         self._remembered: list[str] = list(carry.approved_tools) if carry else []
         self._tool_calls = carry.tool_calls if carry else 0
+        #: Typed output: answers sent back to the model for failing the schema.
+        self._output_retries = carry.output_retries if carry else 0
         # Step mode: where the loop is paused, and whether `continue_step` released it.
         self._pause: StepPause | None = None
         self._continued = False
@@ -366,7 +369,15 @@ class InferenceWorkflow:
             for call in calls:
                 self._emit(ToolCallEvent(tool_call=_tool_call(call)), step=step)
             if not calls:
-                status = InferenceStatus.COMPLETED
+                if result.output_error is None:
+                    status = InferenceStatus.COMPLETED
+                    break
+                # Typed output that fails its schema (only engines with `output` get here).
+                retry = self._output_retry(spec, result.output_error, step)
+                if retry is None:
+                    blocks.append(retry_block(result.output_error))
+                    continue
+                status, error = InferenceStatus.FAILED, retry
                 break
             over = self._over_budget(spec, usage, len(calls))
             if over is not None:
@@ -434,6 +445,17 @@ class InferenceWorkflow:
             metadata=metadata,
             iterations=self._iterations,
             approved_tools=self._remembered,
+        )
+
+    def _output_retry(self, spec: EngineSpec, problem: str, step: int) -> str | None:
+        """None to send a failed answer back to the model for another step, else why not."""
+        retries = spec.output.retries if spec.output is not None else 0
+        if self._output_retries < retries and step < spec.max_iterations:
+            self._output_retries += 1
+            return None
+        return (
+            f"{OUTPUT_INVALID}: {problem} "
+            f"(after {self._output_retries} of {retries} retries, step {step})"
         )
 
     def _over_budget(self, spec: EngineSpec, usage: Usage, calls: int) -> str | None:
@@ -589,6 +611,7 @@ class InferenceWorkflow:
             stream=WorkflowStreamState(log=[], base_offset=stream_end, publishers=state.publishers),
             tool_calls=self._tool_calls,
             approved_tools=self._remembered,
+            output_retries=self._output_retries,
         )
         workflow.continue_as_new(
             # The ids follow from the workflow id, as in the first run.
