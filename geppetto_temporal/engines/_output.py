@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field
@@ -107,7 +109,7 @@ def check_answer(raw: str, schema: dict[str, Any]) -> str | None:
     return shown + (f"; and {more} more" if more > 0 else "")
 
 
-_TYPES: dict[str, Any] = {
+_TYPES: dict[str, Callable[[Any], bool]] = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
     "string": lambda v: isinstance(v, str),
@@ -177,10 +179,10 @@ def _check(value: Any, schema: Any, root: dict[str, Any], at: str, problems: lis
             problems.append(f"{at}: does not match the pattern {schema['pattern']!r}")
     elif _TYPES["number"](value):
         for key, fails in (
-            ("minimum", lambda v, b: v < b),
-            ("maximum", lambda v, b: v > b),
-            ("exclusiveMinimum", lambda v, b: v <= b),
-            ("exclusiveMaximum", lambda v, b: v >= b),
+            ("minimum", operator.lt),
+            ("maximum", operator.gt),
+            ("exclusiveMinimum", operator.le),
+            ("exclusiveMaximum", operator.ge),
         ):
             if key in schema and fails(value, schema[key]):
                 problems.append(f"{at}: {value} violates {key} {schema[key]}")
