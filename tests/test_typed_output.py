@@ -25,6 +25,7 @@ from geppetto_temporal import (
 from geppetto_temporal.engines._output import OUTPUT_ERROR, OUTPUT_RETRY, validate
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import PayloadKey
+from geppetto_temporal.workflows._models import InferenceRun
 from tests.test_provider_matrix import (  # the provider matrix's fixtures and cases
     ProviderCase,
     conversations,
@@ -283,3 +284,49 @@ def test_output_type_needs_a_pydantic_model() -> None:
     assert spec.output is not None and spec.output.retries == 5
     # Only JSON travels: the spec round-trips through JSON with the schema intact.
     assert type(spec).model_validate_json(spec.model_dump_json()) == spec
+
+
+async def test_retry_count_survives_continue_as_new(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    """A retry, then a tool step after which the inference continues as new, then a bad
+    answer: the new run knows the one retry is spent and fails at once."""
+    script = {
+        "rules": [
+            {
+                "name": "after-tool",
+                "when": {"last_role": "tool"},
+                "reply": {"text": json.dumps(BAD)},
+            },
+            {
+                "name": "call",
+                "when": {"last_user_contains": RETRY_MARK},
+                "reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]},
+            },
+            {"name": "first", "reply": {"text": json.dumps(BAD)}},
+        ]
+    }
+    session, base_url = await new_session(
+        script,
+        configure=lambda b: (
+            b.tools("get_weather").steps_per_run(1).output_type(Forecast, retries=1)
+        ),
+    )
+    handle = await session.start_inference("Weather in Paris?")
+    with pytest.raises(OutputValidationError) as caught:
+        await handle.wait()
+    assert "after 1 of 1 retries, step 3" in caught.value.problem
+    assert json.loads(caught.value.raw) == BAD
+    turn = caught.value.turn
+    assert turn is not None
+    assert [b.kind for b in turn.blocks] == [
+        BlockKind.USER,
+        BlockKind.LLM_TEXT,
+        BlockKind.USER,
+        BlockKind.TOOL_CALL,
+        BlockKind.TOOL_USE,
+        BlockKind.LLM_TEXT,
+    ]
+    assert len(model_server.requests(base_url)) == 3
+    runs = await handle.workflow_handle.query("runs", result_type=list[InferenceRun])
+    assert len(runs) == 1  # the last answer came in a second run
