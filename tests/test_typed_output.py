@@ -26,6 +26,7 @@ from geppetto_temporal.engines._output import OUTPUT_ERROR, OUTPUT_RETRY, valida
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import PayloadKey
 from geppetto_temporal.workflows._models import InferenceRun
+from tests.conftest import SECRET_API_KEY
 from tests.test_provider_matrix import (  # the provider matrix's fixtures and cases
     ProviderCase,
     conversations,
@@ -330,3 +331,52 @@ async def test_retry_count_survives_continue_as_new(
     assert len(model_server.requests(base_url)) == 3
     runs = await handle.workflow_handle.query("runs", result_type=list[InferenceRun])
     assert len(runs) == 1  # the last answer came in a second run
+
+
+async def test_scripted_server_checks_structured_output_requests(
+    model_server: ScriptedModelServer,
+) -> None:
+    """The scripted server rejects malformed structured-output requests as the APIs do (400),
+    and the Responses wire echoes the requested format."""
+    import anthropic
+    import openai
+
+    base_url = model_server.add_script({"rules": [{"reply": {"text": '{"ok": true}'}}]})
+    chat = openai.AsyncOpenAI(api_key=SECRET_API_KEY, base_url=base_url, max_retries=0)
+    claude = anthropic.AsyncAnthropic(
+        api_key=SECRET_API_KEY, base_url=base_url.removesuffix("/v1"), max_retries=0
+    )
+    messages: Any = [{"role": "user", "content": "hi"}]
+    schema: Any = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+    bad_format: Any = {
+        "type": "json_schema",
+        "json_schema": {"name": "bad name!", "schema": schema},
+    }
+    text_format: Any = {"format": {"type": "json_schema", "name": "Ok", "schema": schema}}
+    tools: Any = [{"name": "Ok", "input_schema": schema}]
+    try:
+        with pytest.raises(openai.BadRequestError, match=r"json_schema\.name"):
+            await chat.chat.completions.create(
+                model="m",
+                messages=messages,
+                response_format=bad_format,
+            )
+        response = await chat.responses.create(
+            model="m",
+            input="hi",
+            text=text_format,
+        )
+        assert response.text is not None and response.text.format is not None
+        assert response.text.format.type == "json_schema"
+        assert json.loads(response.output_text) == {"ok": True}
+        with pytest.raises(anthropic.BadRequestError, match="not one of the request's tools"):
+            await claude.messages.create(
+                model="m",
+                max_tokens=100,
+                messages=messages,
+                tools=tools,
+                tool_choice={"type": "tool", "name": "Other"},
+            )
+    finally:
+        await chat.close()
+        await claude.close()
