@@ -17,12 +17,14 @@ from pydantic import BaseModel, Field, field_validator
 
 from geppetto_temporal import (
     BlockKind,
+    BudgetExceeded,
     EngineBuilder,
     InferenceFailed,
     InferenceStatus,
     OutputValidationError,
 )
 from geppetto_temporal.engines._output import OUTPUT_ERROR, OUTPUT_RETRY, validate
+from geppetto_temporal.events import InfoEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import PayloadKey
 from geppetto_temporal.workflows._models import InferenceRun
@@ -128,9 +130,14 @@ async def test_validation_retry_succeeds(
     session, base_url = await provider_session(
         script, configure=lambda b: b.no_tools().output_type(Forecast)
     )
-    turn = await (await session.start_inference("Weather in Paris?")).wait()
+    handle = await session.start_inference("Weather in Paris?")
+    turn = await handle.wait()
     assert turn.output == Forecast(**GOOD)
     assert turn.metadata.status == InferenceStatus.COMPLETED
+    retried = [e async for e in handle.events() if isinstance(e, InfoEvent)]
+    assert [(e.message, e.data) for e in retried] == [
+        ("output-retry", {"problem": '$.temp_c: expected number, got "warm"', "retry": 1})
+    ]
     _user, wrong, retry, fixed = turn.blocks
     assert [b.kind for b in turn.blocks] == [
         BlockKind.USER,
@@ -218,6 +225,16 @@ async def test_typed_output_after_tool_call(
     first, second = bodies(model_server, base_url)
     for body in (first, second):
         assert_asked_natively(provider, body, tools=True)
+
+
+async def test_budget_stops_retries(new_session: Any, model_server: ScriptedModelServer) -> None:
+    script = {"rules": [{"name": "wrong", "reply": {"text": json.dumps(BAD)}}]}
+    session, base_url = await new_session(
+        script, configure=lambda b: b.no_tools().budget(max_total_tokens=1).output_type(Forecast)
+    )
+    with pytest.raises(BudgetExceeded, match="max_total_tokens is 1"):
+        await (await session.start_inference("Weather in Paris?")).wait()
+    assert len(model_server.requests(base_url)) == 1  # no retry step past the budget
 
 
 class Strict(BaseModel):

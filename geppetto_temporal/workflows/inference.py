@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         FinalEvent,
         InferenceFinishedEvent,
         InferenceStartedEvent,
+        InfoEvent,
         InterruptEvent,
         PartialEvent,
         StartEvent,
@@ -373,9 +374,20 @@ class InferenceWorkflow:
                     status = InferenceStatus.COMPLETED
                     break
                 # Typed output that fails its schema (only engines with `output` get here).
+                over = self._over_budget(spec, usage, 0)
+                if over is not None:
+                    status, error = InferenceStatus.BUDGET_EXCEEDED, over
+                    break
                 retry = self._output_retry(spec, result.output_error, step)
                 if retry is None:
                     blocks.append(retry_block(result.output_error))
+                    self._emit(
+                        InfoEvent(
+                            message="output-retry",
+                            data={"problem": result.output_error, "retry": self._output_retries},
+                        ),
+                        step=step,
+                    )
                     continue
                 status, error = InferenceStatus.FAILED, retry
                 break
