@@ -751,8 +751,6 @@ class Session:
         `output_type` asks this prompt alone for typed output (docs/typed-output.md).
         """
         self._check_prompt(prompt)
-        if engine is not None:
-            self._output_type = _output_model(engine)
         request = StartInferenceRequest(
             prompt=prompt,
             engine=_to_spec(engine) if engine is not None else None,
@@ -760,6 +758,8 @@ class Session:
             output=build_output_spec(output_type) if output_type is not None else None,
         )
         handle = await self._start(request)
+        if engine is not None:  # the session now runs this engine
+            self._output_type = _output_model(engine)
         handle.output_type = output_type or self._output_type
         return handle
 
