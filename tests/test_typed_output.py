@@ -23,10 +23,10 @@ from geppetto_temporal import (
     InferenceStatus,
     OutputValidationError,
 )
-from geppetto_temporal.engines._output import OUTPUT_ERROR, OUTPUT_RETRY, validate
+from geppetto_temporal.engines._output import OUTPUT_ERROR, OUTPUT_RETRY, settle_output, validate
 from geppetto_temporal.events import InfoEvent
 from geppetto_temporal.testing import ScriptedModelServer
-from geppetto_temporal.turns import PayloadKey
+from geppetto_temporal.turns import PayloadKey, llm_text_block, tool_call_block
 from geppetto_temporal.workflows._models import InferenceRun
 from tests.conftest import SECRET_API_KEY
 from tests.test_provider_matrix import (  # the provider matrix's fixtures and cases
@@ -397,3 +397,28 @@ async def test_scripted_server_checks_structured_output_requests(
     finally:
         await chat.close()
         await claude.close()
+
+
+def test_settle_output_on_anthropic_shaped_steps() -> None:
+    """How a step's output tool call becomes the answer (or does not)."""
+    output = EngineBuilder("anthropic:m").output_type(Forecast).build().output
+    assert output is not None
+    # A preamble and the output tool's call: the call's input is the answer, after the text.
+    blocks, error = settle_output(
+        [llm_text_block("Here it is."), tool_call_block("c1", "Forecast", GOOD)], output
+    )
+    assert error is None
+    assert [(b.kind, b.text) for b in blocks] == [
+        (BlockKind.LLM_TEXT, "Here it is."),
+        (BlockKind.LLM_TEXT, json.dumps(GOOD)),
+    ]
+    # Beside another tool's call, the output call is dropped: the tool runs, the model answers again.
+    weather = tool_call_block("c2", "get_weather", {"city": "Paris"})
+    blocks, error = settle_output([weather, tool_call_block("c3", "Forecast", BAD)], output)
+    assert (blocks, error) == ([weather], None)
+    # A wrong answer is kept, marked with the reason.
+    blocks, error = settle_output([tool_call_block("c4", "Forecast", BAD)], output)
+    assert error == '$.temp_c: expected number, got "warm"'
+    assert blocks[0].metadata[OUTPUT_ERROR] == error
+    # No answer at all.
+    assert settle_output([], output) == ([], "the answer was empty")

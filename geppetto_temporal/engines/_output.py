@@ -85,9 +85,10 @@ def settle_output(blocks: list[Block], output: OutputSpec) -> tuple[list[Block],
             blocks = [b for b in blocks if b not in answer]
     if any(b.kind == BlockKind.TOOL_CALL for b in blocks):
         return blocks, None
+    # The answer is the last text block (what `Turn.last_text` and the client read); text
+    # before it, e.g. a preamble beside Anthropic's output tool call, is not part of it.
     texts = [b for b in blocks if b.kind == BlockKind.LLM_TEXT]
-    raw = "".join(b.text for b in texts)
-    error = check_answer(raw, output.json_schema)
+    error = check_answer(texts[-1].text if texts else "", output.json_schema)
     if error is not None and texts:
         texts[-1].metadata[OUTPUT_ERROR] = error
     return blocks, error
