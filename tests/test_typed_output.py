@@ -14,11 +14,13 @@ from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel, Field, field_validator
+from temporalio.api.enums.v1 import EventType
 
 from geppetto_temporal import (
     BlockKind,
     BudgetExceeded,
     EngineBuilder,
+    ExecutionHandle,
     InferenceFailed,
     InferenceStatus,
     OutputValidationError,
@@ -27,7 +29,7 @@ from geppetto_temporal.engines._output import OUTPUT_ERROR, OUTPUT_RETRY, settle
 from geppetto_temporal.events import InfoEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import PayloadKey, llm_text_block, tool_call_block
-from geppetto_temporal.workflows._models import InferenceRun
+from geppetto_temporal.workflows._models import TYPED_OUTPUT_PATCH, InferenceRun
 from tests.conftest import SECRET_API_KEY
 from tests.test_provider_matrix import (  # the provider matrix's fixtures and cases
     ProviderCase,
@@ -53,6 +55,17 @@ class Forecast(BaseModel):
 GOOD = {"city": "Paris", "temp_c": 21.5, "sky": "sunny", "tags": ["warm"]}
 BAD = {"city": "Paris", "temp_c": "warm", "sky": "sunny"}
 RETRY_MARK = "did not match the required JSON schema"
+
+
+async def typed_output_markers(handle: ExecutionHandle) -> int:
+    """How many `typed-output` patch markers the inference's history holds."""
+    markers = 0
+    async for event in handle.workflow_handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            details = event.marker_recorded_event_attributes.details
+            data = b"".join(p.data for p in details["patch-data"].payloads)
+            markers += TYPED_OUTPUT_PATCH.encode() in data
+    return markers
 
 
 def answer(case: ProviderCase, value: dict[str, Any], name: str = "Forecast") -> dict[str, Any]:
@@ -101,9 +114,11 @@ async def test_typed_output(
     session, base_url = await provider_session(
         script, configure=lambda b: b.no_tools().output_type(Forecast)
     )
-    turn = await (await session.start_inference("Weather in Paris?")).wait()
+    handle = await session.start_inference("Weather in Paris?")
+    turn = await handle.wait()
     assert turn.output == Forecast(**GOOD)
     assert json.loads(turn.last_text) == GOOD  # what history holds: JSON
+    assert await typed_output_markers(handle) == 0  # a valid answer takes the old path
     assert [b.kind for b in turn.blocks] == [BlockKind.USER, BlockKind.LLM_TEXT]
     [body] = bodies(model_server, base_url)
     assert_asked_natively(provider, body, tools=False)
@@ -138,6 +153,7 @@ async def test_validation_retry_succeeds(
     assert [(e.message, e.data) for e in retried] == [
         ("output-retry", {"problem": '$.temp_c: expected number, got "warm"', "retry": 1})
     ]
+    assert await typed_output_markers(handle) == 1
     _user, wrong, retry, fixed = turn.blocks
     assert [b.kind for b in turn.blocks] == [
         BlockKind.USER,

@@ -33,6 +33,9 @@ INFERENCE_FEATURES: tuple[str, ...] = (LIVE_DELTAS,)
 CARRY_LIMIT_PATCH = "carry-limit"
 #: Patch id: an inference continues as new between steps (recorded only by runs that do).
 INFERENCE_CONTINUE_AS_NEW_PATCH = "inference-continue-as-new"
+#: Patch id: a typed-output answer that fails its schema is retried or fails the inference
+#: (recorded only by inferences that meet such an answer).
+TYPED_OUTPUT_PATCH = "typed-output"
 
 
 def inference_workflow_id(session_id: str, n: int) -> str:

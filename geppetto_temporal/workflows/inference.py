@@ -70,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         INFERENCE_CONTINUE_AS_NEW_PATCH,
         INFERENCE_WORKFLOW,
         LIVE_DELTAS,
+        TYPED_OUTPUT_PATCH,
         ApprovalDecision,
         BlockRange,
         ContinueStep,
@@ -370,7 +371,7 @@ class InferenceWorkflow:
             for call in calls:
                 self._emit(ToolCallEvent(tool_call=_tool_call(call)), step=step)
             if not calls:
-                if result.output_error is None:
+                if result.output_error is None or not self._typed_output_path():
                     status = InferenceStatus.COMPLETED
                     break
                 # Typed output that fails its schema (only engines with `output` get here).
@@ -458,6 +459,16 @@ class InferenceWorkflow:
             iterations=self._iterations,
             approved_tools=self._remembered,
         )
+
+    def _typed_output_path(self) -> bool:
+        """Whether a failed typed-output answer is handled (retry or failure), not completed.
+
+        Only engines with `output` produce such answers, which no history recorded before
+        typed output has; the patch covers a mixed deploy, where a worker without typed
+        output ran the workflow while a newer one ran its step. Asked only on that path,
+        so other inferences record no marker.
+        """
+        return workflow.patched(TYPED_OUTPUT_PATCH)
 
     def _output_retry(self, spec: EngineSpec, problem: str, step: int) -> str | None:
         """None to send a failed answer back to the model for another step, else why not."""
