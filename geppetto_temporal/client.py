@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
@@ -41,7 +42,8 @@ from geppetto_temporal._inputs import (
 )
 from geppetto_temporal._known_blocks import KnownBlocks
 from geppetto_temporal._subscribe import POLL_COOLDOWN, follow_inference
-from geppetto_temporal.engines._builder import EngineBuilder
+from geppetto_temporal.engines._builder import EngineBuilder, build_output_spec
+from geppetto_temporal.engines._output import OUTPUT_INVALID
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.errors import (
     ApprovalNotPendingError,
@@ -53,6 +55,7 @@ from geppetto_temporal.errors import (
     InvalidPromptError,
     MaxIterationsReached,
     NotPausedError,
+    OutputValidationError,
     PromptTooLargeError,
     SessionBusyError,
     SessionClosedError,
@@ -60,7 +63,7 @@ from geppetto_temporal.errors import (
     SessionNotFoundError,
 )
 from geppetto_temporal.events import Event, EventSink
-from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata
+from geppetto_temporal.turns import Block, BlockKind, InferenceStatus, Turn, TurnMetadata
 from geppetto_temporal.workflows._models import (
     DEFAULT_TASK_QUEUE,
     SESSION_FEATURES,
@@ -96,6 +99,11 @@ def _to_spec(engine: EngineLike) -> EngineSpec:
     if isinstance(engine, EngineBuilder):
         return engine.build()
     return EngineSpec.parse(engine)
+
+
+def _output_model(engine: EngineLike) -> type[BaseModel] | None:
+    """The typed-output class a builder was given; a bare spec carries only its schema."""
+    return engine.output_model if isinstance(engine, EngineBuilder) else None
 
 
 def _inference_number(inference_id: str) -> int:
@@ -171,11 +179,14 @@ class ExecutionHandle:
         inference_id: str,
         *,
         session: Session | None = None,
+        output_type: type[BaseModel] | None = None,
         _starting: bool = False,
     ) -> None:
         check_existing_id(inference_id, what="inference id")
         self.client = client
         self.inference_id = inference_id
+        #: Typed output: the pydantic model `wait()` validates the answer into (`turn.output`).
+        self.output_type = output_type
         self.session_id = session_id_of(inference_id)
         self._session = session
         self._handle: WorkflowHandle[object, InferenceResult] = client.get_workflow_handle(
@@ -227,9 +238,14 @@ class ExecutionHandle:
             await asyncio.shield(self._starting)
 
     @classmethod
-    def attach(cls, client: Client, inference_id: str) -> ExecutionHandle:
-        """A handle on an existing inference, by its id (`<session_id>/inference/<n>`)."""
-        return cls(client, inference_id)
+    def attach(
+        cls, client: Client, inference_id: str, *, output_type: type[BaseModel] | None = None
+    ) -> ExecutionHandle:
+        """A handle on an existing inference, by its id (`<session_id>/inference/<n>`).
+
+        With `output_type`, `wait()` fills in `turn.output` for a typed-output inference.
+        """
+        return cls(client, inference_id, output_type=output_type)
 
     @property
     def workflow_handle(self) -> WorkflowHandle[object, InferenceResult]:
@@ -307,14 +323,46 @@ class ExecutionHandle:
         """
         result, turn = await self._result_and_turn()
         if result.status == InferenceStatus.COMPLETED:
+            if self.output_type is not None:
+                turn._output = self._validated_output(turn)
             return turn
         message = f"inference {self.inference_id} {result.status.value}: {result.error or ''}"
+        if result.status == InferenceStatus.FAILED and (result.error or "").startswith(
+            OUTPUT_INVALID
+        ):
+            last = result.blocks[-1] if result.blocks else None
+            raise OutputValidationError(
+                message,
+                turn=turn,
+                inference_id=self.inference_id,
+                raw=last.text if last is not None and last.kind == BlockKind.LLM_TEXT else "",
+                problem=(result.error or "").removeprefix(f"{OUTPUT_INVALID}: "),
+            )
         error_class = {
             InferenceStatus.CANCELLED: InferenceCancelled,
             InferenceStatus.MAX_ITERATIONS: MaxIterationsReached,
             InferenceStatus.BUDGET_EXCEEDED: BudgetExceeded,
         }.get(result.status, InferenceFailed)
         raise error_class(message.rstrip(": "), turn=turn, inference_id=self.inference_id)
+
+    def _validated_output(self, turn: Turn) -> BaseModel:
+        """The answer as an instance of `output_type` (the worker checked only its schema)."""
+        assert self.output_type is not None
+        raw = turn.last_text
+        try:
+            return self.output_type.model_validate_json(raw)
+        except ValidationError as err:
+            problem = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in err.errors()
+            )
+            raise OutputValidationError(
+                f"inference {self.inference_id}: the answer is not a valid "
+                f"{self.output_type.__name__}: {problem}",
+                turn=turn,
+                inference_id=self.inference_id,
+                raw=raw,
+                problem=problem,
+            ) from None
 
     async def _started_input(self) -> InferenceInput:
         """The inference's input, from the first event of its history."""
@@ -545,6 +593,8 @@ class Session:
         self._conversation = KnownBlocks()
         # Set by `create(lazy=True)` until the workflow has been started.
         self._pending_start: _SessionStart | None = None
+        # Typed output of the engine this client gave the session (only a builder has one).
+        self._output_type: type[BaseModel] | None = None
 
     def __repr__(self) -> str:
         return f"Session({self.session_id!r})"
@@ -618,6 +668,7 @@ class Session:
         )
         session = cls(client, session_id)
         session._pending_start = start
+        session._output_type = _output_model(engine)
         if not lazy:
             await session._ensure_started()
         return session
@@ -685,7 +736,11 @@ class Session:
         return description.status == ExecutionStatus.RUNNING
 
     async def start_inference(
-        self, prompt: str, *, engine: EngineLike | None = None
+        self,
+        prompt: str,
+        *,
+        engine: EngineLike | None = None,
+        output_type: type[BaseModel] | None = None,
     ) -> ExecutionHandle:
         """Start an inference for `prompt` and return its handle.
 
@@ -693,15 +748,25 @@ class Session:
         `close()`, `InvalidPromptError` for an empty prompt or one that is not
         valid text, `PromptTooLargeError` for one too large to carry (before any
         call to Temporal). `engine` switches the session's engine from this prompt on.
+        `output_type` asks this prompt alone for typed output (docs/typed-output.md).
         """
         self._check_prompt(prompt)
         request = StartInferenceRequest(
             prompt=prompt,
             engine=_to_spec(engine) if engine is not None else None,
             after_inference_id=self._last_finished,
+            output=build_output_spec(output_type) if output_type is not None else None,
         )
+        handle = await self._start(request)
+        if engine is not None:  # the session now runs this engine
+            self._output_type = _output_model(engine)
+        handle.output_type = output_type or self._output_type
+        return handle
+
+    async def _start(self, request: StartInferenceRequest) -> ExecutionHandle:
         start = self._pending_start
-        if start is not None and start.takes_first_prompt:
+        # A prompt's own output type travels in the update (the start input has no place for it).
+        if start is not None and start.takes_first_prompt and request.output is None:
             return await self._start_with_prompt(start, request)
         try:
             response = await self._update_start(request)

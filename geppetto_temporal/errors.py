@@ -127,6 +127,23 @@ class BudgetExceeded(InferenceFailed):
     """The inference went over one of its engine's budgets (tokens, cost, tool calls); `turn` is kept."""
 
 
+class OutputValidationError(InferenceFailed):
+    """Typed output: the answer did not validate (docs/typed-output.md); `turn` is kept.
+
+    `raw` is the model's last answer as it came (JSON text, or not even that) and
+    `problem` what was wrong with it. Raised after the engine's output retries ran
+    out on the worker's schema check, or when the client's pydantic model rejects an
+    answer the schema allowed (a custom validator, say).
+    """
+
+    def __init__(
+        self, message: str, *, turn: Turn | None, inference_id: str, raw: str, problem: str
+    ) -> None:
+        super().__init__(message, turn=turn, inference_id=inference_id)
+        self.raw = raw
+        self.problem = problem
+
+
 class ApprovalNotPendingError(GeppettoError):
     """An approve/deny named a tool call that is not waiting for a decision.
 

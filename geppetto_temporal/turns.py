@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import (
     ConfigDict,
     Field,
+    PrivateAttr,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     model_serializer,
@@ -193,6 +194,18 @@ class Turn(WireModel):
     blocks: list[Block] = Field(default_factory=list)
     metadata: TurnMetadata = Field(default_factory=TurnMetadata)
     data: dict[str, Any] = Field(default_factory=dict)
+    # Typed output: the validated answer, set by the client; never serialised (the JSON
+    # is the last `llm_text` block).
+    _output: Any = PrivateAttr(default=None)
+
+    @property
+    def output(self) -> Any:
+        """Typed output (docs/typed-output.md): the validated model instance of the answer.
+
+        Set on turns that `ExecutionHandle.wait()` returns when the client knows the
+        output type; None otherwise (the answer's JSON is still `last_text`).
+        """
+        return self._output
 
     def clone(self, *, new_id: str | None = None) -> Turn:
         """A deep copy, optionally with a new id (geppetto's `Turn.Clone()`)."""

@@ -25,6 +25,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer, WorkflowReplayResult
 
 from geppetto_temporal.connection import DATA_CONVERTER
+from geppetto_temporal.engines._output import OutputSpec
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 from geppetto_temporal.workflows._models import (
@@ -258,10 +259,14 @@ class SessionWithTimerBeforeChild(SessionWorkflow):
         return await super().run(input)
 
     async def _begin(
-        self, prompt: str, engine: EngineSpec | None, source: str | None = None
+        self,
+        prompt: str,
+        engine: EngineSpec | None,
+        source: str | None = None,
+        output: OutputSpec | None = None,
     ) -> StartInferenceResponse:
         await workflow.sleep(0.01)
-        return await super()._begin(prompt, engine, source)
+        return await super()._begin(prompt, engine, source, output)
 
 
 @workflow.defn(name=INFERENCE_WORKFLOW)

@@ -30,6 +30,7 @@ from geppetto_temporal.activities._models import (
 )
 from geppetto_temporal.engines._errors import classify_error
 from geppetto_temporal.engines._factory import EngineFactory
+from geppetto_temporal.engines._output import settle_output
 from geppetto_temporal.engines._spec import AgentTool
 from geppetto_temporal.engines._step import StepOutput
 from geppetto_temporal.engines.middleware import BUILTIN_MIDDLEWARE, Middleware, apply_middleware
@@ -303,6 +304,9 @@ class InferenceActivities:
             interrupted.events = tail
             return interrupted
         new_blocks = output.blocks(attempt=info.attempt)
+        output_error = None
+        if spec.output is not None:
+            new_blocks, output_error = settle_output(new_blocks, spec.output)
         allowed_names = {t.name for t in allowed}
         options = {
             name: self.tools.activity_options(name, spec.tools)
@@ -329,6 +333,7 @@ class InferenceActivities:
             tool_options=options,
             events=[] if from_blocks else tail,
             events_from_blocks=from_blocks,
+            output_error=output_error,
         )
 
     @activity.defn(name=INFERENCE_BLOCKS_ACTIVITY)

@@ -72,6 +72,9 @@ class LLMStepResult(WireModel):
     #: plus one `partial` with the text of `blocks`: the workflow rebuilds them
     #: instead of the result carrying the text twice (`events` is then empty).
     events_from_blocks: bool = False
+    #: Typed output: the step answered (no tool calls) and the answer fails the engine's
+    #: schema, for this reason. Always None for engines without `output`.
+    output_error: str | None = None
 
 
 class ToolCallInput(WireModel):

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geppetto_temporal.context import ContextPolicy
+from geppetto_temporal.engines._output import OutputSpec, output_name
 from geppetto_temporal.engines._spec import AgentTool, EngineSpec
 from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.retry import RetrySpec
 from geppetto_temporal.tools._config import ToolChoice, ToolConfig, ToolErrorHandling
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 class EngineBuilder:
@@ -20,6 +24,8 @@ class EngineBuilder:
 
     def __init__(self, model: str | EngineSpec = "openai:gpt-4o-mini", **settings: Any) -> None:
         self._spec = model if isinstance(model, EngineSpec) else EngineSpec.parse(model)
+        #: The Python type of typed output; only its JSON schema goes into the spec.
+        self.output_model: type[BaseModel] | None = None
         if settings:
             self._with(**settings)
 
@@ -235,6 +241,30 @@ class EngineBuilder:
         """How deep sub-agents may nest below this engine's inferences (default 3)."""
         return self._with(max_agent_depth=depth)
 
+    def output_type(
+        self,
+        model: type[BaseModel] | None,
+        *,
+        retries: int = 2,
+        name: str | None = None,
+        strict: bool = False,
+        description: str | None = None,
+    ) -> EngineBuilder:
+        """Ask for a final answer that validates as `model` (docs/typed-output.md); None: free text.
+
+        The spec carries the model's JSON schema and `name` (default: the class name);
+        `turn.output` of a completed turn is the validated instance. An answer that
+        fails the schema goes back to the model up to `retries` times, each a new step.
+        """
+        output = None
+        if model is not None:
+            output = build_output_spec(
+                model, retries=retries, name=name, strict=strict, description=description
+            )
+        self._with(output=output)
+        self.output_model = model
+        return self
+
     def extra(self, **params: Any) -> EngineBuilder:
         """Provider-specific request parameters, passed through unchanged."""
         return self._with(extra={**self._spec.extra, **params})
@@ -242,3 +272,28 @@ class EngineBuilder:
     def build(self) -> EngineSpec:
         """The finished, immutable spec."""
         return self._spec
+
+
+def build_output_spec(
+    model: type[BaseModel],
+    *,
+    retries: int = 2,
+    name: str | None = None,
+    strict: bool = False,
+    description: str | None = None,
+) -> OutputSpec:
+    """The JSON-only `OutputSpec` of a pydantic model (what travels through history)."""
+    from pydantic import BaseModel, ValidationError
+
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ConfigurationError(f"output_type must be a pydantic model class, got {model!r}")
+    try:
+        return OutputSpec(
+            name=name or output_name(model.__name__),
+            json_schema=model.model_json_schema(),
+            description=description or (model.__doc__ or "").strip() or None,
+            strict=strict,
+            retries=retries,
+        )
+    except ValidationError as err:
+        raise ConfigurationError(f"invalid output type: {EngineBuilder._describe(err)}") from None

@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from geppetto_temporal._wire import WireModel
 from geppetto_temporal.context import ContextPolicy
+from geppetto_temporal.engines._output import OutputSpec
 from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.retry import RetrySpec
 from geppetto_temporal.tools._config import ToolConfig
@@ -95,6 +96,9 @@ class EngineSpec(WireModel):
     #: the tools ran, until `ExecutionHandle.continue_step()`, or this many seconds when set.
     step_mode: bool = False
     step_auto_continue_seconds: float | None = Field(default=None, gt=0)
+    #: Typed output (docs/typed-output.md): the final answer must be JSON matching this
+    #: schema. None (the default): a free-text answer, and the loop as before.
+    output: OutputSpec | None = None
     #: Provider-specific request parameters passed through unchanged.
     extra: dict[str, Any] = Field(default_factory=dict)
     #: Sub-agents offered to the model as tools (docs/sub-agents.md): calling one runs

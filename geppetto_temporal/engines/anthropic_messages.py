@@ -24,6 +24,7 @@ from typing import Any
 from anthropic import APIStatusError, AsyncAnthropic
 
 from geppetto_temporal.engines._errors import ProviderStreamError
+from geppetto_temporal.engines._output import output_tool
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.engines._step import StepOutput, consume_stream
 from geppetto_temporal.tools._config import ToolChoice
@@ -193,6 +194,22 @@ def build_request(
             choice["disable_parallel_tool_use"] = True
         request["tool_choice"] = choice
     thinking = thinking_enabled(spec)
+    if spec.output is not None:
+        # No native JSON mode: the answer is the input of a tool the model must call, and
+        # the worker turns that call into the answer's text (`settle_output`). With other
+        # tools offered it must call one of them or the output tool; extended thinking
+        # allows no forced choice, so there the model is only asked to.
+        offered = request.get("tools", [])
+        request["tools"] = [*offered, output_tool(spec.output)]
+        if thinking:
+            forced: dict[str, Any] = {"type": "auto"}
+        elif offered:
+            forced = {"type": "any"}
+        else:
+            forced = {"type": "tool", "name": spec.output.name}
+        if spec.tools.max_parallel_tools == 1 and not thinking:
+            forced["disable_parallel_tool_use"] = True
+        request["tool_choice"] = forced
     # Extended thinking rejects a modified temperature, and top_p below 0.95.
     if spec.temperature is not None and not thinking:
         request["temperature"] = spec.temperature

@@ -114,6 +114,16 @@ def build_request(
         request["max_completion_tokens"] = spec.max_tokens
     if spec.stop:
         request["stop"] = list(spec.stop)
+    if spec.output is not None:
+        # Native structured output; the worker still checks the answer (a model may not comply).
+        schema: dict[str, Any] = {
+            "name": spec.output.name,
+            "schema": spec.output.json_schema,
+            "strict": spec.output.strict,
+        }
+        if spec.output.description:
+            schema["description"] = spec.output.description
+        request["response_format"] = {"type": "json_schema", "json_schema": schema}
     request.update(spec.extra)
     return request
 

@@ -198,6 +198,17 @@ def build_request(
     request.update(extra)
     if include:
         request["include"] = include
+    if spec.output is not None:
+        # Merged into a `text` from `extra` (e.g. its `verbosity`).
+        text_format: dict[str, Any] = {
+            "type": "json_schema",
+            "name": spec.output.name,
+            "schema": spec.output.json_schema,
+            "strict": spec.output.strict,
+        }
+        if spec.output.description:
+            text_format["description"] = spec.output.description
+        request["text"] = {**(request.get("text") or {}), "format": text_format}
     return request
 
 

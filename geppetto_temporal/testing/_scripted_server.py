@@ -28,6 +28,7 @@ import http
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -195,6 +196,30 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
+_SCHEMA_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_output_format(where: str, fmt: Any, *, schema_in: str | None) -> None:
+    """Reject a structured-output request the real API would (HTTP 400).
+
+    ``schema_in`` is the key holding name and schema (Chat: ``json_schema``); None when
+    they sit on the format itself (Responses ``text.format``).
+    """
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+        raise WireRequestError(f"Invalid value for '{where}.type'.")
+    if fmt["type"] != "json_schema":
+        return
+    holder = fmt.get(schema_in) if schema_in else fmt
+    path = f"{where}.{schema_in}" if schema_in else where
+    if not isinstance(holder, dict):
+        raise WireRequestError(f"Missing required parameter: '{path}'.")
+    name = holder.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME_RE.fullmatch(name):
+        raise WireRequestError(f"Invalid '{path}.name': must match ^[a-zA-Z0-9_-]{{1,64}}$.")
+    if not isinstance(holder.get("schema"), dict):
+        raise WireRequestError(f"Invalid '{path}.schema': must be a JSON schema object.")
+
+
 class ChatCompletionsWire:
     """OpenAI Chat Completions (``POST /v1/chat/completions``)."""
 
@@ -248,6 +273,10 @@ class ChatCompletionsWire:
         for f in body.get("functions") or []:
             if isinstance(f, dict):
                 tools.append(str(f.get("name", "")))
+        if "response_format" in body:
+            _check_output_format(
+                "response_format", body["response_format"], schema_in="json_schema"
+            )
         return NormalizedRequest(
             model=model,
             messages=tuple(messages),
@@ -405,6 +434,15 @@ class AnthropicMessagesWire:
         for t in body.get("tools") or []:
             if isinstance(t, dict):
                 tools.append(str(t.get("name", "")))
+        choice = body.get("tool_choice")
+        if choice is not None:
+            kind = choice.get("type") if isinstance(choice, dict) else None
+            if kind not in ("auto", "any", "tool", "none"):
+                raise WireRequestError("tool_choice.type: must be 'auto', 'any', 'tool' or 'none'")
+            if kind == "tool" and choice.get("name") not in tools:
+                raise WireRequestError(
+                    f"tool_choice.name: tool {choice.get('name')!r} is not one of the request's tools"
+                )
         return NormalizedRequest(
             model=model,
             messages=tuple(messages),
@@ -683,6 +721,9 @@ class ResponsesWire:
             if t.get("type") == "function" and not isinstance(t.get("name"), str):
                 raise WireRequestError(f"Missing required parameter: 'tools[{i}].name'.")
             tools.append(str(t.get("name", t.get("type", ""))))
+        text = body.get("text")
+        if isinstance(text, dict) and "format" in text:
+            _check_output_format("text.format", text["format"], schema_in=None)
         return NormalizedRequest(
             model=model,
             messages=tuple(messages),
@@ -842,6 +883,8 @@ class ResponsesWire:
             "temperature": body.get("temperature"),
             "tool_choice": body.get("tool_choice", "auto"),
             "tools": body.get("tools") or [],
+            # Echoed as the real API does (the structured-output format, if any).
+            "text": body.get("text") or {"format": {"type": "text"}},
             "top_p": body.get("top_p"),
             "truncation": "disabled",
             "usage": usage,

@@ -10,6 +10,7 @@ from pydantic import Field
 from temporalio.contrib.workflow_streams import WorkflowStreamState
 
 from geppetto_temporal._wire import WireModel
+from geppetto_temporal.engines._output import OutputSpec
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, Usage
 
@@ -32,6 +33,9 @@ INFERENCE_FEATURES: tuple[str, ...] = (LIVE_DELTAS,)
 CARRY_LIMIT_PATCH = "carry-limit"
 #: Patch id: an inference continues as new between steps (recorded only by runs that do).
 INFERENCE_CONTINUE_AS_NEW_PATCH = "inference-continue-as-new"
+#: Patch id: a typed-output answer that fails its schema is retried or fails the inference
+#: (recorded only by inferences that meet such an answer).
+TYPED_OUTPUT_PATCH = "typed-output"
 
 
 def inference_workflow_id(session_id: str, n: int) -> str:
@@ -157,6 +161,8 @@ class StartInferenceRequest(WireModel):
     after_inference_id: str | None = None
     #: Who sent the prompt, e.g. a schedule's name; shown as the `GeppettoSchedule` search attribute.
     source: str | None = None
+    #: Typed output of this prompt's inference only (the session's engine is unchanged).
+    output: OutputSpec | None = None
 
 
 class StartInferenceResponse(WireModel):
@@ -272,6 +278,8 @@ class InferenceCarry(WireModel):
     tool_calls: int = 0
     #: Tool names approved for the rest of the session during earlier runs.
     approved_tools: list[str] = Field(default_factory=list)
+    #: Typed output: answers already sent back to the model for failing the schema.
+    output_retries: int = 0
 
 
 class InferenceInput(WireModel):

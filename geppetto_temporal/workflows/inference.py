@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         ToolCallInput,
         ToolCallResult,
     )
+    from geppetto_temporal.engines._output import OUTPUT_INVALID, retry_block
     from geppetto_temporal.engines._spec import AgentTool, EngineSpec
     from geppetto_temporal.errors import ErrorType
     from geppetto_temporal.events import (
@@ -50,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         FinalEvent,
         InferenceFinishedEvent,
         InferenceStartedEvent,
+        InfoEvent,
         InterruptEvent,
         PartialEvent,
         StartEvent,
@@ -80,6 +82,7 @@ with workflow.unsafe.imports_passed_through():
         INFERENCE_CONTINUE_AS_NEW_PATCH,
         INFERENCE_WORKFLOW,
         LIVE_DELTAS,
+        TYPED_OUTPUT_PATCH,
         ApprovalDecision,
         BlockRange,
         ContinueStep,
@@ -190,6 +193,8 @@ class InferenceWorkflow:
         #: Tool names approved for the rest of the session in this inference.
         self._remembered: list[str] = list(carry.approved_tools) if carry else []
         self._tool_calls = carry.tool_calls if carry else 0
+        #: Typed output: answers sent back to the model for failing the schema.
+        self._output_retries = carry.output_retries if carry else 0
         # Step mode: where the loop is paused, and whether `continue_step` released it.
         self._pause: StepPause | None = None
         self._continued = False
@@ -387,7 +392,26 @@ class InferenceWorkflow:
             for call in calls:
                 self._emit(ToolCallEvent(tool_call=_tool_call(call)), step=step)
             if not calls:
-                status = InferenceStatus.COMPLETED
+                if result.output_error is None or not self._typed_output_path():
+                    status = InferenceStatus.COMPLETED
+                    break
+                # Typed output that fails its schema (only engines with `output` get here).
+                over = self._over_budget(spec, usage, 0)
+                if over is not None:
+                    status, error = InferenceStatus.BUDGET_EXCEEDED, over
+                    break
+                retry = self._output_retry(spec, result.output_error, step)
+                if retry is None:
+                    blocks.append(retry_block(result.output_error))
+                    self._emit(
+                        InfoEvent(
+                            message="output-retry",
+                            data={"problem": result.output_error, "retry": self._output_retries},
+                        ),
+                        step=step,
+                    )
+                    continue
+                status, error = InferenceStatus.FAILED, retry
                 break
             over = self._over_budget(spec, usage, len(calls))
             if over is not None:
@@ -457,6 +481,27 @@ class InferenceWorkflow:
             metadata=metadata,
             iterations=self._iterations,
             approved_tools=self._remembered,
+        )
+
+    def _typed_output_path(self) -> bool:
+        """Whether a failed typed-output answer is handled (retry or failure), not completed.
+
+        Only engines with `output` produce such answers, which no history recorded before
+        typed output has; the patch covers a mixed deploy, where a worker without typed
+        output ran the workflow while a newer one ran its step. Asked only on that path,
+        so other inferences record no marker.
+        """
+        return workflow.patched(TYPED_OUTPUT_PATCH)
+
+    def _output_retry(self, spec: EngineSpec, problem: str, step: int) -> str | None:
+        """None to send a failed answer back to the model for another step, else why not."""
+        retries = spec.output.retries if spec.output is not None else 0
+        if self._output_retries < retries and step < spec.max_iterations:
+            self._output_retries += 1
+            return None
+        return (
+            f"{OUTPUT_INVALID}: {problem} "
+            f"(after {self._output_retries} of {retries} retries, step {step})"
         )
 
     def _over_budget(self, spec: EngineSpec, usage: Usage, calls: int) -> str | None:
@@ -612,6 +657,7 @@ class InferenceWorkflow:
             stream=WorkflowStreamState(log=[], base_offset=stream_end, publishers=state.publishers),
             tool_calls=self._tool_calls,
             approved_tools=self._remembered,
+            output_retries=self._output_retries,
         )
         workflow.continue_as_new(
             # The ids follow from the workflow id, as in the first run.

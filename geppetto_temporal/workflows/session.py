@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError
 with workflow.unsafe.imports_passed_through():
     from geppetto_temporal import search
     from geppetto_temporal._inputs import REPLY_ROOM, prompt_size, session_full_message
+    from geppetto_temporal.engines._output import OutputSpec
     from geppetto_temporal.engines._spec import EngineSpec
     from geppetto_temporal.errors import ErrorType
     from geppetto_temporal.search import SessionSearchStatus
@@ -180,7 +181,7 @@ class SessionWorkflow:
             # The caller saw that inference finish before this session recorded it.
             await workflow.wait_condition(lambda: self._active is not active)
         self._check_can_start(request)
-        return await self._begin(request.prompt, request.engine, request.source)
+        return await self._begin(request.prompt, request.engine, request.source, request.output)
 
     @start_inference.validator
     def _validate_start_inference(self, request: StartInferenceRequest) -> None:
@@ -376,7 +377,11 @@ class SessionWorkflow:
     # ---- inference lifecycle --------------------------------------------
 
     async def _begin(
-        self, prompt: str, engine: EngineSpec | None, source: str | None = None
+        self,
+        prompt: str,
+        engine: EngineSpec | None,
+        source: str | None = None,
+        output: OutputSpec | None = None,
     ) -> StartInferenceResponse:
         # Everything up to `self._active = ...` runs without yielding, so a
         # concurrent update cannot slip in a second inference.
@@ -417,7 +422,7 @@ class SessionWorkflow:
                 # The ids follow from the child's workflow id.
                 InferenceInput(
                     turn=turn,
-                    engine=self._engine_for_inference(),
+                    engine=self._engine_for_inference(output),
                     prefix_end=prefix_end,
                     prefix_last_id=self._state.blocks[prefix_end - 1].id if prefix_end else None,
                     features=list(INFERENCE_FEATURES),
@@ -438,16 +443,20 @@ class SessionWorkflow:
         workflow.set_current_details(f"running {inference_id}")
         return StartInferenceResponse(inference_id=inference_id, turn_id=record.id)
 
-    def _engine_for_inference(self) -> EngineSpec:
-        """The session's engine, with the tools approved "for the session" (docs/approvals.md).
+    def _engine_for_inference(self, output: OutputSpec | None = None) -> EngineSpec:
+        """The session's engine, with the tools approved "for the session" (docs/approvals.md)
+        and a prompt's own typed output (docs/typed-output.md).
 
-        The same engine as before for a session without any, so its replay is unchanged.
+        The same engine as before for a session without either, so its replay is unchanged.
         """
+        engine = self._engine
+        if output is not None:
+            engine = engine.model_copy(update={"output": output})
         if not self._state.approved_tools:
-            return self._engine
-        tools = self._engine.tools
+            return engine
+        tools = engine.tools
         approved = (*tools.approved_tools, *self._state.approved_tools)
-        return self._engine.model_copy(
+        return engine.model_copy(
             update={"tools": tools.model_copy(update={"approved_tools": approved})}
         )
 
