@@ -38,6 +38,7 @@ from geppetto_temporal.offline import (
     WorkerPresence,
     read_session,
     request_close,
+    workers_of,
 )
 from geppetto_temporal.search import search_attributes_missing
 from geppetto_temporal.sessions import SessionInfo, list_sessions
@@ -157,7 +158,9 @@ def print_session_list(console: Console, found: list[SessionInfo]) -> None:
     rows = [
         {
             "SESSION": escape_controls(s.session_id, multiline=False),
-            "STATUS": escape_controls(s.status, multiline=False),
+            "STATUS": escape_controls(
+                s.status + (" (no worker)" if s.worker_answers is False else ""), multiline=False
+            ),
             "MODEL": _model_text(s),
             "PROMPTS": _count(s.prompt_count),
             "TOKENS IN/OUT": f"{_count(s.input_tokens)}/{_count(s.output_tokens)}",
@@ -244,13 +247,20 @@ def list_command(
 
         sessions_query(status=status, model=model, since=since, schedule=schedule)  # validate
 
-    async def action(client: Client) -> tuple[list[SessionInfo], str | None]:
+    async def action(
+        client: Client,
+    ) -> tuple[list[SessionInfo], str | None, dict[str, WorkerPresence]]:
         found = await list_sessions(
             client, status=status, model=model, since=since, schedule=schedule, limit=limit
         )
-        return found, await search_attributes_missing(client)
+        open_ = [s for s in found if s.execution_status == "Running"]
+        workers = await workers_of(client, [(s.session_id, s.task_queue) for s in open_])
+        for info in open_:
+            presence = workers.get(info.task_queue or "")
+            info.worker_answers = presence.answering if presence is not None else None
+        return found, await search_attributes_missing(client), workers
 
-    found, unindexed_reason = _call(action, with_worker=False)
+    found, unindexed_reason, workers = _call(action, with_worker=False)
     if as_json:
         _print_json([s.model_dump(mode="json") for s in found])
         return
@@ -268,6 +278,22 @@ def list_command(
             ),
             soft_wrap=True,
         )
+    for presence in workers.values():
+        if not presence.answering:
+            # Their status is the last one recorded: nothing runs until a worker returns.
+            count = sum(
+                1
+                for s in found
+                if s.task_queue == presence.task_queue and s.execution_status == "Running"
+            )
+            err_console.print(
+                Text(
+                    f"note: {presence.message()}: its {count} open session(s) show their last "
+                    "recorded status and run nothing until a worker polls it",
+                    style="yellow",
+                ),
+                soft_wrap=True,
+            )
     if not found:
         console.print("no sessions match")
         return

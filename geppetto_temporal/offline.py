@@ -69,6 +69,7 @@ __all__ = [
     "request_close",
     "session_from_history",
     "worker_presence",
+    "workers_of",
 ]
 
 #: How long a view waits for a worker to answer a query before reading history instead.
@@ -91,13 +92,16 @@ NO_POLLER = "no poller seen"
 
 @dataclass(frozen=True)
 class WorkerPresence:
-    """Whether a worker polls a task queue for workflow tasks, and when one last did."""
+    """Whether a worker answers on a task queue, and when one last polled it."""
 
     task_queue: str
-    #: False when Temporal says no worker polls; True when one may (it did not answer in time).
-    polling: bool
+    #: Whether a worker answered a query (False: none did within `QUERY_TIMEOUT`).
+    answering: bool
     #: The latest poll Temporal remembers on this queue (None: none seen recently).
     last_poll: datetime | None
+    #: Temporal itself says no worker polls (else none answered in time: a worker
+    #: that has just died, or one that is restarting or overloaded).
+    no_poller: bool = False
 
     def since(self) -> str:
         """`last poll 2026-01-31 09:00:00 UTC`, or that none was seen."""
@@ -107,17 +111,18 @@ class WorkerPresence:
 
     def message(self) -> str:
         """One line for an operator: no worker polls (or answers), and since when."""
-        if not self.polling:
+        if self.no_poller:
             return f"no worker is polling task queue {self.task_queue} ({self.since()})"
         return (
             f"no worker answered within {QUERY_TIMEOUT.total_seconds():.0f} s on task queue "
-            f"{self.task_queue} ({self.since()}): it may be down, restarting or overloaded"
+            f"{self.task_queue} ({self.since()}): it is down, restarting or overloaded"
         )
 
     def as_json(self) -> dict[str, Any]:
         return {
             "task_queue": self.task_queue,
-            "polling": self.polling,
+            "answering": self.answering,
+            "no_poller": self.no_poller,
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
         }
 
@@ -148,23 +153,24 @@ def no_poller(err: BaseException) -> bool:
 async def worker_presence(
     client: Client, task_queue: str, probe_session: str | None = None
 ) -> WorkerPresence:
-    """Whether a worker polls `task_queue`, asking one of its sessions a query to find out.
+    """Whether a worker answers on `task_queue`, asking one of its sessions a query.
 
     Temporal's list of pollers keeps a stopped worker for a while (a live, idle one
-    re-polls only about once a minute), so the answer comes from a query, which the
-    server refuses at once when no worker polls. Without `probe_session`, a queue is
-    taken as polled when a poll was seen within `POLLER_FRESH`.
+    re-polls only about once a minute), so the answer comes from a query: the server
+    refuses it at once when no worker has polled for a while, and a worker that has
+    just died leaves it unanswered. Without `probe_session`, a queue is taken as
+    served when a poll was seen within `POLLER_FRESH`.
     """
     seen = await last_poll(client, task_queue)
     if probe_session is None:
         fresh = seen is not None and datetime.now(UTC) - seen <= POLLER_FRESH
-        return WorkerPresence(task_queue, fresh, seen)
+        return WorkerPresence(task_queue, fresh, seen, no_poller=not fresh)
     try:
         await client.get_workflow_handle(probe_session).query(
             "is_running", result_type=bool, rpc_timeout=QUERY_TIMEOUT
         )
     except (RPCError, TimeoutError) as err:
-        return WorkerPresence(task_queue, not no_poller(err), seen)
+        return WorkerPresence(task_queue, False, seen, no_poller=no_poller(err))
     except WorkflowQueryFailedError:
         pass  # a worker answered
     return WorkerPresence(task_queue, True, seen)
@@ -254,8 +260,9 @@ async def read_session(
     status, transcript = await session_from_history(client, session_id, description=description)
     presence = WorkerPresence(
         description.task_queue,
-        not no_poller(failure),
+        False,
         await last_poll(client, description.task_queue),
+        no_poller=no_poller(failure),
     )
     return SessionSnapshot(
         info=info,
@@ -449,15 +456,16 @@ async def request_close(
                 result_type=SessionSummary,
                 rpc_timeout=QUERY_TIMEOUT,
             ),
-            QUERY_TIMEOUT.total_seconds() + 2,
+            QUERY_TIMEOUT.total_seconds(),
         )
     except (RPCError, TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
         if isinstance(err, RPCError) and err.status not in _NO_ANSWER and not no_poller(err):
             raise
         presence = WorkerPresence(
             description.task_queue,
-            not no_poller(err),
+            False,
             await last_poll(client, description.task_queue),
+            no_poller=no_poller(err),
         )
         return CloseRequested(None, presence)
     return CloseRequested(update)
@@ -469,3 +477,25 @@ _NO_ANSWER = (
     RPCStatusCode.CANCELLED,
     RPCStatusCode.FAILED_PRECONDITION,
 )
+
+
+async def workers_of(
+    client: Client, sessions: Sequence[tuple[str, str | None]]
+) -> dict[str, WorkerPresence]:
+    """Whether a worker polls each task queue of these open sessions (session id, queue).
+
+    One `describe_task_queue` and one query (to the first session on it) per queue, at once.
+    """
+    probes: dict[str, str] = {}
+    for session_id, queue in sessions:
+        if queue:
+            probes.setdefault(queue, session_id)
+    found = await asyncio.gather(
+        *(worker_presence(client, queue, probe) for queue, probe in probes.items()),
+        return_exceptions=True,
+    )
+    return {
+        queue: presence
+        for queue, presence in zip(probes, found, strict=True)
+        if isinstance(presence, WorkerPresence)
+    }

@@ -63,6 +63,8 @@ class SessionInfo(BaseModel):
     start_time: datetime | None = None
     close_time: datetime | None = None
     task_queue: str | None = None
+    #: For an open session: whether a worker answers on its task queue (None: not checked).
+    worker_answers: bool | None = None
 
     @property
     def total_tokens(self) -> int | None:

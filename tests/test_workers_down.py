@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,23 @@ from playwright.async_api import expect
 from temporalio.client import Client
 
 from geppetto_temporal import EngineBuilder, Session
-from geppetto_temporal.dashboard import create_app
+from geppetto_temporal.dashboard import SessionFilter, create_app, list_session_rows
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.workflows._models import SessionStatus
 from tests.browser import ARTIFACTS, chromium_for, launched
 from tests.test_dashboard import serve
-from tests.workers import GEPPETTO, REPO_ROOT, WorkerProcs, unique_queue, within
+from tests.workers import GEPPETTO, REPO_ROOT, WorkerProcs, unique_queue, wait_until, within
 
-ECHO_SCRIPT: dict[str, Any] = {"rules": [{"reply": {"text": "You said: {last_user}"}}]}
+ECHO_SCRIPT: dict[str, Any] = {
+    "rules": [
+        {
+            "when": {"last_user_contains": "slow"},
+            # About 1.5 s of streaming: long enough to see the session running with a queue.
+            "reply": {"text": "Taking my time. " * 8, "chunk_size": 8, "chunk_delay": 0.1},
+        },
+        {"reply": {"text": "You said: {last_user}"}},
+    ]
+}
 #: A generous bound on a command that must not wait for a worker (the old code hung 30 s+).
 COMMAND_LIMIT = 25.0
 
@@ -55,21 +65,61 @@ async def test_show_dashboard_and_close_without_a_worker(
     queue = unique_queue("down")
     worker = await worker_procs.start(queue)
     base_url = model_server.add_script(ECHO_SCRIPT)
+    # A model name of its own: the list filters find this test's session among all others.
+    model = f"scripted-{queue}"
     session = await Session.create(
-        client, EngineBuilder("openai:scripted").base_url(base_url), task_queue=queue
+        client, EngineBuilder(f"openai:{model}").base_url(base_url), task_queue=queue
     )
+    mine = SessionFilter(model=f"openai:{model}")
     for prompt in ("first question", "second question"):
         await within(
             (await session.start_inference(prompt)).wait(), 30, prompt, worker_procs.diagnostics
         )
+
+    # The list's Queued column: what the session says while it runs with a prompt queued.
+    slow = await session.start_inference("slow question")
+    await session.submit_prompt("queued question")
+
+    async def running_with_one_queued() -> bool:
+        rows = await list_session_rows(client, mine)
+        return bool(rows) and (rows[0].status, rows[0].queued_prompts) == ("running", 1)
+
+    await wait_until(running_with_one_queued, 30, "a running row with 1 queued")
+    await within(slow.wait(), 30, "the slow prompt", worker_procs.diagnostics)
+
+    async def idle_with_four_prompts() -> bool:
+        rows = await list_session_rows(client, mine)
+        return bool(rows) and (rows[0].status, rows[0].turn_count) == ("idle", 4)
+
+    await wait_until(idle_with_four_prompts, 30, "the queued prompt to run")
+    [idle_row] = await list_session_rows(client, mine)
+    assert idle_row.queued_prompts == 0 and idle_row.no_worker is None
     # What the session itself says while its worker runs: the view without one must match.
     live: SessionStatus = await session.status()
     live_transcript = await session.transcript()
     assert live.usage.output_tokens > 0
     worker.kill()
 
+    # The read-only commands, at once (each is a process of its own).
+    by_model = ("sessions", "list", "--model", f"openai:{model}")
+    commands = [
+        (*by_model, "--json"),
+        by_model,
+        ("sessions", "show", session.session_id),
+        ("sessions", "show", session.session_id, "--json"),
+    ]
+    with ThreadPoolExecutor(len(commands)) as pool:
+        listed, table, shown, as_json = pool.map(lambda a: _geppetto(worker_procs, *a), commands)
+
+    # `sessions list` says the open session's task queue has no worker.
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    [entry] = json.loads(listed.stdout)
+    assert entry["session_id"] == session.session_id and entry["worker_answers"] is False
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert "idle (no worker)" in table.stdout
+    assert f"task queue {queue}" in table.stderr and "last poll" in table.stderr
+
     # `sessions show`: from history, within the command limit, no traceback.
-    shown = _geppetto(worker_procs, "sessions", "show", session.session_id)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     _no_traceback(shown)
     assert "> first question" in shown.stdout and "You said: second question" in shown.stdout
@@ -77,7 +127,6 @@ async def test_show_dashboard_and_close_without_a_worker(
     assert "last poll" in shown.stdout and "history" in shown.stdout
     assert f"{live.usage.input_tokens} in / {live.usage.output_tokens} out" in shown.stdout
 
-    as_json = _geppetto(worker_procs, "sessions", "show", session.session_id, "--json")
     assert as_json.returncode == 0, as_json.stderr
     detail = json.loads(as_json.stdout)
     assert detail["source"] == "history"
@@ -94,11 +143,16 @@ async def test_show_dashboard_and_close_without_a_worker(
     async for browser in launched(chromium_for("dashboard")):
         async with serve(create_app(client)) as base:
             page = await browser.new_page()
+            await page.goto(f"{base}/?model=openai:{model}")
+            row = page.locator(f'tr[data-session="{session.session_id}"]')
+            await expect(row.locator(".no-worker")).to_have_text("no worker")
+            await expect(row).to_contain_text(f"task queue {queue}")
+            await expect(row).not_to_contain_text("live view")
             await page.goto(f"{base}/sessions/{session.session_id}")
             await expect(page.locator("#no-worker")).to_contain_text(f"task queue {queue}")
             await expect(page.locator("#no-worker")).to_contain_text("no worker")
             await expect(page.locator("#phase")).to_have_text("idle")
-            await expect(page.locator("#turns li.turn")).to_have_count(2)
+            await expect(page.locator("#turns li.turn")).to_have_count(4)
             await expect(page.locator("#turns")).to_contain_text("You said: second question")
             facts = page.locator("dl.facts")
             await expect(facts).to_contain_text(f"{live.usage.output_tokens:,} out")
@@ -109,7 +163,7 @@ async def test_show_dashboard_and_close_without_a_worker(
             # Close from the page: pending, not an error, not a hang.
             page.on("dialog", lambda dialog: dialog.accept())
             await page.locator("#close-button").click()
-            await expect(page.locator("#flash")).to_contain_text("Close pending")
+            await expect(page.locator("#flash")).to_contain_text("Close pending", timeout=20_000)
 
     # `sessions close`: pending too (a second request is harmless).
     closed = _geppetto(worker_procs, "sessions", "close", session.session_id)
@@ -122,4 +176,4 @@ async def test_show_dashboard_and_close_without_a_worker(
     summary = await within(
         session.workflow_handle.result(), 45, "the pending close to apply", worker_procs.diagnostics
     )
-    assert summary.turn_count == 2
+    assert summary.turn_count == 4
