@@ -26,6 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from geppetto_temporal._inputs import check_existing_id
 from geppetto_temporal._render import (
     escape_controls,
+    format_cost,
     format_usage,
     render_blocks,
     safe_text,
@@ -110,9 +111,7 @@ def _when(value: datetime | None, *, seconds: bool = True) -> str:
 
 
 def _cost(value: float | None) -> str:
-    if value is None:
-        return UNKNOWN
-    return f"${value:.4f}" if value < 100 else f"${value:,.2f}"
+    return format_cost(value, UNKNOWN)
 
 
 def _count(value: int | None) -> str:

@@ -28,7 +28,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from geppetto_temporal._inputs import check_existing_id
-from geppetto_temporal._render import format_call
+from geppetto_temporal._render import format_call, format_cost
 from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.dashboard._data import (
     SessionFilter,
@@ -349,9 +349,7 @@ def _fmt_time(value: datetime | None) -> str:
 
 
 def _fmt_cost(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+    return format_cost(value)
 
 
 def _fmt_count(value: int | None) -> str:

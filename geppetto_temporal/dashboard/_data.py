@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
@@ -20,7 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from geppetto_temporal.offline import workers_of
 from geppetto_temporal.schedules import ScheduleInfo, list_schedules
 from geppetto_temporal.search import SessionSearchStatus, search_attributes_registered
-from geppetto_temporal.sessions import SessionInfo, sessions_query
+from geppetto_temporal.sessions import SessionInfo, most_recent, sessions_query
 from geppetto_temporal.workflows._models import SESSION_WORKFLOW, SessionStatus
 
 #: How long one session's `status` query may take before the row shows it as unanswered.
@@ -141,13 +141,7 @@ async def _rows_from_search_attributes(
     prefix = _literal(filters.prefix) if filters.prefix else None
     if prefix is not None:
         query += f" AND WorkflowId STARTS_WITH {prefix}"
-    infos = [
-        SessionInfo.from_execution(execution)
-        async for execution in client.list_workflows(query, limit=limit)
-    ]
-    oldest = datetime.min.replace(tzinfo=UTC)
-    infos.sort(key=lambda i: i.last_activity or i.start_time or oldest, reverse=True)
-    return [_row_from_info(info) for info in infos]
+    return [_row_from_info(info) for info in await most_recent(client, query, limit)]
 
 
 def _closed_status(status: WorkflowExecutionStatus | None) -> str:
