@@ -10,9 +10,9 @@ sessions close` says the close is pending, and the close applies once a worker i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,9 @@ async def test_show_dashboard_and_close_without_a_worker(
         ("sessions", "show", session.session_id),
         ("sessions", "show", session.session_id, "--json"),
     ]
-    with ThreadPoolExecutor(len(commands)) as pool:
-        listed, table, shown, as_json = pool.map(lambda a: _geppetto(worker_procs, *a), commands)
+    listed, table, shown, as_json = await asyncio.gather(
+        *(asyncio.to_thread(_geppetto, worker_procs, *args) for args in commands)
+    )
 
     # `sessions list` says the open session's task queue has no worker.
     assert listed.returncode == 0, listed.stdout + listed.stderr
@@ -166,7 +167,9 @@ async def test_show_dashboard_and_close_without_a_worker(
             await expect(page.locator("#flash")).to_contain_text("Close pending", timeout=20_000)
 
     # `sessions close`: pending too (a second request is harmless).
-    closed = _geppetto(worker_procs, "sessions", "close", session.session_id)
+    closed = await asyncio.to_thread(
+        _geppetto, worker_procs, "sessions", "close", session.session_id
+    )
     assert closed.returncode == 0, closed.stdout + closed.stderr
     _no_traceback(closed)
     assert "pending" in closed.stdout and f"task queue {queue}" in closed.stdout
