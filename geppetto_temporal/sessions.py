@@ -284,10 +284,14 @@ async def most_recent(
     try:
         return _by_recent_activity(await _fetch(client, ordered, limit))
     except RPCError as err:
-        if err.status != RPCStatusCode.INVALID_ARGUMENT or "ORDER BY" not in (err.message or ""):
+        # SQL visibility cannot ORDER BY; a namespace without geppetto's attributes
+        # cannot name GeppettoLastActivity. Either way: sort here.
+        if err.status != RPCStatusCode.INVALID_ARGUMENT:
             raise
     total = (await client.count_workflows(query)).count
     if total <= max(limit, fetch_all_up_to):
+        return _by_recent_activity(await _fetch(client, query))[:limit]
+    if not await search.search_attributes_registered(client):
         return _by_recent_activity(await _fetch(client, query))[:limit]
     now = now or datetime.now(UTC)
 

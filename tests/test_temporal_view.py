@@ -19,8 +19,11 @@ ECHO: dict[str, Any] = {"rules": [{"reply": {"text": "You said: {last_user}"}}]}
 
 
 async def _current_details(handle: WorkflowHandle[Any, Any]) -> str:
-    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
-    return metadata.current_details
+    metadata: WorkflowMetadata = await handle.query(
+        "__temporal_workflow_metadata", result_type=WorkflowMetadata
+    )
+    details: str = metadata.current_details
+    return details
 
 
 async def test_details_follow_the_engine_and_the_close(new_session: Any, client: Any) -> None:
