@@ -158,12 +158,14 @@ async def worker_presence(
     Temporal's list of pollers keeps a stopped worker for a while (a live, idle one
     re-polls only about once a minute), so the answer comes from a query: the server
     refuses it at once when no worker has polled for a while, and a worker that has
-    just died leaves it unanswered. Without `probe_session`, a queue is taken as
-    served when a poll was seen within `POLLER_FRESH`.
+    just died leaves it unanswered. A queue with no poll seen within `POLLER_FRESH`
+    has no worker, and is not probed (a probe then waits seconds); without
+    `probe_session`, a fresh poll is taken as a worker.
     """
     seen = await last_poll(client, task_queue)
-    if probe_session is None:
-        fresh = seen is not None and datetime.now(UTC) - seen <= POLLER_FRESH
+    fresh = seen is not None and datetime.now(UTC) - seen <= POLLER_FRESH
+    if probe_session is None or not fresh:
+        # No poll for longer than a live worker waits between two: none polls.
         return WorkerPresence(task_queue, fresh, seen, no_poller=not fresh)
     try:
         await client.get_workflow_handle(probe_session).query(
