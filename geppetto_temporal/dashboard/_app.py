@@ -30,6 +30,7 @@ from temporalio.service import RPCError
 from geppetto_temporal._inputs import check_existing_id
 from geppetto_temporal._render import format_call, format_cost
 from geppetto_temporal.client import ExecutionHandle, Session
+from geppetto_temporal.dashboard._charts import BAR_WIDTH, fleet_charts
 from geppetto_temporal.dashboard._data import (
     SessionFilter,
     list_schedule_rows,
@@ -648,6 +649,22 @@ def create_app(
         except (RPCError, GeppettoError) as err:
             schedules, error = [], getattr(err, "message", "") or str(err)
         return dash.render("schedules.html", schedules=schedules, error=error, nav="schedules")
+
+    @app.get("/charts", response_class=HTMLResponse)
+    async def charts_page() -> HTMLResponse:
+        error = None
+        try:
+            charts = await fleet_charts(client)
+        except (RPCError, GeppettoError) as err:
+            charts, error = [], getattr(err, "message", "") or str(err)
+        return dash.render(
+            "charts.html",
+            charts=charts,
+            error=error,
+            nav="charts",
+            now=datetime.now(UTC),
+            bar_width=BAR_WIDTH,
+        )
 
     async def events_response(request: Request, inference_id: str) -> Response:
         if not _possible_id(inference_id):
