@@ -193,6 +193,8 @@ class SessionSnapshot:
     worker: WorkerPresence | None = None
     #: Why the queries failed (a worker that cannot run the session, a timeout, ...).
     query_error: str | None = None
+    #: A worker answered with a failure (its workflow task fails), not silence.
+    worker_failed: bool = False
 
     @property
     def from_history(self) -> bool:
@@ -202,6 +204,12 @@ class SessionSnapshot:
         """What an operator must know about this view, or None when a worker answered."""
         if self.worker is None:
             return None
+        if self.worker_failed:
+            # A worker polls but cannot run the session (say, it lacks the codec key).
+            return (
+                f"the session's worker could not answer ({self.query_error}); "
+                "shown from Temporal's history"
+            )
         return f"{self.worker.message()}; shown from Temporal's history"
 
 
@@ -275,6 +283,8 @@ async def read_session(
         closed_at=description.close_time,
         worker=presence,
         query_error=_query_failure(failure),
+        worker_failed=isinstance(failure, RPCError)
+        and failure.status == RPCStatusCode.FAILED_PRECONDITION,
     )
 
 
