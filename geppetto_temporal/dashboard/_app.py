@@ -24,6 +24,7 @@ from temporalio.client import (
     Client,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateHandle,
 )
 from temporalio.service import RPCError
 
@@ -45,6 +46,7 @@ from geppetto_temporal.workflows._models import (
     INFERENCE_WORKFLOW,
     CancelInferenceRequest,
     SessionStatus,
+    SessionSummary,
     SessionTranscript,
     inference_workflow_id,
     session_id_of,
@@ -73,6 +75,7 @@ NOTICES: dict[str, str] = {
     "cancel-idle": "Nothing was running, so nothing was cancelled.",
     "closing": "Closing the session: it takes no more prompts; running and queued ones finish.",
     "closing-cancelled": "Closing the session; a running inference, if any, was asked to stop.",
+    "closed": "Closed: the session takes no more prompts.",
     "close-pending": (
         "Close pending: no worker is running this session's task queue; Temporal holds "
         "the request and the session closes when a worker polls again."
@@ -728,6 +731,9 @@ def create_app(
                 if requested.worker is not None:
                     code = "close-pending"
                     detail["worker"] = requested.worker.message()
+                elif await _closed_soon(requested.update):
+                    # Nothing was left to run: say what happened, not what is happening.
+                    code = "closed"
                 else:
                     code = "closing-cancelled" if cancel_active else "closing"
             ok, message = True, NOTICES[code]
@@ -775,6 +781,21 @@ def create_app(
         )
 
     return app
+
+
+#: How long the Close button waits for a session with nothing left to run to end.
+CLOSE_WAIT = timedelta(seconds=2)
+
+
+async def _closed_soon(update: WorkflowUpdateHandle[SessionSummary] | None) -> bool:
+    """Whether the accepted close completed within `CLOSE_WAIT` (nothing left to run)."""
+    if update is None:
+        return False
+    try:
+        await asyncio.wait_for(update.result(), CLOSE_WAIT.total_seconds())
+    except (TimeoutError, RPCError, WorkflowUpdateFailedError):
+        return False
+    return True
 
 
 def _execution_status(name: str) -> str:
