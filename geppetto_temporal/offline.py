@@ -74,6 +74,9 @@ __all__ = [
 
 #: How long a view waits for a worker to answer a query before reading history instead.
 QUERY_TIMEOUT = timedelta(seconds=3)
+#: How long a list waits for one session of a task queue to answer (per list, per queue):
+#: shorter, since lists refresh and a worker answers `is_running` from memory.
+PROBE_TIMEOUT = timedelta(seconds=1.5)
 #: A poller seen this recently may still be polling; older ones are gone.
 #: (A live, idle worker's long poll is re-sent about once a minute.)
 POLLER_FRESH = timedelta(seconds=75)
@@ -102,6 +105,8 @@ class WorkerPresence:
     #: Temporal itself says no worker polls (else none answered in time: a worker
     #: that has just died, or one that is restarting or overloaded).
     no_poller: bool = False
+    #: How long the query waited for an answer.
+    waited: timedelta = QUERY_TIMEOUT
 
     def since(self) -> str:
         """`last poll 2026-01-31 09:00:00 UTC`, or that none was seen."""
@@ -114,7 +119,7 @@ class WorkerPresence:
         if self.no_poller:
             return f"no worker is polling task queue {self.task_queue} ({self.since()})"
         return (
-            f"no worker answered within {QUERY_TIMEOUT.total_seconds():.0f} s on task queue "
+            f"no worker answered within {self.waited.total_seconds():g} s on task queue "
             f"{self.task_queue} ({self.since()}): it is down, restarting or overloaded"
         )
 
@@ -169,10 +174,12 @@ async def worker_presence(
         return WorkerPresence(task_queue, fresh, seen, no_poller=not fresh)
     try:
         await client.get_workflow_handle(probe_session).query(
-            "is_running", result_type=bool, rpc_timeout=QUERY_TIMEOUT
+            "is_running", result_type=bool, rpc_timeout=PROBE_TIMEOUT
         )
     except (RPCError, TimeoutError) as err:
-        return WorkerPresence(task_queue, False, seen, no_poller=no_poller(err))
+        return WorkerPresence(
+            task_queue, False, seen, no_poller=no_poller(err), waited=PROBE_TIMEOUT
+        )
     except WorkflowQueryFailedError:
         pass  # a worker answered
     return WorkerPresence(task_queue, True, seen)
