@@ -257,9 +257,18 @@ def describe(
         if info.paused
         else ("state", "active"),
         ("task queue", info.task_queue),
-        ("runs", f"{info.runs_started} started, {info.skipped_overlap} skipped (overlap)"),
+        (
+            "runs",
+            f"{info.runs_started} started, {info.skipped_overlap} skipped (overlap)"
+            + (f", {info.buffered} buffered (waiting their turn)" if info.buffered else ""),
+        ),
         ("running", ", ".join(info.running) or "-"),
-        ("next runs", ", ".join(_when(t) for t in info.next_runs[:3]) or "-"),
+        (
+            "next runs",
+            "none while paused"
+            if info.paused
+            else ", ".join(_when(t) for t in info.next_runs[:3]) or "-",
+        ),
     ]
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
@@ -269,7 +278,10 @@ def describe(
     console.print(Text(f"schedule {info.name}", style="bold"))
     console.print(head)
     if not info.recent_runs:
-        console.print("no runs yet")
+        if recent == 0 or info.runs_started == 0:
+            console.print("no runs yet" if info.runs_started == 0 else "(--recent N shows runs)")
+        else:
+            console.print("no recent runs recorded")
         return
     table = Table("scheduled", "status", "session", "answer / error", title="recent runs")
     for run in reversed(info.recent_runs):

@@ -20,26 +20,34 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal._inputs import check_existing_id
 from geppetto_temporal._render import (
     escape_controls,
+    format_cost,
     format_usage,
     render_blocks,
     safe_text,
     was_interrupted,
 )
 from geppetto_temporal.client import Session
-from geppetto_temporal.errors import SessionError, SessionNotFoundError
+from geppetto_temporal.errors import SessionNotFoundError
+from geppetto_temporal.offline import (
+    SessionSnapshot,
+    WorkerPresence,
+    read_session,
+    request_close,
+    workers_of,
+)
 from geppetto_temporal.search import search_attributes_missing
-from geppetto_temporal.sessions import SessionInfo, describe_session, list_sessions
-from geppetto_temporal.turns import Usage
+from geppetto_temporal.sessions import SessionInfo, list_sessions
 from geppetto_temporal.workflows._models import (
     DEFAULT_TASK_QUEUE,
     INFERENCE_WORKFLOW,
     SessionStatus,
+    SessionSummary,
 )
 
 sessions_app = typer.Typer(
@@ -103,9 +111,7 @@ def _when(value: datetime | None, *, seconds: bool = True) -> str:
 
 
 def _cost(value: float | None) -> str:
-    if value is None:
-        return UNKNOWN
-    return f"${value:.4f}" if value < 100 else f"${value:,.2f}"
+    return format_cost(value, UNKNOWN)
 
 
 def _count(value: int | None) -> str:
@@ -151,7 +157,9 @@ def print_session_list(console: Console, found: list[SessionInfo]) -> None:
     rows = [
         {
             "SESSION": escape_controls(s.session_id, multiline=False),
-            "STATUS": escape_controls(s.status, multiline=False),
+            "STATUS": escape_controls(
+                s.status + (" (no worker)" if s.worker_answers is False else ""), multiline=False
+            ),
             "MODEL": _model_text(s),
             "PROMPTS": _count(s.prompt_count),
             "TOKENS IN/OUT": f"{_count(s.input_tokens)}/{_count(s.output_tokens)}",
@@ -238,13 +246,20 @@ def list_command(
 
         sessions_query(status=status, model=model, since=since, schedule=schedule)  # validate
 
-    async def action(client: Client) -> tuple[list[SessionInfo], str | None]:
+    async def action(
+        client: Client,
+    ) -> tuple[list[SessionInfo], str | None, dict[str, WorkerPresence]]:
         found = await list_sessions(
             client, status=status, model=model, since=since, schedule=schedule, limit=limit
         )
-        return found, await search_attributes_missing(client)
+        open_ = [s for s in found if s.execution_status == "Running"]
+        workers = await workers_of(client, [(s.session_id, s.task_queue) for s in open_])
+        for info in open_:
+            presence = workers.get(info.task_queue or "")
+            info.worker_answers = presence.answering if presence is not None else None
+        return found, await search_attributes_missing(client), workers
 
-    found, unindexed_reason = _call(action, with_worker=False)
+    found, unindexed_reason, workers = _call(action, with_worker=False)
     if as_json:
         _print_json([s.model_dump(mode="json") for s in found])
         return
@@ -262,17 +277,26 @@ def list_command(
             ),
             soft_wrap=True,
         )
+    for presence in workers.values():
+        if not presence.answering:
+            # Their status is the last one recorded: nothing runs until a worker returns.
+            count = sum(
+                1
+                for s in found
+                if s.task_queue == presence.task_queue and s.execution_status == "Running"
+            )
+            err_console.print(
+                Text(
+                    f"note: {presence.message()}: its {count} open session(s) show their last "
+                    "recorded status and run nothing until a worker polls it",
+                    style="yellow",
+                ),
+                soft_wrap=True,
+            )
     if not found:
         console.print("no sessions match")
         return
     print_session_list(console, found)
-
-
-async def _status_or_none(session: Session) -> SessionStatus | None:
-    try:
-        return await session.status()
-    except SessionError:
-        return None
 
 
 @sessions_app.command("show")
@@ -281,26 +305,29 @@ def show_command(
     as_json: JsonOption = False,
     task_queue: TaskQueueOption = DEFAULT_TASK_QUEUE,
 ) -> None:
-    """Show a session: status, usage and cost, then its conversation turn by turn."""
+    """Show a session: status, usage and cost, then its conversation turn by turn.
+
+    With no worker answering within a few seconds, it is read from Temporal's history.
+    """
     _check_id(session_id)
 
-    async def action(client: Client) -> dict[str, Any]:
-        info = await describe_session(client, session_id)
-        session = Session.attach(client, session_id)
-        status = await _status_or_none(session)
-        transcript = await session.transcript()
-        return {"info": info, "status": status, "transcript": transcript}
+    async def action(client: Client) -> SessionSnapshot:
+        return await read_session(client, session_id)
 
-    result = _call(action, with_worker=True, task_queue=task_queue)
-    info: SessionInfo = result["info"]
-    status: SessionStatus | None = result["status"]
-    transcript = result["transcript"]
+    snapshot = _call(action, with_worker=True, task_queue=task_queue)
+    info = snapshot.info
+    status: SessionStatus = snapshot.status
+    transcript = snapshot.transcript
     if as_json:
         _print_json(
             {
                 "session": info.model_dump(mode="json"),
-                "status": status.model_dump(mode="json") if status is not None else None,
+                "status": status.model_dump(mode="json"),
                 "turns": [t.model_dump(mode="json") for t in transcript.to_turns()],
+                # "worker" when the session answered, "history" when no worker did.
+                "source": "history" if snapshot.from_history else "worker",
+                "worker": snapshot.worker.as_json() if snapshot.worker else None,
+                "notice": snapshot.notice(),
             }
         )
         return
@@ -313,37 +340,30 @@ def show_command(
     )
     console.print(header, soft_wrap=True)
     provider, model_name = info.provider, info.model
-    if not info.indexed and status is not None:
+    if not info.indexed:
         # No search attributes: the session itself knows its engine.
         provider, model_name = status.provider, status.model
     model = f"{provider}:{model_name}" if provider else (model_name or "-")
-    usage = status.usage if status is not None else None
+    usage = status.usage
     prompts = info.prompt_count if info.indexed else len(transcript.turns)
     # A cancelled turn's cut-off reply is not counted: the total is then a lower bound.
     partial = any(was_interrupted(record.metadata.status) for record in transcript.turns)
-    if usage is None and info.input_tokens is not None and info.output_tokens is not None:
-        usage = Usage(
-            input_tokens=info.input_tokens,
-            output_tokens=info.output_tokens,
-            cost_usd=info.cost_usd or 0.0,
-        )
     lines = [
         f"model {model}; {prompts} prompt(s); "
-        + (
-            format_usage(usage, interrupted=partial)
-            if usage
-            else f"{_count(info.input_tokens)} in / {_count(info.output_tokens)} out tokens"
-        )
-        + f"; ~{_cost(usage.cost_usd if usage else info.cost_usd)}",
+        + format_usage(usage, interrupted=partial)
+        + f"; ~{_cost(usage.cost_usd)}",
         f"started {_when(info.start_time)} UTC; last activity {_when(info.last_activity)} UTC"
         + (f"; schedule {info.schedule}" if info.schedule else ""),
     ]
-    if status is not None and status.active_inference_id:
+    if status.active_inference_id:
         lines.append(f"running {status.active_inference_id}")
-    if status is not None and status.queued_prompts:
+    if status.queued_prompts:
         lines.append(f"{status.queued_prompts} queued prompt(s)")
     for line in lines:
         console.print(safe_text(line, "dim", multiline=False), soft_wrap=True)
+    notice = snapshot.notice()
+    if notice is not None:
+        console.print(safe_text(f"note: {notice}", "yellow", multiline=False), soft_wrap=True)
     start = 0
     for record in transcript.turns:
         blocks = transcript.blocks[start : record.end]
@@ -418,10 +438,34 @@ def close_command(
     """Close a session: it takes no more prompts and ends once queued prompts have run."""
     _check_id(session_id)
 
-    async def action(client: Client) -> Any:
-        return await Session.attach(client, session_id).close(cancel_active=cancel_active)
+    async def action(client: Client) -> SessionSummary | WorkerPresence:
+        try:
+            requested = await request_close(client, session_id, cancel_active=cancel_active)
+            if requested.update is None:
+                assert requested.worker is not None
+                return requested.worker
+            return await requested.update.result()
+        except WorkflowUpdateFailedError as err:
+            raise Session.attach(client, session_id)._map_update_error(err) from err
 
     summary = _call(action, with_worker=True, task_queue=task_queue)
+    if isinstance(summary, WorkerPresence):
+        # Temporal holds the request and delivers it when a worker polls again.
+        if as_json:
+            _print_json({"session_id": session_id, "pending": True, "worker": summary.as_json()})
+            return
+        from geppetto_temporal.cli import console
+
+        console.print(
+            safe_text(
+                f"close of {session_id} is pending: {summary.message()}; "
+                "it applies when a worker polls that task queue again",
+                "yellow",
+                multiline=False,
+            ),
+            soft_wrap=True,
+        )
+        return
     if as_json:
         _print_json(summary.model_dump(mode="json"))
         return

@@ -136,13 +136,32 @@ def render_turn(console: Console, turn: Turn) -> None:
     render_blocks(console, turn.blocks_since_last_user())
 
 
+#: The smallest cost shown with digits; a smaller nonzero one shows as `<$0.0001`.
+SMALLEST_COST = 0.0001
+
+
+def format_cost(value: float | None, unknown: str = "—") -> str:
+    """`$0.0123`, `$1,234.50`, or `<$0.0001` for a nonzero cost too small for four decimals."""
+    if value is None:
+        return unknown
+    if 0 < value < SMALLEST_COST:
+        return f"<${SMALLEST_COST:.4f}"
+    return f"${value:.4f}" if value < 100 else f"${value:,.2f}"
+
+
 def format_usage(usage: Usage | None, *, interrupted: bool = False) -> str:
     """`12 in / 34 out tokens`.
 
-    An interrupted (cancelled) inference does not know what its last, cut-off reply
-    cost: the provider reports usage at the end of a stream. Its count is then a
-    lower bound, or unknown when nothing was counted, never a false 0.
+    An interrupted (cancelled) inference may not know what its last, cut-off reply
+    cost: the provider reports usage at the end of a stream. The worker then
+    estimates it (`Usage.estimated`, shown with `~`); usage recorded before that
+    estimate existed is a lower bound, or unknown when nothing was counted, never
+    a false 0.
     """
+    if usage is not None and usage.estimated:
+        # Counted by the worker from what was sent and streamed: the provider's bill may differ.
+        how = "estimated, interrupted" if interrupted else "estimated"
+        return f"~{usage.input_tokens} in / ~{usage.output_tokens} out tokens ({how})"
     if interrupted:
         if usage is None or (usage.input_tokens == 0 and usage.output_tokens == 0):
             return "tokens unknown (interrupted)"

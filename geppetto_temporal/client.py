@@ -654,7 +654,8 @@ class Session:
                     else WorkflowIDConflictPolicy.FAIL
                 ),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                static_summary=f"geppetto session on {spec.spec_string}",
+                # Static: the engine may change later (current details name the current one).
+                static_summary=f"geppetto session, started on {spec.spec_string}",
                 memo=dict(memo) if memo else None,
                 # Set at start, so a new session is listed before its first prompt.
                 search_attributes=(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -150,6 +150,8 @@ class ScheduleInfo(BaseModel):
     next_runs: list[datetime] = Field(default_factory=list)
     runs_started: int = 0
     skipped_overlap: int = 0
+    #: Runs due while one ran that wait their turn (overlap `buffer` / `buffer-all`).
+    buffered: int = 0
     running: list[str] = Field(default_factory=list)
     #: Most recent last; only filled in by `describe_schedule`.
     recent_runs: list[ScheduleRun] = Field(default_factory=list)
@@ -317,9 +319,13 @@ async def _to_info(client: Client, description: ScheduleDescription) -> Schedule
         note=schedule.state.note or None,
         task_queue=action.task_queue,
         created_at=info.created_at,
-        next_runs=list(info.next_action_times),
+        # A paused schedule runs nothing: Temporal still computes times it will not use.
+        next_runs=[]
+        if schedule.state.paused
+        else [t for t in info.next_action_times if t > datetime.now(UTC)],
         runs_started=info.num_actions,
         skipped_overlap=info.num_actions_skipped_overlap,
+        buffered=description.raw_description.info.buffer_size,
         running=[
             r.workflow_id
             for r in info.running_actions
@@ -405,7 +411,15 @@ async def describe_schedule(client: Client, name: str, *, recent: int = 10) -> S
         if isinstance(a.action, ScheduleActionExecutionStartWorkflow)
     ]
     runs = runs[-recent:] if recent > 0 else []
-    info.recent_runs = list(await asyncio.gather(*(_run_outcome(client, r) for r in runs)))
+    outcomes = await asyncio.gather(*(_run_outcome(client, r) for r in runs))
+    # A run that has not reported its session (running, cancelled) still targets the
+    # schedule's fixed one.
+    info.recent_runs = [
+        run
+        if run.session_id or not info.session_id
+        else run.model_copy(update={"session_id": info.session_id})
+        for run in outcomes
+    ]
     return info
 
 

@@ -23,7 +23,14 @@ from geppetto_temporal.errors import ConfigurationError, SessionNotFoundError
 from geppetto_temporal.search import SessionSearchStatus
 from geppetto_temporal.workflows._models import SESSION_WORKFLOW
 
-__all__ = ["SessionInfo", "describe_session", "list_sessions", "parse_since", "sessions_query"]
+__all__ = [
+    "SessionInfo",
+    "describe_session",
+    "list_sessions",
+    "most_recent",
+    "parse_since",
+    "sessions_query",
+]
 
 #: The status of a running session that keeps no search attributes (idle or running: unknown).
 UNINDEXED_OPEN = "open"
@@ -63,6 +70,8 @@ class SessionInfo(BaseModel):
     start_time: datetime | None = None
     close_time: datetime | None = None
     task_queue: str | None = None
+    #: For an open session: whether a worker answers on its task queue (None: not checked).
+    worker_answers: bool | None = None
 
     @property
     def total_tokens(self) -> int | None:
@@ -209,10 +218,7 @@ async def list_sessions(
     """Sessions matching the filters, most recently active first (at most `limit`)."""
     query = sessions_query(status=status, model=model, since=since, schedule=schedule)
     try:
-        sessions = [
-            SessionInfo.from_execution(execution)
-            async for execution in client.list_workflows(query, limit=limit)
-        ]
+        return await most_recent(client, query, limit)
     except RPCError as err:
         # Filters other than "closed" name geppetto's search attributes.
         reason = (
@@ -225,9 +231,89 @@ async def list_sessions(
         raise ConfigurationError(
             f"cannot filter sessions by status, model, since or schedule: {reason}"
         ) from err
+
+
+#: Up to this many matches, `most_recent` reads them all and sorts them itself.
+FETCH_ALL_UP_TO = 1000
+#: The first time window `most_recent` counts back from now, and how much it grows.
+_FIRST_WINDOW = timedelta(minutes=1)
+_GROWTH = 4
+_NARROWING_STEPS = 6
+
+
+def _by_recent_activity(sessions: list[SessionInfo]) -> list[SessionInfo]:
     oldest = datetime.min.replace(tzinfo=UTC)
-    sessions.sort(key=lambda s: s.last_activity or s.start_time or oldest, reverse=True)
-    return sessions
+    return sorted(sessions, key=lambda s: s.last_activity or s.start_time or oldest, reverse=True)
+
+
+async def _fetch(client: Client, query: str, limit: int | None = None) -> list[SessionInfo]:
+    return [
+        SessionInfo.from_execution(execution)
+        async for execution in client.list_workflows(query, limit=limit)
+    ]
+
+
+def _active_since(query: str, when: datetime) -> str:
+    stamp = when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return f"{query} AND {search.LAST_ACTIVITY.name} >= '{stamp}'"
+
+
+async def most_recent(
+    client: Client,
+    query: str,
+    limit: int | None,
+    *,
+    fetch_all_up_to: int = FETCH_ALL_UP_TO,
+    now: datetime | None = None,
+) -> list[SessionInfo]:
+    """The `limit` sessions matching `query` that were active last, most recent first.
+
+    Visibility lists in its own order (open first, then by close time), so the first
+    N it returns are not the N most recently active. Where the visibility store can
+    sort (Elasticsearch: Temporal Cloud, most clusters) it orders by
+    `GeppettoLastActivity`. Temporal's SQL visibility (the dev server, SQL-only
+    clusters) cannot: up to `fetch_all_up_to` matches are read and sorted here;
+    beyond, counts over a time window that grows back from now find the smallest
+    window holding `limit` sessions, and only that window is read and sorted.
+    Sessions that keep no search attributes have no last activity: that search
+    leaves them out (the other two sort them by start time).
+    """
+    if limit is None:
+        return _by_recent_activity(await _fetch(client, query))
+    ordered = f"{query} ORDER BY {search.LAST_ACTIVITY.name} DESC"
+    try:
+        return _by_recent_activity(await _fetch(client, ordered, limit))
+    except RPCError as err:
+        # SQL visibility cannot ORDER BY; a namespace without geppetto's attributes
+        # cannot name GeppettoLastActivity. Either way: sort here.
+        if err.status != RPCStatusCode.INVALID_ARGUMENT:
+            raise
+    total = (await client.count_workflows(query)).count
+    if total <= max(limit, fetch_all_up_to):
+        return _by_recent_activity(await _fetch(client, query))[:limit]
+    if not await search.search_attributes_registered(client):
+        return _by_recent_activity(await _fetch(client, query))[:limit]
+    now = now or datetime.now(UTC)
+
+    async def count_since(window: timedelta) -> int:
+        return (await client.count_workflows(_active_since(query, now - window))).count
+
+    narrow, wide = timedelta(0), _FIRST_WINDOW
+    # Grow until the window holds `limit` sessions (or every session with a last activity).
+    while await count_since(wide) < limit:
+        if now - wide < _EPOCH:
+            return _by_recent_activity(await _fetch(client, query))[:limit]
+        narrow, wide = wide, wide * _GROWTH
+    for _ in range(_NARROWING_STEPS):
+        middle = (narrow + wide) / 2
+        if await count_since(middle) >= limit:
+            wide = middle
+        else:
+            narrow = middle
+    return _by_recent_activity(await _fetch(client, _active_since(query, now - wide)))[:limit]
+
+
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 async def describe_session(client: Client, session_id: str) -> SessionInfo:

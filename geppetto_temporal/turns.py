@@ -91,6 +91,10 @@ class Usage(WireModel):
     #: (`geppetto_temporal.pricing`); 0 for a model without a price, and in usage
     #: recorded before costs were accounted.
     cost_usd: float = 0.0
+    #: Some counts are estimates: a reply was cut off (cancelled) before its provider
+    #: reported usage, so what was sent and streamed was counted at about four
+    #: characters a token (see `geppetto_temporal.context.CHARS_PER_TOKEN`).
+    estimated: bool = False
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -102,6 +106,7 @@ class Usage(WireModel):
             + other.cache_creation_input_tokens,
             cache_read_input_tokens=self.cache_read_input_tokens + other.cache_read_input_tokens,
             cost_usd=self.cost_usd + other.cost_usd,
+            estimated=self.estimated or other.estimated,
         )
 
     @property

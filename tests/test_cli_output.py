@@ -46,6 +46,7 @@ from geppetto_temporal._cli_sessions import print_session_list
 from geppetto_temporal._render import (
     escape_controls,
     format_call,
+    format_cost,
     format_tool_call,
     format_usage,
     safe_text,
@@ -426,7 +427,7 @@ async def test_sessions_list_shows_whole_ids_at_80_and_60_columns(
 # --------------------------------------------------------------------------- run and Ctrl-C
 
 
-async def test_ctrl_c_in_run_ends_the_line_and_reports_unknown_usage(
+async def test_ctrl_c_in_run_ends_the_line_and_estimates_the_usage(
     cli: Env, client: Client, worker: Worker, model_server: ScriptedModelServer
 ) -> None:
     # About a minute of streaming: Ctrl-C lands mid-stream even on a loaded machine.
@@ -483,8 +484,8 @@ async def test_ctrl_c_in_run_ends_the_line_and_reports_unknown_usage(
 
     shown = await asyncio.to_thread(cli.run, "sessions", "show", session_id)
     assert shown.returncode == 0, shown.stderr
-    # The cut-off reply's usage is unknown (the provider reports it at the end): no false 0.
-    interrupted = r"(tokens unknown|at least \d+ in / \d+ out tokens) \(interrupted\)"
+    # The provider reports usage at a stream's end: the cut-off reply's is estimated, no false 0.
+    interrupted = r"~[1-9]\d* in / ~[1-9]\d* out tokens \(estimated, interrupted\)"
     assert re.search(rf"\[cancelled; {interrupted}; ", shown.stdout), shown.stdout
     assert re.search(interrupted, shown.stdout.splitlines()[1]), shown.stdout  # the total
     assert " 0 in / 0 out" not in shown.stdout
@@ -497,6 +498,19 @@ def test_format_usage_never_shows_a_false_zero() -> None:
     assert format_usage(Usage(input_tokens=30, output_tokens=4), interrupted=True) == (
         "at least 30 in / 4 out tokens (interrupted)"
     )
+    estimate = Usage(input_tokens=30, output_tokens=4, estimated=True)
+    assert format_usage(estimate, interrupted=True) == (
+        "~30 in / ~4 out tokens (estimated, interrupted)"
+    )
+    assert format_usage(estimate + Usage(input_tokens=1)) == "~31 in / ~4 out tokens (estimated)"
+
+
+def test_format_cost_never_shows_a_false_zero() -> None:
+    assert format_cost(1.5e-05) == "<$0.0001"
+    assert format_cost(0.0) == "$0.0000"
+    assert format_cost(0.01234) == "$0.0123"
+    assert format_cost(1234.5) == "$1,234.50"
+    assert format_cost(None) == "—"
 
 
 # --------------------------------------------------------------------------- tool calls

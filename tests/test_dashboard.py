@@ -227,6 +227,8 @@ async def test_event_stream_relays_a_finished_inference(
             headers={"X-Requested-With": "fetch"},
         )
         assert closed.status_code == 200 and closed.json()["ok"], closed.text
+        # Nothing was left to run: the message says it closed, not that it is closing.
+        assert closed.json()["code"] == "closed" and closed.json()["message"] == NOTICES["closed"]
         summary = await asyncio.wait_for(session.workflow_handle.result(), 10)
         assert summary.turn_count == 1
         assert 'id="phase">closed<' in (await http.get(f"/sessions/{session.session_id}")).text

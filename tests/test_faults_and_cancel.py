@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Any
 
@@ -98,6 +99,13 @@ async def test_cancel_during_stream_keeps_partial_text(
     assert partial.metadata[BlockMetaKey.INTERRUPTED] is True
     assert partial.text.startswith("Once upon a time")
     assert 0 < len(partial.text) < len(STORY)
+    # Providers bill what they streamed: with no usage reported before the cut, the
+    # worker estimates it (4 characters a token) and says so; the session counts it.
+    usage = turn.metadata.usage
+    assert usage is not None and usage.estimated
+    assert usage.output_tokens == math.ceil(len(partial.text) / 4)
+    assert usage.input_tokens > 0
+    assert (await session.status()).usage == usage
     # Every delta came before the interrupt, which carries the kept text.
     interrupt = assert_no_delta_after_interrupt(await watch.finished())
     assert interrupt.text == partial.text

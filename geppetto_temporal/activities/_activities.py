@@ -28,6 +28,7 @@ from geppetto_temporal.activities._models import (
     reported_model,
     with_ids,
 )
+from geppetto_temporal.context import estimate_text_tokens
 from geppetto_temporal.engines._errors import classify_error
 from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines._output import settle_output
@@ -42,7 +43,7 @@ from geppetto_temporal.pricing import with_cost
 from geppetto_temporal.tools._config import ToolChoice, ToolErrorHandling
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext, ToolDefinition
-from geppetto_temporal.turns import Block, BlockKind, PayloadKey
+from geppetto_temporal.turns import Block, BlockKind, PayloadKey, Usage
 from geppetto_temporal.workflows._models import (
     BlockRange,
     InferenceBlocks,
@@ -274,7 +275,11 @@ class InferenceActivities:
                     raise  # worker shutdown or timeout: let Temporal retry the whole step
                 interrupted = LLMStepResult(
                     blocks=output.blocks(interrupted=True, attempt=info.attempt),
-                    usage=with_cost(output.usage, spec.provider, output.model or spec.model),
+                    usage=with_cost(
+                        _interrupted_usage(output, context.tokens_after) + context.extra_usage,
+                        spec.provider,
+                        output.model or spec.model,
+                    ),
                     stop_reason="cancelled",
                     model=reported_model(output.model, spec),
                     interrupted=True,
@@ -393,3 +398,22 @@ class InferenceActivities:
                     ) from redacted_copy(err)
                 return ToolCallResult(call_id=input.call_id, error=message)
         return ToolCallResult(call_id=input.call_id, result=result)
+
+
+def _interrupted_usage(output: StepOutput, sent_tokens: int) -> Usage:
+    """What a cancelled LLM call used: providers bill what they streamed.
+
+    The provider's own count when it reported one before the cut; else an estimate
+    (marked `estimated`) of the request sent and of the text, reasoning and tool-call
+    arguments streamed back.
+    """
+    if output.usage.input_tokens or output.usage.output_tokens:
+        return output.usage
+    streamed = (
+        output.text
+        + output.thinking
+        + "".join(call.arguments for call in output.tool_calls.values())
+    )
+    return Usage(
+        input_tokens=sent_tokens, output_tokens=estimate_text_tokens(streamed), estimated=True
+    )

@@ -71,7 +71,7 @@ async def deliver_scheduled_prompt(input: DeliverPromptInput) -> DeliverPromptRe
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             start_signal="submit_prompt",
             start_signal_args=[request],
-            static_summary=f"geppetto session on {input.engine.spec_string} (schedule {input.schedule})",
+            static_summary=f"geppetto session, started on {input.engine.spec_string} (schedule {input.schedule})",
         )
     except WorkflowAlreadyStartedError as err:
         # Signal-with-start only fails this way when the session exists and is closed.

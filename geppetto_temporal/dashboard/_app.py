@@ -22,28 +22,29 @@ from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import (
     Client,
-    WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
-    WorkflowUpdateStage,
+    WorkflowUpdateHandle,
 )
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from geppetto_temporal._inputs import check_existing_id
-from geppetto_temporal._render import format_call
+from geppetto_temporal._render import format_call, format_cost
 from geppetto_temporal.client import ExecutionHandle, Session
+from geppetto_temporal.dashboard._charts import BAR_WIDTH, fleet_charts
 from geppetto_temporal.dashboard._data import (
     SessionFilter,
     list_schedule_rows,
     list_session_rows,
 )
-from geppetto_temporal.errors import GeppettoError, InvalidSessionIdError
+from geppetto_temporal.errors import GeppettoError, InvalidSessionIdError, SessionNotFoundError
 from geppetto_temporal.events import Event, event_to_json
+from geppetto_temporal.offline import read_session, request_close
 from geppetto_temporal.search import SessionSearchStatus, search_attributes_missing
 from geppetto_temporal.turns import Block, BlockKind, BlockMetaKey, PayloadKey, Usage
 from geppetto_temporal.workflows._models import (
     INFERENCE_WORKFLOW,
     CancelInferenceRequest,
-    CloseRequest,
     SessionStatus,
     SessionSummary,
     SessionTranscript,
@@ -74,6 +75,11 @@ NOTICES: dict[str, str] = {
     "cancel-idle": "Nothing was running, so nothing was cancelled.",
     "closing": "Closing the session: it takes no more prompts; running and queued ones finish.",
     "closing-cancelled": "Closing the session; a running inference, if any, was asked to stop.",
+    "closed": "Closed: the session takes no more prompts.",
+    "close-pending": (
+        "Close pending: no worker is running this session's task queue; Temporal holds "
+        "the request and the session closes when a worker polls again."
+    ),
 }
 FAILURES: dict[str, str] = {
     "cancel-failed": "Cancel failed: the session could not be reached or has ended.",
@@ -347,9 +353,7 @@ def _fmt_time(value: datetime | None) -> str:
 
 
 def _fmt_cost(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+    return format_cost(value)
 
 
 def _fmt_count(value: int | None) -> str:
@@ -459,37 +463,25 @@ class _Dashboard:
         """What the session page shows, or None when there is no such session."""
         if not _possible_id(session_id):
             return None
-        handle = self.client.get_workflow_handle(session_id)
         try:
-            description = await handle.describe(rpc_timeout=QUERY_TIMEOUT)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return None
-            raise
-        open_ = description.status == WorkflowExecutionStatus.RUNNING
+            snapshot = await read_session(self.client, session_id, query_timeout=QUERY_TIMEOUT)
+        except SessionNotFoundError:
+            return None
+        except WorkflowQueryFailedError as err:
+            # The session's own code failed the query: say so instead of an error page.
+            return self._unreadable(session_id, str(err))
+        open_ = snapshot.open
+        status: SessionStatus | None = snapshot.status
+        transcript: SessionTranscript | None = snapshot.transcript
         notes: list[str] = []
-        status: SessionStatus | None = None
-        transcript: SessionTranscript | None = None
-        results = await asyncio.gather(
-            handle.query("status", result_type=SessionStatus, rpc_timeout=QUERY_TIMEOUT),
-            handle.query("transcript", result_type=SessionTranscript, rpc_timeout=QUERY_TIMEOUT),
-            return_exceptions=True,
-        )
-        if isinstance(results[0], SessionStatus):
-            status = results[0]
-        else:
-            notes.append(f"status query: {getattr(results[0], 'message', '') or results[0]!r}")
-        if isinstance(results[1], SessionTranscript):
-            transcript = results[1]
-        else:
-            notes.append(f"transcript query: {getattr(results[1], 'message', '') or results[1]!r}")
+        worker_note = snapshot.notice()
+        description_status = _execution_status(snapshot.info.execution_status)
         phase = status.phase.value if status is not None else None
         if not open_:
             phase = (
                 "closed"
-                if description.status
-                in (WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.CONTINUED_AS_NEW)
-                else (description.status.name.lower() if description.status else "unknown")
+                if description_status in ("completed", "continuedasnew", "canceled")
+                else description_status
             )
         active = status.active_inference_id if status is not None and open_ else None
         turns = turn_views(transcript, active) if transcript is not None else []
@@ -500,6 +492,7 @@ class _Dashboard:
             [
                 phase,
                 active,
+                worker_note is not None,
                 status.queued_prompts if status else None,
                 len(turns),
                 status.usage.output_tokens if status else None,
@@ -517,9 +510,30 @@ class _Dashboard:
             "notes": notes,
             "active": active,
             "active_number": _inference_number(active) if active else None,
-            "started": description.start_time,
-            "closed_at": description.close_time,
+            "started": snapshot.started,
+            "closed_at": snapshot.closed_at,
             "version": version,
+            # Set when no worker answered: the page is read from history, actions are pending.
+            "worker_note": worker_note,
+            "no_worker": snapshot.from_history,
+        }
+
+    def _unreadable(self, session_id: str, reason: str) -> dict[str, Any]:
+        return {
+            "session_id": session_id,
+            "phase": "unknown",
+            "open": False,
+            "status": None,
+            "cost_usd": None,
+            "turns": [],
+            "notes": [f"the session could not be read: {reason}"],
+            "active": None,
+            "active_number": None,
+            "started": None,
+            "closed_at": None,
+            "version": json.dumps(["unreadable"]),
+            "worker_note": None,
+            "no_worker": False,
         }
 
 
@@ -639,6 +653,22 @@ def create_app(
             schedules, error = [], getattr(err, "message", "") or str(err)
         return dash.render("schedules.html", schedules=schedules, error=error, nav="schedules")
 
+    @app.get("/charts", response_class=HTMLResponse)
+    async def charts_page() -> HTMLResponse:
+        error = None
+        try:
+            charts = await fleet_charts(client)
+        except (RPCError, GeppettoError) as err:
+            charts, error = [], getattr(err, "message", "") or str(err)
+        return dash.render(
+            "charts.html",
+            charts=charts,
+            error=error,
+            nav="charts",
+            now=datetime.now(UTC),
+            bar_width=BAR_WIDTH,
+        )
+
     async def events_response(request: Request, inference_id: str) -> Response:
         if not _possible_id(inference_id):
             return PlainTextResponse(f"no inference {inference_id[:100]!a}", 404)
@@ -695,17 +725,19 @@ def create_app(
             else:
                 cancel_active = form.get("cancel_active") in ("1", "on", "true")
                 # Accepted is enough: from then on the session takes no prompts;
-                # it ends once its running and queued inferences have.
-                await session.workflow_handle.start_update(
-                    "close",
-                    CloseRequest(cancel_active=cancel_active),
-                    wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-                    result_type=SessionSummary,
-                    rpc_timeout=QUERY_TIMEOUT,
-                )
-                code = "closing-cancelled" if cancel_active else "closing"
+                # it ends once its running and queued inferences have. With no
+                # worker, Temporal holds the request until one polls again.
+                requested = await request_close(client, session_id, cancel_active=cancel_active)
+                if requested.worker is not None:
+                    code = "close-pending"
+                    detail["worker"] = requested.worker.message()
+                elif await _closed_soon(requested.update):
+                    # Nothing was left to run: say what happened, not what is happening.
+                    code = "closed"
+                else:
+                    code = "closing-cancelled" if cancel_active else "closing"
             ok, message = True, NOTICES[code]
-        except (RPCError, WorkflowUpdateFailedError) as err:
+        except (RPCError, WorkflowUpdateFailedError, GeppettoError) as err:
             ok, code = False, f"{name}-failed"
             cause = getattr(err, "cause", None)
             reason = getattr(cause, "message", None) or getattr(err, "message", "") or str(err)
@@ -749,6 +781,26 @@ def create_app(
         )
 
     return app
+
+
+#: How long the Close button waits for a session with nothing left to run to end.
+CLOSE_WAIT = timedelta(seconds=2)
+
+
+async def _closed_soon(update: WorkflowUpdateHandle[SessionSummary] | None) -> bool:
+    """Whether the accepted close completed within `CLOSE_WAIT` (nothing left to run)."""
+    if update is None:
+        return False
+    try:
+        await asyncio.wait_for(update.result(), CLOSE_WAIT.total_seconds())
+    except (TimeoutError, RPCError, WorkflowUpdateFailedError):
+        return False
+    return True
+
+
+def _execution_status(name: str) -> str:
+    """`Completed`, `TimedOut`, ... as the page's badge shows it (lower case, one word)."""
+    return name.lower()
 
 
 def _possible_id(workflow_id: str) -> bool:

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from geppetto_temporal.offline import workers_of
 from geppetto_temporal.schedules import ScheduleInfo, list_schedules
 from geppetto_temporal.search import SessionSearchStatus, search_attributes_registered
-from geppetto_temporal.sessions import SessionInfo, sessions_query
+from geppetto_temporal.sessions import SessionInfo, most_recent, sessions_query
 from geppetto_temporal.workflows._models import SESSION_WORKFLOW, SessionStatus
 
 #: How long one session's `status` query may take before the row shows it as unanswered.
@@ -47,6 +48,11 @@ class SessionRow:
     last_activity: datetime | None = None
     #: Why the row is incomplete (the session did not answer its status query).
     note: str | None = None
+    #: Whether the session's workflow is still running (it then needs a worker).
+    open: bool = False
+    task_queue: str | None = None
+    #: Set when no worker polls the open session's task queue: says so, and since when.
+    no_worker: str | None = None
 
     @property
     def model_label(self) -> str:
@@ -111,6 +117,8 @@ def _row_from_info(info: SessionInfo) -> SessionRow:
         started=info.start_time,
         last_activity=info.last_activity or info.close_time or info.start_time,
         note=None if info.indexed else "no search attributes: counts unavailable",
+        open=info.execution_status == "Running",
+        task_queue=info.task_queue,
     )
 
 
@@ -133,13 +141,7 @@ async def _rows_from_search_attributes(
     prefix = _literal(filters.prefix) if filters.prefix else None
     if prefix is not None:
         query += f" AND WorkflowId STARTS_WITH {prefix}"
-    infos = [
-        SessionInfo.from_execution(execution)
-        async for execution in client.list_workflows(query, limit=limit)
-    ]
-    oldest = datetime.min.replace(tzinfo=UTC)
-    infos.sort(key=lambda i: i.last_activity or i.start_time or oldest, reverse=True)
-    return [_row_from_info(info) for info in infos]
+    return [_row_from_info(info) for info in await most_recent(client, query, limit)]
 
 
 def _closed_status(status: WorkflowExecutionStatus | None) -> str:
@@ -160,6 +162,8 @@ async def _row_from_execution(
         status=_closed_status(execution.status),
         started=execution.start_time,
         last_activity=execution.close_time or execution.start_time,
+        open=execution.status == WorkflowExecutionStatus.RUNNING,
+        task_queue=execution.task_queue,
     )
     if execution.status != WorkflowExecutionStatus.RUNNING:
         return row
@@ -218,7 +222,47 @@ async def list_session_rows(
             # E.g. a cluster without STARTS_WITH: fall back to the slow path.
     if rows is None:
         rows = await _rows_from_visibility(client, limit)
-    return [row for row in rows if filters.matches(row)]
+    rows = [row for row in rows if filters.matches(row)]
+    await _complete_open_rows(client, rows)
+    return rows
+
+
+async def _complete_open_rows(client: Client, rows: list[SessionRow]) -> None:
+    """Which open sessions have no worker (one probe a task queue), and their queued prompts.
+
+    Visibility has no queue depth. A session takes its next queued prompt as soon as
+    it is idle, so an idle or ended session queues nothing; a running one is asked
+    (a status query, in parallel, with a short timeout). Without a worker, prompts
+    signalled since it stopped are not in any index: the count is unknown.
+    """
+    open_rows = [row for row in rows if row.open]
+    workers = await workers_of(client, [(row.session_id, row.task_queue) for row in open_rows])
+    ask: list[SessionRow] = []
+    for row in rows:
+        presence = workers.get(row.task_queue or "") if row.open else None
+        if presence is not None and not presence.answering:
+            row.no_worker = presence.message()
+            row.active_inference_id = None
+        elif row.queued_prompts is not None:
+            continue
+        elif row.status == SessionSearchStatus.RUNNING.value:
+            ask.append(row)
+        elif row.status != "open":
+            row.queued_prompts = 0
+    semaphore = asyncio.Semaphore(QUERY_CONCURRENCY)
+
+    async def queued(row: SessionRow) -> None:
+        try:
+            async with semaphore:
+                status: SessionStatus = await client.get_workflow_handle(row.session_id).query(
+                    "status", result_type=SessionStatus, rpc_timeout=STATUS_QUERY_TIMEOUT
+                )
+        except (TimeoutError, RPCError):
+            return
+        row.queued_prompts = status.queued_prompts
+        row.active_inference_id = status.active_inference_id
+
+    await asyncio.gather(*(queued(row) for row in ask))
 
 
 def _describe_when(info: ScheduleInfo) -> str:

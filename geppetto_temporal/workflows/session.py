@@ -55,6 +55,13 @@ with workflow.unsafe.imports_passed_through():
 MAX_REMEMBERED_KEYS = 1000
 
 
+def _cost_text(value: float) -> str:
+    """As `geppetto_temporal._render.format_cost` (not importable here: it pulls in rich)."""
+    if 0 < value < 0.0001:
+        return "<$0.0001"
+    return f"${value:.4f}" if value < 100 else f"${value:,.2f}"
+
+
 @dataclass
 class _ActiveInference:
     inference_id: str
@@ -349,6 +356,7 @@ class SessionWorkflow:
                 workflow.continue_as_new(carried)
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._index(SessionSearchStatus.CLOSED)
+        self._show_details()
         return self._summary()
 
     def _fits_carry_limit(self, carried: SessionInput) -> bool:
@@ -498,11 +506,33 @@ class SessionWorkflow:
         else:
             index_status = SessionSearchStatus.IDLE
         self._index(index_status)
+        self._show_details(f"last: {record.metadata.status}")
+
+    def _show_details(self, last: str | None = None) -> None:
+        """What Temporal's UI shows as the session's current details.
+
+        Not a command (no history event), so it may change without a patch.
+        """
         usage = self._state.usage
+        turns = len(self._state.turns)
+        if self._state.closing and not self._state.queue and self._active is None:
+            head = f"closed after {turns} turn(s)"
+        elif self._state.closing:
+            head = f"closing: {len(self._state.queue)} queued prompt(s) to run first"
+        else:
+            head = f"idle after {turns} turn(s) on {self._engine.spec_string}"
         workflow.set_current_details(
-            f"idle after {len(self._state.turns)} turn(s); last: {record.metadata.status}; "
-            f"{usage.input_tokens} in / {usage.output_tokens} out tokens, "
-            f"~${usage.cost_usd:.4f}"
+            "; ".join(
+                part
+                for part in (
+                    head,
+                    last,
+                    f"{usage.input_tokens} in / {usage.output_tokens} out tokens"
+                    + (" (partly estimated)" if usage.estimated else ""),
+                    f"~{_cost_text(usage.cost_usd)}",
+                )
+                if part
+            )
         )
 
     def _index(self, status: SessionSearchStatus, *, schedule: str | None = None) -> None:
