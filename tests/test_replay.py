@@ -119,6 +119,7 @@ HISTORY_SETS = (
     "v0-9",
     "v0-10",
     "v0-11",
+    "v0-12",
 )
 #: Each scenario of `record.py` and the histories it keeps (`<set>-<scenario>-<kind>.json`).
 SCENARIO_FILES: dict[str, tuple[str, ...]] = {
@@ -137,6 +138,8 @@ SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     "retry-429": ("session", "inference-1"),
     "scheduled-prompt": ("scheduled",),
     "tool-loop": ("session", "inference-1"),
+    "typed-output": ("session", "inference-1"),
+    "sub-agent": ("session", "inference-1", "inference-1-agent-1"),
     # The inference continued as new twice: its earlier runs, and its last run.
     "long-loop": (
         "session",
@@ -152,6 +155,8 @@ SCENARIO_SINCE = {
     "long-loop": "v0-9",
     "first-prompt": "v0-10",
     "human-in-the-loop": "v0-11",
+    "typed-output": "v0-12",
+    "sub-agent": "v0-12",
 }
 
 

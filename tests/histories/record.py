@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 from temporalio.service import RPCError, RPCStatusCode
@@ -416,6 +418,78 @@ async def human_in_the_loop(rec: Recorder) -> Session:
     return session
 
 
+class Forecast(BaseModel):
+    """The typed-output scenario's answer."""
+
+    city: str
+    temp_c: float
+
+
+async def typed_output(rec: Recorder) -> Session:
+    """A typed answer that fails the schema once, then validates (v0-12 on)."""
+    good = {"city": "Paris", "temp_c": 21.5}
+    script = {
+        "rules": [
+            {
+                "name": "fixed",
+                "when": {"last_user_contains": "did not match the required JSON schema"},
+                "reply": {"text": json.dumps(good)},
+            },
+            {"name": "wrong", "reply": {"text": json.dumps({"city": "Paris", "temp_c": "warm"})}},
+        ]
+    }
+    session, _ = await rec.session(
+        "typed-output", script, lambda b: b.no_tools().output_type(Forecast)
+    )
+    turn = await (await session.start_inference("Weather in Paris?")).wait()
+    check(turn.output == Forecast(**good), f"unexpected output {turn.output!r}")
+    await session.close()
+    return session
+
+
+async def sub_agent(rec: Recorder) -> Session:
+    """A coordinator calls one sub-agent (a child inference), then answers (v0-12 on)."""
+    script = {
+        "rules": [
+            {
+                "name": "delegate",
+                "when": {"model": "coordinator", "last_role": "user"},
+                "reply": {"tool_calls": [{"name": "helper", "arguments": {"prompt": "say hi"}}]},
+            },
+            {
+                "name": "wrap-up",
+                "when": {"model": "coordinator", "last_role": "tool"},
+                "reply": {"text": "helper said {tool_result_0}"},
+            },
+            {"name": "helper", "reply": {"text": "hi"}},
+        ]
+    }
+    base_url = rec.server.add_script(script)
+    helper = EngineBuilder("openai:helper").base_url(base_url).no_tools()
+    builder = (
+        EngineBuilder("openai:coordinator")
+        .base_url(base_url)
+        .llm_activity(heartbeat_seconds=5)
+        .agent_tool("helper", "Says hi.", helper)
+    )
+    session = await Session.create(
+        rec.client, builder, session_id="history-sub-agent", task_queue=TASK_QUEUE
+    )
+    handle = await session.start_inference("ask the helper")
+    turn = await handle.wait()
+    check(turn.last_text.startswith("helper said"), f"unexpected answer {turn.last_text!r}")
+    children = [
+        w.id
+        async for w in rec.client.list_workflows(
+            f"WorkflowId STARTS_WITH '{handle.inference_id}/agent/'"
+        )
+    ]
+    check(len(children) == 1, f"expected one sub-agent, got {children}")
+    rec.extra.append(("inference-1-agent-1", children[0], None))
+    await session.close()
+    return session
+
+
 SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "plain-text": plain_text,
     "tool-loop": tool_loop,
@@ -430,6 +504,8 @@ SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "multi-turn": multi_turn,
     "scheduled-prompt": scheduled_prompt,
     "long-loop": long_loop,
+    "typed-output": typed_output,
+    "sub-agent": sub_agent,
     "first-prompt": first_prompt,
     "human-in-the-loop": human_in_the_loop,
 }
