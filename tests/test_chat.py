@@ -177,10 +177,10 @@ def test_chat_in_a_terminal(cli: Cli, terminals: list[Terminal]) -> None:
     chat.type("count please")
     before = chat.cursor
     chat.expect(COUNT)
-    first, first_at = chat.first_read_showing("Counting: n1", before)
-    last, last_at = chat.first_read_showing("Done.", before)
+    # The terminal showed its start in an earlier read than its end (no timing asserted).
+    first, _ = chat.first_read_showing("Counting: n1", before)
+    last, _ = chat.first_read_showing("Done.", before)
     assert first < last, chat.text[before:]
-    assert last_at - first_at > 0.3, (last_at - first_at, chat.text[before:])
     assert "c1/inference/1]" in chat.expect(PROMPT)
 
     # Ctrl-C while the story streams: the reply stops, its text stays, the prompt returns.
