@@ -7,6 +7,7 @@ in-process worker, like `geppetto sessions close`. See docs/approvals.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import typer
@@ -72,6 +73,23 @@ def approvals_command(
         console.print(safe_text(line, multiline=False), soft_wrap=True)
 
 
+def _decide(
+    target: str, decide: Callable[[ExecutionHandle], Awaitable[object]], task_queue: str
+) -> str:
+    """Send one decision to the inference `target` names; its inference id."""
+    _check(target)
+
+    async def action(client: Client) -> str:
+        handle = await _handle(client, target)
+        if handle is None:
+            raise SessionError(f"nothing running in {target}", session_id=target)
+        await decide(handle)
+        return handle.inference_id
+
+    inference_id: str = _call(action, with_worker=True, task_queue=task_queue)
+    return inference_id
+
+
 def approve_command(
     target: IdArg,
     call_id: CallIdArg,
@@ -82,16 +100,9 @@ def approve_command(
     task_queue: TaskQueueOption = DEFAULT_TASK_QUEUE,
 ) -> None:
     """Let a waiting tool call run."""
-    _check(target)
-
-    async def action(client: Client) -> str:
-        handle = await _handle(client, target)
-        if handle is None:
-            raise SessionError(f"nothing running in {target}", session_id=target)
-        await handle.approve(call_id, remember=remember)
-        return handle.inference_id
-
-    inference_id = _call(action, with_worker=True, task_queue=task_queue)
+    inference_id = _decide(
+        target, lambda handle: handle.approve(call_id, remember=remember), task_queue
+    )
     from geppetto_temporal.cli import console
 
     note = " (and the tool for the rest of the session)" if remember else ""
@@ -107,16 +118,7 @@ def deny_command(
     task_queue: TaskQueueOption = DEFAULT_TASK_QUEUE,
 ) -> None:
     """Refuse a waiting tool call: it never runs, and the model sees the reason."""
-    _check(target)
-
-    async def action(client: Client) -> str:
-        handle = await _handle(client, target)
-        if handle is None:
-            raise SessionError(f"nothing running in {target}", session_id=target)
-        await handle.deny(call_id, reason=reason)
-        return handle.inference_id
-
-    inference_id = _call(action, with_worker=True, task_queue=task_queue)
+    inference_id = _decide(target, lambda handle: handle.deny(call_id, reason=reason), task_queue)
     from geppetto_temporal.cli import console
 
     console.print(safe_text(f"denied {call_id} in {inference_id}", multiline=False))

@@ -40,12 +40,10 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from geppetto_temporal._inputs import check_existing_id
-from geppetto_temporal.errors import SessionClosedError, SessionNotFoundError
-from geppetto_temporal.sessions import SessionInfo
+from geppetto_temporal.errors import SessionClosedError
+from geppetto_temporal.sessions import SessionInfo, session_description
 from geppetto_temporal.turns import InferenceStatus, TurnMetadata, Usage
 from geppetto_temporal.workflows._models import (
-    SESSION_WORKFLOW,
     CloseRequest,
     InferenceInput,
     InferenceResult,
@@ -221,21 +219,7 @@ class SessionSnapshot:
 
 
 async def _describe(client: Client, session_id: str) -> WorkflowExecutionDescription:
-    check_existing_id(session_id)
-    try:
-        description = await client.get_workflow_handle(session_id).describe(
-            rpc_timeout=QUERY_TIMEOUT
-        )
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise SessionNotFoundError(f"no session {session_id}", session_id=session_id) from err
-        raise
-    if description.workflow_type != SESSION_WORKFLOW:
-        raise SessionNotFoundError(
-            f"{session_id} is a {description.workflow_type} workflow, not a session",
-            session_id=session_id,
-        )
-    return description
+    return await session_description(client, session_id, rpc_timeout=QUERY_TIMEOUT)
 
 
 def _query_failure(err: BaseException) -> str:

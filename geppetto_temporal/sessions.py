@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal import search
@@ -318,9 +323,16 @@ _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 async def describe_session(client: Client, session_id: str) -> SessionInfo:
     """One session's search attributes and status (no worker needed)."""
+    return SessionInfo.from_execution(await session_description(client, session_id))
+
+
+async def session_description(
+    client: Client, session_id: str, *, rpc_timeout: timedelta | None = None
+) -> WorkflowExecutionDescription:
+    """`describe()` of a session's workflow; a missing one, or another workflow, is `SessionNotFoundError`."""
     check_existing_id(session_id)
     try:
-        description = await client.get_workflow_handle(session_id).describe()
+        description = await client.get_workflow_handle(session_id).describe(rpc_timeout=rpc_timeout)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise SessionNotFoundError(f"no session {session_id}", session_id=session_id) from err
@@ -330,4 +342,4 @@ async def describe_session(client: Client, session_id: str) -> SessionInfo:
             f"{session_id} is a {description.workflow_type} workflow, not a session",
             session_id=session_id,
         )
-    return SessionInfo.from_execution(description)
+    return description
