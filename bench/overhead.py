@@ -514,6 +514,33 @@ def print_table(r: dict[str, Any]) -> None:
         f"worker+client CPU per inf.   {r['worker_cpu_ms_per_inference']:.1f} ms (incl. model server)"
     )
     print(f"peak RSS (worker + bench)    {r['peak_rss_mb']:.0f} MB")
+    print("targets (the footprint issue, against the floor of this run):")
+    for line in targets(r):
+        print(f"  {line}")
+
+
+def targets(r: dict[str, Any]) -> list[str]:
+    """Each footprint target for this run's server mode, as met or not, with the figure."""
+
+    def mark(ok: bool) -> str:
+        return "met    " if ok else "NOT met"
+
+    f, h = r["vs_floor"], r["history"]
+    if r["server"] == "defaults":
+        return [
+            f"{mark(f[k] <= 1.3)} {k.replace('_', ' ')} latency <= 1.3x the floor: {f[k]:.2f}x"
+            for k in ("first_prompt", "next_prompt")
+        ]
+    return [
+        *(
+            f"{mark(f[k] <= 1.1)} {k.replace('_', ' ')} latency <= 1.1x the floor: {f[k]:.2f}x"
+            for k in ("first_prompt", "next_prompt")
+        ),
+        f"{mark(f['throughput'] >= 0.9)} throughput >= 0.9x the floor's: {f['throughput']:.2f}x",
+        f"{mark(f['server_cpu'] <= 1.2)} server CPU <= 1.2x the floor's: {f['server_cpu']:.2f}x",
+        f"{mark(h['total_events'] <= 30)} <= 30 history events: {h['total_events']}",
+        f"{mark(h['total_bytes'] <= 6_800)} <= 6,800 history bytes: {h['total_bytes']}",
+    ]
 
 
 if __name__ == "__main__":
