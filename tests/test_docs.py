@@ -12,6 +12,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,8 @@ LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
 ANY_FENCE = re.compile(r"^```.*?^```[ \t]*$", re.MULTILINE | re.DOTALL)
 HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*$", re.MULTILINE)
 EXAMPLE_TIMEOUT = 240.0
+#: Examples run at once (each starts its own embedded dev server).
+EXAMPLES_AT_ONCE = 3
 #: The default dev server ports, which a developer's own server may be using.
 
 
@@ -117,14 +121,13 @@ def test_docs_links_resolve() -> None:
     assert not broken, f"broken links: {broken}"
 
 
-@pytest.mark.timeout(EXAMPLE_TIMEOUT + 60)
-@pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
-def test_docs_example_runs(example: Example, tmp_path: Path) -> None:
+def _run_example(example: Example, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run one docs example as a script of its own, with its own geppetto home."""
     home = tmp_path / "geppetto-home"
     script = tmp_path / f"{example.name}.py"
     script.write_text(example.code, encoding="utf-8")
     try:
-        proc = subprocess.run(
+        return subprocess.run(
             [sys.executable, str(script)],
             cwd=tmp_path,
             env=isolated_env(home),
@@ -132,14 +135,34 @@ def test_docs_example_runs(example: Example, tmp_path: Path) -> None:
             text=True,
             timeout=EXAMPLE_TIMEOUT,
         )
+    finally:
+        # A crashed or timed-out example must not leave its dev server running.
+        stop_server(home)
+
+
+@pytest.fixture(scope="module")
+def example_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
+    """Every example started at once, a few at a time: each mostly waits on its own server."""
+    with ThreadPoolExecutor(max_workers=EXAMPLES_AT_ONCE) as pool:
+        yield {
+            e.name: pool.submit(_run_example, e, tmp_path_factory.mktemp(e.name)) for e in EXAMPLES
+        }
+
+
+@pytest.mark.timeout(EXAMPLE_TIMEOUT * 2 + 60)
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
+def test_docs_example_runs(
+    example: Example, example_runs: dict[str, Future[subprocess.CompletedProcess[str]]]
+) -> None:
+    try:
+        proc = example_runs[example.name].result()
     except subprocess.TimeoutExpired as err:
         pytest.fail(
             f"docs example {example.name!r} ({example.source}) ran over {EXAMPLE_TIMEOUT:.0f}s\n"
             f"--- stdout ---\n{_text(err.stdout)}\n--- stderr ---\n{_text(err.stderr)}"
         )
-    finally:
-        # A crashed or timed-out example must not leave its dev server running.
-        stop_server(home)
     assert proc.returncode == 0, (
         f"docs example {example.name!r} ({example.source}) exited with {proc.returncode}\n"
         f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
