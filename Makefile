@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Three test processes, a test file each at a time: the tests mostly wait on dev servers,
+# workers and subprocesses, so three share two cores well (~10 min serial, ~6 parallel).
+PYTEST_PARALLEL ?= -n 3 --dist loadfile
 
 .PHONY: demo test chromium lint typecheck check bench clean
 
@@ -22,7 +25,7 @@ test: $(STAMP) chromium
 	$(BIN)/ruff check geppetto_temporal tests bench
 	$(BIN)/ruff format --check geppetto_temporal tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 # The dashboard tests drive a real headless Chromium: Debian's package, never a downloaded browser.
 chromium:
