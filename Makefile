@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # workers and subprocesses, so three share two cores well (~10 min serial, ~6 parallel).
 PYTEST_PARALLEL ?= -n 3 --dist loadfile
 
-.PHONY: demo test chromium lint typecheck check bench clean
+.PHONY: demo test chromium lint typecheck check bench clean plain-install
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -45,4 +45,17 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) .venv-plain .pytest_cache .mypy_cache .ruff_cache test-artifacts
+
+# The library alone, as `pip install geppetto-temporal` gives it: a clean venv, no extras,
+# and none of the CLI's, dashboard's or tracing's packages (CI runs this after `make test`).
+plain-install:
+	rm -rf .venv-plain
+	$(PYTHON) -m venv .venv-plain
+	.venv-plain/bin/python -m pip install --quiet --upgrade pip
+	.venv-plain/bin/python -m pip install --quiet .
+	.venv-plain/bin/python -c 'import geppetto_temporal, geppetto_temporal.client, geppetto_temporal.worker; print("import geppetto_temporal: ok")'
+	@! .venv-plain/bin/python -m pip list --format=freeze | grep -iE '^(fastapi|uvicorn|starlette|jinja2|typer|rich|opentelemetry-sdk)==' \
+		|| { echo "the plain install pulled in an extra's package (above)"; exit 1; }
+	@echo "plain install: no fastapi, uvicorn, starlette, jinja2, typer, rich or opentelemetry-sdk"
+	rm -rf .venv-plain

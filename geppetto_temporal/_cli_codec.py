@@ -18,6 +18,7 @@ from geppetto_temporal.codec import (
     compression_from_env,
     generate_key,
 )
+from geppetto_temporal.extras import MissingExtraError, require_extra
 
 codec_app = typer.Typer(help="Encrypted payloads (GEPPETTO_CODEC_KEYS).", no_args_is_help=True)
 _out = Console(highlight=False)
@@ -71,6 +72,10 @@ def codec_server(
     ] = None,
 ) -> None:
     """Serve the payload codec (GEPPETTO_CODEC_KEYS) for the Temporal Web UI and CLI."""
+    try:
+        require_extra("dashboard", "geppetto codec serve")
+    except MissingExtraError as err:
+        raise _fail(str(err), code=1) from None
     import uvicorn
 
     from geppetto_temporal import devserver

@@ -40,6 +40,7 @@ from geppetto_temporal.engines._endpoints import (
 )
 from geppetto_temporal.errors import GeppettoError, InferenceError
 from geppetto_temporal.events import event_to_json
+from geppetto_temporal.extras import require_extra
 from geppetto_temporal.runtime import SEARCH_ATTRIBUTES, open_runtime
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
@@ -707,6 +708,8 @@ def dashboard(
     task_queue: Annotated[str, typer.Option("--task-queue")] = DEFAULT_TASK_QUEUE,
 ) -> None:
     """Serve the operators' web dashboard: sessions, live inferences, cancel/close, schedules."""
+    with _user_errors():
+        require_extra("dashboard", "geppetto dashboard")
     # Lazy: the web stack is imported only by this command.
     from geppetto_temporal.dashboard import DashboardConfigError, check_bind
 
