@@ -3,7 +3,7 @@
 A `Session` is a conversation (a Temporal workflow); `start_inference` returns an
 `ExecutionHandle` (a child workflow) that you can wait for, cancel or re-attach to.
 `EngineBuilder` describes the model; `@tool` functions run as activities on workers
-made with `create_worker`.
+made with `create_worker`, or by any Temporal worker given `GeppettoPlugin`.
 """
 
 from geppetto_temporal.client import ExecutionHandle, Session
@@ -29,6 +29,7 @@ from geppetto_temporal.errors import (
     SessionError,
     SessionNotFoundError,
 )
+from geppetto_temporal.plugin import GeppettoPlugin
 from geppetto_temporal.sessions import SessionInfo, describe_session, list_sessions
 from geppetto_temporal.shutdown import run, shutdown_temporal_runtime
 from geppetto_temporal.tools import (
@@ -58,6 +59,7 @@ __all__ = [
     "EngineSpec",
     "ExecutionHandle",
     "GeppettoError",
+    "GeppettoPlugin",
     "InferenceCancelled",
     "InferenceError",
     "InferenceFailed",

@@ -1,76 +1,28 @@
-"""Worker factory: the workflows and activities of geppetto on one task queue."""
+"""`create_worker`: a Temporal worker with `GeppettoPlugin` and geppetto's tracing rules."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker import Worker
 
-from geppetto_temporal.activities._activities import InferenceActivities
-from geppetto_temporal.activities._scheduled import SCHEDULE_ACTIVITIES
 from geppetto_temporal.engines._endpoints import Endpoint, EndpointRegistry
 from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines.middleware import Middleware
-from geppetto_temporal.live._hub import LiveHub
-from geppetto_temporal.live._server import LiveConfig, LiveServer, parse_address
+from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.observability import (
-    ObservabilityInterceptor,
     client_is_traced,
     is_tracing_interceptor,
     tracing_interceptor,
 )
-from geppetto_temporal.pricing import price_table
+from geppetto_temporal.plugin import WORKFLOWS as WORKFLOWS
+from geppetto_temporal.plugin import GeppettoPlugin
+from geppetto_temporal.plugin import workflow_runner as workflow_runner
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import Tool
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
-from geppetto_temporal.workflows.inference import InferenceWorkflow
-from geppetto_temporal.workflows.scheduled import ScheduledPromptWorkflow
-from geppetto_temporal.workflows.session import SessionWorkflow
-
-#: Workflow classes a worker (or a Replayer) must register.
-WORKFLOWS: tuple[type, ...] = (SessionWorkflow, InferenceWorkflow, ScheduledPromptWorkflow)
-
-
-def workflow_runner(*, sandboxed: bool = True) -> WorkflowRunner:
-    """The runner for geppetto's workflows.
-
-    Sandboxed, our modules and pydantic are passed through so they are imported
-    once per process rather than once per run. Unsandboxed is faster still (about
-    40% less worker time per workflow task); it is safe for these two workflows
-    because they run no user code (tools and middleware run in activities), and
-    the replay tests run them under the sandbox to catch a restricted call.
-    """
-    if not sandboxed:
-        return UnsandboxedWorkflowRunner()
-    restrictions = SandboxRestrictions.default.with_passthrough_modules(
-        "geppetto_temporal",
-        "pydantic",
-        "pydantic_core",
-        "annotated_types",
-        "typing_inspection",
-        "opentelemetry",
-    )
-    return SandboxedWorkflowRunner(restrictions=restrictions)
-
-
-class _LiveWorker(Worker):
-    """A worker that serves its LLM steps' live deltas for as long as it runs."""
-
-    def __init__(self, *args: Any, live_server: LiveServer, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.live_server = live_server
-
-    async def run(self) -> None:
-        """Start the live server, then run the worker; the server stops with it."""
-        await self.live_server.start()
-        try:
-            await super().run()
-        finally:
-            await self.live_server.close()
 
 
 def create_worker(
@@ -111,26 +63,26 @@ def create_worker(
     free port) and tells them `live_url` (default `$GEPPETTO_LIVE_URL` or the bound
     address). `live=False` serves nothing: readers then get the durable stream only.
     """
-    registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
-    # Load the price table (and $GEPPETTO_PRICES) now: a bad file fails here, not in every LLM call.
-    price_table()
-
-    if engines is None:
-        if not isinstance(endpoints, EndpointRegistry):
-            endpoints = EndpointRegistry(endpoints or (), allow_any_base_url=allow_any_base_url)
-        engines = EngineFactory(endpoints=endpoints)
-    hub = LiveHub() if live else None
-    activities = InferenceActivities(registry, middleware=middleware, engines=engines, live=hub)
-    options: dict[str, Any] = {
-        # After a worker dies, its sessions' next tasks wait this long on its
-        # sticky queue before any worker may take them (SDK default 10 s).
-        "sticky_queue_schedule_to_start_timeout": timedelta(seconds=3),
-        "max_heartbeat_throttle_interval": timedelta(seconds=1),
-        "default_heartbeat_throttle_interval": timedelta(seconds=1),
-        "workflow_runner": workflow_runner(sandboxed=sandboxed),
-    }
-    options.update(worker_options)
-    # Tracing outermost, so geppetto's activity spans join the propagated trace.
+    if any(isinstance(p, GeppettoPlugin) for p in client.config().get("plugins", ())):
+        raise ConfigurationError(
+            "this client was connected with a GeppettoPlugin, which already gives its workers "
+            "geppetto's workflows and activities: make the worker with "
+            "temporalio.worker.Worker(client, task_queue=...)"
+        )
+    plugin = GeppettoPlugin(
+        tools=tools,
+        middleware=middleware,
+        endpoints=endpoints,
+        allow_any_base_url=allow_any_base_url,
+        engines=engines,
+        sandboxed=sandboxed,
+        live=live,
+        live_address=live_address,
+        live_url=live_url,
+    )
+    options: dict[str, Any] = dict(worker_options)
+    # Tracing outermost, so geppetto's activity spans join the propagated trace; the
+    # plugin appends its own interceptor after these.
     interceptors = list(options.pop("interceptors", None) or ())
     if (
         tracing
@@ -138,22 +90,6 @@ def create_worker(
         and not any(is_tracing_interceptor(i) for i in interceptors)
     ):
         interceptors.insert(0, tracing_interceptor())
-    interceptors.append(ObservabilityInterceptor())
     options["interceptors"] = interceptors
-    options.update(
-        task_queue=task_queue,
-        workflows=list(WORKFLOWS),
-        activities=[
-            activities.llm_step,
-            activities.tool_call,
-            activities.inference_blocks,
-            *SCHEDULE_ACTIVITIES,
-        ],
-        **options,
-    )
-    if hub is None:
-        return Worker(client, **options)
-    # Read now: a malformed address fails here, not when the worker starts.
-    config = LiveConfig.from_env(live_address, live_url)
-    parse_address(config.address)
-    return _LiveWorker(client, live_server=LiveServer(hub, config), **options)
+    options["plugins"] = [*options.get("plugins", ()), plugin]
+    return Worker(client, task_queue=task_queue, **options)
