@@ -38,7 +38,7 @@ async def _handle(client: Client, target: str) -> ExecutionHandle | None:
 
 
 def _check(target: str) -> None:
-    from geppetto_temporal.cli import _user_errors
+    from geppetto_temporal._cli_base import _user_errors
 
     with _user_errors():
         check_existing_id(target.split("/inference/", 1)[0])
@@ -58,7 +58,7 @@ def approvals_command(
     if as_json:
         _print_json([p.model_dump(mode="json") for p in waiting])
         return
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     if not waiting:
         console.print(safe_text(f"nothing waiting for a decision in {target}", multiline=False))
@@ -103,7 +103,7 @@ def approve_command(
     inference_id = _decide(
         target, lambda handle: handle.approve(call_id, remember=remember), task_queue
     )
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     note = " (and the tool for the rest of the session)" if remember else ""
     console.print(safe_text(f"approved {call_id} in {inference_id}{note}", multiline=False))
@@ -119,6 +119,6 @@ def deny_command(
 ) -> None:
     """Refuse a waiting tool call: it never runs, and the model sees the reason."""
     inference_id = _decide(target, lambda handle: handle.deny(call_id, reason=reason), task_queue)
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     console.print(safe_text(f"denied {call_id} in {inference_id}", multiline=False))

@@ -39,7 +39,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for script
 
 def _call(action: Callable[[Client], Awaitable[T]]) -> T:
     """Run `action` with a client (no in-process worker), mapping errors onto one line."""
-    from geppetto_temporal.cli import _progress, _run
+    from geppetto_temporal._cli_base import _progress, _run
     from geppetto_temporal.runtime import open_runtime
 
     async def main() -> T:
@@ -143,7 +143,13 @@ def create(
     as_json: JsonOption = False,
 ) -> None:
     """Create a schedule: send PROMPT on a cron or an interval, to one session or a fresh one per run."""
-    from geppetto_temporal.cli import _engine_options, _error, _user_errors, console, err_console
+    from geppetto_temporal._cli_base import (
+        _engine_options,
+        _error,
+        _user_errors,
+        console,
+        err_console,
+    )
 
     if (cron is None) == (every is None):
         _error("give exactly one of --cron and --every")
@@ -196,7 +202,7 @@ def create(
 @schedule_app.command("list")
 def list_(as_json: JsonOption = False) -> None:
     """List the schedules: spec, target, state and next run."""
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     infos = _call(schedules.list_schedules)
     if as_json:
@@ -241,7 +247,7 @@ def describe(
     as_json: JsonOption = False,
 ) -> None:
     """Show a schedule: its spec, next runs and recent runs with their answers or errors."""
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     info = _call(lambda client: schedules.describe_schedule(client, name, recent=recent))
     if as_json:
@@ -300,7 +306,7 @@ def pause(
     note: Annotated[str | None, typer.Option("--note", help="Why (shown by describe).")] = None,
 ) -> None:
     """Pause a schedule (a run in progress goes on)."""
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     _call(lambda client: schedules.pause(client, name, note=note))
     console.print(f"paused {name}")
@@ -312,7 +318,7 @@ def unpause(
     note: Annotated[str | None, typer.Option("--note", help="Why (shown by describe).")] = None,
 ) -> None:
     """Resume a paused schedule."""
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     _call(lambda client: schedules.unpause(client, name, note=note))
     console.print(f"unpaused {name}")
@@ -321,7 +327,7 @@ def unpause(
 @schedule_app.command("trigger")
 def trigger(name: NameArg) -> None:
     """Start a run now (the schedule's overlap policy applies)."""
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     _call(lambda client: schedules.trigger(client, name))
     console.print(f"triggered {name}")
@@ -330,7 +336,7 @@ def trigger(name: NameArg) -> None:
 @schedule_app.command("delete")
 def delete(name: NameArg) -> None:
     """Delete a schedule (its sessions, and a run in progress, are kept)."""
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     _call(lambda client: schedules.delete(client, name))
     console.print(f"deleted {name}")

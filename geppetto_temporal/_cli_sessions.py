@@ -79,7 +79,7 @@ def _call(
     task_queue: str = DEFAULT_TASK_QUEUE,
 ) -> T:
     """Run `action` with a client, mapping user-facing errors onto one line."""
-    from geppetto_temporal.cli import _progress, _run
+    from geppetto_temporal._cli_base import _progress, _run
     from geppetto_temporal.runtime import open_runtime
 
     async def main() -> T:
@@ -93,7 +93,7 @@ def _call(
 
 def _check_id(session_id: str) -> None:
     """One line and exit 1 for an id no session can have, before anything is started."""
-    from geppetto_temporal.cli import _user_errors
+    from geppetto_temporal._cli_base import _user_errors
 
     with _user_errors():
         check_existing_id(session_id)
@@ -239,7 +239,7 @@ def list_command(
     as_json: JsonOption = False,
 ) -> None:
     """List sessions, most recently active first, with status, model, prompts, tokens and cost."""
-    from geppetto_temporal.cli import _user_errors
+    from geppetto_temporal._cli_base import _user_errors
 
     with _user_errors():
         from geppetto_temporal.sessions import sessions_query
@@ -263,7 +263,7 @@ def list_command(
     if as_json:
         _print_json([s.model_dump(mode="json") for s in found])
         return
-    from geppetto_temporal.cli import console, err_console
+    from geppetto_temporal._cli_base import console, err_console
 
     if unindexed_reason is not None or any(not s.indexed for s in found):
         # Unknown is not zero: say why instead of listing sessions that ran as 0 prompts.
@@ -331,7 +331,7 @@ def show_command(
             }
         )
         return
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     header = (
         safe_text(info.session_id, "bold", multiline=False)
@@ -414,7 +414,7 @@ def cancel_command(session_id: IdArg, as_json: JsonOption = False) -> None:
     if as_json:
         _print_json({"session_id": session_id, "cancelled": active})
         return
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     if active is None:
         console.print(safe_text(f"nothing running in {session_id}", multiline=False))
@@ -454,7 +454,7 @@ def close_command(
         if as_json:
             _print_json({"session_id": session_id, "pending": True, "worker": summary.as_json()})
             return
-        from geppetto_temporal.cli import console
+        from geppetto_temporal._cli_base import console
 
         console.print(
             safe_text(
@@ -469,7 +469,7 @@ def close_command(
     if as_json:
         _print_json(summary.model_dump(mode="json"))
         return
-    from geppetto_temporal.cli import console
+    from geppetto_temporal._cli_base import console
 
     console.print(
         safe_text(

@@ -7,43 +7,51 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.text import Text
 from temporalio.client import Client
 
 from geppetto_temporal import _cli_errors, devserver
 from geppetto_temporal._cli_approvals import approvals_command, approve_command, deny_command
+from geppetto_temporal._cli_base import (
+    DEFAULT_MODEL,
+    _engine_options,
+    _error,
+    _progress,
+    _run,
+    _user_errors,
+    console,
+    err_console,
+)
 from geppetto_temporal._cli_codec import codec_app, codec_server
 from geppetto_temporal._cli_errors import describe_validation as _describe_validation
 from geppetto_temporal._cli_schedule import schedule_app
 from geppetto_temporal._cli_session import EngineOptions, load_tools, open_cli_session, tool_modules
 from geppetto_temporal._cli_sessions import sessions_app
 from geppetto_temporal._inputs import check_existing_id, check_prompt
-from geppetto_temporal._render import StreamPrinter, escape_controls, format_usage
+from geppetto_temporal._render import StreamPrinter, format_usage
 from geppetto_temporal.client import ExecutionHandle
-from geppetto_temporal.codec import CodecError
 from geppetto_temporal.connection import temporal_address_from_env
-from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.engines._endpoints import (
     ALLOW_ANY_BASE_URL_ENV,
     ENDPOINTS_FILE_ENV,
     EndpointRegistry,
 )
-from geppetto_temporal.errors import GeppettoError, InferenceError
+from geppetto_temporal.errors import InferenceError
 from geppetto_temporal.events import event_to_json
 from geppetto_temporal.extras import require_extra
 from geppetto_temporal.runtime import SEARCH_ATTRIBUTES, open_runtime
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
+
+#: How long Ctrl-C waits for the in-process worker to record the cancelled inference.
+CANCEL_WAIT_SECONDS = 15.0
 
 app = typer.Typer(
     name="geppetto",
@@ -63,117 +71,6 @@ app.add_typer(schedule_app, name="schedule")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(codec_app, name="codec")
 app.command("codec-server")(codec_server)
-
-# Markup and emoji codes off: text from users and models is printed as it is written
-# (control characters escaped by _render), never interpreted as `[bold]` or `:smile:`.
-console = Console(highlight=False, markup=False, emoji=False)
-err_console = Console(stderr=True, highlight=False, markup=False, emoji=False)
-
-DEFAULT_MODEL = "openai:gpt-4o-mini"
-#: How long Ctrl-C waits for the in-process worker to record the cancelled inference.
-CANCEL_WAIT_SECONDS = 15.0
-T = TypeVar("T")
-
-
-def _progress(line: str) -> None:
-    # One line however long, like _error: a warning must stay one greppable line.
-    err_console.print(Text(escape_controls(line), style="dim"), soft_wrap=True)
-
-
-def _error(message: str) -> None:
-    """One red `error: ...` line on stderr, however long the message (logs and grep see it whole)."""
-    _cli_errors.print_error(message)
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Report a bad option (model spec, tool module, engine setting) as one line, exit 1.
-
-    The same as what `main`'s error boundary does; kept so an option's mistake is
-    reported before a command starts any server.
-    """
-    try:
-        yield
-    except (GeppettoError, ValidationError, ValueError) as err:
-        _cli_errors.report(err)
-        raise typer.Exit(1) from None
-
-
-class _Terminated(Exception):
-    """SIGTERM stopped the command; its cleanup has run (as after Ctrl-C)."""
-
-
-def _drop_codec_errors(record: logging.LogRecord) -> bool:
-    return not (record.exc_info and isinstance(record.exc_info[1], CodecError))
-
-
-#: The exit code of a command stopped by SIGTERM (128 + 15), unless it says otherwise.
-SIGTERM_EXIT = 143
-
-
-async def _cancelled_by_sigterm(coro: Coroutine[Any, Any, T]) -> T:
-    """Await `coro`; SIGTERM cancels it exactly as Ctrl-C does, then raises `_Terminated`.
-
-    SIGTERM is what systemd, Docker and Kubernetes send. Its default action kills the
-    process on the spot: the worker would not drain, the embedded server's lease would
-    be left behind and the server would keep running. Cancelling the command's task
-    instead unwinds its `async with` blocks: worker shutdown, lease release, server stop.
-    A second SIGTERM kills the process at once.
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    received: list[int] = []
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        loop.call_soon_threadsafe(task.cancel)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread: leave signals alone
-        return await coro
-    try:
-        result = await coro
-    except asyncio.CancelledError:
-        if received:
-            raise _Terminated from None
-        raise
-    finally:
-        if not received:
-            signal.signal(signal.SIGTERM, previous)
-    if received:  # the command swallowed the cancellation; it is stopped all the same
-        raise _Terminated
-    return result
-
-
-def _run(
-    coro: Coroutine[Any, Any, T],
-    *,
-    quiet_worker: bool = True,
-    sigterm_exit: int = SIGTERM_EXIT,
-) -> T:
-    """Run a command's coroutine; errors go on to `main`'s boundary (one line, exit 1).
-
-    SIGTERM stops it as Ctrl-C does (cleanly) and exits with `sigterm_exit`.
-    """
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if quiet_worker:
-        # The in-process worker of an interactive command would print a traceback
-        # for every failed attempt; the command reports the outcome itself.
-        logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
-        logging.getLogger("temporalio.workflow").setLevel(logging.ERROR)
-        # A missing codec key fails the session's workflow tasks; the command says so.
-        logging.getLogger("temporalio.worker._workflow").addFilter(_drop_codec_errors)
-    try:
-        return asyncio.run(_cancelled_by_sigterm(coro))
-    except KeyboardInterrupt:
-        err_console.print(Text("interrupted", style="yellow"))
-        raise typer.Exit(130) from None
-    except _Terminated:
-        err_console.print(Text("stopped (SIGTERM)", style="yellow"))
-        raise typer.Exit(sigterm_exit) from None
 
 
 def _load_tools(modules: list[str] | None, examples: bool) -> ToolRegistry:
@@ -267,26 +164,6 @@ def run(
             )
         )
     )
-
-
-def _engine_options(
-    model: str | None,
-    base_url: str | None,
-    endpoint: str | None,
-    system: str | None,
-    max_iterations: int | None,
-    switch: bool,
-) -> EngineOptions:
-    builder = EngineBuilder(model or os.environ.get("GEPPETTO_MODEL") or DEFAULT_MODEL)
-    if base_url:
-        builder = builder.base_url(base_url)
-    if endpoint:
-        builder = builder.endpoint(endpoint)
-    if system:
-        builder = builder.system_prompt(system)
-    if max_iterations is not None:
-        builder = builder.max_iterations(max_iterations)
-    return EngineOptions(builder, model, base_url, system, max_iterations, switch, endpoint)
 
 
 async def _run_prompt(

@@ -286,8 +286,8 @@ def test_no_markup_or_escape_reaches_the_terminal() -> None:
     assert "[bold]loud[/bold]" in printed and "\\x1b]0;pwned\\x07" in printed
     assert "pwned\x07" not in printed
 
-    from geppetto_temporal.cli import console as cli_console
-    from geppetto_temporal.cli import err_console
+    from geppetto_temporal._cli_base import console as cli_console
+    from geppetto_temporal._cli_base import err_console
 
     for shared in (cli_console, err_console):
         with shared.capture() as captured:

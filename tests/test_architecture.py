@@ -1,0 +1,111 @@
+"""The package's shape: no import cycle anywhere, module-level or inside functions.
+
+Read from the source (every `import` statement, wherever it is), so an import that
+only runs in one command or one code path counts as much as one at the top.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import geppetto_temporal
+
+PACKAGE = Path(geppetto_temporal.__file__).resolve().parent
+ROOT_NAME = "geppetto_temporal"
+
+
+def _modules() -> dict[str, Path]:
+    modules: dict[str, Path] = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = (ROOT_NAME, *path.relative_to(PACKAGE).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    return modules
+
+
+def _known(name: str, modules: dict[str, Path]) -> str | None:
+    """The module `name` imports: itself, or the package that defines the imported name."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (`from pkg import submodule` names the
+    submodule, not the package's `__init__`)."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    source = ".".join([*base, *([node.module] if node.module else [])])
+                else:
+                    source = node.module or ""
+                submodules = [f"{source}.{alias.name}" for alias in node.names]
+                targets = [s for s in submodules if s in modules]
+                if len(targets) < len(submodules):  # some names are attributes of `source`
+                    targets.append(source)
+            for target in targets:
+                if target.startswith(ROOT_NAME):
+                    module = _known(target, modules)
+                    if module is not None and module != name:
+                        graph[name].add(module)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_graph_sees_function_level_imports() -> None:
+    graph = import_graph()
+    # cli imports the dashboard only inside its command: the graph must still see it.
+    assert "geppetto_temporal.dashboard" in graph["geppetto_temporal.cli"]
+    assert "geppetto_temporal._cli_base" in graph["geppetto_temporal._cli_sessions"]
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    found = cycles(import_graph())
+    assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
