@@ -24,6 +24,8 @@ from geppetto_temporal import devserver
 from geppetto_temporal.devserver import (
     DevServerError,
     EmbeddedServer,
+    _process,
+    _shared,
     default_data_dir,
     find_temporal_binary,
     server_status,
@@ -55,7 +57,7 @@ def _argv(pid: int) -> list[str]:
 
 def _alive(pid: int) -> bool:
     # The module's own check: it also reaps our children and treats zombies as dead.
-    return devserver._pid_alive(pid)
+    return _process._pid_alive(pid)
 
 
 @pytest.fixture
@@ -324,7 +326,7 @@ def port_thief(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[socket.socket]]
     """Makes the first server start lose the race for its UI port: another process listens
     on the port after it was checked free and before the server binds it."""
     stolen: list[socket.socket] = []
-    spawn = devserver._spawn
+    spawn = _process._spawn
 
     def spawn_after_theft(binary: Path, data_dir: Path, port: int, ui_port: int, *rest: Any) -> Any:
         if not stolen:
@@ -334,7 +336,8 @@ def port_thief(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[socket.socket]]
             stolen.append(thief)
         return spawn(binary, data_dir, port, ui_port, *rest)
 
-    monkeypatch.setattr(devserver, "_spawn", spawn_after_theft)
+    # Patched where EmbeddedServer (in _shared) looks it up.
+    monkeypatch.setattr(_shared, "_spawn", spawn_after_theft)
     yield stolen
     for sock in stolen:
         sock.close()
@@ -346,13 +349,13 @@ async def test_start_retries_on_other_ports_when_a_port_is_taken(
     # The UI port is chosen automatically (default, then unused ports), never 8233 here.
     monkeypatch.delenv("GEPPETTO_DEV_UI_PORT")
     monkeypatch.setattr(
-        devserver, "DEFAULT_UI_PORT", free_port({int(os.environ["GEPPETTO_DEV_PORT"])})
+        _process, "DEFAULT_UI_PORT", free_port({int(os.environ["GEPPETTO_DEV_PORT"])})
     )
     messages: list[str] = []
     async with EmbeddedServer(data_dir, log=messages.append) as info:
         [thief] = port_thief
         stolen = thief.getsockname()[1]
-        assert stolen == devserver.DEFAULT_UI_PORT
+        assert stolen == _process.DEFAULT_UI_PORT
         assert info.ui_url != f"http://127.0.0.1:{stolen}"
         client = await Client.connect(info.address)
         assert await client.service_client.check_health()
