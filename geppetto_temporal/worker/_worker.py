@@ -17,6 +17,8 @@ from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines.middleware import Middleware
 from geppetto_temporal.live._hub import LiveHub
 from geppetto_temporal.live._server import LiveConfig, LiveServer, parse_address
+from geppetto_temporal.mcp._client import McpConnections
+from geppetto_temporal.mcp._config import McpServer, McpServers
 from geppetto_temporal.observability import (
     ObservabilityInterceptor,
     client_is_traced,
@@ -57,7 +59,21 @@ def workflow_runner(*, sandboxed: bool = True) -> WorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
-class _LiveWorker(Worker):
+class _McpWorker(Worker):
+    """A worker that closes its MCP connections (stdio servers' processes end) when it stops."""
+
+    def __init__(self, *args: Any, mcp: McpConnections, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mcp = mcp
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            await self.mcp.aclose()
+
+
+class _LiveWorker(_McpWorker):
     """A worker that serves its LLM steps' live deltas for as long as it runs."""
 
     def __init__(self, *args: Any, live_server: LiveServer, **kwargs: Any) -> None:
@@ -87,6 +103,7 @@ def create_worker(
     live: bool = True,
     live_address: str | None = None,
     live_url: str | None = None,
+    mcp_servers: McpServers | Iterable[McpServer] | None = None,
     **worker_options: Any,
 ) -> Worker:
     """A Temporal worker running geppetto's workflows and activities with the given tools.
@@ -110,6 +127,9 @@ def create_worker(
     `live_address` (HOST:PORT, default `$GEPPETTO_LIVE_ADDRESS` or 127.0.0.1 on a
     free port) and tells them `live_url` (default `$GEPPETTO_LIVE_URL` or the bound
     address). `live=False` serves nothing: readers then get the durable stream only.
+
+    `mcp_servers` are the MCP servers this worker may use (docs/mcp.md): engines select
+    them by name; the worker starts their processes and holds their secrets.
     """
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
     # Load the price table (and $GEPPETTO_PRICES) now: a bad file fails here, not in every LLM call.
@@ -120,7 +140,11 @@ def create_worker(
             endpoints = EndpointRegistry(endpoints or (), allow_any_base_url=allow_any_base_url)
         engines = EngineFactory(endpoints=endpoints)
     hub = LiveHub() if live else None
-    activities = InferenceActivities(registry, middleware=middleware, engines=engines, live=hub)
+    servers = mcp_servers if isinstance(mcp_servers, McpServers) else McpServers(mcp_servers or ())
+    mcp = McpConnections(servers)
+    activities = InferenceActivities(
+        registry, middleware=middleware, engines=engines, live=hub, mcp=mcp
+    )
     options: dict[str, Any] = {
         # After a worker dies, its sessions' next tasks wait this long on its
         # sticky queue before any worker may take them (SDK default 10 s).
@@ -147,13 +171,14 @@ def create_worker(
             activities.llm_step,
             activities.tool_call,
             activities.inference_blocks,
+            activities.mcp_tools,
             *SCHEDULE_ACTIVITIES,
         ],
         **options,
     )
     if hub is None:
-        return Worker(client, **options)
+        return _McpWorker(client, mcp=mcp, **options)
     # Read now: a malformed address fails here, not when the worker starts.
     config = LiveConfig.from_env(live_address, live_url)
     parse_address(config.address)
-    return _LiveWorker(client, live_server=LiveServer(hub, config), **options)
+    return _LiveWorker(client, live_server=LiveServer(hub, config), mcp=mcp, **options)
