@@ -4,9 +4,8 @@ over stdio and Streamable HTTP, called by the scripted model through a real work
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
+import shlex
 import subprocess
 import sys
 import uuid
@@ -38,7 +37,14 @@ from tests.conftest import scripted_endpoints
 from tests.ports import free_port
 from tests.test_approvals import assert_replays, pending
 from tests.watch import EventWatch
-from tests.workers import WorkerProcs, unique_queue, within
+from tests.workers import (
+    WorkerProcs,
+    activity_starts,
+    running_activity,
+    unique_queue,
+    wait_until,
+    within,
+)
 
 SERVER_SCRIPT = Path(__file__).with_name("mcp_server.py")
 #: The HTTP server's token, as the worker's operator would set it: in the worker's environment.
@@ -289,6 +295,61 @@ async def test_mcp_tools_wait_for_approval_by_pattern_or_server_flag(
     assert lines(mcp_logs / "docs.log").count(f"search {query}") == 1
 
 
+async def test_a_call_runs_once_across_a_worker_restart(
+    client: Client, model_server: ScriptedModelServer, worker_procs: WorkerProcs, tmp_path: Path
+) -> None:
+    """A real `geppetto worker` with `$GEPPETTO_MCP` is killed (SIGKILL) after the call and
+    during the next step; a fresh one finishes the inference from history: one call."""
+    log = tmp_path / "docs.log"
+    worker_procs.extra_env["GEPPETTO_MCP"] = "docs=" + shlex.join(
+        [sys.executable, str(SERVER_SCRIPT), "--log", str(log)]
+    )
+    queue = unique_queue("mcp-restart")
+    first = await worker_procs.start(queue)
+    script = {
+        "rules": [
+            {"when": {"last_role": "user"}, "reply": calls(("docs__search", {"query": "otters"}))},
+            # The first attempt of the step after the call hangs until its worker is gone.
+            {
+                "when": {"last_role": "tool"},
+                "reply": {"text": "answer: {tool_results}"},
+                "faults": [{"delay": 60}],
+            },
+        ]
+    }
+    base_url = model_server.add_script(script)
+    engine = EngineBuilder("openai:scripted").base_url(base_url).mcp("docs")
+    session = await Session.create(
+        client,
+        engine.llm_activity(heartbeat_seconds=2),
+        session_id=f"mcp-restart-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+    )
+    handle = await session.start_inference("otters")
+    wf = handle.workflow_handle
+
+    async def second_step_running() -> bool:
+        # The call is in the server's log and an LLM step runs: the one after the call.
+        return bool(lines(log)) and await running_activity(wf, "geppetto.llm_step") is not None
+
+    await wait_until(
+        second_step_running, 60, "the step after the MCP call", worker_procs.diagnostics
+    )
+    assert lines(log) == ["search otters"]
+    first.kill()
+    second = await worker_procs.start(queue)
+    turn = await within(handle.wait(), 90, "the inference to finish", worker_procs.diagnostics)
+    assert turn.last_text == 'answer: {"result": "docs found 1 document about otters"}'
+    # The new worker did not list the tools again nor repeat the call: both are in history.
+    assert lines(log) == ["search otters"]
+    starts = await activity_starts(wf)
+    mcp_work = [
+        (n, who) for n, who, _ in starts if n in ("geppetto.mcp_tools", "geppetto.tool_call")
+    ]
+    assert len(mcp_work) == 2 and all(first.owns(who) for _, who in mcp_work)
+    assert any(second.owns(who) for n, who, _ in starts if n == "geppetto.llm_step")
+
+
 def test_worker_configuration_of_servers(tmp_path: Path) -> None:
     assert parse_mcp_server("docs=python -m my_server --flag 'a b'").command == (
         "python",
@@ -306,7 +367,9 @@ def test_worker_configuration_of_servers(tmp_path: Path) -> None:
         "timeout = 20\napproval = true\n"
     )
     files, web = load_mcp_file(config)
-    assert files.command == ("npx", "server-files", "/data") and files.env == {"TOKEN": "FILES_TOKEN"}
+    assert files.command == ("npx", "server-files", "/data") and files.env == {
+        "TOKEN": "FILES_TOKEN"
+    }
     assert web.timeout == 20 and web.approval and web.headers == {"Authorization": "WEB_AUTH"}
     assert web.secret_headers({"WEB_AUTH": "Bearer x"}) == {"Authorization": "Bearer x"}
     with pytest.raises(ConfigurationError, match=r"needs \$WEB_AUTH"):

@@ -171,9 +171,7 @@ class McpConnections:
             reason = f"{type(err).__name__}: {reason}"
         for secret in server.secrets():
             reason = reason.replace(secret, "[redacted]")
-        return McpUnavailable(
-            f"MCP server {server.name!r} is unavailable: {redact(reason)[:300]}"
-        )
+        return McpUnavailable(f"MCP server {server.name!r} is unavailable: {redact(reason)[:300]}")
 
     async def _session(self, server: McpServer, *, check: bool) -> ClientSession:
         """A live session; with `check`, one that answered a ping just now."""
@@ -260,7 +258,7 @@ class McpConnections:
             )
         return tools
 
-    async def call(self, server_name: str, tool: str, args: Any, timeout: float) -> Any:
+    async def call(self, server_name: str, tool: str, args: Any, read_timeout: float) -> Any:
         """Call a tool; its JSON result. Raises `McpUnavailable` or `McpToolError`."""
         server = self._server(server_name)
         if args is None:
@@ -269,7 +267,7 @@ class McpConnections:
             raise McpToolError(f"arguments must be a JSON object, got {type(args).__name__}")
         session = await self._session(server, check=True)
         try:
-            result = await session.call_tool(tool, args, read_timeout_seconds=timeout)
+            result = await session.call_tool(tool, args, read_timeout_seconds=read_timeout)
         except Exception as err:
             if _connection_error(err):
                 self._connection(server).broken(session)

@@ -39,13 +39,6 @@ with workflow.unsafe.imports_passed_through():
     from geppetto_temporal.engines._output import OUTPUT_INVALID, retry_block
     from geppetto_temporal.engines._spec import AgentTool, EngineSpec
     from geppetto_temporal.errors import ErrorType
-    from geppetto_temporal.mcp._models import (
-        MCP_TOOLS_ACTIVITY,
-        PREFIX_SEPARATOR,
-        McpToolDef,
-        McpToolsInput,
-        McpToolsResult,
-    )
     from geppetto_temporal.events import (
         EVENTS_TOPIC,
         AgentFinishedEvent,
@@ -69,6 +62,13 @@ with workflow.unsafe.imports_passed_through():
         ToolResult,
         message_id_for,
         shorten,
+    )
+    from geppetto_temporal.mcp._models import (
+        MCP_TOOLS_ACTIVITY,
+        PREFIX_SEPARATOR,
+        McpToolDef,
+        McpToolsInput,
+        McpToolsResult,
     )
     from geppetto_temporal.retry import RetrySpec
     from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
