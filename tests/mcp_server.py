@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 
 
@@ -41,6 +42,18 @@ def build(name: str, log: Path | None) -> MCPServer:
         """The server process id."""
         record("pid")
         return os.getpid()
+
+    @server.tool()
+    async def slow(seconds: float) -> str:
+        """Sleep, then answer (tests timeouts and cancellation)."""
+        record(f"slow {seconds}")
+        try:
+            await anyio.sleep(seconds)
+        except anyio.get_cancelled_exc_class():
+            record(f"slow {seconds} cancelled")
+            raise
+        record(f"slow {seconds} done")
+        return "awake"
 
     @server.tool()
     def crash() -> str:

@@ -23,6 +23,7 @@ from geppetto_temporal import (
     ConfigurationError,
     EngineBuilder,
     ExecutionHandle,
+    InferenceCancelled,
     InferenceFailed,
     InferenceStatus,
     Session,
@@ -38,6 +39,7 @@ from tests.ports import free_port
 from tests.test_approvals import assert_replays, pending
 from tests.watch import EventWatch
 from tests.workers import (
+    GEPPETTO,
     WorkerProcs,
     activity_starts,
     running_activity,
@@ -272,6 +274,38 @@ async def test_a_server_that_is_down_gives_the_model_an_error_naming_it(
     assert failed.value.turn.metadata.status == InferenceStatus.FAILED
 
 
+async def test_mcp_calls_time_out_and_are_cancelled_like_any_tool(
+    mcp_session: Any, mcp_logs: Path
+) -> None:
+    log = mcp_logs / "docs.log"
+
+    def sleeping(seconds: int) -> dict[str, Any]:
+        return one_round(("docs__slow", {"seconds": seconds}))
+
+    session, _ = await mcp_session(sleeping(61), lambda b: b.mcp("docs").tool_timeout(1))
+    turn = await (await session.start_inference("wait")).wait()
+    assert results(turn.blocks) == [(None, "tool docs__slow timed out after 1s")]
+
+    session, _ = await mcp_session(sleeping(62), lambda b: b.mcp("docs"))
+    handle = await session.start_inference("wait")
+    await wait_until(lambda: "slow 62.0" in lines(log), 30, "the MCP call to start")
+    await handle.cancel()
+    with pytest.raises(InferenceCancelled) as cancelled:
+        await handle.wait()
+    assert cancelled.value.turn is not None
+    [(_, error)] = results(cancelled.value.turn.blocks)
+    assert error is not None and "cancel" in error
+    # The cancel reached the server (the SDK cancels the request there), whose process
+    # goes on serving calls.
+    for line in ("slow 61.0 cancelled", "slow 62.0 cancelled"):
+        await wait_until(lambda line=line: line in lines(log), 30, line)  # type: ignore[misc]
+    session, _ = await mcp_session(
+        one_round(("docs__add", {"a": 1, "b": 2})), lambda b: b.mcp("docs")
+    )
+    turn = await (await session.start_inference("add")).wait()
+    assert results(turn.blocks) == [({"sum": 3}, None)]
+
+
 async def test_mcp_tools_wait_for_approval_by_pattern_or_server_flag(
     mcp_session: Any, mcp_logs: Path
 ) -> None:
@@ -336,8 +370,10 @@ async def test_a_call_runs_once_across_a_worker_restart(
         second_step_running, 60, "the step after the MCP call", worker_procs.diagnostics
     )
     assert lines(log) == ["search otters"]
+    # The new process starts while the old one dies (its start overlaps the heartbeat timeout).
+    second = worker_procs.spawn(queue)
     first.kill()
-    second = await worker_procs.start(queue)
+    await second.wait_ready()
     turn = await within(handle.wait(), 90, "the inference to finish", worker_procs.diagnostics)
     assert turn.last_text == 'answer: {"result": "docs found 1 document about otters"}'
     # The new worker did not list the tools again nor repeat the call: both are in history.
@@ -385,3 +421,25 @@ def test_worker_configuration_of_servers(tmp_path: Path) -> None:
         EngineBuilder("openai:m").mcp("docs").mcp("docs")
     with pytest.raises(ConfigurationError, match="invalid MCP server"):
         EngineBuilder("openai:m").mcp("no spaces")
+
+
+def test_geppetto_worker_reports_a_bad_server_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "mcp.toml"
+    config.write_text(
+        '[mcp.web]\nurl = "https://mcp.example/mcp"\nheaders = { Authorization = "bad var" }\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "GEPPETTO_"))}
+    env["GEPPETTO_HOME"] = str(tmp_path / "home")
+    result = subprocess.run(
+        [*GEPPETTO, "worker", "--mcp", "docs=python server.py", "--mcp-file", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stderr.startswith(
+        "error: MCP server 'web': 'bad var' is not an environment variable name"
+    ), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

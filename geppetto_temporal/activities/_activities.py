@@ -395,12 +395,7 @@ class InferenceActivities:
         async with heartbeating():
             try:
                 result = await asyncio.wait_for(
-                    self.mcp.call(
-                        input.mcp_server,
-                        input.mcp_tool or input.name,
-                        input.args,
-                        input.timeout_seconds,
-                    ),
+                    self.mcp.call(input.mcp_server, input.mcp_tool or input.name, input.args),
                     timeout=input.timeout_seconds,
                 )
             except McpUnavailable as err:

@@ -258,8 +258,12 @@ class McpConnections:
             )
         return tools
 
-    async def call(self, server_name: str, tool: str, args: Any, read_timeout: float) -> Any:
-        """Call a tool; its JSON result. Raises `McpUnavailable` or `McpToolError`."""
+    async def call(self, server_name: str, tool: str, args: Any) -> Any:
+        """Call a tool; its JSON result. Raises `McpUnavailable` or `McpToolError`.
+
+        The caller bounds the time (the activity's timeout); cancelling the call cancels
+        the request on the server too (the SDK sends `notifications/cancelled`).
+        """
         server = self._server(server_name)
         if args is None:
             args = {}
@@ -267,7 +271,7 @@ class McpConnections:
             raise McpToolError(f"arguments must be a JSON object, got {type(args).__name__}")
         session = await self._session(server, check=True)
         try:
-            result = await session.call_tool(tool, args, read_timeout_seconds=read_timeout)
+            result = await session.call_tool(tool, args)
         except Exception as err:
             if _connection_error(err):
                 self._connection(server).broken(session)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geppetto_temporal._redact import register_secret
 from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.mcp._models import SERVER_NAME_PATTERN
 
@@ -114,6 +115,8 @@ def _read(
             raise ConfigurationError(
                 f"MCP server {server.name!r}: {what} {key} needs ${var}, which is not set"
             )
+        # From now on no log line or error of this process shows it.
+        register_secret(value)
         values[key] = value
     return values
 
