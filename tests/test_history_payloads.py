@@ -481,7 +481,7 @@ def test_every_model_was_checked() -> None:
     # The MCP listing's payloads arrive with the first set that records the `mcp` scenario
     # (v0-13, tests/test_replay.py); until then no file can have them.
     mcp_recorded = any(p.name.endswith("-mcp-inference-1.json") for p in HISTORIES)
-    unrecorded = set() if mcp_recorded else {McpToolsInput, McpToolsResult}
+    unrecorded: set[Model] = set() if mcp_recorded else {McpToolsInput, McpToolsResult}
     missing = sorted(m.__name__ for m in ALL_MODELS - unrecorded if not checked[m])
     assert not missing, f"no recorded payload of {missing}: record a history that has one"
 
