@@ -463,7 +463,7 @@ def worker(
         typer.Option(
             "--mcp-file",
             envvar="GEPPETTO_MCP_FILE",
-            help="A TOML file of [mcp.NAME] tables (command or url, env, headers, timeout, "
+            help="A TOML file with a table per server, mcp.NAME (command or url, env, headers, timeout, "
             "approval); see docs/mcp.md.",
         ),
     ] = None,

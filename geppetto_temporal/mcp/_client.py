@@ -24,6 +24,7 @@ from geppetto_temporal.mcp._models import (
     McpToolDef,
     prefixed,
 )
+from geppetto_temporal.tools._tool import _clean_schema
 
 if TYPE_CHECKING:
     from mcp import ClientSession
@@ -251,6 +252,7 @@ class McpConnections:
                     server=server.name,
                     tool=tool.name,
                     description=tool.description or "",
+                    # Without titles, as a worker tool's schema (they cost tokens every step).
                     parameters=_clean_schema(dict(tool.input_schema or {})),
                     timeout_seconds=server.timeout,
                     approval=server.approval,
@@ -307,14 +309,3 @@ def _text(content: list[Any]) -> str:
         else:
             parts.append(f"[{getattr(item, 'type', 'content')} {getattr(item, 'mime_type', '')}]")
     return "\n".join(parts)
-
-
-def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    # Titles are noise to a model and cost tokens on every request (as for local tools).
-    schema.pop("title", None)
-    for prop in schema.get("properties", {}).values():
-        if isinstance(prop, dict):
-            prop.pop("title", None)
-    schema.setdefault("properties", {})
-    schema["type"] = "object"
-    return schema
