@@ -4,10 +4,13 @@ over stdio and Streamable HTTP, called by the scripted model through a real work
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -69,31 +72,43 @@ def mcp_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mcp-logs")
 
 
-@pytest.fixture(scope="module")
-def http_server(mcp_logs: Path) -> Iterator[str]:
-    """The Streamable HTTP server, in its own process; it insists on the bearer token."""
+@contextlib.contextmanager
+def serve_http(name: str, *args: str) -> Iterator[str]:
+    """tests/mcp_server.py over Streamable HTTP in its own process; its URL once it listens."""
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(SERVER_SCRIPT),
-            "--name",
-            "web",
-            "--http",
-            str(port),
-            "--token",
-            TOKEN,
-            "--log",
-            str(mcp_logs / "web.log"),
-        ],
+        [sys.executable, str(SERVER_SCRIPT), "--name", name, "--http", str(port), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, f"the {name} MCP server exited with {proc.returncode}"
+                assert time.monotonic() < deadline, f"the {name} MCP server did not listen"
+                time.sleep(0.05)
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def http_server(mcp_logs: Path) -> Iterator[str]:
+    """The Streamable HTTP server `web`; it insists on the bearer token."""
+    with serve_http("web", "--token", TOKEN, "--log", str(mcp_logs / "web.log")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def brittle_server() -> Iterator[str]:
+    """A Streamable HTTP server the server-down test crashes."""
+    with serve_http("brittle") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +117,7 @@ async def mcp_worker(
     model_server: ScriptedModelServer,
     api_key_env: str,
     http_server: str,
+    brittle_server: str,
     mcp_logs: Path,
 ) -> AsyncIterator[Worker]:
     """An in-process worker with a stdio server `docs`, an HTTP server `web` (its token read
@@ -119,6 +135,7 @@ async def mcp_worker(
             approval=True,
         ),
         McpServer("ghost", url=f"http://127.0.0.1:{free_port()}/mcp"),
+        McpServer("brittle", url=brittle_server),
     ]
     w = create_worker(
         client,
@@ -262,6 +279,22 @@ async def test_a_server_that_is_down_gives_the_model_an_error_naming_it(
     assert added == {"sum": 2}
     info = [e for e in await watch.finished() if isinstance(e, InfoEvent)]
     assert [(e.message, e.data["server"]) for e in info] == [("mcp-unavailable", "ghost")]
+
+    # An HTTP server that dies during a call, then stays down: both calls get an error
+    # result naming it, and the model answers.
+    script = {
+        "rules": [
+            {"when": {"tool_result_count": 0}, "reply": calls(("brittle__crash", {}))},
+            {"when": {"tool_result_count": 1}, "reply": calls(("brittle__add", {"a": 1, "b": 2}))},
+            {"reply": {"text": "done"}},
+        ]
+    }
+    session, _ = await mcp_session(script, lambda b: b.mcp("brittle"))
+    turn = await (await session.start_inference("crash it")).wait()
+    assert turn.last_text == "done"
+    (_, died), (_, down) = results(turn.blocks)
+    assert died is not None and died.startswith("MCP server 'brittle' is unavailable")
+    assert down is not None and down.startswith("MCP server 'brittle' is unavailable")
 
     # With error_handling=abort the same call fails the inference, naming the server.
     session, _ = await mcp_session(
