@@ -46,6 +46,7 @@ from geppetto_temporal.engines._endpoints import (
 from geppetto_temporal.errors import InferenceError
 from geppetto_temporal.events import event_to_json
 from geppetto_temporal.extras import require_extra
+from geppetto_temporal.mcp import McpServers
 from geppetto_temporal.runtime import SEARCH_ATTRIBUTES, open_runtime
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
@@ -325,12 +326,32 @@ def worker(
             "--no-live", help="Serve no live deltas: readers get the durable stream only."
         ),
     ] = False,
+    mcp: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mcp",
+            metavar="NAME=COMMAND|URL",
+            help="An MCP server engines may select by name: a stdio command line or a "
+            "Streamable HTTP URL (repeatable; also $GEPPETTO_MCP, ';'-separated). "
+            "Secrets, timeouts and approval: --mcp-file.",
+        ),
+    ] = None,
+    mcp_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--mcp-file",
+            envvar="GEPPETTO_MCP_FILE",
+            help="A TOML file with a table per server, mcp.NAME (command or url, env, headers, timeout, "
+            "approval); see docs/mcp.md.",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker: against TEMPORAL_ADDRESS (TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS from env), or the embedded server."""
     with _user_errors():
         registry = _load_tools(tools, example_tools)
         endpoints = _endpoint_registry(endpoint or [], endpoints_file, allow_any_base_url)
         live = _live_options(live_address, live_url, no_live)
+        live["mcp_servers"] = _mcp_servers(mcp or [], mcp_file)
     if otel:
         os.environ["GEPPETTO_OTEL"] = "1"
     # SIGTERM is how service managers stop a worker: a clean stop, exit 0.
@@ -350,6 +371,21 @@ def _live_options(address: str | None, url: str | None, off: bool) -> dict[str, 
     if address is not None:
         parse_address(address)
     return {"live": True, "live_address": address, "live_url": url}
+
+
+def _mcp_servers(options: list[str], path: Path | None) -> McpServers:
+    """The worker's MCP servers: the file's, then $GEPPETTO_MCP, then --mcp options."""
+    from geppetto_temporal.mcp import MCP_ENV, load_mcp_file, parse_mcp_server, parse_mcp_servers
+
+    configured = load_mcp_file(path) if path is not None else []
+    configured += parse_mcp_servers(os.environ.get(MCP_ENV, ""))
+    configured += [parse_mcp_server(text) for text in options]
+    return McpServers(configured)
+
+
+def _mcp_note(live: dict[str, Any]) -> str:
+    servers = live.get("mcp_servers")
+    return f"; MCP servers: {', '.join(servers.names)}" if servers else ""
 
 
 def _endpoint_registry(
@@ -421,6 +457,7 @@ async def _serve_worker(
         _progress(
             f"worker on {where} task queue {task_queue!r}; tools: {', '.join(registry.names) or 'none'}"
             + _endpoints_note(endpoints)
+            + _mcp_note(live)
             + _observability_note(metrics)
         )
         await _search_attributes_notice(client)
@@ -439,6 +476,7 @@ async def _serve_worker(
             f"worker on embedded server {runtime.server.address} task queue {task_queue!r}; "
             f"tools: {', '.join(registry.names) or 'none'}; UI {runtime.server.ui_url}"
             + _endpoints_note(endpoints)
+            + _mcp_note(live)
             + _observability_note(metrics)
             + "; Ctrl-C to stop"
         )

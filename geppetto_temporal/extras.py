@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "cli": ("typer", "rich"),
     "dashboard": ("fastapi", "uvicorn", "jinja2", "typer", "rich"),
     "otel": ("opentelemetry",),
+    "mcp": ("mcp",),
 }
 
 

@@ -27,6 +27,8 @@ from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines.middleware import Middleware
 from geppetto_temporal.live._hub import LiveHub
 from geppetto_temporal.live._server import LiveConfig, LiveServer, parse_address
+from geppetto_temporal.mcp._client import McpConnections
+from geppetto_temporal.mcp._config import McpServer, McpServers
 from geppetto_temporal.observability import ObservabilityInterceptor
 from geppetto_temporal.pricing import price_table
 from geppetto_temporal.tools._registry import ToolRegistry
@@ -82,7 +84,8 @@ class GeppettoPlugin(SimplePlugin):
     `sandboxed=None` keeps the worker's workflow runner (Temporal's sandbox by default,
     with geppetto's modules passed through); `False` runs workflows unsandboxed, the
     faster choice `create_worker` makes. `live` serves LLM steps' deltas to live readers
-    on `live_address` while a worker runs (see `create_worker`).
+    on `live_address` while a worker runs (see `create_worker`). `mcp_servers` are the
+    MCP servers its workers may use (docs/mcp.md).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class GeppettoPlugin(SimplePlugin):
         live: bool = True,
         live_address: str | None = None,
         live_url: str | None = None,
+        mcp_servers: McpServers | Iterable[McpServer] | None = None,
     ) -> None:
         registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
         # Load the price table (and $GEPPETTO_PRICES) now: a bad file fails here, not in
@@ -109,8 +113,12 @@ class GeppettoPlugin(SimplePlugin):
                 endpoints = EndpointRegistry(endpoints or (), allow_any_base_url=allow_any_base_url)
             engines = EngineFactory(endpoints=endpoints)
         hub = LiveHub() if live else None
+        servers = (
+            mcp_servers if isinstance(mcp_servers, McpServers) else McpServers(mcp_servers or ())
+        )
+        self.mcp = McpConnections(servers)
         self.activities_impl = InferenceActivities(
-            registry, middleware=middleware, engines=engines, live=hub
+            registry, middleware=middleware, engines=engines, live=hub, mcp=self.mcp
         )
         self.live_server: LiveServer | None = None
         if hub is not None:
@@ -129,11 +137,12 @@ class GeppettoPlugin(SimplePlugin):
                 impl.llm_step,
                 impl.tool_call,
                 impl.inference_blocks,
+                impl.mcp_tools,
                 *SCHEDULE_ACTIVITIES,
             ],
             interceptors=[ObservabilityInterceptor()],
             workflow_runner=self._runner,
-            run_context=self._serving_live_deltas,
+            run_context=self._worker_resources,
         )
 
     def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
@@ -153,13 +162,11 @@ class GeppettoPlugin(SimplePlugin):
         return existing
 
     @contextlib.asynccontextmanager
-    async def _serving_live_deltas(self) -> AsyncIterator[None]:
-        # One server per plugin, however many workers share it: the first to start
-        # opens it, the last to stop closes it.
-        if self.live_server is None:
-            yield
-            return
-        if self._running_workers == 0:
+    async def _worker_resources(self) -> AsyncIterator[None]:
+        # One live server and one set of MCP connections per plugin, however many workers
+        # share it: the first worker to start opens them, the last to stop closes them
+        # (stdio MCP servers' processes end with it).
+        if self._running_workers == 0 and self.live_server is not None:
             await self.live_server.start()
         self._running_workers += 1
         try:
@@ -167,4 +174,8 @@ class GeppettoPlugin(SimplePlugin):
         finally:
             self._running_workers -= 1
             if self._running_workers == 0:
-                await self.live_server.close()
+                try:
+                    await self.mcp.aclose()
+                finally:
+                    if self.live_server is not None:
+                        await self.live_server.close()

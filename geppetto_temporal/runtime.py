@@ -20,6 +20,7 @@ from geppetto_temporal.codec import codec_from_env
 from geppetto_temporal.connection import connect, temporal_address_from_env
 from geppetto_temporal.devserver import DevServerInfo, EmbeddedServer
 from geppetto_temporal.engines._endpoints import EndpointRegistry
+from geppetto_temporal.mcp._config import McpServers
 from geppetto_temporal.storage import payload_storage, payload_storage_from_env
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import Tool
@@ -59,6 +60,7 @@ async def open_runtime(
     live: bool = True,
     live_address: str | None = None,
     live_url: str | None = None,
+    mcp_servers: McpServers | None = None,
 ) -> AsyncIterator[Runtime]:
     """Connect to `TEMPORAL_ADDRESS`, or to the embedded server with an in-process worker.
 
@@ -104,6 +106,7 @@ async def open_runtime(
             live=live,
             live_address=live_address,
             live_url=live_url,
+            mcp_servers=mcp_servers,
         )
         async with worker:
             yield Runtime(client=client, task_queue=task_queue, server=info, worker=worker)

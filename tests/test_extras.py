@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: What the extras bring, as a plain install lacks them (opentelemetry's API is a
 #: dependency of the provider SDKs; its SDK is what the otel extra adds).
-ABSENT = ("fastapi", "uvicorn", "starlette", "jinja2", "typer", "rich", "opentelemetry.sdk")
+ABSENT = ("fastapi", "uvicorn", "starlette", "jinja2", "typer", "rich", "opentelemetry.sdk", "mcp")
 
 #: Modules that exist only for the command line, the chat and the web servers.
 EXTRA_MODULES = {
@@ -62,7 +62,7 @@ def test_core_dependencies_leave_out_the_web_and_terminal_stacks() -> None:
     }
     assert core.isdisjoint({"fastapi", "uvicorn", "starlette", "jinja2", "typer", "rich"})
     extras = project["optional-dependencies"]
-    assert {"cli", "dashboard", "otel", "all"} <= set(extras)
+    assert {"cli", "dashboard", "otel", "mcp", "all"} <= set(extras)
     assert any(dep.startswith("typer") for dep in extras["cli"])
     assert any(dep.startswith("fastapi") for dep in extras["dashboard"])
     assert project["scripts"]["geppetto"] == "geppetto_temporal._main:main"

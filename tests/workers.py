@@ -131,6 +131,8 @@ class WorkerProcs:
     payload_dir: Path | None = None
     #: `$GEPPETTO_ENDPOINTS` of the workers (see `tests.conftest.scripted_endpoints_env`).
     endpoints: str = ""
+    #: More variables of the workers' environment (e.g. `$GEPPETTO_MCP`).
+    extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[WorkerProcess] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -142,6 +144,7 @@ class WorkerProcs:
             GEPPETTO_ENDPOINTS=self.endpoints,
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra_env)
         if self.payload_dir is not None:
             # The same External Storage as the tests' client, or large payloads would not resolve.
             env.update(

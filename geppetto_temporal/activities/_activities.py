@@ -39,8 +39,21 @@ from geppetto_temporal.errors import ErrorType
 from geppetto_temporal.events import message_id_for
 from geppetto_temporal.live._hub import LiveHub, LiveStep
 from geppetto_temporal.live._reader import LiveAdvert
+from geppetto_temporal.mcp._client import McpConnections, McpToolError, McpUnavailable
+from geppetto_temporal.mcp._config import McpServers
+from geppetto_temporal.mcp._models import (
+    MCP_TOOLS_ACTIVITY,
+    McpToolDef,
+    McpToolsInput,
+    McpToolsResult,
+)
 from geppetto_temporal.pricing import with_cost
-from geppetto_temporal.tools._config import ToolChoice, ToolErrorHandling
+from geppetto_temporal.tools._config import (
+    ToolActivityOptions,
+    ToolChoice,
+    ToolConfig,
+    ToolErrorHandling,
+)
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext, ToolDefinition
 from geppetto_temporal.turns import Block, BlockKind, PayloadKey, Usage
@@ -83,6 +96,7 @@ class InferenceActivities:
         middleware: Mapping[str, Middleware] | None = None,
         engines: EngineFactory | None = None,
         live: LiveHub | None = None,
+        mcp: McpConnections | McpServers | None = None,
     ) -> None:
         # A worker's logs show a provider's expected failures (429, 5xx, cut
         # streams: retried by Temporal) as one line each, not a traceback.
@@ -92,6 +106,8 @@ class InferenceActivities:
         self.engines = engines or EngineFactory()
         #: Where LLM steps put their deltas for live readers (None: durable stream only).
         self.live = live
+        #: The worker's MCP servers and its open connections to them (docs/mcp.md).
+        self.mcp = mcp if isinstance(mcp, McpConnections) else McpConnections(mcp or McpServers())
         # This process holds provider keys: no log record of it may carry one.
         install_log_redaction()
         # The conversation so far, per session: every step of an inference reads
@@ -245,10 +261,15 @@ class InferenceActivities:
             # A sub-agent's name wins over a worker tool's: the workflow runs it as a child.
             agent_names = {agent.name for agent in spec.agents}
             allowed = [t for t in allowed if t.name not in agent_names]
+        mcp_tools = _mcp_tools(input.mcp_tools, {t.name for t in allowed}, spec.agents)
         definitions = (
             []
             if spec.tools.tool_choice == ToolChoice.NONE
-            else [*(t.definition() for t in allowed), *map(agent_definition, spec.agents)]
+            else [
+                *(t.definition() for t in allowed),
+                *map(agent_definition, spec.agents),
+                *(ToolDefinition(t.name, t.description, t.parameters) for t in mcp_tools.values()),
+            ]
         )
         # Only what is sent changes; `blocks` (and the turn) keep everything.
         context = self._context.plan(input.inference_id, blocks, definitions, spec)
@@ -322,6 +343,10 @@ class InferenceActivities:
             }
             if name in allowed_names
         }
+        for block in new_blocks:
+            name = str(block.payload.get(PayloadKey.NAME))
+            if block.kind == BlockKind.TOOL_CALL and name in mcp_tools:
+                options[name] = _mcp_options(mcp_tools[name], spec.tools)
         self._remember_own(input.inference_id, [*own, *new_blocks])
         self._context.remember(input.inference_id, context, blocks, output.usage.input_tokens)
         text = "".join(b.text for b in new_blocks if b.kind == BlockKind.LLM_TEXT)
@@ -357,10 +382,48 @@ class InferenceActivities:
             )
         return InferenceBlocks(blocks=blocks[input.start :])
 
+    @activity.defn(name=MCP_TOOLS_ACTIVITY)
+    async def mcp_tools(self, input: McpToolsInput) -> McpToolsResult:
+        """List the tools of an inference's MCP servers; a server that fails says why, by name."""
+        async with heartbeating():
+            listed = await asyncio.gather(*(self.mcp.list_tools(s) for s in input.servers))
+        return McpToolsResult(servers=list(listed))
+
+    async def _mcp_call(self, input: ToolCallInput) -> ToolCallResult:
+        assert input.mcp_server is not None
+        retrying = input.error_handling == ToolErrorHandling.RETRY
+        async with heartbeating():
+            try:
+                result = await asyncio.wait_for(
+                    self.mcp.call(input.mcp_server, input.mcp_tool or input.name, input.args),
+                    timeout=input.timeout_seconds,
+                )
+            except McpUnavailable as err:
+                # Down, or died during the call: worth a retry when error handling retries.
+                if retrying:
+                    raise ApplicationError(str(err), type="McpUnavailable") from None
+                return ToolCallResult(call_id=input.call_id, error=str(err))
+            except McpToolError as err:
+                # The server ran the tool and said no: the same call would say so again.
+                message = f"{input.name}: {redact(str(err))}"
+                if retrying:
+                    raise ApplicationError(
+                        message, type="McpToolError", non_retryable=True
+                    ) from None
+                return ToolCallResult(call_id=input.call_id, error=message)
+            except TimeoutError:
+                message = f"tool {input.name} timed out after {input.timeout_seconds:g}s"
+                if retrying:
+                    raise ApplicationError(message, type=ErrorType.TOOL_TIMEOUT) from None
+                return ToolCallResult(call_id=input.call_id, error=message)
+        return ToolCallResult(call_id=input.call_id, result=result)
+
     @activity.defn(name=TOOL_CALL_ACTIVITY)
     async def tool_call(self, input: ToolCallInput) -> ToolCallResult:
         """Run one tool call with its timeout; errors become results unless error handling is `retry`."""
         input = with_ids(input)
+        if input.mcp_server is not None:
+            return await self._mcp_call(input)
         tool = self.tools.get(input.name)
         if tool is None:
             return ToolCallResult(
@@ -398,6 +461,28 @@ class InferenceActivities:
                     ) from redacted_copy(err)
                 return ToolCallResult(call_id=input.call_id, error=message)
         return ToolCallResult(call_id=input.call_id, result=result)
+
+
+def _mcp_tools(
+    listed: list[McpToolDef], local: set[str], agents: tuple[AgentTool, ...]
+) -> dict[str, McpToolDef]:
+    """The recorded MCP tools to offer, by the name the model calls them by.
+
+    Their names are `<server>__<tool>`; should a worker tool or a sub-agent have one of
+    those names, the worker tool or sub-agent wins (docs/mcp.md).
+    """
+    taken = local | {agent.name for agent in agents}
+    return {t.name: t for t in listed if t.name not in taken}
+
+
+def _mcp_options(tool: McpToolDef, config: ToolConfig) -> ToolActivityOptions:
+    return ToolActivityOptions(
+        timeout_seconds=tool.timeout_seconds or config.timeout_seconds,
+        retry=config.retry,
+        approval=tool.approval,
+        mcp_server=tool.server,
+        mcp_tool=tool.tool,
+    )
 
 
 def _interrupted_usage(output: StepOutput, sent_tokens: int) -> Usage:

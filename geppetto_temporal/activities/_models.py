@@ -9,6 +9,7 @@ from temporalio import activity
 
 from geppetto_temporal._wire import WireModel
 from geppetto_temporal.engines._spec import EngineSpec
+from geppetto_temporal.mcp._models import McpToolDef
 from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
 from geppetto_temporal.turns import Block, Usage
 from geppetto_temporal.workflows._models import InferenceRun, session_id_of
@@ -47,6 +48,9 @@ class LLMStepInput(WireModel):
     #: The inference's `live` feature: the workflow published this step's `start`, deltas
     #: go to the worker's live channel and only coarse `partial` batches are signalled.
     live: bool = False
+    #: The MCP tools to offer (docs/mcp.md), as the inference's `geppetto.mcp_tools`
+    #: activity recorded them: the step never asks a server for its list.
+    mcp_tools: list[McpToolDef] = Field(default_factory=list)
 
 
 def reported_model(model: str | None, spec: EngineSpec) -> str | None:
@@ -88,6 +92,9 @@ class ToolCallInput(WireModel):
     inference_id: str = ""
     error_handling: ToolErrorHandling = ToolErrorHandling.CONTINUE
     timeout_seconds: float
+    #: An MCP tool: the worker's server and the tool's own name there (`name` is prefixed).
+    mcp_server: str | None = None
+    mcp_tool: str | None = None
 
 
 class ToolCallResult(WireModel):

@@ -9,6 +9,7 @@ from geppetto_temporal.context import ContextPolicy
 from geppetto_temporal.engines._output import OutputSpec, output_name
 from geppetto_temporal.engines._spec import AgentTool, EngineSpec
 from geppetto_temporal.errors import ConfigurationError
+from geppetto_temporal.mcp._models import McpSelection
 from geppetto_temporal.retry import RetrySpec
 from geppetto_temporal.tools._config import ToolChoice, ToolConfig, ToolErrorHandling
 
@@ -240,6 +241,22 @@ class EngineBuilder:
     def max_agent_depth(self, depth: int) -> EngineBuilder:
         """How deep sub-agents may nest below this engine's inferences (default 3)."""
         return self._with(max_agent_depth=depth)
+
+    def mcp(self, server: str, *tools: str) -> EngineBuilder:
+        """Offer the tools of the worker's MCP server `server` (docs/mcp.md); all, or these.
+
+        The worker registers the server (command line or URL, and its secrets); the
+        model sees each tool as `<server>__<tool>`, so names never clash.
+        """
+        from pydantic import ValidationError
+
+        if any(selection.server == server for selection in self._spec.mcp):
+            raise ConfigurationError(f"MCP server {server!r} is already selected")
+        try:
+            selection = McpSelection(server=server, tools=tuple(tools) if tools else None)
+        except ValidationError as err:
+            raise ConfigurationError(f"invalid MCP server: {self._describe(err)}") from None
+        return self._with(mcp=(*self._spec.mcp, selection))
 
     def output_type(
         self,

@@ -16,6 +16,7 @@ from geppetto_temporal._wire import WireModel
 from geppetto_temporal.context import ContextPolicy
 from geppetto_temporal.engines._output import OutputSpec
 from geppetto_temporal.errors import ConfigurationError
+from geppetto_temporal.mcp._models import McpSelection
 from geppetto_temporal.retry import RetrySpec
 from geppetto_temporal.tools._config import ToolConfig
 
@@ -108,6 +109,9 @@ class EngineSpec(WireModel):
     #: How deep sub-agents may nest below this engine's inference: a call that would
     #: start an inference deeper than this gets an error result instead.
     max_agent_depth: int = Field(default=3, ge=1, le=10)
+    #: MCP servers of the worker's whose tools the model is offered, by name
+    #: (docs/mcp.md). None by default, so other engines take the loop's old path.
+    mcp: tuple[McpSelection, ...] = ()
 
     @field_validator("provider")
     @classmethod

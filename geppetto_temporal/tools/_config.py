@@ -68,3 +68,6 @@ class ToolActivityOptions(WireModel):
     local: bool = False
     #: Declared with `tool(approval=True)`: each call waits for a person's decision.
     approval: bool = False
+    #: An MCP tool (docs/mcp.md): the worker's server and the tool's own name there.
+    mcp_server: str | None = None
+    mcp_tool: str | None = None

@@ -12,6 +12,7 @@ from geppetto_temporal.engines._endpoints import Endpoint, EndpointRegistry
 from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines.middleware import Middleware
 from geppetto_temporal.errors import ConfigurationError
+from geppetto_temporal.mcp._config import McpServer, McpServers
 from geppetto_temporal.observability import (
     client_is_traced,
     is_tracing_interceptor,
@@ -39,6 +40,7 @@ def create_worker(
     live: bool = True,
     live_address: str | None = None,
     live_url: str | None = None,
+    mcp_servers: McpServers | Iterable[McpServer] | None = None,
     **worker_options: Any,
 ) -> Worker:
     """A Temporal worker running geppetto's workflows and activities with the given tools.
@@ -62,6 +64,9 @@ def create_worker(
     `live_address` (HOST:PORT, default `$GEPPETTO_LIVE_ADDRESS` or 127.0.0.1 on a
     free port) and tells them `live_url` (default `$GEPPETTO_LIVE_URL` or the bound
     address). `live=False` serves nothing: readers then get the durable stream only.
+
+    `mcp_servers` are the MCP servers this worker may use (docs/mcp.md): engines select
+    them by name; the worker starts their processes and holds their secrets.
     """
     if any(isinstance(p, GeppettoPlugin) for p in client.config().get("plugins", ())):
         raise ConfigurationError(
@@ -79,6 +84,7 @@ def create_worker(
         live=live,
         live_address=live_address,
         live_url=live_url,
+        mcp_servers=mcp_servers,
     )
     options: dict[str, Any] = dict(worker_options)
     # Tracing outermost, so geppetto's activity spans join the propagated trace; the

@@ -36,6 +36,9 @@ INFERENCE_CONTINUE_AS_NEW_PATCH = "inference-continue-as-new"
 #: Patch id: a typed-output answer that fails its schema is retried or fails the inference
 #: (recorded only by inferences that meet such an answer).
 TYPED_OUTPUT_PATCH = "typed-output"
+#: Inferences of engines with MCP servers list their tools in an activity first
+#: (docs/mcp.md); asked only for such engines.
+MCP_TOOLS_PATCH = "mcp-tools"
 
 
 def inference_workflow_id(session_id: str, n: int) -> str:

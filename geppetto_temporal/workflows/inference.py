@@ -63,6 +63,13 @@ with workflow.unsafe.imports_passed_through():
         message_id_for,
         shorten,
     )
+    from geppetto_temporal.mcp._models import (
+        MCP_TOOLS_ACTIVITY,
+        PREFIX_SEPARATOR,
+        McpToolDef,
+        McpToolsInput,
+        McpToolsResult,
+    )
     from geppetto_temporal.retry import RetrySpec
     from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
     from geppetto_temporal.turns import (
@@ -82,6 +89,7 @@ with workflow.unsafe.imports_passed_through():
         INFERENCE_CONTINUE_AS_NEW_PATCH,
         INFERENCE_WORKFLOW,
         LIVE_DELTAS,
+        MCP_TOOLS_PATCH,
         TYPED_OUTPUT_PATCH,
         ApprovalDecision,
         BlockRange,
@@ -103,6 +111,10 @@ with workflow.unsafe.imports_passed_through():
 _TOOL_TIMEOUT_GRACE = timedelta(seconds=5)
 #: Reading an earlier run's blocks may replay that run on a worker: seconds, not minutes.
 _EARLIER_BLOCKS_TIMEOUT = timedelta(minutes=2)
+
+
+#: Listing an inference's MCP tools: connecting (a process start) and listing, per server.
+_MCP_LIST_TIMEOUT = timedelta(minutes=2)
 
 
 #: What the loop checks of a tool's options for a sub-agent call: only `approval` (no, but
@@ -200,6 +212,10 @@ class InferenceWorkflow:
         self._continued = False
         # Usage of the sub-agents that finished since the loop last took it.
         self._agent_usage = Usage()
+        # MCP tools (docs/mcp.md): as this run's listing activity recorded them, and the
+        # servers that could not list theirs, with why.
+        self._mcp_tools: list[McpToolDef] = []
+        self._mcp_down: dict[str, str] = {}
 
     def _emit(
         self,
@@ -337,6 +353,8 @@ class InferenceWorkflow:
         error: str | None = None
         first_step = carry.step if carry else 1
         self._iterations = first_step - 1
+        if spec.mcp and workflow.patched(MCP_TOOLS_PATCH):
+            await self._list_mcp_tools(spec)
         for step in range(first_step, spec.max_iterations + 1):
             self._iterations = step
             if self._cancel_requested:
@@ -482,6 +500,57 @@ class InferenceWorkflow:
             iterations=self._iterations,
             approved_tools=self._remembered,
         )
+
+    async def _list_mcp_tools(self, spec: EngineSpec) -> None:
+        """Record the tools of the engine's MCP servers: one activity, so replay asks no server.
+
+        A server that cannot list its tools is noted (an `mcp-unavailable` info event);
+        a call the model makes to it gets an error result naming it.
+        """
+        try:
+            listed: McpToolsResult = await workflow.execute_activity(
+                MCP_TOOLS_ACTIVITY,
+                McpToolsInput(servers=spec.mcp),
+                result_type=McpToolsResult,
+                start_to_close_timeout=_MCP_LIST_TIMEOUT,
+                heartbeat_timeout=timedelta(seconds=spec.tools.heartbeat_seconds),
+                retry_policy=spec.tools.retry.to_retry_policy(),
+                cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+                summary="mcp tools",
+            )
+        except ActivityError as err:
+            reason = describe_activity_error(err)
+            listed = McpToolsResult.model_validate(
+                {
+                    "servers": [
+                        {
+                            "server": s.server,
+                            "error": f"MCP server {s.server!r} is unavailable: {reason}",
+                        }
+                        for s in spec.mcp
+                    ]
+                }
+            )
+        except asyncio.CancelledError:
+            self._cancel_requested = True
+            return
+        self._mcp_tools = listed.tools()
+        for server in listed.servers:
+            if server.error is not None:
+                self._mcp_down[server.server] = server.error
+                self._emit(
+                    InfoEvent(
+                        message="mcp-unavailable",
+                        data={"server": server.server, "error": server.error},
+                    )
+                )
+
+    def _mcp_down_server(self, name: str) -> str | None:
+        """The error for a call to a tool of an MCP server that could not list its tools."""
+        server, sep, _ = name.partition(PREFIX_SEPARATOR)
+        if sep and server in self._mcp_down:
+            return self._mcp_down[server]
+        return None
 
     def _typed_output_path(self) -> bool:
         """Whether a failed typed-output answer is handled (retry or failure), not completed.
@@ -704,6 +773,7 @@ class InferenceWorkflow:
                 prefix_last_id=input.prefix_last_id,
                 earlier_runs=self._runs,
                 live=self._live,
+                mcp_tools=self._mcp_tools,
             ),
             result_type=LLMStepResult,
             start_to_close_timeout=timedelta(seconds=spec.llm_timeout_seconds),
@@ -747,6 +817,9 @@ class InferenceWorkflow:
             name = str(call.payload.get(PayloadKey.NAME, ""))
             agent = next((a for a in spec.agents if a.name == name), None)
             opts = _AGENT_OPTIONS if agent is not None else options.get(name)
+            down = self._mcp_down_server(name) if opts is None else None
+            if down is not None:
+                return finished(ToolCallResult(call_id=call_id, error=down))
             if opts is None:
                 return finished(
                     ToolCallResult(
@@ -775,6 +848,8 @@ class InferenceWorkflow:
                     args=call.payload.get(PayloadKey.ARGS),
                     error_handling=config.error_handling,
                     timeout_seconds=opts.timeout_seconds,
+                    mcp_server=opts.mcp_server,
+                    mcp_tool=opts.mcp_tool,
                 )
                 timeout = timedelta(seconds=opts.timeout_seconds) + _TOOL_TIMEOUT_GRACE
                 try:

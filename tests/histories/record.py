@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,7 +50,8 @@ from geppetto_temporal import (
     search,
     tool,
 )
-from geppetto_temporal.devserver import find_temporal_binary
+from geppetto_temporal.devserver import find_temporal_binary, unused_port
+from geppetto_temporal.mcp import McpServer
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import calculate, current_time, get_weather
 from geppetto_temporal.workflows._models import inference_workflow_id
@@ -490,6 +494,65 @@ async def sub_agent(rec: Recorder) -> Session:
     return session
 
 
+async def mcp(rec: Recorder) -> Session:
+    """The model calls a stdio and a Streamable HTTP MCP server's tools at once (v0-13 on).
+
+    The recorder starts both servers (tests/mcp_server.py); replaying needs neither.
+    """
+    script = {
+        "rules": [
+            {
+                "name": "call-both",
+                "when": {"last_role": "user"},
+                "reply": {
+                    "tool_calls": [
+                        {"name": "docs__search", "arguments": {"query": "otters"}},
+                        {"name": "web__add", "arguments": {"a": 2, "b": 3}},
+                    ]
+                },
+            },
+            {"name": "answer", "reply": {"text": "found: {tool_results}"}},
+        ]
+    }
+    session, _ = await rec.session("mcp", script, lambda b: b.mcp("docs", "search").mcp("web"))
+    turn = await (await session.start_inference("Otters, and 2 + 3?")).wait()
+    check("docs found 1 document about otters" in turn.last_text, f"unexpected {turn.last_text!r}")
+    check('{"sum": 5}' in turn.last_text, f"unexpected answer {turn.last_text!r}")
+    await session.close()
+    return session
+
+
+@contextlib.contextmanager
+def mcp_servers(wanted: bool) -> Iterator[list[McpServer]]:
+    """The `mcp` scenario's servers: `docs` over stdio, `web` over HTTP in a subprocess."""
+    if not wanted:
+        yield []
+        return
+    script = str(Path(__file__).resolve().parent.parent / "mcp_server.py")
+    port = unused_port()
+    web = subprocess.Popen(
+        [sys.executable, script, "--name", "web", "--http", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # listening before the worker lists its tools
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                check(time.monotonic() < deadline, "the MCP HTTP server did not start")
+                time.sleep(0.1)
+        yield [
+            McpServer("docs", command=(sys.executable, script)),
+            McpServer("web", url=f"http://127.0.0.1:{port}/mcp"),
+        ]
+    finally:
+        web.kill()
+        web.wait(timeout=10)
+
+
 SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "plain-text": plain_text,
     "tool-loop": tool_loop,
@@ -508,6 +571,7 @@ SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "sub-agent": sub_agent,
     "first-prompt": first_prompt,
     "human-in-the-loop": human_in_the_loop,
+    "mcp": mcp,
 }
 
 
@@ -571,15 +635,20 @@ async def record(tag: str | None, names: list[str]) -> list[tuple[str, WorkflowH
     recorded: list[tuple[str, WorkflowHistory]] = []
     try:
         client = await connect(env.client.service_client.config.target_host)
-        async with (
-            ScriptedModelServer(require_api_key=DUMMY_API_KEY) as server,
-            create_worker(
-                client,
-                task_queue=TASK_QUEUE,
-                tools=[get_weather, calculate, current_time, slow_sleep],
-                endpoints=[Endpoint("scripted", server.url, key_env="OPENAI_API_KEY")],
-            ),
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            server = await stack.enter_async_context(
+                ScriptedModelServer(require_api_key=DUMMY_API_KEY)
+            )
+            servers = stack.enter_context(mcp_servers("mcp" in names))
+            await stack.enter_async_context(
+                create_worker(
+                    client,
+                    task_queue=TASK_QUEUE,
+                    tools=[get_weather, calculate, current_time, slow_sleep],
+                    endpoints=[Endpoint("scripted", server.url, key_env="OPENAI_API_KEY")],
+                    mcp_servers=servers,
+                )
+            )
             rec = Recorder(client, server)
             for name in names:
                 t0 = time.monotonic()
