@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 from temporalio.client import Client
 
 from geppetto_temporal import (
@@ -268,6 +269,54 @@ async def test_depth_limit_gives_the_model_an_error(new_session: Any) -> None:
     # The middle agent (depth 1) was refused its own sub-agent (depth 2) and said so.
     assert turn.last_text.startswith("coordinator saw: middle saw: ")
     assert "sub-agents may nest only 1 deep" in turn.last_text
+
+
+class Finding(BaseModel):
+    """What a typed sub-agent returns."""
+
+    topic: str
+    confidence: float
+
+
+async def test_a_typed_sub_agent_returns_its_validated_output(new_session: Any) -> None:
+    def configure(b: EngineBuilder) -> EngineBuilder:
+        analyst = _agent(b, "analyst").output_type(Finding, retries=1)
+        return b.agent_tool("analyst", "Returns a finding.", analyst)
+
+    script = {
+        "rules": [
+            {
+                "name": "delegate",
+                "when": {"model": "scripted", "last_role": "user"},
+                "reply": {"tool_calls": [{"name": "analyst", "arguments": {"prompt": "otters"}}]},
+            },
+            {
+                "name": "answer",
+                "when": {"model": "scripted", "last_role": "tool"},
+                "reply": {"text": "finding: {tool_result_0}"},
+            },
+            # The analyst's first answer breaks its schema; the retry (a user block saying
+            # what was wrong) gets a valid one.
+            {
+                "name": "good",
+                "when": {"model": "analyst", "last_user_contains": "did not match"},
+                "reply": {"text": '{"topic": "otters", "confidence": 0.9}'},
+            },
+            {
+                "name": "bad",
+                "when": {"model": "analyst"},
+                "reply": {"text": '{"topic": "otters", "confidence": "high"}'},
+            },
+        ]
+    }
+    session, _ = await new_session(script, configure=configure)
+    turn = await (await session.start_inference("go")).wait()
+    [result] = [b for b in turn.blocks if b.kind == BlockKind.TOOL_USE]
+    # The tool's result is the child's validated answer, as JSON the coordinator can parse.
+    assert Finding.model_validate_json(result.payload[PayloadKey.RESULT]) == Finding(
+        topic="otters", confidence=0.9
+    )
+    assert turn.last_text == 'finding: {"topic": "otters", "confidence": 0.9}'
 
 
 def test_agent_tool_is_checked_where_it_is_written() -> None:

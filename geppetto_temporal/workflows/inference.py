@@ -988,11 +988,24 @@ class InferenceWorkflow:
         if result.status != InferenceStatus.COMPLETED:
             why = result.metadata.error or result.status.value
             return ToolCallResult(call_id=call_id, error=f"{agent.name}: {why}")
-        # The final answer: the text after the child's last tool result.
+        return ToolCallResult(call_id=call_id, result=self._final_answer(result.blocks))
+
+    @staticmethod
+    def _final_answer(blocks: list[Block]) -> str:
+        """A child's answer: its text after its last tool result, or after its last prompt
+        (a typed-output retry asks again, and only the answer to that counts)."""
         final: list[str] = []
-        for block in result.blocks:
+        retried: list[str] | None = None
+        for block in blocks:
             if block.kind == BlockKind.TOOL_USE:
-                final = []
+                final, retried = [], None
+            elif block.kind == BlockKind.USER:
+                retried = []
             elif block.kind == BlockKind.LLM_TEXT:
                 final.append(block.text)
-        return ToolCallResult(call_id=call_id, result="".join(final))
+                if retried is not None:
+                    retried.append(block.text)
+        # Asked only when the answer differs from the one recorded before this rule.
+        if retried is not None and retried != final and workflow.patched("agent-final-answer"):
+            return "".join(retried)
+        return "".join(final)
