@@ -9,12 +9,13 @@ the stream, identical for every subscriber, so a consumer can resume.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, get_args, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from geppetto_temporal.turns import InferenceStatus, Usage
 
@@ -289,11 +290,32 @@ Event = Annotated[
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
+#: The `type` of every event this version knows.
+EVENT_TYPES: frozenset[str] = frozenset(
+    member.model_fields["type"].default for member in get_args(get_args(Event)[0])
+)
+
+
 def parse_event(data: str | bytes | dict[str, Any]) -> Event:
-    """An event from its JSON (text or decoded)."""
-    if isinstance(data, dict):
-        return EVENT_ADAPTER.validate_python(data)
-    return EVENT_ADAPTER.validate_json(data)
+    """An event from its JSON (text or decoded).
+
+    An event type this version does not know (a newer worker's) arrives as an `info`
+    event naming it, with the whole event in `data`, so an older reader keeps reading.
+    """
+    try:
+        if isinstance(data, dict):
+            return EVENT_ADAPTER.validate_python(data)
+        return EVENT_ADAPTER.validate_json(data)
+    except ValidationError:
+        raw = data if isinstance(data, dict) else json.loads(data)
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        if not isinstance(kind, str) or kind in EVENT_TYPES:
+            raise
+        return InfoEvent(
+            meta=EventMeta.model_validate(raw.get("meta") or {}),
+            message=f"{kind} (an event type this version does not know)",
+            data=raw,
+        )
 
 
 def event_to_json(event: Event) -> str:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from geppetto_temporal import InferenceCancelled
 from geppetto_temporal.events import (
@@ -14,6 +15,7 @@ from geppetto_temporal.events import (
     EventSink,
     FinalEvent,
     InferenceFinishedEvent,
+    InfoEvent,
     InterruptEvent,
     ListSink,
     PartialEvent,
@@ -258,6 +260,19 @@ def test_events_round_trip_geppetto_json() -> None:
     event = parse_event(raw)
     assert isinstance(event, PartialEvent) and event.completion == "hello"
     assert json.loads(event_to_json(event)) == raw
+
+
+def test_an_event_type_from_a_newer_worker_reads_as_info() -> None:
+    # A reader older than the worker keeps reading: the unknown event is kept whole.
+    raw = {"type": "agent-paused", "meta": {"seq": 7, "inference_id": "s/inference/1"}, "x": 1}
+    for form in (raw, json.dumps(raw), json.dumps(raw).encode()):
+        event = parse_event(form)
+        assert isinstance(event, InfoEvent)
+        assert event.meta.seq == 7 and event.data == raw
+        assert event.message.startswith("agent-paused ")
+    # A known type with bad fields is still an error, not silently turned into info.
+    with pytest.raises(ValidationError):
+        parse_event({"type": "partial", "delta": 5, "completion": ["x"]})
 
 
 async def test_every_event_carries_the_shared_ids(new_session: Any) -> None:
