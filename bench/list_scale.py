@@ -39,10 +39,10 @@ from temporalio.common import TypedSearchAttributes
 
 from geppetto_temporal import search
 from geppetto_temporal.connection import connect
+from geppetto_temporal.contract import SESSION_WORKFLOW
 from geppetto_temporal.dashboard import list_session_rows
 from geppetto_temporal.devserver import EmbeddedServer
 from geppetto_temporal.sessions import SessionInfo, most_recent, sessions_query
-from geppetto_temporal.workflows._models import SESSION_WORKFLOW
 
 QUEUE = "bench-list-scale"
 

@@ -17,9 +17,9 @@ from geppetto_temporal._cli_sessions import JsonOption, TaskQueueOption, _call, 
 from geppetto_temporal._inputs import check_existing_id
 from geppetto_temporal._render import safe_text
 from geppetto_temporal.client import ExecutionHandle, Session
+from geppetto_temporal.contract import DEFAULT_TASK_QUEUE, PendingApproval
 from geppetto_temporal.errors import SessionError
 from geppetto_temporal.events import shorten
-from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE, PendingApproval
 
 IdArg = Annotated[
     str,

@@ -20,7 +20,7 @@ from temporalio.client import Client
 from geppetto_temporal import schedules
 from geppetto_temporal._inputs import check_new_session_id, check_prompt
 from geppetto_temporal._render import escape_controls, one_line
-from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
+from geppetto_temporal.contract import DEFAULT_TASK_QUEUE
 
 schedule_app = typer.Typer(
     help=(

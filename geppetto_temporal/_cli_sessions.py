@@ -33,6 +33,12 @@ from geppetto_temporal._render import (
     was_interrupted,
 )
 from geppetto_temporal.client import Session
+from geppetto_temporal.contract import (
+    DEFAULT_TASK_QUEUE,
+    INFERENCE_WORKFLOW,
+    SessionStatus,
+    SessionSummary,
+)
 from geppetto_temporal.errors import SessionNotFoundError
 from geppetto_temporal.offline import (
     SessionSnapshot,
@@ -43,12 +49,6 @@ from geppetto_temporal.offline import (
 )
 from geppetto_temporal.search import search_attributes_missing
 from geppetto_temporal.sessions import SessionInfo, list_sessions
-from geppetto_temporal.workflows._models import (
-    DEFAULT_TASK_QUEUE,
-    INFERENCE_WORKFLOW,
-    SessionStatus,
-    SessionSummary,
-)
 
 sessions_app = typer.Typer(
     help=(

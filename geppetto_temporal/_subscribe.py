@@ -16,6 +16,7 @@ from temporalio.contrib.workflow_streams import PollInput, PollResult
 from temporalio.converter import PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
+from geppetto_temporal.contract import InferenceQuery, InferenceRun
 from geppetto_temporal.events import (
     EVENTS_TOPIC,
     Event,
@@ -28,7 +29,6 @@ from geppetto_temporal.events import (
 )
 from geppetto_temporal.live._hub import TEXT
 from geppetto_temporal.live._merge import LivePiece, TextLedger, merge_live
-from geppetto_temporal.workflows._models import InferenceRun
 
 _SHARED = ("session_id", "inference_id", "turn_id", "model")
 
@@ -111,7 +111,7 @@ async def _earlier_items(
     run, paid only by a subscriber that starts (or falls) behind the current run.
     """
     runs = await _ask(
-        client.get_workflow_handle(workflow_id), "runs", result_type=list[InferenceRun]
+        client.get_workflow_handle(workflow_id), InferenceQuery.RUNS, result_type=list[InferenceRun]
     )
     converter = client.data_converter.payload_converter
     for run in runs:

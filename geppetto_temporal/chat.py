@@ -40,6 +40,7 @@ from geppetto_temporal._render import (
     was_interrupted,
 )
 from geppetto_temporal.client import ExecutionHandle, Session
+from geppetto_temporal.contract import DEFAULT_TASK_QUEUE
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.errors import GeppettoError, SessionBusyError
 from geppetto_temporal.events import (
@@ -56,7 +57,6 @@ from geppetto_temporal.events import (
 )
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.turns import BlockKind, BlockMetaKey, InferenceStatus, Turn, Usage
-from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 
 PROMPT = "you> "
 #: How long a cancelled reply may take to be confirmed before the prompt comes back anyway.

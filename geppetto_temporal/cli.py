@@ -38,6 +38,7 @@ from geppetto_temporal._inputs import check_existing_id, check_prompt
 from geppetto_temporal._render import StreamPrinter, format_usage
 from geppetto_temporal.client import ExecutionHandle
 from geppetto_temporal.connection import temporal_address_from_env
+from geppetto_temporal.contract import DEFAULT_TASK_QUEUE
 from geppetto_temporal.engines._endpoints import (
     ALLOW_ANY_BASE_URL_ENV,
     ENDPOINTS_FILE_ENV,
@@ -49,7 +50,6 @@ from geppetto_temporal.extras import require_extra
 from geppetto_temporal.mcp import McpServers
 from geppetto_temporal.runtime import SEARCH_ATTRIBUTES, open_runtime
 from geppetto_temporal.tools._registry import ToolRegistry
-from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 
 #: How long Ctrl-C waits for the in-process worker to record the cancelled inference.
 CANCEL_WAIT_SECONDS = 15.0

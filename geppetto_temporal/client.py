@@ -42,6 +42,34 @@ from geppetto_temporal._inputs import (
 )
 from geppetto_temporal._known_blocks import KnownBlocks
 from geppetto_temporal._subscribe import POLL_COOLDOWN, follow_inference
+from geppetto_temporal.contract import (
+    DEFAULT_TASK_QUEUE,
+    SESSION_FEATURES,
+    SESSION_WORKFLOW,
+    ApprovalDecision,
+    BlockRange,
+    CancelInferenceRequest,
+    CloseRequest,
+    ContinueStep,
+    InferenceInput,
+    InferenceQuery,
+    InferenceResult,
+    InferenceUpdate,
+    PendingApproval,
+    SessionInput,
+    SessionQuery,
+    SessionSignal,
+    SessionStatus,
+    SessionSummary,
+    SessionTranscript,
+    SessionUpdate,
+    StartInferenceRequest,
+    StartInferenceResponse,
+    StepPause,
+    SubmitPromptRequest,
+    inference_workflow_id,
+    session_id_of,
+)
 from geppetto_temporal.engines._builder import EngineBuilder, build_output_spec
 from geppetto_temporal.engines._output import OUTPUT_INVALID
 from geppetto_temporal.engines._spec import EngineSpec
@@ -64,29 +92,6 @@ from geppetto_temporal.errors import (
 )
 from geppetto_temporal.events import Event, EventSink
 from geppetto_temporal.turns import Block, BlockKind, InferenceStatus, Turn, TurnMetadata
-from geppetto_temporal.workflows._models import (
-    DEFAULT_TASK_QUEUE,
-    SESSION_FEATURES,
-    SESSION_WORKFLOW,
-    ApprovalDecision,
-    BlockRange,
-    CancelInferenceRequest,
-    CloseRequest,
-    ContinueStep,
-    InferenceInput,
-    InferenceResult,
-    PendingApproval,
-    SessionInput,
-    SessionStatus,
-    SessionSummary,
-    SessionTranscript,
-    StartInferenceRequest,
-    StartInferenceResponse,
-    StepPause,
-    SubmitPromptRequest,
-    inference_workflow_id,
-    session_id_of,
-)
 
 EngineLike = EngineBuilder | EngineSpec | str
 
@@ -306,7 +311,9 @@ class ExecutionHandle:
         delays = [0.002] * 25 + [min(0.004 * 2**i, 0.1) for i in range(70)]
         for delay in delays:
             try:
-                status: SessionStatus = await session.query("status", result_type=SessionStatus)
+                status: SessionStatus = await session.query(
+                    SessionQuery.STATUS, result_type=SessionStatus
+                )
             except RPCError:
                 return  # no worker to answer: the turn itself is complete
             if status.active_inference_id != self.inference_id:
@@ -384,7 +391,9 @@ class ExecutionHandle:
 
         async def read(start: int, end: int) -> list[Block]:
             blocks: list[Block] = await session.query(
-                "blocks", BlockRange(start=start, end=end), result_type=list[Block]
+                SessionQuery.BLOCKS,
+                BlockRange(start=start, end=end),
+                result_type=list[Block],
             )
             return blocks
 
@@ -462,7 +471,7 @@ class ExecutionHandle:
         await self._exists_now()
         try:
             pending: list[PendingApproval] = await self._handle.query(
-                "pending_approvals", result_type=list[PendingApproval]
+                InferenceQuery.PENDING_APPROVALS, result_type=list[PendingApproval]
             )
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND and not await self.exists():
@@ -479,20 +488,24 @@ class ExecutionHandle:
         Raises `ApprovalNotPendingError` for a call that is not waiting (unknown,
         already decided, or the inference ended). Returns the call it approved.
         """
-        return await self._decide("approve", ApprovalDecision(call_id=call_id, remember=remember))
+        return await self._decide(
+            InferenceUpdate.APPROVE, ApprovalDecision(call_id=call_id, remember=remember)
+        )
 
     async def deny(self, call_id: str, *, reason: str = "denied by a person") -> PendingApproval:
         """Refuse a waiting tool call: it never runs, and the model gets `reason` as its error.
 
         Raises `ApprovalNotPendingError` for a call that is not waiting. Returns the call it denied.
         """
-        return await self._decide("deny", ApprovalDecision(call_id=call_id, reason=reason))
+        return await self._decide(
+            InferenceUpdate.DENY, ApprovalDecision(call_id=call_id, reason=reason)
+        )
 
     async def paused(self) -> StepPause | None:
         """Step mode: where the loop waits for `continue_step`, or None (docs/approvals.md)."""
         await self._exists_now()
         # Decoded untyped (a JSON object or null), then validated: `result_type` takes no unions.
-        raw = await self._handle.query("paused")
+        raw = await self._handle.query(InferenceQuery.PAUSED)
         return StepPause.model_validate(raw) if raw is not None else None
 
     async def continue_step(self, pause_id: str | None = None) -> StepPause:
@@ -505,7 +518,7 @@ class ExecutionHandle:
         await self._exists_now()
         try:
             pause: StepPause = await self._handle.execute_update(
-                "continue_step",
+                InferenceUpdate.CONTINUE_STEP,
                 ContinueStep(pause_id=pause_id),
                 id=_update_id(),
                 result_type=StepPause,
@@ -815,7 +828,7 @@ class Session:
                 # One call starts the session and the inference: the update is
                 # handled in the workflow's first task.
                 response = await self.client.execute_update_with_start_workflow(
-                    "start_inference",
+                    SessionUpdate.START_INFERENCE,
                     request,
                     start_workflow_operation=start.with_update(),
                     id=_update_id(),
@@ -824,7 +837,10 @@ class Session:
                 self._pending_start = None
             else:
                 response = await self._handle.execute_update(
-                    "start_inference", request, id=_update_id(), result_type=StartInferenceResponse
+                    SessionUpdate.START_INFERENCE,
+                    request,
+                    id=_update_id(),
+                    result_type=StartInferenceResponse,
                 )
             return response
         except WorkflowAlreadyStartedError as err:
@@ -940,7 +956,7 @@ class Session:
             source=source,
         )
         try:
-            await self._handle.signal("submit_prompt", request)
+            await self._handle.signal(SessionSignal.SUBMIT_PROMPT, request)
         except RPCError as err:
             raise await self._map_rpc_error(err) from err
 
@@ -948,7 +964,7 @@ class Session:
         """Cancel the running inference, if any; idempotent."""
         await self._ensure_started()
         try:
-            await self._handle.signal("cancel_inference", CancelInferenceRequest())
+            await self._handle.signal(SessionSignal.CANCEL_INFERENCE, CancelInferenceRequest())
         except RPCError as err:
             raise await self._map_rpc_error(err) from err
 
@@ -956,7 +972,9 @@ class Session:
         """Phase, active inference, queue depth, turn count and usage."""
         await self._ensure_started()
         try:
-            status: SessionStatus = await self._handle.query("status", result_type=SessionStatus)
+            status: SessionStatus = await self._handle.query(
+                SessionQuery.STATUS, result_type=SessionStatus
+            )
             return status
         except RPCError as err:
             raise await self._map_rpc_error(err) from err
@@ -973,7 +991,7 @@ class Session:
     async def engine(self) -> EngineSpec:
         """The engine the next prompt will use."""
         await self._ensure_started()
-        spec: EngineSpec = await self._handle.query("engine", result_type=EngineSpec)
+        spec: EngineSpec = await self._handle.query(SessionQuery.ENGINE, result_type=EngineSpec)
         return spec
 
     async def transcript(self) -> SessionTranscript:
@@ -981,7 +999,7 @@ class Session:
         await self._ensure_started()
         try:
             transcript: SessionTranscript = await self._handle.query(
-                "transcript", result_type=SessionTranscript
+                SessionQuery.TRANSCRIPT, result_type=SessionTranscript
             )
             return transcript
         except RPCError as err:
@@ -1035,7 +1053,7 @@ class Session:
         await self._ensure_started()
         try:
             summary: SessionSummary = await self._handle.execute_update(
-                "close",
+                SessionUpdate.CLOSE,
                 CloseRequest(cancel_active=cancel_active),
                 id=_update_id(),
                 result_type=SessionSummary,

@@ -45,9 +45,12 @@ from temporalio.worker import (
 
 from geppetto_temporal._core_logs import core_logging
 from geppetto_temporal._redact import redact
-from geppetto_temporal.activities._models import (
+from geppetto_temporal.contract import (
+    INFERENCE_WORKFLOW,
     LLM_STEP_ACTIVITY,
     TOOL_CALL_ACTIVITY,
+    InferenceInput,
+    InferenceResult,
     LLMStepInput,
     LLMStepResult,
     ToolCallInput,
@@ -56,7 +59,6 @@ from geppetto_temporal.activities._models import (
 )
 from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.turns import BlockKind
-from geppetto_temporal.workflows._models import INFERENCE_WORKFLOW, InferenceInput, InferenceResult
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span

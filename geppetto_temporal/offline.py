@@ -40,21 +40,24 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from geppetto_temporal.errors import SessionClosedError
-from geppetto_temporal.sessions import SessionInfo, session_description
-from geppetto_temporal.turns import InferenceStatus, TurnMetadata, Usage
-from geppetto_temporal.workflows._models import (
+from geppetto_temporal.contract import (
     CloseRequest,
     InferenceInput,
     InferenceResult,
     SessionInput,
     SessionPhase,
+    SessionQuery,
+    SessionSignal,
     SessionStatus,
     SessionSummary,
     SessionTranscript,
+    SessionUpdate,
     SubmitPromptRequest,
     TurnRecord,
 )
+from geppetto_temporal.errors import SessionClosedError
+from geppetto_temporal.sessions import SessionInfo, session_description
+from geppetto_temporal.turns import InferenceStatus, TurnMetadata, Usage
 
 __all__ = [
     "QUERY_TIMEOUT",
@@ -172,7 +175,7 @@ async def worker_presence(
         return WorkerPresence(task_queue, fresh, seen, no_poller=not fresh)
     try:
         await client.get_workflow_handle(probe_session).query(
-            "is_running", result_type=bool, rpc_timeout=PROBE_TIMEOUT
+            SessionQuery.IS_RUNNING, result_type=bool, rpc_timeout=PROBE_TIMEOUT
         )
     except (RPCError, TimeoutError) as err:
         return WorkerPresence(
@@ -239,8 +242,10 @@ async def read_session(
     open_ = description.status == WorkflowExecutionStatus.RUNNING
     handle = client.get_workflow_handle(session_id)
     answers = await asyncio.gather(
-        handle.query("status", result_type=SessionStatus, rpc_timeout=query_timeout),
-        handle.query("transcript", result_type=SessionTranscript, rpc_timeout=query_timeout),
+        handle.query(SessionQuery.STATUS, result_type=SessionStatus, rpc_timeout=query_timeout),
+        handle.query(
+            SessionQuery.TRANSCRIPT, result_type=SessionTranscript, rpc_timeout=query_timeout
+        ),
         return_exceptions=True,
     )
     status, transcript = answers
@@ -374,7 +379,7 @@ async def session_from_history(
                 record_or_none.end = len(blocks)
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             attrs_s = event.workflow_execution_signaled_event_attributes
-            if attrs_s.signal_name == "submit_prompt":
+            if attrs_s.signal_name == SessionSignal.SUBMIT_PROMPT:
                 request = await _decode(client, attrs_s.input.payloads, SubmitPromptRequest)
                 key = request.idempotency_key if request is not None else None
                 if request is not None and request.prompt.strip() and key not in seen_keys:
@@ -385,9 +390,9 @@ async def session_from_history(
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
             accepted = event.workflow_execution_update_accepted_event_attributes
             name = accepted.accepted_request.input.name
-            if name == "close":
+            if name == SessionUpdate.CLOSE:
                 closing = True
-            elif name == "start_inference":
+            elif name == SessionUpdate.START_INFERENCE:
                 # Starts its inference at once: the child that follows takes this one off.
                 queued += 1
     active = next(iter(pending.values()), None)
@@ -452,7 +457,7 @@ async def request_close(
     try:
         update = await asyncio.wait_for(
             handle.start_update(
-                "close",
+                SessionUpdate.CLOSE,
                 CloseRequest(cancel_active=cancel_active),
                 id=f"close-{uuid.uuid4().hex[:12]}",
                 wait_for_stage=WorkflowUpdateStage.ACCEPTED,

@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 from geppetto_temporal import search
 from geppetto_temporal.codec import codec_from_env
 from geppetto_temporal.connection import connect, temporal_address_from_env
+from geppetto_temporal.contract import DEFAULT_TASK_QUEUE
 from geppetto_temporal.devserver import DevServerInfo, EmbeddedServer
 from geppetto_temporal.engines._endpoints import EndpointRegistry
 from geppetto_temporal.mcp._config import McpServers
@@ -25,7 +26,6 @@ from geppetto_temporal.storage import payload_storage, payload_storage_from_env
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import Tool
 from geppetto_temporal.worker._worker import create_worker
-from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 
 #: Custom search attributes registered on the embedded dev server (`geppetto_temporal.search`).
 SEARCH_ATTRIBUTES: Mapping[str, str] = search.SEARCH_ATTRIBUTES

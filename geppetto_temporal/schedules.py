@@ -43,14 +43,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal._inputs import check_new_session_id, check_prompt
 from geppetto_temporal.client import EngineLike, _to_spec
-from geppetto_temporal.errors import ConfigurationError, GeppettoError
-from geppetto_temporal.turns import InferenceStatus, Usage
-from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
-from geppetto_temporal.workflows._schedule_models import (
+from geppetto_temporal.contract import (
+    DEFAULT_TASK_QUEUE,
     SCHEDULED_PROMPT_WORKFLOW,
     ScheduledPromptInput,
     ScheduledPromptResult,
 )
+from geppetto_temporal.errors import ConfigurationError, GeppettoError
+from geppetto_temporal.turns import InferenceStatus, Usage
 
 __all__ = [
     "Overlap",

@@ -23,10 +23,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal import search
 from geppetto_temporal._inputs import check_existing_id
+from geppetto_temporal.contract import SESSION_WORKFLOW
 from geppetto_temporal.engines._spec import Provider
 from geppetto_temporal.errors import ConfigurationError, SessionNotFoundError
 from geppetto_temporal.search import SessionSearchStatus
-from geppetto_temporal.workflows._models import SESSION_WORKFLOW
 
 __all__ = [
     "SessionInfo",

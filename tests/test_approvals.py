@@ -17,6 +17,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from geppetto_temporal import BlockKind, EngineBuilder, ExecutionHandle, InferenceStatus, Session
+from geppetto_temporal.contract import PendingApproval, StepPause
 from geppetto_temporal.errors import (
     ApprovalNotPendingError,
     BudgetExceeded,
@@ -32,7 +33,6 @@ from geppetto_temporal.pricing import ModelPrice, price_table, set_price_table
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import Block, PayloadKey
 from geppetto_temporal.worker._worker import WORKFLOWS
-from geppetto_temporal.workflows._models import PendingApproval, StepPause
 from tests import toolbox
 from tests.scripts import calls_then_answer
 from tests.test_replay import replayer

@@ -41,15 +41,15 @@ from geppetto_temporal._inputs import (
     REPLY_ROOM,
     SESSION_CARRY_LIMIT,
 )
-from geppetto_temporal.dashboard import create_app
-from geppetto_temporal.testing import ScriptedModelServer
-from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
-from geppetto_temporal.workflows._models import (
+from geppetto_temporal.contract import (
     CARRY_LIMIT_PATCH,
     SESSION_FEATURES,
     SESSION_WORKFLOW,
     SessionInput,
 )
+from geppetto_temporal.dashboard import create_app
+from geppetto_temporal.testing import ScriptedModelServer
+from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 from tests.conftest import TASK_QUEUE, scripted_endpoints
 from tests.servers import dev_server
 from tests.test_cli import _SCRUBBED_ENV, GEPPETTO

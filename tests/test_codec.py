@@ -72,6 +72,7 @@ from geppetto_temporal.codec_server import (
     check_codec_bind,
     create_codec_app,
 )
+from geppetto_temporal.contract import INFERENCE_WORKFLOW, inference_workflow_id
 from geppetto_temporal.devserver import (
     DevServerInfo,
     EmbeddedServer,
@@ -84,7 +85,6 @@ from geppetto_temporal.storage import payload_storage
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools import tool
 from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
-from geppetto_temporal.workflows._models import INFERENCE_WORKFLOW, inference_workflow_id
 from tests.browser import chromium_for, launched
 from tests.conftest import scripted_endpoints
 from tests.ports import free_port, free_ports

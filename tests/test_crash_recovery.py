@@ -39,6 +39,7 @@ from typing import Any
 from temporalio.client import Client
 
 from geppetto_temporal import BlockKind, EngineBuilder, ExecutionHandle, Session
+from geppetto_temporal.contract import inference_workflow_id
 from geppetto_temporal.events import (
     Event,
     FinalEvent,
@@ -50,7 +51,6 @@ from geppetto_temporal.events import (
 )
 from geppetto_temporal.testing import RecordedRequest, ScriptedModelServer
 from geppetto_temporal.turns import BlockMetaKey, InferenceStatus, PayloadKey, Turn
-from geppetto_temporal.workflows._models import inference_workflow_id
 from tests.workers import (
     WorkerProcess,
     WorkerProcs,

@@ -36,49 +36,46 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 
 from geppetto_temporal.activities._activities import InferenceActivities
-from geppetto_temporal.activities._models import (
-    INFERENCE_BLOCKS_ACTIVITY,
-    LLM_STEP_ACTIVITY,
-    TOOL_CALL_ACTIVITY,
-    LLMStepInput,
-    LLMStepResult,
-    ToolCallInput,
-    ToolCallResult,
-)
 from geppetto_temporal.activities._scheduled import SCHEDULE_ACTIVITIES
-from geppetto_temporal.mcp._models import MCP_TOOLS_ACTIVITY, McpToolsInput, McpToolsResult
-from geppetto_temporal.search import SEARCH_ATTRIBUTES
-from geppetto_temporal.worker._worker import WORKFLOWS as WORKER_WORKFLOWS
-from geppetto_temporal.workflows._models import (
+from geppetto_temporal.contract import (
+    AWAIT_PROMPT_ACTIVITY,
+    DELIVER_PROMPT_ACTIVITY,
+    INFERENCE_BLOCKS_ACTIVITY,
     INFERENCE_WORKFLOW,
+    LLM_STEP_ACTIVITY,
+    MCP_TOOLS_ACTIVITY,
+    SCHEDULED_PROMPT_WORKFLOW,
     SESSION_WORKFLOW,
+    TOOL_CALL_ACTIVITY,
     ApprovalDecision,
+    AwaitPromptInput,
     CancelInferenceRequest,
     CloseRequest,
     ContinueStep,
+    DeliverPromptInput,
+    DeliverPromptResult,
     InferenceBlocks,
     InferenceBlocksInput,
     InferenceInput,
     InferenceResult,
+    LLMStepInput,
+    LLMStepResult,
     PendingApproval,
+    PromptOutcome,
+    ScheduledPromptInput,
+    ScheduledPromptResult,
     SessionInput,
     SessionSummary,
     StartInferenceRequest,
     StartInferenceResponse,
     StepPause,
     SubmitPromptRequest,
+    ToolCallInput,
+    ToolCallResult,
 )
-from geppetto_temporal.workflows._schedule_models import (
-    AWAIT_PROMPT_ACTIVITY,
-    DELIVER_PROMPT_ACTIVITY,
-    SCHEDULED_PROMPT_WORKFLOW,
-    AwaitPromptInput,
-    DeliverPromptInput,
-    DeliverPromptResult,
-    PromptOutcome,
-    ScheduledPromptInput,
-    ScheduledPromptResult,
-)
+from geppetto_temporal.mcp._models import McpToolsInput, McpToolsResult
+from geppetto_temporal.search import SEARCH_ATTRIBUTES
+from geppetto_temporal.worker._worker import WORKFLOWS as WORKER_WORKFLOWS
 
 HISTORIES_DIR = Path(__file__).parent / "histories"
 HISTORIES = sorted(HISTORIES_DIR.glob("*.json"))

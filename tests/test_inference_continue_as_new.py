@@ -18,6 +18,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from geppetto_temporal import BlockKind, ExecutionHandle, InferenceCancelled, InferenceStatus
+from geppetto_temporal.contract import InferenceRun
 from geppetto_temporal.events import (
     FinalEvent,
     InferenceFinishedEvent,
@@ -27,7 +28,6 @@ from geppetto_temporal.events import (
 )
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import PayloadKey
-from geppetto_temporal.workflows._models import InferenceRun
 from tests.scripts import LOOPING
 
 #: Tool steps before the model answers; with two steps per run the loop spans four runs.

@@ -32,6 +32,7 @@ from temporalio.worker import Replayer
 
 from geppetto_temporal import EngineBuilder, Session, connect, create_worker, pricing
 from geppetto_temporal.connection import DATA_CONVERTER
+from geppetto_temporal.contract import INFERENCE_WORKFLOW
 from geppetto_temporal.observability import (
     COST_USD,
     INFERENCES_FINISHED,
@@ -50,7 +51,6 @@ from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import get_weather
 from geppetto_temporal.turns import InferenceStatus
 from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
-from geppetto_temporal.workflows._models import INFERENCE_WORKFLOW
 from tests import toolbox
 from tests.conftest import SECRET_API_KEY, scripted_endpoints, scripted_endpoints_env
 from tests.ports import free_port

@@ -25,11 +25,9 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer, WorkflowReplayResult
 
 from geppetto_temporal.connection import DATA_CONVERTER
-from geppetto_temporal.engines._output import OutputSpec
-from geppetto_temporal.engines._spec import EngineSpec
-from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
-from geppetto_temporal.workflows._models import (
+from geppetto_temporal.contract import (
     INFERENCE_WORKFLOW,
+    SCHEDULED_PROMPT_WORKFLOW,
     SESSION_WORKFLOW,
     InferenceInput,
     InferenceResult,
@@ -37,7 +35,9 @@ from geppetto_temporal.workflows._models import (
     SessionSummary,
     StartInferenceResponse,
 )
-from geppetto_temporal.workflows._schedule_models import SCHEDULED_PROMPT_WORKFLOW
+from geppetto_temporal.engines._output import OutputSpec
+from geppetto_temporal.engines._spec import EngineSpec
+from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 from geppetto_temporal.workflows.inference import InferenceWorkflow
 from geppetto_temporal.workflows.session import SessionWorkflow
 

@@ -27,9 +27,9 @@ from geppetto_temporal import (
     SessionError,
 )
 from geppetto_temporal import schedules as sch
+from geppetto_temporal.contract import ScheduledPromptInput
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.testing import ScriptedModelServer
-from geppetto_temporal.workflows._schedule_models import ScheduledPromptInput
 from geppetto_temporal.workflows.scheduled import ScheduledPromptWorkflow
 from tests.conftest import TASK_QUEUE
 from tests.waiting import eventually

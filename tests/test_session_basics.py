@@ -27,8 +27,8 @@ from geppetto_temporal import (
 )
 from geppetto_temporal.activities import _activities
 from geppetto_temporal.activities._activities import InferenceActivities
+from geppetto_temporal.contract import SessionInput, TurnLookup
 from geppetto_temporal.events import PartialEvent
-from geppetto_temporal.workflows._models import SessionInput, TurnLookup
 from tests.conftest import TASK_QUEUE
 from tests.watch import EventWatch, assert_no_delta_after_interrupt
 

@@ -16,8 +16,8 @@ from geppetto_temporal import (
     SessionError,
     SessionNotFoundError,
 )
+from geppetto_temporal.contract import CloseRequest
 from geppetto_temporal.workflows import SessionPhase, SessionSummary
-from geppetto_temporal.workflows._models import CloseRequest
 from tests.conftest import TASK_QUEUE
 
 SLOW_ECHO = {

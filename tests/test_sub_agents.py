@@ -17,10 +17,10 @@ from geppetto_temporal import (
     InferenceCancelled,
     InferenceStatus,
 )
+from geppetto_temporal.contract import InferenceResult
 from geppetto_temporal.events import AgentFinishedEvent, AgentStartedEvent, FinalEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import PayloadKey, Usage
-from geppetto_temporal.workflows._models import InferenceResult
 from tests.waiting import eventually
 from tests.watch import EventWatch, until
 

@@ -13,7 +13,7 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowHandle
 
 from geppetto_temporal import EngineBuilder
-from geppetto_temporal.workflows._models import inference_workflow_id
+from geppetto_temporal.contract import inference_workflow_id
 
 ECHO: dict[str, Any] = {"rules": [{"reply": {"text": "You said: {last_user}"}}]}
 

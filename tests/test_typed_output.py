@@ -25,11 +25,11 @@ from geppetto_temporal import (
     InferenceStatus,
     OutputValidationError,
 )
+from geppetto_temporal.contract import TYPED_OUTPUT_PATCH, InferenceRun
 from geppetto_temporal.engines._output import OUTPUT_ERROR, OUTPUT_RETRY, settle_output, validate
 from geppetto_temporal.events import InfoEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import PayloadKey, llm_text_block, tool_call_block
-from geppetto_temporal.workflows._models import TYPED_OUTPUT_PATCH, InferenceRun
 from tests.conftest import SECRET_API_KEY
 from tests.test_provider_matrix import (  # the provider matrix's fixtures and cases
     ProviderCase,

@@ -20,9 +20,9 @@ from playwright.async_api import expect
 from temporalio.client import Client
 
 from geppetto_temporal import EngineBuilder, Session
+from geppetto_temporal.contract import SessionStatus
 from geppetto_temporal.dashboard import SessionFilter, create_app, list_session_rows
 from geppetto_temporal.testing import ScriptedModelServer
-from geppetto_temporal.workflows._models import SessionStatus
 from tests.browser import ARTIFACTS, chromium_for, launched
 from tests.test_dashboard import serve
 from tests.workers import GEPPETTO, REPO_ROOT, WorkerProcs, unique_queue, wait_until, within

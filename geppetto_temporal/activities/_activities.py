@@ -17,18 +17,25 @@ from geppetto_temporal.activities._context import ContextKeeper
 from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
 from geppetto_temporal.activities._heartbeat import Heartbeat, heartbeating
 from geppetto_temporal.activities._logging import install_expected_failure_filter
-from geppetto_temporal.activities._models import (
+from geppetto_temporal.context import estimate_text_tokens
+from geppetto_temporal.contract import (
     INFERENCE_BLOCKS_ACTIVITY,
     LLM_STEP_ACTIVITY,
+    MCP_TOOLS_ACTIVITY,
     TOOL_CALL_ACTIVITY,
+    BlockRange,
+    InferenceBlocks,
+    InferenceBlocksInput,
+    InferenceRun,
     LLMStepInput,
     LLMStepResult,
+    SessionQuery,
     ToolCallInput,
     ToolCallResult,
+    previous_inference_id,
     reported_model,
     with_ids,
 )
-from geppetto_temporal.context import estimate_text_tokens
 from geppetto_temporal.engines._errors import classify_error
 from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines._output import settle_output
@@ -42,7 +49,6 @@ from geppetto_temporal.live._reader import LiveAdvert
 from geppetto_temporal.mcp._client import McpConnections, McpToolError, McpUnavailable
 from geppetto_temporal.mcp._config import McpServers
 from geppetto_temporal.mcp._models import (
-    MCP_TOOLS_ACTIVITY,
     McpToolDef,
     McpToolsInput,
     McpToolsResult,
@@ -57,13 +63,6 @@ from geppetto_temporal.tools._config import (
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import ToolArgumentsError, ToolContext, ToolDefinition
 from geppetto_temporal.turns import Block, BlockKind, PayloadKey, Usage
-from geppetto_temporal.workflows._models import (
-    BlockRange,
-    InferenceBlocks,
-    InferenceBlocksInput,
-    InferenceRun,
-    previous_inference_id,
-)
 
 #: Sessions whose conversation a worker keeps in memory (a miss costs one query).
 _CONVERSATION_CACHE_SIZE = 64
@@ -128,7 +127,10 @@ class InferenceActivities:
             blocks: list[Block] = (
                 await activity.client()
                 .get_workflow_handle(workflow_id, run_id=run_id)
-                .query("blocks", BlockRange(start=start, end=end), result_type=list[Block])
+                # Sessions and inferences both answer `blocks`.
+                .query(
+                    SessionQuery.BLOCKS, BlockRange(start=start, end=end), result_type=list[Block]
+                )
             )
         except Exception as err:
             raise ApplicationError(

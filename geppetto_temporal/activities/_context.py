@@ -25,6 +25,7 @@ from geppetto_temporal.context import (
     summary_request,
     with_summary,
 )
+from geppetto_temporal.contract import previous_inference_id
 from geppetto_temporal.engines._errors import classify_error
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.engines._step import ProviderEngine, StepOutput
@@ -32,7 +33,6 @@ from geppetto_temporal.errors import ErrorType
 from geppetto_temporal.events import ContextCompactedEvent
 from geppetto_temporal.tools._tool import ToolDefinition
 from geppetto_temporal.turns import Block
-from geppetto_temporal.workflows._models import previous_inference_id
 
 #: Conversations whose latest request a worker remembers (a miss estimates every block).
 _STATES = 256

@@ -15,25 +15,25 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from geppetto_temporal import search
 from geppetto_temporal._inputs import SESSION_CARRY_LIMIT
 from geppetto_temporal.activities._heartbeat import heartbeating
-from geppetto_temporal.errors import ErrorType
-from geppetto_temporal.turns import BlockKind, InferenceStatus
-from geppetto_temporal.workflows._models import (
-    SESSION_FEATURES,
-    SESSION_WORKFLOW,
-    CancelInferenceRequest,
-    InferenceResult,
-    PromptLookup,
-    SessionInput,
-    SubmitPromptRequest,
-)
-from geppetto_temporal.workflows._schedule_models import (
+from geppetto_temporal.contract import (
     AWAIT_PROMPT_ACTIVITY,
     DELIVER_PROMPT_ACTIVITY,
+    SESSION_FEATURES,
+    SESSION_WORKFLOW,
     AwaitPromptInput,
+    CancelInferenceRequest,
     DeliverPromptInput,
     DeliverPromptResult,
+    InferenceResult,
+    PromptLookup,
     PromptOutcome,
+    SessionInput,
+    SessionQuery,
+    SessionSignal,
+    SubmitPromptRequest,
 )
+from geppetto_temporal.errors import ErrorType
+from geppetto_temporal.turns import BlockKind, InferenceStatus
 
 #: How often the await activity asks the session whether a queued prompt has started.
 POLL_INTERVAL_SECONDS = (0.05, 1.0)
@@ -69,7 +69,7 @@ async def deliver_scheduled_prompt(input: DeliverPromptInput) -> DeliverPromptRe
             id=input.session_id,
             task_queue=activity.info().task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            start_signal="submit_prompt",
+            start_signal=SessionSignal.SUBMIT_PROMPT,
             start_signal_args=[request],
             static_summary=f"geppetto session, started on {input.engine.spec_string} (schedule {input.schedule})",
         )
@@ -92,7 +92,7 @@ async def await_scheduled_prompt(input: AwaitPromptInput) -> PromptOutcome:
         delay, max_delay = POLL_INTERVAL_SECONDS
         while True:
             lookup: PromptLookup = await session.query(
-                "prompt_by_key", input.idempotency_key, result_type=PromptLookup
+                SessionQuery.PROMPT_BY_KEY, input.idempotency_key, result_type=PromptLookup
             )
             if lookup.inference_id is not None:
                 break
@@ -116,7 +116,8 @@ async def await_scheduled_prompt(input: AwaitPromptInput) -> PromptOutcome:
             # The run was cancelled (overlap policy cancel-other): take the inference with it.
             with contextlib.suppress(Exception):
                 await session.signal(
-                    "cancel_inference", CancelInferenceRequest(inference_id=inference_id)
+                    SessionSignal.CANCEL_INFERENCE,
+                    CancelInferenceRequest(inference_id=inference_id),
                 )
             raise
         except WorkflowFailureError as err:

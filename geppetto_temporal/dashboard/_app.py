@@ -31,6 +31,16 @@ from temporalio.service import RPCError
 from geppetto_temporal._inputs import check_existing_id
 from geppetto_temporal._render import format_call, format_cost
 from geppetto_temporal.client import ExecutionHandle, Session
+from geppetto_temporal.contract import (
+    INFERENCE_WORKFLOW,
+    CancelInferenceRequest,
+    SessionSignal,
+    SessionStatus,
+    SessionSummary,
+    SessionTranscript,
+    inference_workflow_id,
+    session_id_of,
+)
 from geppetto_temporal.dashboard._charts import BAR_WIDTH, fleet_charts
 from geppetto_temporal.dashboard._data import (
     SessionFilter,
@@ -42,15 +52,6 @@ from geppetto_temporal.events import Event, event_to_json
 from geppetto_temporal.offline import read_session, request_close
 from geppetto_temporal.search import SessionSearchStatus, search_attributes_missing
 from geppetto_temporal.turns import Block, BlockKind, BlockMetaKey, PayloadKey, Usage
-from geppetto_temporal.workflows._models import (
-    INFERENCE_WORKFLOW,
-    CancelInferenceRequest,
-    SessionStatus,
-    SessionSummary,
-    SessionTranscript,
-    inference_workflow_id,
-    session_id_of,
-)
 
 #: The cookie that carries the token after `?token=` was given once.
 TOKEN_COOKIE = "geppetto_dashboard_token"
@@ -719,7 +720,7 @@ def create_app(
                     code = "cancel-idle"
                 else:
                     await session.workflow_handle.signal(
-                        "cancel_inference", CancelInferenceRequest()
+                        SessionSignal.CANCEL_INFERENCE, CancelInferenceRequest()
                     )
                     code, detail["inference_id"] = "cancel-requested", active
             else:

@@ -23,11 +23,10 @@ from datetime import UTC, datetime, timedelta
 from temporalio.client import Client
 
 from geppetto_temporal._render import format_cost
+from geppetto_temporal.contract import INFERENCE_WORKFLOW, SCHEDULED_PROMPT_WORKFLOW
 from geppetto_temporal.schedules import list_schedules
 from geppetto_temporal.search import SessionSearchStatus
 from geppetto_temporal.sessions import SessionInfo, most_recent, sessions_query
-from geppetto_temporal.workflows._models import INFERENCE_WORKFLOW
-from geppetto_temporal.workflows._schedule_models import SCHEDULED_PROMPT_WORKFLOW
 
 #: Sessions read at most for the per-model charts (the most recently active).
 MAX_SESSIONS = 5000

@@ -17,11 +17,11 @@ from typing import Any
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from geppetto_temporal.contract import SESSION_WORKFLOW, SessionQuery, SessionStatus
 from geppetto_temporal.offline import workers_of
 from geppetto_temporal.schedules import ScheduleInfo, list_schedules
 from geppetto_temporal.search import SessionSearchStatus, search_attributes_registered
 from geppetto_temporal.sessions import SessionInfo, most_recent, sessions_query
-from geppetto_temporal.workflows._models import SESSION_WORKFLOW, SessionStatus
 
 #: How long one session's `status` query may take before the row shows it as unanswered.
 STATUS_QUERY_TIMEOUT = timedelta(seconds=2)
@@ -172,7 +172,7 @@ async def _row_from_execution(
     try:
         async with limit:
             status: SessionStatus = await handle.query(
-                "status", result_type=SessionStatus, rpc_timeout=STATUS_QUERY_TIMEOUT
+                SessionQuery.STATUS, result_type=SessionStatus, rpc_timeout=STATUS_QUERY_TIMEOUT
             )
     except (TimeoutError, RPCError) as err:
         row.note = f"no answer to the status query ({getattr(err, 'message', '') or err!r})"
@@ -255,7 +255,7 @@ async def _complete_open_rows(client: Client, rows: list[SessionRow]) -> None:
         try:
             async with semaphore:
                 status: SessionStatus = await client.get_workflow_handle(row.session_id).query(
-                    "status", result_type=SessionStatus, rpc_timeout=STATUS_QUERY_TIMEOUT
+                    SessionQuery.STATUS, result_type=SessionStatus, rpc_timeout=STATUS_QUERY_TIMEOUT
                 )
         except (TimeoutError, RPCError):
             return

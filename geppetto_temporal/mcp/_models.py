@@ -19,8 +19,6 @@ PREFIX_SEPARATOR = "__"
 #: Providers accept tool names up to this long.
 MAX_TOOL_NAME = 64
 
-MCP_TOOLS_ACTIVITY = "geppetto.mcp_tools"
-
 
 def prefixed(server: str, tool: str) -> str:
     """The name the model calls an MCP server's tool by: `<server>__<tool>`."""

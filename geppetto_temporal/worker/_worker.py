@@ -8,6 +8,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from geppetto_temporal.contract import DEFAULT_TASK_QUEUE
 from geppetto_temporal.engines._endpoints import Endpoint, EndpointRegistry
 from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines.middleware import Middleware
@@ -23,7 +24,6 @@ from geppetto_temporal.plugin import GeppettoPlugin
 from geppetto_temporal.plugin import workflow_runner as workflow_runner
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import Tool
-from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 
 
 def create_worker(

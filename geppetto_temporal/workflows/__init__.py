@@ -1,6 +1,6 @@
 """Workflows: SessionWorkflow (one per conversation) and InferenceWorkflow (one per prompt)."""
 
-from geppetto_temporal.workflows._models import (
+from geppetto_temporal.contract import (
     DEFAULT_TASK_QUEUE,
     INFERENCE_WORKFLOW,
     SESSION_WORKFLOW,

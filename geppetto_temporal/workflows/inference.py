@@ -27,14 +27,35 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from geppetto_temporal.activities._models import (
+    from geppetto_temporal.contract import (
         INFERENCE_BLOCKS_ACTIVITY,
+        INFERENCE_CONTINUE_AS_NEW_PATCH,
+        INFERENCE_WORKFLOW,
+        LIVE_DELTAS,
         LLM_STEP_ACTIVITY,
+        MCP_TOOLS_ACTIVITY,
+        MCP_TOOLS_PATCH,
         TOOL_CALL_ACTIVITY,
+        TYPED_OUTPUT_PATCH,
+        ApprovalDecision,
+        BlockRange,
+        ContinueStep,
+        InferenceBlocks,
+        InferenceBlocksInput,
+        InferenceCarry,
+        InferenceInput,
+        InferenceQuery,
+        InferenceResult,
+        InferenceRun,
+        InferenceUpdate,
         LLMStepInput,
         LLMStepResult,
+        PendingApproval,
+        StepPause,
         ToolCallInput,
         ToolCallResult,
+        agent_depth,
+        agent_inference_id,
     )
     from geppetto_temporal.engines._output import OUTPUT_INVALID, retry_block
     from geppetto_temporal.engines._spec import AgentTool, EngineSpec
@@ -64,7 +85,6 @@ with workflow.unsafe.imports_passed_through():
         shorten,
     )
     from geppetto_temporal.mcp._models import (
-        MCP_TOOLS_ACTIVITY,
         PREFIX_SEPARATOR,
         McpToolDef,
         McpToolsInput,
@@ -84,26 +104,6 @@ with workflow.unsafe.imports_passed_through():
         pending_tool_calls,
         tool_use_block,
         user_block,
-    )
-    from geppetto_temporal.workflows._models import (
-        INFERENCE_CONTINUE_AS_NEW_PATCH,
-        INFERENCE_WORKFLOW,
-        LIVE_DELTAS,
-        MCP_TOOLS_PATCH,
-        TYPED_OUTPUT_PATCH,
-        ApprovalDecision,
-        BlockRange,
-        ContinueStep,
-        InferenceBlocks,
-        InferenceBlocksInput,
-        InferenceCarry,
-        InferenceInput,
-        InferenceResult,
-        InferenceRun,
-        PendingApproval,
-        StepPause,
-        agent_depth,
-        agent_inference_id,
     )
 
 # The activity enforces the tool's own timeout precisely; Temporal's timeout is
@@ -239,12 +239,12 @@ class InferenceWorkflow:
         data["meta"] = meta.model_dump(mode="json", exclude_none=True)
         self._events.publish(data)
 
-    @workflow.query(name="status")
+    @workflow.query(name=InferenceQuery.STATUS)
     def status(self) -> InferenceStatus:
         """Running, or how the inference ended."""
         return self._status
 
-    @workflow.query(name="blocks")
+    @workflow.query(name=InferenceQuery.BLOCKS)
     def blocks(self, block_range: BlockRange) -> list[Block]:
         """A slice of this inference's own blocks (append-only, so a slice never changes).
 
@@ -254,7 +254,7 @@ class InferenceWorkflow:
         start = max(block_range.start - self._base, 0)
         return self._blocks[start : max(block_range.end - self._base, 0)]
 
-    @workflow.query(name="pending_approvals")
+    @workflow.query(name=InferenceQuery.PENDING_APPROVALS)
     def pending_approvals(self) -> list[PendingApproval]:
         """The tool calls waiting for a decision, in the order they were asked about."""
         return [p for p in self._pending.values() if p.call_id not in self._decisions]
@@ -269,7 +269,7 @@ class InferenceWorkflow:
                 non_retryable=True,
             )
 
-    @workflow.update(name="approve")
+    @workflow.update(name=InferenceUpdate.APPROVE)
     def approve(self, decision: ApprovalDecision) -> PendingApproval:
         """Run a waiting tool call; with `remember`, the tool's later calls in the session too.
 
@@ -285,7 +285,7 @@ class InferenceWorkflow:
     def _validate_approve(self, decision: ApprovalDecision) -> None:
         self._check_pending(decision)
 
-    @workflow.update(name="deny")
+    @workflow.update(name=InferenceUpdate.DENY)
     def deny(self, decision: ApprovalDecision) -> PendingApproval:
         """Answer a waiting tool call with an error carrying the reason; it never runs.
 
@@ -298,12 +298,12 @@ class InferenceWorkflow:
     def _validate_deny(self, decision: ApprovalDecision) -> None:
         self._check_pending(decision)
 
-    @workflow.query(name="paused")
+    @workflow.query(name=InferenceQuery.PAUSED)
     def paused(self) -> StepPause | None:
         """Where the loop waits in step mode, or None."""
         return None if self._continued else self._pause
 
-    @workflow.update(name="continue_step")
+    @workflow.update(name=InferenceUpdate.CONTINUE_STEP)
     def continue_step(self, request: ContinueStep) -> StepPause:
         """Release the loop from its step-mode pause; returns the pause it ended."""
         pause = self._pause
@@ -323,7 +323,7 @@ class InferenceWorkflow:
                 non_retryable=True,
             )
 
-    @workflow.query(name="runs")
+    @workflow.query(name=InferenceQuery.RUNS)
     def runs(self) -> list[InferenceRun]:
         """The earlier runs of this inference (it continued as new), oldest first."""
         return self._runs

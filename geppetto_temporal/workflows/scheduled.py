@@ -31,9 +31,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from geppetto_temporal.errors import ErrorType
-    from geppetto_temporal.turns import InferenceStatus
-    from geppetto_temporal.workflows._schedule_models import (
+    from geppetto_temporal.contract import (
         AWAIT_PROMPT_ACTIVITY,
         DELIVER_PROMPT_ACTIVITY,
         SCHEDULED_PROMPT_FAILED,
@@ -47,6 +45,8 @@ with workflow.unsafe.imports_passed_through():
         fresh_session_id,
         scheduled_prompt_key,
     )
+    from geppetto_temporal.errors import ErrorType
+    from geppetto_temporal.turns import InferenceStatus
 
 #: Set by the server on every workflow a schedule starts.
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")

@@ -19,12 +19,7 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError
 with workflow.unsafe.imports_passed_through():
     from geppetto_temporal import search
     from geppetto_temporal._inputs import REPLY_ROOM, prompt_size, session_full_message
-    from geppetto_temporal.engines._output import OutputSpec
-    from geppetto_temporal.engines._spec import EngineSpec
-    from geppetto_temporal.errors import ErrorType
-    from geppetto_temporal.search import SessionSearchStatus
-    from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, user_block
-    from geppetto_temporal.workflows._models import (
+    from geppetto_temporal.contract import (
         CARRY_LIMIT_PATCH,
         INFERENCE_FEATURES,
         PREFIX_BY_REFERENCE,
@@ -39,9 +34,12 @@ with workflow.unsafe.imports_passed_through():
         QueuedPrompt,
         SessionInput,
         SessionPhase,
+        SessionQuery,
+        SessionSignal,
         SessionStatus,
         SessionSummary,
         SessionTranscript,
+        SessionUpdate,
         StartInferenceRequest,
         StartInferenceResponse,
         SubmitPromptRequest,
@@ -49,6 +47,11 @@ with workflow.unsafe.imports_passed_through():
         TurnRecord,
         inference_workflow_id,
     )
+    from geppetto_temporal.engines._output import OutputSpec
+    from geppetto_temporal.engines._spec import EngineSpec
+    from geppetto_temporal.errors import ErrorType
+    from geppetto_temporal.search import SessionSearchStatus
+    from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, user_block
     from geppetto_temporal.workflows.inference import InferenceWorkflow
 
 #: How many idempotency keys a session remembers for de-duplicating `submit_prompt`.
@@ -103,7 +106,7 @@ class SessionWorkflow:
 
     # ---- queries -------------------------------------------------------
 
-    @workflow.query(name="status")
+    @workflow.query(name=SessionQuery.STATUS)
     def status(self) -> SessionStatus:
         """Phase, active inference, queue depth, turn count and usage."""
         if self._active is not None:
@@ -123,17 +126,17 @@ class SessionWorkflow:
             model=self._engine.model,
         )
 
-    @workflow.query(name="is_running")
+    @workflow.query(name=SessionQuery.IS_RUNNING)
     def is_running(self) -> bool:
         """Whether an inference is running."""
         return self._active is not None
 
-    @workflow.query(name="transcript")
+    @workflow.query(name=SessionQuery.TRANSCRIPT)
     def transcript(self) -> SessionTranscript:
         """All blocks and turn boundaries (turn i is `blocks[:turns[i].end]`)."""
         return SessionTranscript(blocks=self._state.blocks, turns=self._state.turns)
 
-    @workflow.query(name="turn")
+    @workflow.query(name=SessionQuery.TURN)
     def turn(self, inference_id: str) -> TurnLookup:
         """The turn of an inference, once its result is recorded (`recorded` is False before)."""
         active = self._active
@@ -151,7 +154,7 @@ class SessionWorkflow:
                 )
         return TurnLookup(recorded=False)
 
-    @workflow.query(name="prompt_by_key")
+    @workflow.query(name=SessionQuery.PROMPT_BY_KEY)
     def prompt_by_key(self, idempotency_key: str) -> PromptLookup:
         """What became of the prompt submitted with this idempotency key: queued, or its turn."""
         index = self._state.prompt_turns.get(idempotency_key)
@@ -168,19 +171,19 @@ class SessionWorkflow:
             received=queued or idempotency_key in self._state.seen_keys, queued=queued
         )
 
-    @workflow.query(name="blocks")
+    @workflow.query(name=SessionQuery.BLOCKS)
     def blocks(self, block_range: BlockRange) -> list[Block]:
         """A slice of the session's blocks (append-only, so a slice never changes)."""
         return self._state.blocks[block_range.start : block_range.end]
 
-    @workflow.query(name="engine")
+    @workflow.query(name=SessionQuery.ENGINE)
     def engine(self) -> EngineSpec:
         """The engine the next prompt will use."""
         return self._engine
 
     # ---- updates and signals --------------------------------------------
 
-    @workflow.update(name="start_inference")
+    @workflow.update(name=SessionUpdate.START_INFERENCE)
     async def start_inference(self, request: StartInferenceRequest) -> StartInferenceResponse:
         """Start an inference for this prompt now; rejected if busy, closed or empty."""
         active = self._active
@@ -249,7 +252,7 @@ class SessionWorkflow:
                 non_retryable=True,
             )
 
-    @workflow.signal(name="submit_prompt")
+    @workflow.signal(name=SessionSignal.SUBMIT_PROMPT)
     def submit_prompt(self, request: SubmitPromptRequest) -> None:
         """Queue a prompt; it runs as soon as the session is idle. Duplicate idempotency keys are ignored."""
         key = request.idempotency_key
@@ -276,7 +279,7 @@ class SessionWorkflow:
             )
         )
 
-    @workflow.signal(name="cancel_inference")
+    @workflow.signal(name=SessionSignal.CANCEL_INFERENCE)
     async def cancel_inference(self, request: CancelInferenceRequest) -> None:
         """Cancel the running inference (or only the named one); a no-op when none runs."""
         active = self._active
@@ -288,7 +291,7 @@ class SessionWorkflow:
         if active.started:
             await self._cancel_child(active.inference_id)
 
-    @workflow.update(name="close")
+    @workflow.update(name=SessionUpdate.CLOSE)
     async def close(self, request: CloseRequest) -> SessionSummary:
         """Stop taking prompts; queued prompts still run unless `cancel_active` is set."""
         self._state.closing = True

@@ -50,11 +50,11 @@ from geppetto_temporal import (
     search,
     tool,
 )
+from geppetto_temporal.contract import inference_workflow_id
 from geppetto_temporal.devserver import find_temporal_binary, unused_port
 from geppetto_temporal.mcp import McpServer
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import calculate, current_time, get_weather
-from geppetto_temporal.workflows._models import inference_workflow_id
 from tests.scripts import LOOPING, STORY_RULE, calls_then_answer, faulty
 
 HISTORIES_DIR = Path(__file__).resolve().parent

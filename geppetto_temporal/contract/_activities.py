@@ -8,15 +8,11 @@ from pydantic import Field
 from temporalio import activity
 
 from geppetto_temporal._wire import WireModel
+from geppetto_temporal.contract._workflows import InferenceRun, session_id_of
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.mcp._models import McpToolDef
 from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
 from geppetto_temporal.turns import Block, Usage
-from geppetto_temporal.workflows._models import InferenceRun, session_id_of
-
-LLM_STEP_ACTIVITY = "geppetto.llm_step"
-TOOL_CALL_ACTIVITY = "geppetto.tool_call"
-INFERENCE_BLOCKS_ACTIVITY = "geppetto.inference_blocks"
 
 
 class LLMStepInput(WireModel):

@@ -8,9 +8,6 @@ from geppetto_temporal._wire import WireModel
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.turns import InferenceStatus, Usage
 
-SCHEDULED_PROMPT_WORKFLOW = "geppetto.ScheduledPrompt"
-DELIVER_PROMPT_ACTIVITY = "geppetto.deliver_scheduled_prompt"
-AWAIT_PROMPT_ACTIVITY = "geppetto.await_scheduled_prompt"
 #: `ApplicationError.type` of a scheduled run whose inference did not complete.
 SCHEDULED_PROMPT_FAILED = "ScheduledPromptFailed"
 

@@ -14,10 +14,6 @@ from geppetto_temporal.engines._output import OutputSpec
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, Usage
 
-SESSION_WORKFLOW = "geppetto.Session"
-INFERENCE_WORKFLOW = "geppetto.Inference"
-DEFAULT_TASK_QUEUE = "geppetto"
-
 #: Patch id: inferences reference the conversation prefix instead of carrying it (v0.2).
 PREFIX_BY_REFERENCE = "prefix-by-reference"
 #: Patch id: the session keeps its search attributes (`geppetto_temporal.search`) current (v0.3).
