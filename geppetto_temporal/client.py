@@ -56,6 +56,7 @@ from geppetto_temporal.contract import (
     InferenceResult,
     InferenceUpdate,
     PendingApproval,
+    PromptLookup,
     SessionInput,
     SessionQuery,
     SessionSignal,
@@ -124,6 +125,16 @@ def _update_id() -> str:
 def _has_external_storage(client: Client) -> bool:
     """Whether this client keeps large payloads outside history (and so, its workers too)."""
     return client.data_converter.external_storage is not None
+
+
+async def fetch_blocks(
+    client: Client, workflow_id: str, start: int, end: int, *, run_id: str | None = None
+) -> list[Block]:
+    """Blocks `start:end` of a session's or an inference's block list (both answer `blocks`)."""
+    blocks: list[Block] = await client.get_workflow_handle(workflow_id, run_id=run_id).query(
+        SessionQuery.BLOCKS, BlockRange(start=start, end=end), result_type=list[Block]
+    )
+    return blocks
 
 
 def new_session_id() -> str:
@@ -387,15 +398,9 @@ class ExecutionHandle:
         # time), the prompt, and what the inference added. Built here, it is
         # ready when the child ends, with no read of the whole turn back.
         conversation = self._session._conversation if self._session else KnownBlocks()
-        session = self.client.get_workflow_handle(self.session_id)
 
         async def read(start: int, end: int) -> list[Block]:
-            blocks: list[Block] = await session.query(
-                SessionQuery.BLOCKS,
-                BlockRange(start=start, end=end),
-                result_type=list[Block],
-            )
-            return blocks
+            return await fetch_blocks(self.client, self.session_id, start, end)
 
         prefix = await conversation.up_to(started.prefix_end or 0, started.prefix_last_id, read)
         recorded = TurnMetadata(
@@ -688,6 +693,60 @@ class Session:
         return session
 
     @classmethod
+    async def deliver(
+        cls,
+        client: Client,
+        session_id: str,
+        prompt: str,
+        *,
+        engine: EngineLike,
+        task_queue: str = DEFAULT_TASK_QUEUE,
+        idempotency_key: str | None = None,
+        source: str | None = None,
+        switch_engine: bool = False,
+    ) -> Session:
+        """Submit `prompt` to the session, starting it on `engine` if it does not exist
+        (signal-with-start: one call, whichever is the case).
+
+        An existing session keeps its engine unless `switch_engine`. `source` names the
+        sender (a schedule). A closed session raises `SessionClosedError`.
+        """
+        spec = _to_spec(engine)
+        request = SubmitPromptRequest(
+            prompt=prompt,
+            idempotency_key=idempotency_key,
+            engine=spec if switch_engine else None,
+            source=source,
+        )
+        # Decided as `create` decides: a session that upserts search attributes the
+        # namespace lacks fails every workflow task (BadSearchAttributes), for good.
+        indexed = await search.use_search_attributes(client)
+        try:
+            await client.start_workflow(
+                SESSION_WORKFLOW,
+                SessionInput(
+                    engine=spec,
+                    search_attributes=indexed,
+                    features=list(SESSION_FEATURES),
+                    payload_limit=None if _has_external_storage(client) else SESSION_CARRY_LIMIT,
+                ),
+                id=session_id,
+                task_queue=task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                start_signal=SessionSignal.SUBMIT_PROMPT,
+                start_signal_args=[request],
+                static_summary=f"geppetto session, started on {spec.spec_string}"
+                + (f" (schedule {source})" if source else ""),
+            )
+        except WorkflowAlreadyStartedError as err:
+            # Signal-with-start only fails this way when the session exists and is closed.
+            raise SessionClosedError(
+                f"session {session_id} is closed; it cannot take the prompt",
+                session_id=session_id,
+            ) from err
+        return cls(client, session_id)
+
+    @classmethod
     async def _create_with_legacy_id(
         cls, client: Client, session_id: str, reuse_existing: bool
     ) -> Session:
@@ -960,20 +1019,27 @@ class Session:
         except RPCError as err:
             raise await self._map_rpc_error(err) from err
 
-    async def cancel_active(self) -> None:
-        """Cancel the running inference, if any; idempotent."""
+    async def cancel_active(self, *, inference_id: str | None = None) -> None:
+        """Cancel the running inference, if any (only if it is `inference_id`, when given);
+        idempotent."""
         await self._ensure_started()
         try:
-            await self._handle.signal(SessionSignal.CANCEL_INFERENCE, CancelInferenceRequest())
+            await self._handle.signal(
+                SessionSignal.CANCEL_INFERENCE, CancelInferenceRequest(inference_id=inference_id)
+            )
         except RPCError as err:
             raise await self._map_rpc_error(err) from err
 
-    async def status(self) -> SessionStatus:
-        """Phase, active inference, queue depth, turn count and usage."""
+    async def status(self, *, rpc_timeout: timedelta | None = None) -> SessionStatus:
+        """Phase, active inference, queue depth, turn count and usage.
+
+        A query needs a worker: `rpc_timeout` bounds the wait for one (a `SessionError`
+        after it); `geppetto_temporal.offline` reads a session without any.
+        """
         await self._ensure_started()
         try:
             status: SessionStatus = await self._handle.query(
-                SessionQuery.STATUS, result_type=SessionStatus
+                SessionQuery.STATUS, result_type=SessionStatus, rpc_timeout=rpc_timeout
             )
             return status
         except RPCError as err:
@@ -993,6 +1059,18 @@ class Session:
         await self._ensure_started()
         spec: EngineSpec = await self._handle.query(SessionQuery.ENGINE, result_type=EngineSpec)
         return spec
+
+    async def prompt_by_key(self, idempotency_key: str) -> PromptLookup:
+        """What became of the prompt submitted with `idempotency_key`: not received,
+        queued, running or run (its inference id), or recorded without running."""
+        await self._ensure_started()
+        try:
+            lookup: PromptLookup = await self._handle.query(
+                SessionQuery.PROMPT_BY_KEY, idempotency_key, result_type=PromptLookup
+            )
+            return lookup
+        except RPCError as err:
+            raise await self._map_rpc_error(err) from err
 
     async def transcript(self) -> SessionTranscript:
         """The session's blocks and turn boundaries, in one query."""

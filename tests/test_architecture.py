@@ -109,3 +109,100 @@ def test_no_import_cycle_in_the_package() -> None:
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+#: The client: the only modules that send geppetto's workflows queries, updates and
+#: signals (`Session`, `ExecutionHandle`, their event streams, and the views that read a
+#: session when no worker answers). The CLI, chat, dashboard, scheduler and activities
+#: go through them.
+CLIENT_MODULES = {
+    "geppetto_temporal.client",
+    "geppetto_temporal._subscribe",
+    "geppetto_temporal.offline",
+}
+HANDLER_CALLS = {
+    "query",
+    "signal",
+    "execute_update",
+    "start_update",
+    "execute_update_with_start_workflow",
+}
+
+
+def _calls(tree: ast.AST) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+
+
+def _is_handler_call(call: ast.Call) -> bool:
+    func = call.func
+    # `workflow.query(...)` and friends are decorators inside the workflows, and
+    # `signal.signal(...)` is the standard library's: neither talks to a workflow.
+    return (
+        isinstance(func, ast.Attribute)
+        and func.attr in HANDLER_CALLS
+        and not (isinstance(func.value, ast.Name) and func.value.id in ("workflow", "signal"))
+    )
+
+
+def test_only_the_client_talks_to_the_workflows() -> None:
+    offenders = []
+    for name, path in _modules().items():
+        if name in CLIENT_MODULES or name.startswith(("geppetto_temporal.workflows",)):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        offenders += [f"{name}:{c.lineno}" for c in _calls(tree) if _is_handler_call(c)]
+        offenders += [
+            f"{name}:{c.lineno}"
+            for c in _calls(tree)
+            if any(k.arg == "start_signal" for k in c.keywords)
+            and name != "geppetto_temporal.client"
+        ]
+    assert offenders == []
+
+
+def test_handler_names_are_written_once_in_the_contract() -> None:
+    from temporalio.workflow import _Definition
+
+    from geppetto_temporal.contract import (
+        InferenceQuery,
+        InferenceUpdate,
+        SessionQuery,
+        SessionSignal,
+        SessionUpdate,
+    )
+    from geppetto_temporal.workflows import InferenceWorkflow, SessionWorkflow
+
+    session = _Definition.from_class(SessionWorkflow)
+    inference = _Definition.from_class(InferenceWorkflow)
+    assert session is not None and inference is not None
+    # Every handler the workflows define is a member of the contract, and every member
+    # is a handler: the two cannot drift apart.
+    assert set(session.queries) == set(SessionQuery)
+    assert set(session.updates) == set(SessionUpdate)
+    assert set(session.signals) == set(SessionSignal)
+    assert set(inference.queries) == set(InferenceQuery)
+    assert set(inference.updates) == set(InferenceUpdate)
+    # Nowhere in the package is a handler named by a string literal.
+    literals = []
+    for name, path in _modules().items():
+        for call in _calls(ast.parse(path.read_text(encoding="utf-8"))):
+            named = [
+                *call.args[:1],
+                *(k.value for k in call.keywords if k.arg in ("name", "start_signal")),
+            ]
+            if (
+                _is_handler_call(call)
+                or (
+                    isinstance(call.func, ast.Attribute)
+                    and call.func.attr in ("query", "update", "signal")
+                    and isinstance(call.func.value, ast.Name)
+                    and call.func.value.id == "workflow"
+                )
+                or any(k.arg == "start_signal" for k in call.keywords)
+            ):
+                literals += [
+                    f"{name}:{call.lineno}"
+                    for arg in named
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+                ]
+    assert literals == []

@@ -17,19 +17,18 @@ from geppetto_temporal.activities._context import ContextKeeper
 from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
 from geppetto_temporal.activities._heartbeat import Heartbeat, heartbeating
 from geppetto_temporal.activities._logging import install_expected_failure_filter
+from geppetto_temporal.client import fetch_blocks
 from geppetto_temporal.context import estimate_text_tokens
 from geppetto_temporal.contract import (
     INFERENCE_BLOCKS_ACTIVITY,
     LLM_STEP_ACTIVITY,
     MCP_TOOLS_ACTIVITY,
     TOOL_CALL_ACTIVITY,
-    BlockRange,
     InferenceBlocks,
     InferenceBlocksInput,
     InferenceRun,
     LLMStepInput,
     LLMStepResult,
-    SessionQuery,
     ToolCallInput,
     ToolCallResult,
     previous_inference_id,
@@ -124,14 +123,7 @@ class InferenceActivities:
     ) -> list[Block]:
         """Blocks `start:end` of a session's or an inference's block list (`blocks` query)."""
         try:
-            blocks: list[Block] = (
-                await activity.client()
-                .get_workflow_handle(workflow_id, run_id=run_id)
-                # Sessions and inferences both answer `blocks`.
-                .query(
-                    SessionQuery.BLOCKS, BlockRange(start=start, end=end), result_type=list[Block]
-                )
-            )
+            blocks = await fetch_blocks(activity.client(), workflow_id, start, end, run_id=run_id)
         except Exception as err:
             raise ApplicationError(
                 f"could not read the conversation of {workflow_id}: {err}",

@@ -9,30 +9,20 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import WorkflowFailureError
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 
-from geppetto_temporal import search
-from geppetto_temporal._inputs import SESSION_CARRY_LIMIT
 from geppetto_temporal.activities._heartbeat import heartbeating
+from geppetto_temporal.client import Session
 from geppetto_temporal.contract import (
     AWAIT_PROMPT_ACTIVITY,
     DELIVER_PROMPT_ACTIVITY,
-    SESSION_FEATURES,
-    SESSION_WORKFLOW,
     AwaitPromptInput,
-    CancelInferenceRequest,
     DeliverPromptInput,
     DeliverPromptResult,
     InferenceResult,
-    PromptLookup,
     PromptOutcome,
-    SessionInput,
-    SessionQuery,
-    SessionSignal,
-    SubmitPromptRequest,
 )
-from geppetto_temporal.errors import ErrorType
+from geppetto_temporal.errors import ErrorType, SessionClosedError
 from geppetto_temporal.turns import BlockKind, InferenceStatus
 
 #: How often the await activity asks the session whether a queued prompt has started.
@@ -42,39 +32,18 @@ POLL_INTERVAL_SECONDS = (0.05, 1.0)
 @activity.defn(name=DELIVER_PROMPT_ACTIVITY)
 async def deliver_scheduled_prompt(input: DeliverPromptInput) -> DeliverPromptResult:
     """Signal-with-start: the session is created with the schedule's engine if it does not exist."""
-    request = SubmitPromptRequest(
-        prompt=input.prompt,
-        idempotency_key=input.idempotency_key,
-        engine=input.engine if input.switch_engine else None,
-        source=input.schedule,
-    )
-    client = activity.client()
-    # Decided as `Session.create` decides: a session that upserts search attributes the
-    # namespace lacks fails every workflow task (BadSearchAttributes), for good.
-    indexed = await search.use_search_attributes(client)
     try:
-        await client.start_workflow(
-            SESSION_WORKFLOW,
-            SessionInput(
-                engine=input.engine,
-                search_attributes=indexed,
-                features=list(SESSION_FEATURES),
-                # As Session.create: without external storage, never carry over the limit.
-                payload_limit=(
-                    None
-                    if client.data_converter.external_storage is not None
-                    else SESSION_CARRY_LIMIT
-                ),
-            ),
-            id=input.session_id,
+        await Session.deliver(
+            activity.client(),
+            input.session_id,
+            input.prompt,
+            engine=input.engine,
             task_queue=activity.info().task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            start_signal=SessionSignal.SUBMIT_PROMPT,
-            start_signal_args=[request],
-            static_summary=f"geppetto session, started on {input.engine.spec_string} (schedule {input.schedule})",
+            idempotency_key=input.idempotency_key,
+            source=input.schedule,
+            switch_engine=input.switch_engine,
         )
-    except WorkflowAlreadyStartedError as err:
-        # Signal-with-start only fails this way when the session exists and is closed.
+    except SessionClosedError as err:
         raise ApplicationError(
             f"session {input.session_id} is closed; the schedule cannot prompt it",
             type=ErrorType.SESSION_CLOSED,
@@ -87,13 +56,11 @@ async def deliver_scheduled_prompt(input: DeliverPromptInput) -> DeliverPromptRe
 async def await_scheduled_prompt(input: AwaitPromptInput) -> PromptOutcome:
     """Wait until the prompt has left the session's queue, then for its inference's result."""
     client = activity.client()
-    session = client.get_workflow_handle(input.session_id)
+    session = Session.attach(client, input.session_id)
     async with heartbeating():
         delay, max_delay = POLL_INTERVAL_SECONDS
         while True:
-            lookup: PromptLookup = await session.query(
-                SessionQuery.PROMPT_BY_KEY, input.idempotency_key, result_type=PromptLookup
-            )
+            lookup = await session.prompt_by_key(input.idempotency_key)
             if lookup.inference_id is not None:
                 break
             if lookup.status is not None:
@@ -115,10 +82,7 @@ async def await_scheduled_prompt(input: AwaitPromptInput) -> PromptOutcome:
         except asyncio.CancelledError:
             # The run was cancelled (overlap policy cancel-other): take the inference with it.
             with contextlib.suppress(Exception):
-                await session.signal(
-                    SessionSignal.CANCEL_INFERENCE,
-                    CancelInferenceRequest(inference_id=inference_id),
-                )
+                await session.cancel_active(inference_id=inference_id)
             raise
         except WorkflowFailureError as err:
             return PromptOutcome(

@@ -33,8 +33,6 @@ from geppetto_temporal._render import format_call, format_cost
 from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.contract import (
     INFERENCE_WORKFLOW,
-    CancelInferenceRequest,
-    SessionSignal,
     SessionStatus,
     SessionSummary,
     SessionTranscript,
@@ -719,9 +717,7 @@ def create_app(
                 if active is None:
                     code = "cancel-idle"
                 else:
-                    await session.workflow_handle.signal(
-                        SessionSignal.CANCEL_INFERENCE, CancelInferenceRequest()
-                    )
+                    await session.cancel_active()
                     code, detail["inference_id"] = "cancel-requested", active
             else:
                 cancel_active = form.get("cancel_active") in ("1", "on", "true")

@@ -17,7 +17,9 @@ from typing import Any
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from geppetto_temporal.contract import SESSION_WORKFLOW, SessionQuery, SessionStatus
+from geppetto_temporal.client import Session
+from geppetto_temporal.contract import SESSION_WORKFLOW
+from geppetto_temporal.errors import SessionError
 from geppetto_temporal.offline import workers_of
 from geppetto_temporal.schedules import ScheduleInfo, list_schedules
 from geppetto_temporal.search import SessionSearchStatus, search_attributes_registered
@@ -168,14 +170,13 @@ async def _row_from_execution(
     if execution.status != WorkflowExecutionStatus.RUNNING:
         return row
     row.status = "open"
-    handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
     try:
         async with limit:
-            status: SessionStatus = await handle.query(
-                SessionQuery.STATUS, result_type=SessionStatus, rpc_timeout=STATUS_QUERY_TIMEOUT
+            status = await Session.attach(client, execution.id).status(
+                rpc_timeout=STATUS_QUERY_TIMEOUT
             )
-    except (TimeoutError, RPCError) as err:
-        row.note = f"no answer to the status query ({getattr(err, 'message', '') or err!r})"
+    except (TimeoutError, SessionError) as err:
+        row.note = f"no answer to the status query ({err})"
         return row
     # Same vocabulary as the GeppettoStatus search attribute: closing counts as closed.
     row.status = "closed" if status.phase.value == "closing" else status.phase.value
@@ -254,10 +255,10 @@ async def _complete_open_rows(client: Client, rows: list[SessionRow]) -> None:
     async def queued(row: SessionRow) -> None:
         try:
             async with semaphore:
-                status: SessionStatus = await client.get_workflow_handle(row.session_id).query(
-                    SessionQuery.STATUS, result_type=SessionStatus, rpc_timeout=STATUS_QUERY_TIMEOUT
+                status = await Session.attach(client, row.session_id).status(
+                    rpc_timeout=STATUS_QUERY_TIMEOUT
                 )
-        except (TimeoutError, RPCError):
+        except (TimeoutError, SessionError):
             return
         row.queued_prompts = status.queued_prompts
         row.active_inference_id = status.active_inference_id
