@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         ToolCallInput,
         ToolCallResult,
     )
+    from geppetto_temporal import search
     from geppetto_temporal.engines._output import OUTPUT_INVALID, retry_block
     from geppetto_temporal.engines._spec import AgentTool, EngineSpec
     from geppetto_temporal.errors import ErrorType
@@ -80,6 +81,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from geppetto_temporal.workflows._models import (
         INFERENCE_CONTINUE_AS_NEW_PATCH,
+        INFERENCE_SEARCH_ATTRIBUTES,
         INFERENCE_WORKFLOW,
         LIVE_DELTAS,
         TYPED_OUTPUT_PATCH,
@@ -463,6 +465,7 @@ class InferenceWorkflow:
             error = "cancelled"
         self._status = status
         self._emit(InferenceFinishedEvent(status=status, error=error), usage=usage)
+        self._index(spec, status, usage)
         # The ids are left to the session (and the client) to fill in: the result
         # is stored twice, in this history and in the session's.
         metadata = input.turn.metadata.model_copy(
@@ -482,6 +485,26 @@ class InferenceWorkflow:
             iterations=self._iterations,
             approved_tools=self._remembered,
         )
+
+    def _index(self, spec: EngineSpec, status: InferenceStatus, usage: Usage) -> None:
+        """Upsert the outcome, usage and end time: one history event, as the inference ends.
+
+        Only an inference whose session gave it `INFERENCE_SEARCH_ATTRIBUTES` (the
+        namespace has them registered) does it, so a history recorded without that
+        feature replays as it ran. The model is the engine's, as the session indexes it.
+        """
+        if INFERENCE_SEARCH_ATTRIBUTES not in self._input.features:
+            return
+        wanted = search.inference_search_attributes(
+            status=status.value,
+            provider=spec.provider,
+            model=spec.model,
+            now=workflow.now(),
+            usage=usage,
+        )
+        updates = search.changed_updates(workflow.info().typed_search_attributes, wanted)
+        if updates:
+            workflow.upsert_search_attributes(updates)
 
     def _typed_output_path(self) -> bool:
         """Whether a failed typed-output answer is handled (retry or failure), not completed.
