@@ -163,6 +163,7 @@ def _run(
         # for every failed attempt; the command reports the outcome itself.
         logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
         logging.getLogger("temporalio.workflow").setLevel(logging.ERROR)
+        logging.getLogger("geppetto_temporal.worker").setLevel(logging.ERROR)
         # A missing codec key fails the session's workflow tasks; the command says so.
         logging.getLogger("temporalio.worker._workflow").addFilter(_drop_codec_errors)
     try:
@@ -455,6 +456,8 @@ def worker(
         live = _live_options(live_address, live_url, no_live)
     if otel:
         os.environ["GEPPETTO_OTEL"] = "1"
+    # What it drains when it stops, and each retry it takes (docs/operators.md).
+    logging.getLogger("geppetto_temporal.worker").setLevel(logging.INFO)
     # SIGTERM is how service managers stop a worker: a clean stop, exit 0.
     _run(
         _serve_worker(registry, endpoints, task_queue, metrics, live),

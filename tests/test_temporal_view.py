@@ -89,7 +89,9 @@ async def test_inferences_are_filterable_by_outcome(
     attrs = cancelled.typed_search_attributes
     assert attrs.get(search.MODEL) == "scripted" and attrs.get(search.PROVIDER) == "openai"
     # What it streamed before the cut is counted (estimated), as in the turn.
-    assert attrs.get(search.OUTPUT_TOKENS) == (await session.turns())[0].metadata.usage.output_tokens
+    assert (
+        attrs.get(search.OUTPUT_TOKENS) == (await session.turns())[0].metadata.usage.output_tokens
+    )
     assert (attrs.get(search.OUTPUT_TOKENS) or 0) > 0
     [completed] = await eventually(
         lambda: _inferences(client, f"{mine} AND GeppettoStatus = 'completed'"),

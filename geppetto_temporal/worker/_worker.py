@@ -26,6 +26,7 @@ from geppetto_temporal.observability import (
 from geppetto_temporal.pricing import price_table
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import Tool
+from geppetto_temporal.worker._oplog import ActivityLedger, OpLogInterceptor, OpLogWorker
 from geppetto_temporal.workflows._models import DEFAULT_TASK_QUEUE
 from geppetto_temporal.workflows.inference import InferenceWorkflow
 from geppetto_temporal.workflows.scheduled import ScheduledPromptWorkflow
@@ -57,7 +58,7 @@ def workflow_runner(*, sandboxed: bool = True) -> WorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
-class _LiveWorker(Worker):
+class _LiveWorker(OpLogWorker):
     """A worker that serves its LLM steps' live deltas for as long as it runs."""
 
     def __init__(self, *args: Any, live_server: LiveServer, **kwargs: Any) -> None:
@@ -110,6 +111,9 @@ def create_worker(
     `live_address` (HOST:PORT, default `$GEPPETTO_LIVE_ADDRESS` or 127.0.0.1 on a
     free port) and tells them `live_url` (default `$GEPPETTO_LIVE_URL` or the bound
     address). `live=False` serves nothing: readers then get the durable stream only.
+
+    It logs (`geppetto_temporal.worker`) what it drains when it stops and each retry
+    attempt it starts, with why the attempt before ended (see `_oplog`).
     """
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
     # Load the price table (and $GEPPETTO_PRICES) now: a bad file fails here, not in every LLM call.
@@ -139,6 +143,8 @@ def create_worker(
     ):
         interceptors.insert(0, tracing_interceptor())
     interceptors.append(ObservabilityInterceptor())
+    ledger = ActivityLedger()
+    interceptors.append(OpLogInterceptor(ledger))
     options["interceptors"] = interceptors
     options.update(
         task_queue=task_queue,
@@ -152,8 +158,8 @@ def create_worker(
         **options,
     )
     if hub is None:
-        return Worker(client, **options)
+        return OpLogWorker(client, ledger=ledger, **options)
     # Read now: a malformed address fails here, not when the worker starts.
     config = LiveConfig.from_env(live_address, live_url)
     parse_address(config.address)
-    return _LiveWorker(client, live_server=LiveServer(hub, config), **options)
+    return _LiveWorker(client, live_server=LiveServer(hub, config), ledger=ledger, **options)

@@ -27,6 +27,7 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    from geppetto_temporal import search
     from geppetto_temporal.activities._models import (
         INFERENCE_BLOCKS_ACTIVITY,
         LLM_STEP_ACTIVITY,
@@ -36,7 +37,6 @@ with workflow.unsafe.imports_passed_through():
         ToolCallInput,
         ToolCallResult,
     )
-    from geppetto_temporal import search
     from geppetto_temporal.engines._output import OUTPUT_INVALID, retry_block
     from geppetto_temporal.engines._spec import AgentTool, EngineSpec
     from geppetto_temporal.errors import ErrorType
