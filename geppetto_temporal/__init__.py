@@ -28,6 +28,7 @@ from geppetto_temporal.errors import (
     SessionClosedError,
     SessionError,
     SessionNotFoundError,
+    WorkerUnavailableError,
 )
 from geppetto_temporal.sessions import SessionInfo, describe_session, list_sessions
 from geppetto_temporal.shutdown import run, shutdown_temporal_runtime
@@ -83,6 +84,7 @@ __all__ = [
     "Turn",
     "TurnMetadata",
     "Usage",
+    "WorkerUnavailableError",
     "connect",
     "create_worker",
     "data_converter",

@@ -101,7 +101,7 @@ class _ActivityOpLog(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
         what = describe_activity(
-            info.activity_type, input.args[0] if input.args else None, info.workflow_id
+            info.activity_type, input.args[0] if input.args else None, info.workflow_id or "?"
         )
         if info.attempt > 1:
             reason = await _previous_failure(info)
@@ -126,7 +126,7 @@ class _ActivityOpLog(ActivityInboundInterceptor):
 
 async def _previous_failure(info: activity.Info) -> str | None:
     """Why the previous attempt ended, as Temporal recorded it (None if it cannot tell)."""
-    if info.is_local:
+    if info.is_local or not info.workflow_id:
         return None  # local activities are retried inside the workflow task: no record
     try:
         handle = activity.client().get_workflow_handle(
