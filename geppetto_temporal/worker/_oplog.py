@@ -11,8 +11,10 @@ replies, tool arguments) ever goes into them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -68,6 +70,7 @@ class ActivityLedger:
     """The activities this worker runs now, for its shutdown lines."""
 
     running: dict[int, _Running] = field(default_factory=dict)
+    keys: Iterator[int] = field(default_factory=itertools.count)
     #: Set when shutdown begins: activities that end after it without a result.
     stopping: bool = False
     handed_back: int = 0
@@ -111,7 +114,7 @@ class _ActivityOpLog(ActivityInboundInterceptor):
                 info.attempt,
                 f" (attempt {info.attempt - 1}: {reason})" if reason else "",
             )
-        key = id(asyncio.current_task())
+        key = next(self._ledger.keys)
         self._ledger.running[key] = _Running(what, info.attempt, time.monotonic())
         ok = False
         try:
