@@ -48,6 +48,8 @@ _FINAL_STATUSES = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
 #: One attempt's own bound: a worker that has just died leaves a query unanswered rather
 #: than refused (Temporal refuses at once only when no worker has polled for a while).
 _QUERY_RPC_TIMEOUT = 10.0
+#: The same for a closed run, which answers by being replayed on a worker: longer.
+_CLOSED_RUN_RPC_TIMEOUT = 60.0
 #: A reader whose queries no worker has answered for this long says so (an `info` event,
 #: `data.notice` = `WORKER_WAIT`), and again every `WAIT_NOTICE_EVERY` seconds it waits.
 WAIT_NOTICE_AFTER = 3.0
@@ -70,10 +72,12 @@ async def _ask(
     *args: Any,
     result_type: type[T],
     limit: timedelta | None = WORKER_WAIT_LIMIT,
+    attempt_timeout: float = _QUERY_RPC_TIMEOUT,
 ) -> T:
     """A query, asked again while no worker answers it, for at most `limit` (None: forever).
 
-    Raises `WorkerUnavailableError` once `limit` has passed without an answer.
+    Each attempt waits at most `attempt_timeout` seconds. Raises `WorkerUnavailableError`
+    once `limit` has passed without an answer.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -81,7 +85,7 @@ async def _ask(
     attempt = 0
     while True:
         left = None if bound is None else bound - (loop.time() - started)
-        timeout = _QUERY_RPC_TIMEOUT if left is None else max(min(_QUERY_RPC_TIMEOUT, left), 0.5)
+        timeout = attempt_timeout if left is None else max(min(attempt_timeout, left), 0.5)
         try:
             result: T = await handle.query(
                 query, *args, result_type=result_type, rpc_timeout=timedelta(seconds=timeout)
@@ -110,7 +114,7 @@ async def _ask(
             await asyncio.sleep(delay)
 
 
-async def _answered(task: asyncio.Future[Any]) -> AsyncIterator[WorkerWait]:
+async def _answered(task: asyncio.Future[Any]) -> AsyncGenerator[WorkerWait]:
     """Notices while `task` (an `_ask`) waits for a worker; `task` is done when this ends.
 
     Nothing while it answers within `WAIT_NOTICE_AFTER`; then one notice every
@@ -135,7 +139,11 @@ async def _answered(task: asyncio.Future[Any]) -> AsyncIterator[WorkerWait]:
 
 
 async def _poll(
-    handle: WorkflowHandle[Any, Any], offset: int, topic: str, limit: timedelta | None
+    handle: WorkflowHandle[Any, Any],
+    offset: int,
+    topic: str,
+    limit: timedelta | None,
+    attempt_timeout: float = _QUERY_RPC_TIMEOUT,
 ) -> PollResult:
     """One poll of the stream from `offset`."""
     return await _ask(
@@ -144,6 +152,7 @@ async def _poll(
         PollInput(topics=[topic], from_offset=offset),
         result_type=PollResult,
         limit=limit,
+        attempt_timeout=attempt_timeout,
     )
 
 
@@ -163,8 +172,9 @@ async def _stream_items(
     offset = 0
     while True:
         poll = asyncio.ensure_future(_poll(handle, offset, topic, limit))
-        async for notice in _answered(poll):
-            yield notice
+        async with contextlib.aclosing(_answered(poll)) as notices:
+            async for notice in notices:
+                yield notice
         result = poll.result()
         first = result.items[0].offset if result.items else result.next_offset
         if first > offset:
@@ -201,8 +211,9 @@ async def _earlier_items(
             limit=limit,
         )
     )
-    async for notice in _answered(asked):
-        yield notice
+    async with contextlib.aclosing(_answered(asked)) as notices:
+        async for notice in notices:
+            yield notice
     runs: list[InferenceRun] = asked.result()
     converter = client.data_converter.payload_converter
     for run in runs:
@@ -210,9 +221,12 @@ async def _earlier_items(
         stop = min(end, run.stream_end)
         handle = client.get_workflow_handle(workflow_id, run_id=run.run_id)
         while offset < stop:
-            poll = asyncio.ensure_future(_poll(handle, offset, topic, limit))
-            async for notice in _answered(poll):
-                yield notice
+            poll = asyncio.ensure_future(
+                _poll(handle, offset, topic, limit, attempt_timeout=_CLOSED_RUN_RPC_TIMEOUT)
+            )
+            async with contextlib.aclosing(_answered(poll)) as notices:
+                async for notice in notices:
+                    yield notice
             result = poll.result()
             for item in result.items:
                 if item.offset < stop:
