@@ -6,6 +6,11 @@ against the tests' dev server) and the dashboard's session page (in Chromium) an
 the session's history: the same transcript and numbers the session's own queries gave
 while it ran, and a clear line that no worker answers on that task queue. `geppetto
 sessions close` says the close is pending, and the close applies once a worker is back.
+
+The live view, with its worker SIGKILLed mid-reply: the reader (`handle.events()`, the
+dashboard's relay, what `geppetto run` prints) says it waits for a worker, then that one
+answered, and goes on to the end of the reply; a reader with a bounded wait gives up with
+`WorkerUnavailableError` instead of retrying forever.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from geppetto_temporal import EngineBuilder, Session, WorkerUnavailableError
 from geppetto_temporal._render import StreamPrinter
 from geppetto_temporal._subscribe import WORKER_BACK, WORKER_WAIT, follow_inference
 from geppetto_temporal.dashboard import SessionFilter, create_app, list_session_rows
+from geppetto_temporal.dashboard._app import _event_stream
 from geppetto_temporal.events import Event, InferenceFinishedEvent, InfoEvent, PartialEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.workflows._models import SessionStatus
@@ -208,6 +214,14 @@ async def test_live_view_says_it_waits_for_a_worker_then_goes_on(
     handle = await session.start_inference("tell me a story")
     seen: list[Event] = []
     events = handle.events()
+    # The dashboard's live view reads the same way, relayed as server-sent events.
+    relayed: list[str] = []
+
+    async def relay() -> None:
+        async for chunk in _event_stream(handle, 0, 30.0):
+            relayed.append(chunk)
+
+    relaying = asyncio.create_task(relay())
 
     async def until(wanted: Callable[[Event], bool]) -> Event:
         async for event in events:
@@ -264,6 +278,11 @@ async def test_live_view_says_it_waits_for_a_worker_then_goes_on(
     )
     assert isinstance(finished, InferenceFinishedEvent) and finished.status == "completed"
     assert (await handle.wait()).last_text == STORY
+    await within(relaying, 30, "the dashboard's relay to end")
+    data = [json.loads(c.split("data: ", 1)[1]) for c in relayed if c.startswith("id: ")]
+    notices = [d["data"]["notice"] for d in data if d["type"] == "info"]
+    assert notices[0] == WORKER_WAIT and notices[-1] == WORKER_BACK, notices
+    assert relayed[-1].startswith("event: end"), relayed[-3:]
 
     # What `geppetto run` prints of those events (chat prints the same lines).
     out = io.StringIO()
