@@ -22,6 +22,7 @@ from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import Block, PayloadKey
 from tests import toolbox
 from tests.scripts import FAILING, LOOPING, WEATHER_AND_MATH, calls_then_answer
+from tests.waiting import eventually
 
 
 def tool_results(blocks: list[Block]) -> list[dict[str, Any]]:
@@ -177,11 +178,16 @@ async def test_error_handling_retry_retries_the_tool_activity(
     call_id = result[PayloadKey.ID]
     assert toolbox.ATTEMPTS[call_id] == 3
     # The worker says each retry as it starts: the tool, the attempt, why the last one failed.
-    said = [r.getMessage() for r in caplog.records if r.name == "geppetto_temporal.worker"]
-    for attempt in (2, 3):
-        line = f"retrying tool flaky_tool of {handle.inference_id}: attempt {attempt} "
-        [retry] = [m for m in said if m.startswith(line)]
-        assert f"(attempt {attempt - 1}: " in retry and "transient failure" in retry, retry
+    prefix = f"retrying tool flaky_tool of {handle.inference_id}: attempt "
+
+    async def retries() -> list[str]:
+        said = (r.getMessage() for r in caplog.records if r.name == "geppetto_temporal.worker")
+        return sorted(m for m in said if m.startswith(prefix))
+
+    lines = await eventually(retries, lambda found: len(found) == 2, what="two retry lines")
+    for attempt, line in zip((2, 3), lines, strict=True):
+        assert line.startswith(f"{prefix}{attempt} (attempt {attempt - 1}: "), line
+        assert "transient failure" in line, line
 
 
 async def test_local_tools_run_in_the_workflow_task(

@@ -107,13 +107,10 @@ class _ActivityOpLog(ActivityInboundInterceptor):
             info.activity_type, input.args[0] if input.args else None, info.workflow_id or "?"
         )
         if info.attempt > 1:
-            reason = await _previous_failure(info)
-            logger.warning(
-                "retrying %s: attempt %d%s",
-                what,
-                info.attempt,
-                f" (attempt {info.attempt - 1}: {reason})" if reason else "",
-            )
+            # Beside the attempt, not before it: a slow describe must not delay its heartbeats.
+            said = asyncio.create_task(_say_retry(info, what))
+            _SAYING.add(said)
+            said.add_done_callback(_SAYING.discard)
         key = next(self._ledger.keys)
         self._ledger.running[key] = _Running(what, info.attempt, time.monotonic())
         ok = False
@@ -125,6 +122,20 @@ class _ActivityOpLog(ActivityInboundInterceptor):
             self._ledger.running.pop(key, None)
             if self._ledger.stopping and not ok:
                 self._ledger.handed_back += 1
+
+
+#: Retry lines being written (a reference, so the tasks are not collected half-way).
+_SAYING: set[asyncio.Task[None]] = set()
+
+
+async def _say_retry(info: activity.Info, what: str) -> None:
+    reason = await _previous_failure(info)
+    logger.warning(
+        "retrying %s: attempt %d%s",
+        what,
+        info.attempt,
+        f" (attempt {info.attempt - 1}: {reason})" if reason else "",
+    )
 
 
 async def _previous_failure(info: activity.Info) -> str | None:
