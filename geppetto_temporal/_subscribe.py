@@ -52,7 +52,7 @@ _QUERY_RPC_TIMEOUT = 10.0
 _CLOSED_RUN_RPC_TIMEOUT = 60.0
 #: A reader whose queries no worker has answered for this long says so (an `info` event,
 #: `data.notice` = `WORKER_WAIT`), and again every `WAIT_NOTICE_EVERY` seconds it waits.
-WAIT_NOTICE_AFTER = 3.0
+WAIT_NOTICE_AFTER = 5.0
 WAIT_NOTICE_EVERY = 10.0
 #: How long a reader waits for a worker before it gives up with `WorkerUnavailableError`.
 WORKER_WAIT_LIMIT = timedelta(minutes=5)
