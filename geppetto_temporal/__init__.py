@@ -28,6 +28,7 @@ from geppetto_temporal.errors import (
     SessionClosedError,
     SessionError,
     SessionNotFoundError,
+    WorkerUnavailableError,
 )
 from geppetto_temporal.plugin import GeppettoPlugin
 from geppetto_temporal.sessions import SessionInfo, describe_session, list_sessions
@@ -85,6 +86,7 @@ __all__ = [
     "Turn",
     "TurnMetadata",
     "Usage",
+    "WorkerUnavailableError",
     "connect",
     "create_worker",
     "data_converter",

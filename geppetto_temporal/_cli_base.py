@@ -126,6 +126,7 @@ def _run(
         # for every failed attempt; the command reports the outcome itself.
         logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
         logging.getLogger("temporalio.workflow").setLevel(logging.ERROR)
+        logging.getLogger("geppetto_temporal.worker").setLevel(logging.ERROR)
         # A missing codec key fails the session's workflow tasks; the command says so.
         logging.getLogger("temporalio.worker._workflow").addFilter(_drop_codec_errors)
     try:

@@ -15,11 +15,13 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from geppetto_temporal._subscribe import WORKER_BACK, WORKER_WAIT
 from geppetto_temporal.events import (
     ErrorEvent,
     Event,
     FinalEvent,
     InferenceFinishedEvent,
+    InfoEvent,
     InterruptEvent,
     PartialEvent,
     StartEvent,
@@ -176,6 +178,18 @@ def was_interrupted(status: InferenceStatus | str | None) -> bool:
     return status == InferenceStatus.CANCELLED
 
 
+def worker_notice(event: Event) -> tuple[str, str] | None:
+    """(line, style) for a reader's notice that no worker answers, or one does again."""
+    if not isinstance(event, InfoEvent):
+        return None
+    notice = event.data.get("notice")
+    if notice == WORKER_WAIT:
+        return f"  [{event.message}]", "yellow"
+    if notice == WORKER_BACK:
+        return f"  [{event.message}]", "dim"
+    return None
+
+
 class StreamPrinter:
     """Prints an inference's events as they arrive: text as it streams, tools compactly."""
 
@@ -240,3 +254,5 @@ class StreamPrinter:
                 self._line(f"  ← {_short(result)}", "green")
         elif isinstance(event, InferenceFinishedEvent):
             self.end_line()
+        elif (notice := worker_notice(event)) is not None:
+            self._line(*notice)

@@ -17,18 +17,20 @@ from temporalio.converter import PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal.contract import InferenceQuery, InferenceRun
+from geppetto_temporal.errors import WorkerUnavailableError
 from geppetto_temporal.events import (
     EVENTS_TOPIC,
     Event,
     EventMeta,
     InferenceFinishedEvent,
     InferenceStartedEvent,
+    InfoEvent,
     PartialEvent,
     PartialThinkingEvent,
     parse_event,
 )
 from geppetto_temporal.live._hub import TEXT
-from geppetto_temporal.live._merge import LivePiece, TextLedger, merge_live
+from geppetto_temporal.live._merge import LivePiece, TextLedger, WorkerWait, merge_live
 
 _SHARED = ("session_id", "inference_id", "turn_id", "model")
 
@@ -43,23 +45,68 @@ _POLL_QUERY = "__temporal_workflow_stream_poll"
 _RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
 #: Errors that say the question itself is wrong: asking again will not help.
 _FINAL_STATUSES = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
+#: One attempt's own bound: a worker that has just died leaves a query unanswered rather
+#: than refused (Temporal refuses at once only when no worker has polled for a while).
+_QUERY_RPC_TIMEOUT = 10.0
+#: The same for a closed run, which answers by being replayed on a worker: longer.
+_CLOSED_RUN_RPC_TIMEOUT = 60.0
+#: A reader whose queries no worker has answered for this long says so (an `info` event,
+#: `data.notice` = `WORKER_WAIT`), and again every `WAIT_NOTICE_EVERY` seconds it waits.
+WAIT_NOTICE_AFTER = 5.0
+WAIT_NOTICE_EVERY = 10.0
+#: How long a reader waits for a worker before it gives up with `WorkerUnavailableError`.
+WORKER_WAIT_LIMIT = timedelta(minutes=5)
+#: `InfoEvent.data["notice"]` of a reader's own news (never in the durable stream): no
+#: worker has answered for `data["seconds"]`; then one did, after `data["waited_seconds"]`.
+WORKER_WAIT = "worker-wait"
+WORKER_BACK = "worker-back"
 
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-async def _ask(handle: WorkflowHandle[Any, Any], query: str, *args: Any, result_type: type[T]) -> T:
-    """A query, asked again while no worker answers it."""
+async def _ask(
+    handle: WorkflowHandle[Any, Any],
+    query: str,
+    *args: Any,
+    result_type: type[T],
+    limit: timedelta | None = WORKER_WAIT_LIMIT,
+    attempt_timeout: float = _QUERY_RPC_TIMEOUT,
+) -> T:
+    """A query, asked again while no worker answers it, for at most `limit` (None: forever).
+
+    Each attempt waits at most `attempt_timeout` seconds. Raises `WorkerUnavailableError`
+    once `limit` has passed without an answer.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    bound = limit.total_seconds() if limit is not None else None
     attempt = 0
     while True:
+        left = None if bound is None else bound - (loop.time() - started)
+        timeout = attempt_timeout if left is None else max(min(attempt_timeout, left), 0.5)
         try:
-            result: T = await handle.query(query, *args, result_type=result_type)
+            result: T = await handle.query(
+                query, *args, result_type=result_type, rpc_timeout=timedelta(seconds=timeout)
+            )
             return result
-        except RPCError as err:
-            if err.status in _FINAL_STATUSES:
+        except (RPCError, TimeoutError) as err:
+            if isinstance(err, RPCError) and err.status in _FINAL_STATUSES:
                 raise
+            waited = loop.time() - started
+            if bound is not None and waited >= bound:
+                reason = " ".join((getattr(err, "message", "") or str(err) or "no answer").split())
+                raise WorkerUnavailableError(
+                    f"no worker answered for {waited:.0f} s while reading {handle.id} ({reason}); "
+                    "is a worker running on its task queue? Nothing is lost: read it again "
+                    "once one is",
+                    workflow_id=handle.id,
+                    waited_seconds=waited,
+                ) from err
             delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
+            if bound is not None:
+                delay = min(delay, max(bound - waited, 0.0))
             attempt += 1
             _log.debug(
                 "query %s of %s unanswered (%s); again in %.2fs", query, handle.id, err, delay
@@ -67,26 +114,72 @@ async def _ask(handle: WorkflowHandle[Any, Any], query: str, *args: Any, result_
             await asyncio.sleep(delay)
 
 
-async def _poll(handle: WorkflowHandle[Any, Any], offset: int, topic: str) -> PollResult:
+async def _answered(task: asyncio.Future[Any]) -> AsyncGenerator[WorkerWait]:
+    """Notices while `task` (an `_ask`) waits for a worker; `task` is done when this ends.
+
+    Nothing while it answers within `WAIT_NOTICE_AFTER`; then one notice every
+    `WAIT_NOTICE_EVERY`, and a last one (`resumed`) when an answer came after all.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    due = WAIT_NOTICE_AFTER
+    noticed = False
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=max(started + due - loop.time(), 0.0))
+            if not task.done():
+                noticed = True
+                yield WorkerWait(loop.time() - started)
+                due += WAIT_NOTICE_EVERY
+        if noticed and not task.cancelled() and task.exception() is None:
+            yield WorkerWait(loop.time() - started, resumed=True)
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def _poll(
+    handle: WorkflowHandle[Any, Any],
+    offset: int,
+    topic: str,
+    limit: timedelta | None,
+    attempt_timeout: float = _QUERY_RPC_TIMEOUT,
+) -> PollResult:
     """One poll of the stream from `offset`."""
     return await _ask(
-        handle, _POLL_QUERY, PollInput(topics=[topic], from_offset=offset), result_type=PollResult
+        handle,
+        _POLL_QUERY,
+        PollInput(topics=[topic], from_offset=offset),
+        result_type=PollResult,
+        limit=limit,
+        attempt_timeout=attempt_timeout,
     )
 
 
 async def _stream_items(
-    client: Client, workflow_id: str, topic: str, poll_cooldown: timedelta
-) -> AsyncIterator[tuple[int, Any]]:
-    """(offset, value) of a workflow stream's items from offset 0, polled by query, forever."""
+    client: Client,
+    workflow_id: str,
+    topic: str,
+    poll_cooldown: timedelta,
+    limit: timedelta | None = WORKER_WAIT_LIMIT,
+) -> AsyncIterator[tuple[int, Any] | WorkerWait]:
+    """(offset, value) of a workflow stream's items from offset 0, polled by query, forever.
+
+    While no worker answers, `WorkerWait` notices come in between (see `_answered`).
+    """
     handle = client.get_workflow_handle(workflow_id)
     converter = client.data_converter.payload_converter
     offset = 0
     while True:
-        result = await _poll(handle, offset, topic)
+        poll = asyncio.ensure_future(_poll(handle, offset, topic, limit))
+        async with contextlib.aclosing(_answered(poll)) as notices:
+            async for notice in notices:
+                yield notice
+        result = poll.result()
         first = result.items[0].offset if result.items else result.next_offset
         if first > offset:
             # The workflow continued as new: the events before `first` are in earlier runs.
-            async for earlier in _earlier_items(client, workflow_id, topic, offset, first):
+            async for earlier in _earlier_items(client, workflow_id, topic, offset, first, limit):
                 yield earlier
             offset = first
             continue
@@ -103,23 +196,38 @@ def _decode(converter: PayloadConverter, data: str) -> Any:
 
 
 async def _earlier_items(
-    client: Client, workflow_id: str, topic: str, start: int, end: int
-) -> AsyncIterator[tuple[int, Any]]:
+    client: Client, workflow_id: str, topic: str, start: int, end: int, limit: timedelta | None
+) -> AsyncIterator[tuple[int, Any] | WorkerWait]:
     """Items `start:end` of a stream that continued as new, read from its closed runs.
 
     A closed run answers a query by being replayed on a worker: seconds for a long
     run, paid only by a subscriber that starts (or falls) behind the current run.
     """
-    runs = await _ask(
-        client.get_workflow_handle(workflow_id), InferenceQuery.RUNS, result_type=list[InferenceRun]
+    asked = asyncio.ensure_future(
+        _ask(
+            client.get_workflow_handle(workflow_id),
+            InferenceQuery.RUNS,
+            result_type=list[InferenceRun],
+            limit=limit,
+        )
     )
+    async with contextlib.aclosing(_answered(asked)) as notices:
+        async for notice in notices:
+            yield notice
+    runs: list[InferenceRun] = asked.result()
     converter = client.data_converter.payload_converter
     for run in runs:
         offset = max(start, run.stream_start)
         stop = min(end, run.stream_end)
         handle = client.get_workflow_handle(workflow_id, run_id=run.run_id)
         while offset < stop:
-            result = await _poll(handle, offset, topic)
+            poll = asyncio.ensure_future(
+                _poll(handle, offset, topic, limit, attempt_timeout=_CLOSED_RUN_RPC_TIMEOUT)
+            )
+            async with contextlib.aclosing(_answered(poll)) as notices:
+                async for notice in notices:
+                    yield notice
+            result = poll.result()
             for item in result.items:
                 if item.offset < stop:
                     yield item.offset, _decode(converter, item.data)
@@ -136,6 +244,7 @@ async def follow_inference(
     defaults: dict[str, Any] | None = None,
     poll_cooldown: timedelta = POLL_COOLDOWN,
     live: bool = True,
+    worker_wait_limit: timedelta | None = WORKER_WAIT_LIMIT,
 ) -> AsyncIterator[Event]:
     """Yield an inference's events from `from_seq` on, live, ending after `inference-finished`.
 
@@ -148,12 +257,18 @@ async def follow_inference(
     then carry only the text the live ones had not (`delta` may be empty). Every
     durable event is yielded once, with its own `seq`, so resuming from
     `seq + 1` of the last event seen skips no durable event and repeats none.
+
+    Reading needs a worker of the inference's task queue (the stream is read by
+    query). While none answers, `info` events marked `meta.live` say so
+    (`data.notice` is `WORKER_WAIT`, then `WORKER_BACK` when one answers again,
+    and the stream goes on where it was); after `worker_wait_limit` without an
+    answer it raises `WorkerUnavailableError`.
     """
     ledger = TextLedger()
     # Activities publish lean metadata (message id, attempt, time); the ids
     # every event shares are filled in here from the workflow's first event.
     shared: dict[str, Any] = dict(defaults or {})
-    durable = _stream_items(client, inference_id, EVENTS_TOPIC, poll_cooldown)
+    durable = _stream_items(client, inference_id, EVENTS_TOPIC, poll_cooldown, worker_wait_limit)
     items: AsyncGenerator[Any] = (
         merge_live(client, inference_id, durable, ledger, from_seq=from_seq)
         if live
@@ -177,6 +292,9 @@ async def _events(
         if isinstance(item, LivePiece):
             yield _live_event(item, offset, shared)
             continue
+        if isinstance(item, WorkerWait):
+            yield _wait_event(item, offset, shared)
+            continue
         offset, data = item
         event = parse_event(data)
         event.meta.seq = offset
@@ -195,6 +313,28 @@ async def _events(
             yield event
         if isinstance(event, InferenceFinishedEvent):
             return
+
+
+def _wait_event(wait: WorkerWait, seq: int, shared: dict[str, Any]) -> InfoEvent:
+    """The reader's own `info` event: no worker answers (or one does again), after `seq`."""
+    seconds = round(wait.seconds)
+    meta = EventMeta(
+        seq=seq,
+        ts=datetime.now(UTC),
+        live=True,
+        **{k: v for k, v in shared.items() if k in _SHARED},
+    )
+    if wait.resumed:
+        return InfoEvent(
+            message=f"a worker answered after {seconds} s; continuing",
+            data={"notice": WORKER_BACK, "waited_seconds": seconds},
+            meta=meta,
+        )
+    return InfoEvent(
+        message=f"waiting for a worker: none has answered for {seconds} s",
+        data={"notice": WORKER_WAIT, "seconds": seconds},
+        meta=meta,
+    )
 
 
 def _live_event(piece: LivePiece, seq: int, shared: dict[str, Any]) -> Event:

@@ -38,6 +38,7 @@ from geppetto_temporal._render import (
     format_usage,
     one_line,
     was_interrupted,
+    worker_notice,
 )
 from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.contract import DEFAULT_TASK_QUEUE
@@ -305,6 +306,8 @@ class ReplyPrinter:
         elif isinstance(event, InferenceFinishedEvent):
             self.end_line()
             self.finished = event
+        elif (notice := worker_notice(event)) is not None:
+            self._line(*notice)
 
 
 def _status_style(status: InferenceStatus | None) -> str:

@@ -354,6 +354,8 @@ def worker(
         live["mcp_servers"] = _mcp_servers(mcp or [], mcp_file)
     if otel:
         os.environ["GEPPETTO_OTEL"] = "1"
+    # What it drains when it stops, and each retry it takes (docs/operators.md).
+    logging.getLogger("geppetto_temporal.worker").setLevel(logging.INFO)
     # SIGTERM is how service managers stop a worker: a clean stop, exit 0.
     _run(
         _serve_worker(registry, endpoints, task_queue, metrics, live),

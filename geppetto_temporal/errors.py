@@ -163,3 +163,16 @@ class NotPausedError(GeppettoError):
     def __init__(self, message: str, *, inference_id: str) -> None:
         super().__init__(message)
         self.inference_id = inference_id
+
+
+class WorkerUnavailableError(GeppettoError):
+    """No worker answered a reader's queries within its bound (none polls, or none can run it).
+
+    Reading an inference's events needs a worker of its task queue: start one (or
+    wait, and read again); the inference itself waits in Temporal and loses nothing.
+    """
+
+    def __init__(self, message: str, *, workflow_id: str, waited_seconds: float) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.waited_seconds = waited_seconds

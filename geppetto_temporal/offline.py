@@ -240,6 +240,7 @@ async def read_session(
     description = await _describe(client, session_id)
     info = SessionInfo.from_execution(description)
     open_ = description.status == WorkflowExecutionStatus.RUNNING
+    started, closed_at = description.start_time, description.close_time
     handle = client.get_workflow_handle(session_id)
     answers = await asyncio.gather(
         handle.query(SessionQuery.STATUS, result_type=SessionStatus, rpc_timeout=query_timeout),
@@ -250,14 +251,7 @@ async def read_session(
     )
     status, transcript = answers
     if isinstance(status, SessionStatus) and isinstance(transcript, SessionTranscript):
-        return SessionSnapshot(
-            info=info,
-            status=status,
-            transcript=transcript,
-            open=open_,
-            started=description.start_time,
-            closed_at=description.close_time,
-        )
+        return SessionSnapshot(info, status, transcript, open_, started, closed_at)
     failure = next(a for a in answers if isinstance(a, BaseException))
     if isinstance(failure, WorkflowQueryFailedError) or not isinstance(
         failure, RPCError | TimeoutError | asyncio.TimeoutError
@@ -271,12 +265,12 @@ async def read_session(
         no_poller=no_poller(failure),
     )
     return SessionSnapshot(
-        info=info,
-        status=status,
-        transcript=transcript,
-        open=open_,
-        started=description.start_time,
-        closed_at=description.close_time,
+        info,
+        status,
+        transcript,
+        open_,
+        started,
+        closed_at,
         worker=presence,
         query_error=_query_failure(failure),
         worker_failed=isinstance(failure, RPCError)

@@ -125,6 +125,34 @@ def changed_updates(
     return updates
 
 
+def inference_search_attributes(
+    *, status: str, provider: str, model: str, now: datetime, usage: Any = None
+) -> dict[SearchAttributeKey[Any], Any]:
+    """The attributes of an inference workflow (a session's child): the same keys, per inference.
+
+    `GeppettoStatus` holds its `InferenceStatus` (`running`, then `completed`, `cancelled`,
+    `failed`, `max_iterations` or `budget_exceeded`), so an operator finds, say, the
+    cancelled ones with `WorkflowType = 'geppetto.Inference' AND GeppettoStatus = 'cancelled'`
+    (Temporal shows them all as Completed: docs/operators.md says why), and those of one
+    session with `ParentWorkflowId = '<session id>'`. Tokens and cost (a `Usage`) come with the end.
+    """
+    wanted: dict[SearchAttributeKey[Any], Any] = {
+        STATUS: status,
+        MODEL: model,
+        PROVIDER: provider,
+        LAST_ACTIVITY: now,
+    }
+    if usage is not None:
+        wanted.update(
+            {
+                INPUT_TOKENS: usage.input_tokens,
+                OUTPUT_TOKENS: usage.output_tokens,
+                COST_USD: usage.cost_usd,
+            }
+        )
+    return wanted
+
+
 async def register_search_attributes(client: Client, namespace: str | None = None) -> list[str]:
     """Register geppetto's search attributes on a self-hosted cluster; return the names added.
 

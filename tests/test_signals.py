@@ -5,7 +5,8 @@ released, and the server stops when no other process uses it.
 Real processes: in embedded mode (no TEMPORAL_ADDRESS, a temporary GEPPETTO_HOME), as in
 tests/test_cli.py, "no server left" read from /proc by the data dir in the command line; and
 workers of the tests' cluster (tests/workers.py), one of which hands its running LLM step
-back to another worker on SIGTERM.
+back to another worker on SIGTERM. Each worker's log says what it drained as it stopped,
+and the one that takes the step over says it retries it (attempt N, and why N-1 ended).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from geppetto_temporal import EngineBuilder, Session
 from geppetto_temporal.testing import ScriptedModelServer
-from tests.conftest import scripted_endpoints_env
+from tests.conftest import SECRET_API_KEY, scripted_endpoints_env
 from tests.ports import free_port
 from tests.test_cli import GEPPETTO, Cli, _dev_servers_of, _make_cli, _pid_alive, _wait_for
 from tests.workers import (
@@ -175,6 +176,10 @@ async def test_sigterm_stops_a_cluster_worker(
         assert code == 0, worker.output()
         assert worker.output().rstrip().endswith("stopped (SIGTERM)"), worker.output()
         assert "Traceback" not in worker.output()
+        assert "stopping (asked to stop): takes no new tasks; no activity running" in (
+            worker.output()
+        )
+        assert f"worker on task queue {worker.task_queue!r} stopped after " in worker.output()
     finally:
         procs.kill_all()
 
@@ -223,5 +228,13 @@ async def test_sigterm_hands_a_running_llm_step_back_to_another_worker(
         [(kind, identity, attempt)] = await activity_starts(handle.workflow_handle)
         assert kind == "geppetto.llm_step" and second.owns(identity) and attempt >= 2
         assert len(model_server.requests(base_url)) >= 2
+        # Each worker said what happened: the first what it drained, the second the retry.
+        step = f"llm_step step 1 of {handle.inference_id}"
+        said = first.output()
+        assert f"stopping (asked to stop): takes no new tasks; 1 running activity: {step} " in said
+        assert "1 activity handed back to Temporal for retry" in said, said
+        retry = f"retrying {step}: attempt {attempt} (attempt {attempt - 1}: "
+        assert retry in second.output(), second.output()
+        assert SECRET_API_KEY not in said + second.output()
     finally:
         procs.kill_all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -21,6 +22,7 @@ from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import Block, PayloadKey
 from tests import toolbox
 from tests.scripts import FAILING, LOOPING, WEATHER_AND_MATH, calls_then_answer
+from tests.waiting import eventually
 
 
 def tool_results(blocks: list[Block]) -> list[dict[str, Any]]:
@@ -157,20 +159,35 @@ FLAKY = calls_then_answer(
 )
 
 
-async def test_error_handling_retry_retries_the_tool_activity(new_session: Any) -> None:
+async def test_error_handling_retry_retries_the_tool_activity(
+    new_session: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     from geppetto_temporal.retry import RetrySpec
 
+    caplog.set_level(logging.WARNING, logger="geppetto_temporal.worker")
     session, _ = await new_session(
         FLAKY,
         configure=lambda b: b.tool_error_handling("retry").tool_retry(
             RetrySpec(maximum_attempts=5, initial_interval_seconds=0.05, backoff_coefficient=1.0)
         ),
     )
-    turn = await (await session.start_inference("flaky, retried until it works")).wait()
+    handle = await session.start_inference("flaky, retried until it works")
+    turn = await handle.wait()
     [result] = tool_results(turn.blocks)
     assert result[PayloadKey.RESULT] == {"attempt": 3}
     call_id = result[PayloadKey.ID]
     assert toolbox.ATTEMPTS[call_id] == 3
+    # The worker says each retry as it starts: the tool, the attempt, why the last one failed.
+    prefix = f"retrying tool flaky_tool of {handle.inference_id}: attempt "
+
+    async def retries() -> list[str]:
+        said = (r.getMessage() for r in caplog.records if r.name == "geppetto_temporal.worker")
+        return sorted(m for m in said if m.startswith(prefix))
+
+    lines = await eventually(retries, lambda found: len(found) == 2, what="two retry lines")
+    for attempt, line in zip((2, 3), lines, strict=True):
+        assert line.startswith(f"{prefix}{attempt} (attempt {attempt - 1}: "), line
+        assert "transient failure" in line, line
 
 
 async def test_local_tools_run_in_the_workflow_task(

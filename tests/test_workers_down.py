@@ -6,22 +6,36 @@ against the tests' dev server) and the dashboard's session page (in Chromium) an
 the session's history: the same transcript and numbers the session's own queries gave
 while it ran, and a clear line that no worker answers on that task queue. `geppetto
 sessions close` says the close is pending, and the close applies once a worker is back.
+
+The live view, with its worker SIGKILLed mid-reply: the reader (`handle.events()`, the
+dashboard's relay, what `geppetto run` prints) says it waits for a worker, then that one
+answered, and goes on to the end of the reply; a reader with a bounded wait gives up with
+`WorkerUnavailableError` instead of retrying forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import subprocess
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from playwright.async_api import expect
+from rich.console import Console
 from temporalio.client import Client
 
-from geppetto_temporal import EngineBuilder, Session
+from geppetto_temporal import EngineBuilder, Session, WorkerUnavailableError
+from geppetto_temporal._render import StreamPrinter
+from geppetto_temporal._subscribe import WORKER_BACK, WORKER_WAIT, follow_inference
 from geppetto_temporal.contract import SessionStatus
 from geppetto_temporal.dashboard import SessionFilter, create_app, list_session_rows
+from geppetto_temporal.dashboard._app import _event_stream
+from geppetto_temporal.events import Event, InferenceFinishedEvent, InfoEvent, PartialEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from tests.browser import ARTIFACTS, chromium_for, launched
 from tests.test_dashboard import serve
@@ -180,3 +194,102 @@ async def test_show_dashboard_and_close_without_a_worker(
         session.workflow_handle.result(), 45, "the pending close to apply", worker_procs.diagnostics
     )
     assert summary.turn_count == 4
+
+
+#: About 1.5 s of streaming: the worker dies in the middle of it.
+STORY = "The keeper counted the waves. " + " ".join(f"wave-{i}" for i in range(24)) + " The end."
+
+
+async def test_live_view_says_it_waits_for_a_worker_then_goes_on(
+    client: Client, model_server: ScriptedModelServer, worker_procs: WorkerProcs
+) -> None:
+    queue = unique_queue("restart")
+    first = await worker_procs.start(queue)
+    base_url = model_server.add_script(
+        {"rules": [{"reply": {"text": STORY, "chunk_size": 6, "chunk_delay": 0.05}}]}
+    )
+    # A short heartbeat timeout: the lost attempt is retried soon after a worker is back.
+    engine = EngineBuilder("openai:scripted").base_url(base_url).llm_activity(heartbeat_seconds=2)
+    session = await Session.create(client, engine, task_queue=queue)
+    handle = await session.start_inference("tell me a story")
+    seen: list[Event] = []
+    events = handle.events()
+    # The dashboard's live view reads the same way, relayed as server-sent events.
+    relayed: list[str] = []
+
+    async def relay() -> None:
+        async for chunk in _event_stream(handle, 0, 30.0):
+            relayed.append(chunk)
+
+    relaying = asyncio.create_task(relay())
+
+    async def until(wanted: Callable[[Event], bool]) -> Event:
+        async for event in events:
+            seen.append(event)
+            if wanted(event):
+                return event
+        raise AssertionError(f"the stream ended first: {[e.type for e in seen]}")
+
+    await within(until(lambda e: isinstance(e, PartialEvent)), 30, "the story to stream")
+    first.kill()  # a crashed host: no shutdown code runs
+
+    # A reader that needs an answer gets a clear error after its bound, not a hang.
+    bounded = follow_inference(
+        client, handle.inference_id, live=False, worker_wait_limit=timedelta(seconds=2)
+    )
+
+    async def read_all() -> None:
+        async for _ in bounded:
+            pass
+
+    async def gives_up() -> WorkerUnavailableError:
+        with pytest.raises(WorkerUnavailableError) as info:
+            await read_all()
+        return info.value
+
+    # The live reader says it waits (and for how long) while no worker answers.
+    notice, error = await asyncio.gather(
+        within(
+            until(lambda e: isinstance(e, InfoEvent) and e.data.get("notice") == WORKER_WAIT),
+            60,
+            "the waiting notice",
+        ),
+        within(gives_up(), 60, "the bounded reader to give up"),
+    )
+    assert isinstance(notice, InfoEvent) and notice.meta.live
+    assert notice.message.startswith("waiting for a worker: none has answered for ")
+    assert error.workflow_id == handle.inference_id and error.waited_seconds >= 2
+    assert "no worker answered" in str(error)
+
+    # A worker comes back: the same reader says so and goes on to the end of the reply.
+    await worker_procs.start(queue)
+    back = await within(
+        until(lambda e: isinstance(e, InfoEvent) and e.data.get("notice") == WORKER_BACK),
+        60,
+        "the reader to hear from a worker",
+        worker_procs.diagnostics,
+    )
+    assert isinstance(back, InfoEvent) and back.message.startswith("a worker answered after ")
+    finished = await within(
+        until(lambda e: isinstance(e, InferenceFinishedEvent)),
+        60,
+        "the reply to finish",
+        worker_procs.diagnostics,
+    )
+    assert isinstance(finished, InferenceFinishedEvent) and finished.status == "completed"
+    assert (await handle.wait()).last_text == STORY
+    await within(relaying, 30, "the dashboard's relay to end")
+    data = [json.loads(c.split("data: ", 1)[1]) for c in relayed if c.startswith("id: ")]
+    notices = [d["data"]["notice"] for d in data if d["type"] == "info"]
+    assert notices[0] == WORKER_WAIT and notices[-1] == WORKER_BACK, notices
+    assert relayed[-1].startswith("event: end"), relayed[-3:]
+
+    # What `geppetto run` prints of those events (chat prints the same lines).
+    out = io.StringIO()
+    printer = StreamPrinter(Console(file=out, width=200, color_system=None))
+    for event in seen:
+        printer.handle(event)
+    printed = out.getvalue()
+    assert "[waiting for a worker: none has answered for " in printed, printed
+    assert "[a worker answered after " in printed and "[attempt 2: starting over]" in printed
+    assert printed.rstrip().endswith("The end."), printed

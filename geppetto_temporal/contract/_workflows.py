@@ -18,13 +18,23 @@ from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, 
 PREFIX_BY_REFERENCE = "prefix-by-reference"
 #: Patch id: the session keeps its search attributes (`geppetto_temporal.search`) current (v0.3).
 SEARCH_ATTRIBUTES_PATCH = "search-attributes"
+#: Patch id: a session that keeps search attributes has its inferences keep theirs too
+#: (`INFERENCE_SEARCH_ATTRIBUTES`), so operators can filter inferences by outcome.
+INFERENCE_SEARCH_ATTRIBUTES_PATCH = "inference-search-attributes"
 #: The patches a session started by this version takes as given (`SessionInput.features`).
-SESSION_FEATURES: tuple[str, ...] = (PREFIX_BY_REFERENCE, SEARCH_ATTRIBUTES_PATCH)
+SESSION_FEATURES: tuple[str, ...] = (
+    PREFIX_BY_REFERENCE,
+    SEARCH_ATTRIBUTES_PATCH,
+    INFERENCE_SEARCH_ATTRIBUTES_PATCH,
+)
 #: Inference feature: the workflow publishes each step's `start`, the LLM step sends its
 #: deltas to the worker's live channel and signals only coarse `partial` batches.
 LIVE_DELTAS = "live"
 #: The features an inference started by this version has (`InferenceInput.features`).
 INFERENCE_FEATURES: tuple[str, ...] = (LIVE_DELTAS,)
+#: Inference feature, given only by a session that keeps search attributes (the namespace
+#: has them registered): the inference upserts its outcome, usage and end time once, as it ends.
+INFERENCE_SEARCH_ATTRIBUTES = "indexed"
 #: Patch id: a session with a `payload_limit` does not continue-as-new with a larger input.
 CARRY_LIMIT_PATCH = "carry-limit"
 #: Patch id: an inference continues as new between steps (recorded only by runs that do).

@@ -73,6 +73,18 @@ class LivePiece:
     completion: str
 
 
+@dataclass(frozen=True)
+class WorkerWait:
+    """The durable reader's news about its worker, passed through in order with the items.
+
+    `seconds` without an answer to its queries so far; `resumed` once one came after such
+    a notice (then `seconds` is how long it waited).
+    """
+
+    seconds: float
+    resumed: bool = False
+
+
 def _step_of(data: Any) -> tuple[str, str, int] | None:
     """(type, message id, attempt) of a durable item that concerns an LLM step."""
     if not isinstance(data, dict):
@@ -87,11 +99,11 @@ def _step_of(data: Any) -> tuple[str, str, int] | None:
 async def merge_live(
     client: Client,
     inference_id: str,
-    items: AsyncIterator[tuple[int, Any]],
+    items: AsyncIterator[tuple[int, Any] | WorkerWait],
     ledger: TextLedger,
     *,
     from_seq: int = 0,
-) -> AsyncGenerator[tuple[int, Any] | LivePiece]:
+) -> AsyncGenerator[tuple[int, Any] | LivePiece | WorkerWait]:
     """The durable `items` as they come, with the live text of running steps in between.
 
     A step is running from its durable `start` to its `final`, `interrupt` or
@@ -100,7 +112,9 @@ async def merge_live(
     and reads its deltas; any failure there leaves it with the durable stream.
     The caller applies durable partials to `ledger` itself (`TextLedger.durable`).
     """
-    queue: asyncio.Queue[tuple[int, Any] | tuple[str, int, Any] | BaseException] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, Any] | tuple[str, int, Any] | WorkerWait | BaseException] = (
+        asyncio.Queue()
+    )
     attempts: dict[str, int] = {}  # running steps: the latest attempt that started
     followers: dict[str, asyncio.Task[None]] = {}
     last_offset = -1
@@ -146,6 +160,9 @@ async def merge_live(
             item = await queue.get()
             if isinstance(item, BaseException):
                 raise item
+            if isinstance(item, WorkerWait):
+                yield item
+                continue
             if isinstance(item[0], int):
                 offset, data = item
                 last_offset = offset

@@ -24,6 +24,7 @@ from geppetto_temporal.plugin import GeppettoPlugin
 from geppetto_temporal.plugin import workflow_runner as workflow_runner
 from geppetto_temporal.tools._registry import ToolRegistry
 from geppetto_temporal.tools._tool import Tool
+from geppetto_temporal.worker._oplog import ActivityLedger, OpLogInterceptor, OpLogWorker
 
 
 def create_worker(
@@ -65,6 +66,9 @@ def create_worker(
     free port) and tells them `live_url` (default `$GEPPETTO_LIVE_URL` or the bound
     address). `live=False` serves nothing: readers then get the durable stream only.
 
+    It logs (`geppetto_temporal.worker`) what it drains when it stops and each retry
+    attempt it starts, with why the attempt before ended (see `_oplog`).
+
     `mcp_servers` are the MCP servers this worker may use (docs/mcp.md): engines select
     them by name; the worker starts their processes and holds their secrets.
     """
@@ -96,6 +100,8 @@ def create_worker(
         and not any(is_tracing_interceptor(i) for i in interceptors)
     ):
         interceptors.insert(0, tracing_interceptor())
+    ledger = ActivityLedger()
+    interceptors.append(OpLogInterceptor(ledger))
     options["interceptors"] = interceptors
     options["plugins"] = [*options.get("plugins", ()), plugin]
-    return Worker(client, task_queue=task_queue, **options)
+    return OpLogWorker(client, ledger=ledger, task_queue=task_queue, **options)

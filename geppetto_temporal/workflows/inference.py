@@ -27,9 +27,11 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    from geppetto_temporal import search
     from geppetto_temporal.contract import (
         INFERENCE_BLOCKS_ACTIVITY,
         INFERENCE_CONTINUE_AS_NEW_PATCH,
+        INFERENCE_SEARCH_ATTRIBUTES,
         INFERENCE_WORKFLOW,
         LIVE_DELTAS,
         LLM_STEP_ACTIVITY,
@@ -481,6 +483,7 @@ class InferenceWorkflow:
             error = "cancelled"
         self._status = status
         self._emit(InferenceFinishedEvent(status=status, error=error), usage=usage)
+        self._index(spec, status, usage)
         # The ids are left to the session (and the client) to fill in: the result
         # is stored twice, in this history and in the session's.
         metadata = input.turn.metadata.model_copy(
@@ -551,6 +554,26 @@ class InferenceWorkflow:
         if sep and server in self._mcp_down:
             return self._mcp_down[server]
         return None
+
+    def _index(self, spec: EngineSpec, status: InferenceStatus, usage: Usage) -> None:
+        """Upsert the outcome, usage and end time: one history event, as the inference ends.
+
+        Only an inference whose session gave it `INFERENCE_SEARCH_ATTRIBUTES` (the
+        namespace has them registered) does it, so a history recorded without that
+        feature replays as it ran. The model is the engine's, as the session indexes it.
+        """
+        if INFERENCE_SEARCH_ATTRIBUTES not in self._input.features:
+            return
+        wanted = search.inference_search_attributes(
+            status=status.value,
+            provider=spec.provider,
+            model=spec.model,
+            now=workflow.now(),
+            usage=usage,
+        )
+        updates = search.changed_updates(workflow.info().typed_search_attributes, wanted)
+        if updates:
+            workflow.upsert_search_attributes(updates)
 
     def _typed_output_path(self) -> bool:
         """Whether a failed typed-output answer is handled (retry or failure), not completed.

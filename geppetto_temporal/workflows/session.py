@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -22,6 +22,8 @@ with workflow.unsafe.imports_passed_through():
     from geppetto_temporal.contract import (
         CARRY_LIMIT_PATCH,
         INFERENCE_FEATURES,
+        INFERENCE_SEARCH_ATTRIBUTES,
+        INFERENCE_SEARCH_ATTRIBUTES_PATCH,
         PREFIX_BY_REFERENCE,
         SEARCH_ATTRIBUTES_PATCH,
         SESSION_WORKFLOW,
@@ -427,6 +429,7 @@ class SessionWorkflow:
             prefix_end, own = None, list(self._state.blocks)
         # No metadata: the child fills in all of it, and the input is stored twice.
         turn = Turn(id=record.id, blocks=own)
+        features, attributes = self._inference_indexing()
         try:
             child = await workflow.start_child_workflow(
                 InferenceWorkflow.run,
@@ -436,11 +439,12 @@ class SessionWorkflow:
                     engine=self._engine_for_inference(output),
                     prefix_end=prefix_end,
                     prefix_last_id=self._state.blocks[prefix_end - 1].id if prefix_end else None,
-                    features=list(INFERENCE_FEATURES),
+                    features=features,
                 ),
                 id=inference_id,
                 # The workflow id already names the session and the inference's number.
                 static_summary=self._engine.spec_string,
+                search_attributes=attributes,
             )
         except Exception as err:
             self._finish(active, None, f"the inference workflow could not start: {err}")
@@ -453,6 +457,33 @@ class SessionWorkflow:
         active.watcher = asyncio.create_task(self._await_child(active, child))
         workflow.set_current_details(f"running {inference_id}")
         return StartInferenceResponse(inference_id=inference_id, turn_id=record.id)
+
+    def _inference_indexing(self) -> tuple[list[str], TypedSearchAttributes | None]:
+        """The child's features, and its search attributes when it keeps them.
+
+        Set with the child's start (no history event of their own); the child
+        upserts its outcome once, as it ends. Only a session that keeps its own
+        attributes (they are registered) indexes its inferences, and a session
+        started before this version records the patch marker once, in the run
+        that first asks.
+        """
+        features = list(INFERENCE_FEATURES)
+        if not (
+            self._search_attributes
+            and self._uses(SEARCH_ATTRIBUTES_PATCH)
+            and self._uses(INFERENCE_SEARCH_ATTRIBUTES_PATCH)
+        ):
+            return features, None
+        features.append(INFERENCE_SEARCH_ATTRIBUTES)
+        wanted = search.inference_search_attributes(
+            status=InferenceStatus.RUNNING.value,
+            provider=self._engine.provider,
+            model=self._engine.model,
+            now=workflow.now(),
+        )
+        return features, TypedSearchAttributes(
+            [SearchAttributePair(key, value) for key, value in wanted.items()]
+        )
 
     def _engine_for_inference(self, output: OutputSpec | None = None) -> EngineSpec:
         """The session's engine, with the tools approved "for the session" (docs/approvals.md)

@@ -145,9 +145,22 @@
         line(`finished ${event.status}`, `finished: ${event.status}${detail}`);
         break;
       case "info":
-      case "log":
-        if (event.message) line("info", event.message);
+      case "log": {
+        // The reader's own news that no worker answers: one line, kept current.
+        const notice = event.data && event.data.notice;
+        if (notice === "worker-wait" || notice === "worker-back") {
+          let el = segments.get("worker-wait");
+          if (!el) {
+            el = line("info worker-wait", "");
+            segments.set("worker-wait", el);
+          }
+          el.textContent = event.message;
+          if (notice === "worker-back") segments.delete("worker-wait");
+        } else if (event.message) {
+          line("info", event.message);
+        }
         break;
+      }
       default:
         break;
     }
