@@ -42,6 +42,7 @@ from geppetto_temporal.tools import (
 )
 from geppetto_temporal.turns import Block, BlockKind, InferenceStatus, Turn, TurnMetadata, Usage
 from geppetto_temporal.worker import create_worker
+from geppetto_temporal.workflows._models import Budget
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "ApprovalNotPendingError",
     "Block",
     "BlockKind",
+    "Budget",
     "BudgetExceeded",
     "ConfigurationError",
     "ContextPolicy",

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         PREFIX_BY_REFERENCE,
         SEARCH_ATTRIBUTES_PATCH,
         SESSION_WORKFLOW,
+        WAITING_ATTRIBUTE,
         BlockRange,
         CancelInferenceRequest,
         CloseRequest,
@@ -37,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         InferenceResult,
         PromptLookup,
         QueuedPrompt,
+        SessionBudgetInput,
         SessionInput,
         SessionPhase,
         SessionStatus,
@@ -44,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         SessionTranscript,
         StartInferenceRequest,
         StartInferenceResponse,
+        StepModeRequest,
         SubmitPromptRequest,
         TurnLookup,
         TurnRecord,
@@ -121,6 +124,8 @@ class SessionWorkflow:
             usage=self._state.usage,
             provider=self._engine.provider,
             model=self._engine.model,
+            budget=self._state.budget,
+            tool_calls=self._state.tool_calls,
         )
 
     @workflow.query(name="is_running")
@@ -179,6 +184,21 @@ class SessionWorkflow:
         return self._engine
 
     # ---- updates and signals --------------------------------------------
+
+    @workflow.update(name="set_step_mode")
+    def set_step_mode(self, request: StepModeRequest) -> str | None:
+        """Step mode for the session's next prompts (its engine); returns the running inference.
+
+        State only (no command). The caller switches the running inference itself
+        (`ExecutionHandle.set_step_mode`): a message from here would be a command.
+        """
+        self._engine = self._engine.model_copy(
+            update={
+                "step_mode": request.enabled,
+                "step_auto_continue_seconds": request.auto_continue_seconds,
+            }
+        )
+        return self._active.inference_id if self._active is not None else None
 
     @workflow.update(name="start_inference")
     async def start_inference(self, request: StartInferenceRequest) -> StartInferenceResponse:
@@ -433,7 +453,8 @@ class SessionWorkflow:
                     engine=self._engine_for_inference(output),
                     prefix_end=prefix_end,
                     prefix_last_id=self._state.blocks[prefix_end - 1].id if prefix_end else None,
-                    features=list(INFERENCE_FEATURES),
+                    features=self._inference_features(),
+                    session_budget=self._session_budget(),
                 ),
                 id=inference_id,
                 # The workflow id already names the session and the inference's number.
@@ -450,6 +471,22 @@ class SessionWorkflow:
         active.watcher = asyncio.create_task(self._await_child(active, child))
         workflow.set_current_details(f"running {inference_id}")
         return StartInferenceResponse(inference_id=inference_id, turn_id=record.id)
+
+    def _inference_features(self) -> list[str]:
+        """The features of a new inference; the waiting attribute only where it is registered."""
+        features = list(INFERENCE_FEATURES)
+        if self._search_attributes and WAITING_ATTRIBUTE in self._features:
+            features.append(WAITING_ATTRIBUTE)
+        return features
+
+    def _session_budget(self) -> SessionBudgetInput | None:
+        """The session's budget and what it used so far (None without one: input unchanged)."""
+        budget = self._state.budget
+        if budget is None:
+            return None
+        return SessionBudgetInput(
+            budget=budget, usage=self._state.usage, tool_calls=self._state.tool_calls
+        )
 
     def _engine_for_inference(self, output: OutputSpec | None = None) -> EngineSpec:
         """The session's engine, with the tools approved "for the session" (docs/approvals.md)
@@ -490,6 +527,7 @@ class SessionWorkflow:
             # The child leaves out what the session already knows (ids, provider).
             record.metadata = record.metadata.merged(result.metadata)
             self._state.usage = self._state.usage + result.usage
+            self._state.tool_calls += result.tool_calls
             for name in result.approved_tools:
                 if name not in self._state.approved_tools:
                     self._state.approved_tools.append(name)
