@@ -641,6 +641,7 @@ class InferenceWorkflow:
             ),
             step=step,
         )
+        cancelled = False
         try:
             await workflow.wait_condition(
                 lambda: self._continued or self._cancel_requested,
@@ -649,11 +650,12 @@ class InferenceWorkflow:
         except builtins.TimeoutError:  # auto-continue
             pass
         except asyncio.CancelledError:
-            return False
+            cancelled = True
         finally:
             self._pause = None
-            self._index_waiting()
-        return not self._cancel_requested
+        # Not in `finally`: an evicted workflow runs that outside the workflow's loop.
+        self._index_waiting()
+        return not cancelled and not self._cancel_requested
 
     def _index_waiting(self) -> None:
         """Keep `GeppettoWaitingOn` current: what a person is asked for, or unset.
@@ -721,6 +723,7 @@ class InferenceWorkflow:
                 kind="budget" if kind == "budget" else "tool",
             )
         )
+        cancelled = False
         try:
             await workflow.wait_condition(
                 lambda: call_id in self._decisions,
@@ -732,10 +735,13 @@ class InferenceWorkflow:
             else:
                 self._decisions[call_id] = (False, f"no decision within {timeout:g} s")
         except asyncio.CancelledError:
-            return "cancelled before it ran"
+            cancelled = True
         finally:
             del self._pending[call_id]
-            self._index_waiting()
+        # Not in `finally`: an evicted workflow runs that outside the workflow's loop.
+        self._index_waiting()
+        if cancelled:
+            return "cancelled before it ran"
         approved, note = self._decisions[call_id]
         self._emit(
             ApprovalDecidedEvent(

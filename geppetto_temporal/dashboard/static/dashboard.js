@@ -22,7 +22,8 @@
   }
 
   // ---- the session list ------------------------------------------------------------
-  const rows = document.getElementById("session-rows");
+  // (and of the pending approvals: any table body that names its fragment)
+  const rows = document.querySelector("tbody[data-refresh]");
   if (rows) {
     const stamp = document.getElementById("refreshed");
     repeat(async () => {
