@@ -20,6 +20,7 @@ from geppetto_temporal.turns import BlockKind, InferenceStatus
 from geppetto_temporal.workflows._models import (
     SESSION_FEATURES,
     SESSION_WORKFLOW,
+    WAITING_ATTRIBUTE,
     CancelInferenceRequest,
     InferenceResult,
     PromptLookup,
@@ -58,7 +59,7 @@ async def deliver_scheduled_prompt(input: DeliverPromptInput) -> DeliverPromptRe
             SessionInput(
                 engine=input.engine,
                 search_attributes=indexed,
-                features=list(SESSION_FEATURES),
+                features=[*SESSION_FEATURES, *([WAITING_ATTRIBUTE] if indexed else [])],
                 # As Session.create: without external storage, never carry over the limit.
                 payload_limit=(
                     None
