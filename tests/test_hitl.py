@@ -107,6 +107,18 @@ async def test_a_budget_that_pauses_asks_and_approve_goes_on_deny_stops(
     assert await waiting_attribute(denied.workflow_handle) is None
     requested = [e async for e in approved.events() if isinstance(e, ApprovalRequestedEvent)]
     assert [(e.kind, e.tool_call.input) for e in requested] == [("budget", why)]
+    decided = [e async for e in approved.events() if isinstance(e, ApprovalDecidedEvent)]
+    assert [(e.tool_call_id, e.approved, e.remember) for e in decided] == [
+        ("budget:1", True, False)
+    ]
+    # The waiting attribute costs one upsert when the wait starts and one when it ends.
+    history = await approved.workflow_handle.fetch_history()
+    upserts = [
+        e
+        for e in history.events
+        if e.HasField("upsert_workflow_search_attributes_event_attributes")
+    ]
+    assert len(upserts) == 2, upserts
     await assert_replays(approved.workflow_handle, denied.workflow_handle)
 
 

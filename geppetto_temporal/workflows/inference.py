@@ -267,9 +267,10 @@ class InferenceWorkflow:
         Returns the call it decided.
         """
         pending = self._pending[decision.call_id]
-        if decision.remember and pending.kind == "tool" and pending.tool not in self._remembered:
+        remember = decision.remember and pending.kind == "tool"  # a budget pause is not a tool
+        if remember and pending.tool not in self._remembered:
             self._remembered.append(pending.tool)
-        self._decisions[decision.call_id] = (True, "remember" if decision.remember else None)
+        self._decisions[decision.call_id] = (True, "remember" if remember else None)
         return pending
 
     @approve.validator
