@@ -41,7 +41,12 @@ from geppetto_temporal._render import (
 )
 from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.engines._builder import EngineBuilder
-from geppetto_temporal.errors import ApprovalNotPendingError, GeppettoError, SessionBusyError
+from geppetto_temporal.errors import (
+    ApprovalNotPendingError,
+    GeppettoError,
+    NotPausedError,
+    SessionBusyError,
+)
 from geppetto_temporal.events import (
     ApprovalDecidedEvent,
     ApprovalRequestedEvent,
@@ -249,6 +254,8 @@ class ReplyPrinter:
         self.wants_answer = asyncio.Event()
         #: Calls whose decision this chat made and reported already.
         self._reported: set[str] = set()
+        #: Step mode: the pause the loop waits in (Enter continues), until the loop goes on.
+        self.paused: DebuggerPauseEvent | None = None
 
     def _write(self, text: str) -> None:
         # Terminal control characters a model could send (escape sequences, carriage
@@ -276,6 +283,10 @@ class ReplyPrinter:
     def show(self, event: Event) -> None:
         """Render one event."""
         message = event.meta.message_id or ""
+        if self.paused is not None and not isinstance(event, DebuggerPauseEvent):
+            # Anything after a pause means the loop went on (continued here, elsewhere, or by itself).
+            self.paused = None
+            self.update_wants_answer()
         if isinstance(event, StartEvent):
             attempt = event.meta.attempt or 1
             retried = attempt > self._attempt.get(message, 1)
@@ -326,15 +337,29 @@ class ReplyPrinter:
             if event.tool_call_id not in self._reported:
                 self.decided(event.tool_call_id, event.approved, event.reason, event.remember)
         elif isinstance(event, DebuggerPauseEvent):
-            self._line(
-                f"  [paused {event.phase}: {_one_line(event.summary)}; "
-                f"continue with `geppetto` or the API (continue_step)]",
-                "yellow",
+            self.paused = event
+            self.update_wants_answer()
+            self.end_line()
+            self._console.print(
+                Text(
+                    f"  [paused {event.phase}: {_one_line(event.summary)}] Enter continues: ",
+                    style="yellow",
+                ),
+                end="",
+                soft_wrap=True,
             )
+            self._mid_line = True
         elif isinstance(event, InferenceFinishedEvent):
             self.end_line()
             self.finished = event
             self.asking.clear()
+            self.paused = None
+            self.wants_answer.clear()
+
+    def update_wants_answer(self) -> None:
+        if self.asking or self.paused is not None:
+            self.wants_answer.set()
+        else:
             self.wants_answer.clear()
 
     def line_ended(self) -> None:
@@ -364,9 +389,8 @@ class ReplyPrinter:
         self._line(text, "green" if approved else "red")
         first = bool(self.asking) and self.asking[0].tool_call.id == call_id
         self.asking = [r for r in self.asking if r.tool_call.id != call_id]
-        if not self.asking:
-            self.wants_answer.clear()
-        elif first:
+        self.update_wants_answer()
+        if self.asking and first:
             self.ask()
 
     def answered(self, call_id: str, approved: bool, reason: str | None, remember: bool) -> None:
@@ -658,7 +682,7 @@ class Chat:
                 return
             if isinstance(line, Mark):
                 continue
-            if printer.asking:
+            if printer.asking or printer.paused is not None:
                 printer.line_ended()  # the answer's Enter (or its echo) ends the question's line
             if not interactive:
                 # nobody's echo shows it (after the question, on its line)
@@ -670,10 +694,25 @@ class Chat:
             if printer.asking:
                 await self._answer(handle, printer, text)
                 continue
+            if printer.paused is not None and text.lower() in ("", "c", "continue"):
+                await self._continue(handle, printer)
+                continue
             if not text:
                 continue
             printer.end_line()
             self.error("a reply is streaming; wait for it, or Ctrl-C (/cancel) to stop it")
+
+    async def _continue(self, handle: ExecutionHandle, printer: ReplyPrinter) -> None:
+        """Step mode: let the loop go on from the pause it waits in."""
+        pause = printer.paused
+        if pause is None:
+            return
+        printer.paused = None
+        printer.update_wants_answer()
+        try:
+            await handle.continue_step(pause.pause_id)
+        except NotPausedError:
+            self.note("[it went on already]", "yellow")
 
     async def _answer(self, handle: ExecutionHandle, printer: ReplyPrinter, text: str) -> None:
         """Decide the first waiting call from a typed answer: y, n [reason], or a (always)."""

@@ -235,20 +235,9 @@ async def test_chat_asks_inline_for_approvals(new_session: Any) -> None:
         }
     )
     # Piped input, as `geppetto chat < answers.txt`: prompts, and answers when a call waits.
-    lines = "first\ny\nsecond\nn not today\nthird\nmaybe\na\nfourth\n"
-    read_end, write_end = os.pipe()
-    os.write(write_end, lines.encode())
-    os.close(write_end)
-    out, err = io.StringIO(), io.StringIO()
-    console = Console(file=out, width=200, color_system=None)
-    err_console = Console(file=err, width=200, color_system=None)
-    with os.fdopen(read_end) as stdin:
-        reader = LineReader(stdin)
-        try:
-            await asyncio.wait_for(Chat(session, console, err_console, reader).run(), 90)
-        finally:
-            reader.close()
-    shown = out.getvalue()
+    shown, errors = await chat_with(
+        session, "first\ny\nsecond\nn not today\nthird\nmaybe\na\nfourth\n"
+    )
     first, second, third, fourth = keys.values()
     assert (
         toolbox.GUARDED_RUNS.get(first),
@@ -280,8 +269,44 @@ async def test_chat_asks_inline_for_approvals(new_session: Any) -> None:
         position = found + len(part)
     # The fourth call ran without asking: the tool was approved for the session.
     assert shown.count("? run guarded_tool") == 4, shown
-    assert "answer [y]es / [n]o [reason] / [a]lways" in err.getvalue()
+    assert "answer [y]es / [n]o [reason] / [a]lways" in errors
     turns = await session.turns()
     assert [t.metadata.status for t in turns] == [InferenceStatus.COMPLETED] * 4
     handle = ExecutionHandle(session.client, turns[-1].metadata.inference_id or "")
     assert not [e async for e in handle.events() if isinstance(e, ApprovalRequestedEvent)]
+
+
+async def chat_with(session: Session, lines: str) -> tuple[str, str]:
+    """Run `geppetto chat`'s loop on `session` with piped `lines`; what it printed (out, err)."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, lines.encode())
+    os.close(write_end)
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    err_console = Console(file=err, width=200, color_system=None)
+    with os.fdopen(read_end) as stdin:
+        reader = LineReader(stdin)
+        try:
+            await asyncio.wait_for(Chat(session, console, err_console, reader).run(), 90)
+        finally:
+            reader.close()
+    return out.getvalue(), err.getvalue()
+
+
+async def test_chat_continues_step_mode_pauses_with_enter(new_session: Any) -> None:
+    session, _ = await new_session(
+        calls_then_answer(CALC, answer="Saw {tool_results}"), configure=lambda b: b.step_mode()
+    )
+    shown, _ = await chat_with(session, "compute\n\n\n")
+    position = 0
+    for part in (
+        "you> compute",
+        "[paused after_inference: 1 tool call(s): calculate] Enter continues: ",
+        "[paused after_tools: 1 tool result(s)] Enter continues: ",
+        'Saw {"expression": "6 * 7", "result": 42}',
+    ):
+        found = shown.find(part, position)
+        assert found >= 0, f"{part!r} missing after {position} in:\n{shown}"
+        position = found + len(part)
+    [turn] = await session.turns()
+    assert turn.metadata.status == InferenceStatus.COMPLETED
