@@ -86,6 +86,7 @@ from geppetto_temporal.workflows._models import (
     StartInferenceRequest,
     StartInferenceResponse,
     StepModeRequest,
+    StepModeResponse,
     StepPause,
     SubmitPromptRequest,
     inference_workflow_id,
@@ -991,9 +992,10 @@ class Session:
         await self._ensure_started()
         request = StepModeRequest(enabled=enabled, auto_continue_seconds=auto_continue_seconds)
         try:
-            # Decoded untyped (a string or null): `result_type` takes no unions.
-            raw = await self._handle.execute_update("set_step_mode", request, id=_update_id())
-            active = raw if isinstance(raw, str) else None
+            response: StepModeResponse = await self._handle.execute_update(
+                "set_step_mode", request, id=_update_id(), result_type=StepModeResponse
+            )
+            active = response.active_inference_id
         except RPCError as err:
             raise await self._map_rpc_error(err) from err
         except WorkflowUpdateFailedError as err:

@@ -64,6 +64,8 @@ from geppetto_temporal.workflows._models import (
     SessionSummary,
     StartInferenceRequest,
     StartInferenceResponse,
+    StepModeRequest,
+    StepModeResponse,
     StepPause,
     SubmitPromptRequest,
 )
@@ -108,6 +110,8 @@ UPDATES: dict[tuple[str, str], tuple[Model, Model]] = {
     (INFERENCE_WORKFLOW, "approve"): (ApprovalDecision, PendingApproval),
     (INFERENCE_WORKFLOW, "deny"): (ApprovalDecision, PendingApproval),
     (INFERENCE_WORKFLOW, "continue_step"): (ContinueStep, StepPause),
+    (SESSION_WORKFLOW, "set_step_mode"): (StepModeRequest, StepModeResponse),
+    (INFERENCE_WORKFLOW, "set_step_mode"): (StepModeRequest, StepModeRequest),
 }
 
 
@@ -300,6 +304,8 @@ _SEARCH_ATTRIBUTE_JSON: dict[str, tuple[type, ...]] = {
 
 def check_search_attribute(payload: Payload, type_name: str) -> str | None:
     """Why a geppetto search attribute payload is not JSON of its type (None: it is)."""
+    if payload.metadata.get("encoding") == b"binary/null" and not payload.data:
+        return None  # an unset (e.g. `GeppettoWaitingOn` once nobody is waited on)
     try:
         value = json.loads(payload.data)
     except ValueError:

@@ -120,6 +120,7 @@ HISTORY_SETS = (
     "v0-10",
     "v0-11",
     "v0-12",
+    "v0-13",
 )
 #: Each scenario of `record.py` and the histories it keeps (`<set>-<scenario>-<kind>.json`).
 SCENARIO_FILES: dict[str, tuple[str, ...]] = {
@@ -130,6 +131,14 @@ SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     "first-prompt": ("session", "inference-1", "inference-2"),
     # Approvals (approve with remember, deny), step mode, a budget stop: one inference each.
     "human-in-the-loop": ("session", "inference-1", "inference-2", "inference-3"),
+    # A budget pause, step mode switched at run time, a deadline that approves, a session budget.
+    "live-decisions": (
+        "session",
+        "inference-1",
+        "inference-2",
+        "inference-3",
+        "inference-4",
+    ),
     "max-iterations": ("session", "inference-1"),
     "multi-turn": ("session", "inference-1", "inference-2", "inference-3"),
     "plain-text": ("session", "inference-1"),
@@ -157,6 +166,7 @@ SCENARIO_SINCE = {
     "human-in-the-loop": "v0-11",
     "typed-output": "v0-12",
     "sub-agent": "v0-12",
+    "live-decisions": "v0-13",
 }
 
 

@@ -129,6 +129,12 @@ class StepModeRequest(WireModel):
     auto_continue_seconds: float | None = Field(default=None, gt=0)
 
 
+class StepModeResponse(WireModel):
+    """The session's `set_step_mode` update's answer: its running inference, if any."""
+
+    active_inference_id: str | None = None
+
+
 class SessionState(WireModel):
     """Everything a session carries across continue-as-new.
 

@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         StartInferenceRequest,
         StartInferenceResponse,
         StepModeRequest,
+        StepModeResponse,
         SubmitPromptRequest,
         TurnLookup,
         TurnRecord,
@@ -186,7 +187,7 @@ class SessionWorkflow:
     # ---- updates and signals --------------------------------------------
 
     @workflow.update(name="set_step_mode")
-    def set_step_mode(self, request: StepModeRequest) -> str | None:
+    def set_step_mode(self, request: StepModeRequest) -> StepModeResponse:
         """Step mode for the session's next prompts (its engine); returns the running inference.
 
         State only (no command). The caller switches the running inference itself
@@ -198,7 +199,9 @@ class SessionWorkflow:
                 "step_auto_continue_seconds": request.auto_continue_seconds,
             }
         )
-        return self._active.inference_id if self._active is not None else None
+        return StepModeResponse(
+            active_inference_id=self._active.inference_id if self._active is not None else None
+        )
 
     @workflow.update(name="start_inference")
     async def start_inference(self, request: StartInferenceRequest) -> StartInferenceResponse:
