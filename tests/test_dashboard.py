@@ -30,8 +30,11 @@ from geppetto_temporal.dashboard import TOKEN_COOKIE, SessionFilter, create_app,
 from geppetto_temporal.dashboard._app import CSRF_COOKIE, NOTICES
 from geppetto_temporal.errors import InferenceCancelled
 from geppetto_temporal.turns import InferenceStatus
+from tests import toolbox
 from tests.browser import ARTIFACTS as BROWSER_ARTIFACTS
 from tests.browser import chromium_for, launched
+from tests.scripts import calls_then_answer
+from tests.test_approvals import guarded, key, pending, tool_uses
 
 ARTIFACTS = BROWSER_ARTIFACTS / "dashboard"
 TOKEN = "dashboard-test-token"
@@ -429,10 +432,6 @@ async def test_pending_approvals_page_in_chromium(
     client: Client, new_session: Any, browser: Browser, worker: Any
 ) -> None:
     """Pending approvals across sessions, decided with the page's buttons (CSP, CSRF as everywhere)."""
-    from tests import toolbox
-    from tests.scripts import calls_then_answer
-    from tests.test_approvals import guarded, key, pending, tool_uses
-
     a, b = key(), key()
     tools, _ = await new_session(calls_then_answer(guarded(a), guarded(b), answer="{tool_results}"))
     calc = {"name": "calculate", "arguments": {"expression": "6 * 7"}}
