@@ -9,6 +9,7 @@ made with `create_worker`, or by any Temporal worker given `GeppettoPlugin`.
 from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.connection import connect, data_converter
 from geppetto_temporal.context import ContextPolicy
+from geppetto_temporal.contract import Budget
 from geppetto_temporal.engines import Endpoint, EndpointRegistry, EngineBuilder, EngineSpec
 from geppetto_temporal.errors import (
     ApprovalNotPendingError,
@@ -51,6 +52,7 @@ __all__ = [
     "ApprovalNotPendingError",
     "Block",
     "BlockKind",
+    "Budget",
     "BudgetExceeded",
     "ConfigurationError",
     "ContextPolicy",

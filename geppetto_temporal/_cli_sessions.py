@@ -158,7 +158,10 @@ def print_session_list(console: Console, found: list[SessionInfo]) -> None:
         {
             "SESSION": escape_controls(s.session_id, multiline=False),
             "STATUS": escape_controls(
-                s.status + (" (no worker)" if s.worker_answers is False else ""), multiline=False
+                s.status
+                + (" (no worker)" if s.worker_answers is False else "")
+                + (f" (waiting on a person: {s.waiting_on})" if s.waiting_on else ""),
+                multiline=False,
             ),
             "MODEL": _model_text(s),
             "PROMPTS": _count(s.prompt_count),

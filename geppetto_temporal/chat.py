@@ -43,8 +43,16 @@ from geppetto_temporal._render import (
 from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.contract import DEFAULT_TASK_QUEUE
 from geppetto_temporal.engines._builder import EngineBuilder
-from geppetto_temporal.errors import GeppettoError, SessionBusyError
+from geppetto_temporal.errors import (
+    ApprovalNotPendingError,
+    GeppettoError,
+    NotPausedError,
+    SessionBusyError,
+)
 from geppetto_temporal.events import (
+    ApprovalDecidedEvent,
+    ApprovalRequestedEvent,
+    DebuggerPauseEvent,
     ErrorEvent,
     Event,
     FinalEvent,
@@ -53,6 +61,7 @@ from geppetto_temporal.events import (
     PartialEvent,
     PartialThinkingEvent,
     StartEvent,
+    ToolCall,
     ToolCallEvent,
     ToolCallExecutionResultEvent,
 )
@@ -70,6 +79,8 @@ START_GRACE_SECONDS = 5.0
 GREET_WAIT_SECONDS = 10.0
 #: Longest tool result or history answer shown on one line.
 MAX_LINE = 160
+#: What a question about a waiting call accepts.
+ANSWERS = "[y]es / [n]o [reason] / [a]lways"
 
 HELP = (
     ("/history", "show this session's turns: prompts, answers, tool calls, statuses"),
@@ -193,6 +204,9 @@ class Foreground:
 
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     abandon: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Stop following without cancelling (set with `interrupted`): the input ended
+    #: while a call waits for a decision, which another client can still make.
+    detached: bool = False
 
     def press(self) -> None:
         """One Ctrl-C."""
@@ -235,6 +249,14 @@ class ReplyPrinter:
         self.finished: InferenceFinishedEvent | None = None
         self.last_error: str | None = None
         self.text_seen = False
+        #: Calls (and budget pauses) waiting for a decision, oldest first: the first is asked.
+        self.asking: list[ApprovalRequestedEvent] = []
+        #: Set while `asking` is not empty: the next line typed is an answer.
+        self.wants_answer = asyncio.Event()
+        #: Calls whose decision this chat made and reported already.
+        self._reported: set[str] = set()
+        #: Step mode: the pause the loop waits in (Enter continues), until the loop goes on.
+        self.paused: DebuggerPauseEvent | None = None
 
     def _write(self, text: str) -> None:
         # Terminal control characters a model could send (escape sequences, carriage
@@ -262,6 +284,10 @@ class ReplyPrinter:
     def show(self, event: Event) -> None:
         """Render one event."""
         message = event.meta.message_id or ""
+        if self.paused is not None and not isinstance(event, DebuggerPauseEvent):
+            # Anything after a pause means the loop went on (continued here, elsewhere, or by itself).
+            self.paused = None
+            self.update_wants_answer()
         if isinstance(event, StartEvent):
             attempt = event.meta.attempt or 1
             retried = attempt > self._attempt.get(message, 1)
@@ -303,11 +329,81 @@ class ReplyPrinter:
                 self._line(f"  ← error: {_one_line(result.removeprefix('Error: '))}", "red")
             else:
                 self._line(f"  ← {_one_line(result)}", "green")
+        elif isinstance(event, ApprovalRequestedEvent):
+            self.asking.append(event)
+            self.wants_answer.set()
+            if len(self.asking) == 1:
+                self.ask()
+        elif isinstance(event, ApprovalDecidedEvent):
+            if event.tool_call_id not in self._reported:
+                self.decided(event.tool_call_id, event.approved, event.reason, event.remember)
+        elif isinstance(event, DebuggerPauseEvent):
+            self.paused = event
+            self.update_wants_answer()
+            self.end_line()
+            self._console.print(
+                Text(
+                    f"  [paused {event.phase}: {_one_line(event.summary)}] Enter continues: ",
+                    style="yellow",
+                ),
+                end="",
+                soft_wrap=True,
+            )
+            self._mid_line = True
         elif isinstance(event, InferenceFinishedEvent):
             self.end_line()
             self.finished = event
+            self.asking.clear()
+            self.paused = None
+            self.wants_answer.clear()
         elif (notice := worker_notice(event)) is not None:
             self._line(*notice)
+
+    def update_wants_answer(self) -> None:
+        if self.asking or self.paused is not None:
+            self.wants_answer.set()
+        else:
+            self.wants_answer.clear()
+
+    def line_ended(self) -> None:
+        """The line was ended by something else (the terminal echoing an answer's Enter)."""
+        self._mid_line = False
+
+    def ask(self) -> None:
+        """Show the question about the first waiting call (the prompt stays on its line)."""
+        if not self.asking:
+            return
+        request = self.asking[0]
+        call = request.tool_call
+        if request.kind == "budget":
+            question = f"  ? {_one_line(call.input)}: go on anyway? [y]es / [n]o: "
+        else:
+            question = f"  ? run {_one_line(_call_text(call))}? {ANSWERS}: "
+        self.end_line()
+        self._console.print(Text(question, style="bold magenta"), end="", soft_wrap=True)
+        self._mid_line = True
+
+    def decided(self, call_id: str, approved: bool, reason: str | None, remember: bool) -> None:
+        """Report a decision (this chat's, or one made elsewhere) and ask about the next call."""
+        if approved:
+            text = "  ✓ approved" + (" for the rest of the session" if remember else "")
+        else:
+            text = f"  ✗ denied: {_one_line(reason or '')}"
+        self._line(text, "green" if approved else "red")
+        first = bool(self.asking) and self.asking[0].tool_call.id == call_id
+        self.asking = [r for r in self.asking if r.tool_call.id != call_id]
+        self.update_wants_answer()
+        if self.asking and first:
+            self.ask()
+
+    def answered(self, call_id: str, approved: bool, reason: str | None, remember: bool) -> None:
+        """This chat decided a call: report it now (its `approval-decided` event is then skipped)."""
+        self._reported.add(call_id)
+        self.decided(call_id, approved, reason, remember)
+
+
+def _call_text(call: ToolCall) -> str:
+    return format_tool_call(call.name, call.input)
 
 
 def _status_style(status: InferenceStatus | None) -> str:
@@ -542,10 +638,12 @@ class Chat:
         """Stream `handle`'s reply until it ends; Ctrl-C (or /cancel) cancels it."""
         printer = ReplyPrinter(self.console)
         stream = asyncio.ensure_future(self._stream(handle, printer))
-        watcher = asyncio.ensure_future(self._watch_input(foreground, printer))
+        watcher = asyncio.ensure_future(self._watch_input(handle, foreground, printer))
         try:
             # A Ctrl-C during start_inference is honoured here, before any output.
             if not await _until(stream, foreground.interrupted, None):
+                if foreground.detached:
+                    return  # the input ended while a call waits: it keeps waiting
                 await self._cancel(handle, printer, stream, foreground)
                 return
         finally:
@@ -562,23 +660,86 @@ class Chat:
         async for event in handle.events():
             printer.show(event)
 
-    async def _watch_input(self, foreground: Foreground, printer: ReplyPrinter) -> None:
-        # While a reply streams, a person may type: /cancel stops it; anything
-        # else is refused, as the original refuses a submit "already streaming".
-        # Piped input is not watched: its next lines are the next prompts.
-        if not self.reader.interactive:
-            return
+    async def _watch_input(
+        self, handle: ExecutionHandle, foreground: Foreground, printer: ReplyPrinter
+    ) -> None:
+        # While a reply streams, a person may type: an answer when a call waits for
+        # a decision, /cancel to stop it; anything else is refused, as the original
+        # refuses a submit "already streaming". Piped input is read only for answers:
+        # its other lines are the next prompts.
+        interactive = self.reader.interactive
         while True:
+            if not interactive:
+                await printer.wants_answer.wait()
             line = await self.reader.readline()
             if line is Mark.EOF:
+                if printer.asking:
+                    printer.end_line()
+                    self.note(
+                        "[the input ended while a call waits for a decision: it keeps waiting; "
+                        "decide with `geppetto approve` or `geppetto deny`]",
+                        "yellow",
+                    )
+                    foreground.detached = True
+                    foreground.interrupted.set()
                 return
-            if isinstance(line, Mark) or not line.strip():
+            if isinstance(line, Mark):
                 continue
-            if line.strip().lower() == "/cancel":
+            if printer.asking or printer.paused is not None:
+                printer.line_ended()  # the answer's Enter (or its echo) ends the question's line
+            if not interactive:
+                # nobody's echo shows it (after the question, on its line)
+                self.console.print(Text(escape_controls(line)), soft_wrap=True)
+            text = line.strip()
+            if text.lower() == "/cancel":
                 foreground.press()
                 return
+            if printer.asking:
+                await self._answer(handle, printer, text)
+                continue
+            if printer.paused is not None and text.lower() in ("", "c", "continue"):
+                await self._continue(handle, printer)
+                continue
+            if not text:
+                continue
             printer.end_line()
             self.error("a reply is streaming; wait for it, or Ctrl-C (/cancel) to stop it")
+
+    async def _continue(self, handle: ExecutionHandle, printer: ReplyPrinter) -> None:
+        """Step mode: let the loop go on from the pause it waits in."""
+        pause = printer.paused
+        if pause is None:
+            return
+        printer.paused = None
+        printer.update_wants_answer()
+        try:
+            await handle.continue_step(pause.pause_id)
+        except NotPausedError:
+            self.note("[it went on already]", "yellow")
+
+    async def _answer(self, handle: ExecutionHandle, printer: ReplyPrinter, text: str) -> None:
+        """Decide the first waiting call from a typed answer: y, n [reason], or a (always)."""
+        request = printer.asking[0]
+        call_id = request.tool_call.id
+        word, _, rest = text.partition(" ")
+        word = word.lower().rstrip(":,")
+        try:
+            if word in ("y", "yes"):
+                await handle.approve(call_id)
+                printer.answered(call_id, True, None, False)
+            elif word in ("a", "always") and request.kind == "tool":
+                await handle.approve(call_id, remember=True)
+                printer.answered(call_id, True, None, True)
+            elif word in ("n", "no"):
+                reason = rest.strip() or "denied in the chat"
+                await handle.deny(call_id, reason=reason)
+                printer.answered(call_id, False, reason, False)
+            else:
+                self.error(f"answer {ANSWERS if request.kind == 'tool' else '[y]es / [n]o'}")
+                printer.ask()
+        except ApprovalNotPendingError:
+            # Decided elsewhere (or past its deadline): its event says how, and asks the next.
+            self.note("[that call no longer waits: it was decided elsewhere]", "yellow")
 
     async def _cancel(
         self,

@@ -46,8 +46,10 @@ from geppetto_temporal.contract import (
     DEFAULT_TASK_QUEUE,
     SESSION_FEATURES,
     SESSION_WORKFLOW,
+    WAITING_ATTRIBUTE,
     ApprovalDecision,
     BlockRange,
+    Budget,
     CancelInferenceRequest,
     CloseRequest,
     ContinueStep,
@@ -60,12 +62,15 @@ from geppetto_temporal.contract import (
     SessionInput,
     SessionQuery,
     SessionSignal,
+    SessionState,
     SessionStatus,
     SessionSummary,
     SessionTranscript,
     SessionUpdate,
     StartInferenceRequest,
     StartInferenceResponse,
+    StepModeRequest,
+    StepModeResponse,
     StepPause,
     SubmitPromptRequest,
     inference_workflow_id,
@@ -542,6 +547,33 @@ class ExecutionHandle:
             raise
         return pause
 
+    async def set_step_mode(
+        self, enabled: bool = True, *, auto_continue_seconds: float | None = None
+    ) -> StepModeRequest:
+        """Switch step mode on or off for this running inference, from its next pause on.
+
+        Off also ends a pause the loop waits in. Raises `NotPausedError` when the
+        inference has ended (there is no loop left to switch).
+        """
+        await self._exists_now()
+        request = StepModeRequest(enabled=enabled, auto_continue_seconds=auto_continue_seconds)
+        try:
+            done: StepModeRequest = await self._handle.execute_update(
+                InferenceUpdate.SET_STEP_MODE, request, id=_update_id(), result_type=StepModeRequest
+            )
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            if not await self.exists():
+                raise SessionNotFoundError(
+                    f"no inference {self.inference_id}", session_id=self.session_id
+                ) from err
+            raise NotPausedError(
+                f"inference {self.inference_id} has ended: step mode cannot change",
+                inference_id=self.inference_id,
+            ) from err
+        return done
+
     async def _decide(self, update: str, decision: ApprovalDecision) -> PendingApproval:
         await self._exists_now()
         not_pending = ApprovalNotPendingError(
@@ -634,6 +666,7 @@ class Session:
         search_attributes: bool | None = None,
         lazy: bool = False,
         memo: Mapping[str, Any] | None = None,
+        budget: Budget | None = None,
     ) -> Session:
         """Start a new session (a SessionWorkflow) with this engine.
 
@@ -649,6 +682,9 @@ class Session:
 
         `memo` is stored with the session's workflow when this call starts it (kept
         across continue-as-new, shown in the Temporal UI; never put secrets in it).
+
+        `budget` limits the tokens, cost and tool calls of all the session's inferences
+        together (docs/approvals.md); `status()` shows it and what is used.
         """
         if session_id is None:
             session_id = new_session_id()
@@ -659,8 +695,10 @@ class Session:
         start = _SessionStart(
             SessionInput(
                 engine=spec,
+                state=SessionState(budget=budget),
                 search_attributes=search_attributes,
-                features=list(SESSION_FEATURES),
+                # The waiting attribute only where all of geppetto's are registered.
+                features=[*SESSION_FEATURES, *([WAITING_ATTRIBUTE] if search_attributes else [])],
                 payload_limit=None if _has_external_storage(client) else SESSION_CARRY_LIMIT,
             ),
             dict(
@@ -727,7 +765,7 @@ class Session:
                 SessionInput(
                     engine=spec,
                     search_attributes=indexed,
-                    features=list(SESSION_FEATURES),
+                    features=[*SESSION_FEATURES, *([WAITING_ATTRIBUTE] if indexed else [])],
                     payload_limit=None if _has_external_storage(client) else SESSION_CARRY_LIMIT,
                 ),
                 id=session_id,
@@ -1018,6 +1056,32 @@ class Session:
             await self._handle.signal(SessionSignal.SUBMIT_PROMPT, request)
         except RPCError as err:
             raise await self._map_rpc_error(err) from err
+
+    async def set_step_mode(
+        self, enabled: bool = True, *, auto_continue_seconds: float | None = None
+    ) -> str | None:
+        """Switch step mode on or off for the session's next prompts and its running inference.
+
+        Returns the id of the running inference it switched too, if any.
+        """
+        await self._ensure_started()
+        request = StepModeRequest(enabled=enabled, auto_continue_seconds=auto_continue_seconds)
+        try:
+            response: StepModeResponse = await self._handle.execute_update(
+                SessionUpdate.SET_STEP_MODE, request, id=_update_id(), result_type=StepModeResponse
+            )
+            active = response.active_inference_id
+        except RPCError as err:
+            raise await self._map_rpc_error(err) from err
+        except WorkflowUpdateFailedError as err:
+            raise self._map_update_error(err) from err
+        if active is not None:
+            handle = ExecutionHandle(self.client, active, session=self)
+            try:
+                await handle.set_step_mode(enabled, auto_continue_seconds=auto_continue_seconds)
+            except NotPausedError:
+                pass  # it ended meanwhile: the next prompt has the new mode anyway
+        return active
 
     async def cancel_active(self, *, inference_id: str | None = None) -> None:
         """Cancel the running inference, if any (only if it is `inference_id`, when given);

@@ -161,8 +161,11 @@ class ApprovalRequestedEvent(_Event):
 
     type: Literal["approval-requested"] = "approval-requested"
     tool_call: ToolCall
-    #: When the call is denied if still undecided (the engine's approval timeout).
+    #: When the call is decided if still undecided (the engine's approval timeout).
     deadline: datetime | None = None
+    #: `tool`: a tool call waits; `budget`: the inference went over a budget that pauses,
+    #: and asks to continue (`tool_call.name` is `budget`, its input the reason).
+    kind: Literal["tool", "budget"] = "tool"
 
 
 class ApprovalDecidedEvent(_Event):

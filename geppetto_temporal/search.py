@@ -53,6 +53,10 @@ COST_USD: Final = SearchAttributeKey.for_float("GeppettoCostUsd")
 LAST_ACTIVITY: Final = SearchAttributeKey.for_datetime("GeppettoLastActivity")
 #: The schedule that last submitted a prompt to the session (kept when people prompt it too).
 SCHEDULE: Final = SearchAttributeKey.for_keyword("GeppettoSchedule")
+#: Set on an inference workflow while it waits on a person (`WaitingOn`), unset otherwise:
+#: `GeppettoWaitingOn IS NOT NULL AND ExecutionStatus = 'Running'` finds every inference
+#: (and so session: its id starts with the session's) waiting for a decision.
+WAITING_ON: Final = SearchAttributeKey.for_keyword("GeppettoWaitingOn")
 
 ALL_KEYS: Final[tuple[SearchAttributeKey[Any], ...]] = (
     STATUS,
@@ -64,6 +68,7 @@ ALL_KEYS: Final[tuple[SearchAttributeKey[Any], ...]] = (
     COST_USD,
     LAST_ACTIVITY,
     SCHEDULE,
+    WAITING_ON,
 )
 
 _TYPE_NAMES: Final[Mapping[SearchAttributeIndexedValueType, str]] = MappingProxyType(
@@ -97,6 +102,17 @@ class SessionSearchStatus(StrEnum):
     #: the next successful inference makes it `idle` again. `geppetto sessions list`
     #: also shows a session whose workflow failed, was terminated or timed out as failed.
     FAILED = "failed"
+
+
+class WaitingOn(StrEnum):
+    """The values of `GeppettoWaitingOn`: what a person is asked for."""
+
+    #: A tool call waits for approve or deny.
+    APPROVAL = "approval"
+    #: The inference went over a budget that pauses, and asks whether to continue.
+    BUDGET = "budget"
+    #: Step mode: the loop is paused until `continue_step`.
+    STEP = "step"
 
 
 def initial_search_attributes(*, provider: str, model: str, now: datetime) -> TypedSearchAttributes:

@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal import search
 from geppetto_temporal._inputs import check_existing_id
-from geppetto_temporal.contract import SESSION_WORKFLOW
+from geppetto_temporal.contract import INFERENCE_WORKFLOW, SESSION_WORKFLOW, session_id_of
 from geppetto_temporal.engines._spec import Provider
 from geppetto_temporal.errors import ConfigurationError, SessionNotFoundError
 from geppetto_temporal.search import SessionSearchStatus
@@ -35,6 +35,8 @@ __all__ = [
     "most_recent",
     "parse_since",
     "sessions_query",
+    "waiting_inferences",
+    "waiting_on_person",
 ]
 
 #: The status of a running session that keeps no search attributes (idle or running: unknown).
@@ -77,6 +79,9 @@ class SessionInfo(BaseModel):
     task_queue: str | None = None
     #: For an open session: whether a worker answers on its task queue (None: not checked).
     worker_answers: bool | None = None
+    #: What a person is asked for, when the session's inference waits on one:
+    #: approval | budget | step (`search.WaitingOn`); None when it waits on nobody.
+    waiting_on: str | None = None
 
     @property
     def total_tokens(self) -> int | None:
@@ -223,7 +228,7 @@ async def list_sessions(
     """Sessions matching the filters, most recently active first (at most `limit`)."""
     query = sessions_query(status=status, model=model, since=since, schedule=schedule)
     try:
-        return await most_recent(client, query, limit)
+        found = await most_recent(client, query, limit)
     except RPCError as err:
         # Filters other than "closed" name geppetto's search attributes.
         reason = (
@@ -236,6 +241,56 @@ async def list_sessions(
         raise ConfigurationError(
             f"cannot filter sessions by status, model, since or schedule: {reason}"
         ) from err
+    if any(info.execution_status == "Running" for info in found):
+        waiting = await waiting_on_person(client)
+        for info in found:
+            if info.execution_status == "Running":
+                info.waiting_on = waiting.get(info.session_id)
+    return found
+
+
+#: The query for inferences waiting on a person (`search.WAITING_ON`).
+WAITING_QUERY = (
+    f"WorkflowType = '{INFERENCE_WORKFLOW}' AND ExecutionStatus = 'Running' "
+    f"AND {search.WAITING_ON.name} IS NOT NULL"
+)
+
+
+async def waiting_inferences(client: Client, *, limit: int = 1000) -> list[tuple[str, str]]:
+    """(inference id, what it waits for) of each running inference waiting on a person.
+
+    One visibility call over `GeppettoWaitingOn`, no worker involved. A namespace
+    without the attribute (its sessions never set it) answers [].
+    """
+    found: list[tuple[str, str]] = []
+    try:
+        async for execution in client.list_workflows(WAITING_QUERY, limit=limit):
+            value = execution.typed_search_attributes.get(search.WAITING_ON)
+            if value:
+                found.append((execution.id, value))
+    except RPCError as err:
+        if err.status != RPCStatusCode.INVALID_ARGUMENT:
+            raise
+    return found
+
+
+async def waiting_on_person(client: Client, *, limit: int = 1000) -> dict[str, str]:
+    """Session id -> what its inference (or a sub-agent's) waits for: approval | budget | step."""
+    waiting: dict[str, str] = {}
+    for inference_id, value in await waiting_inferences(client, limit=limit):
+        # A budget pause outranks a tool approval, which outranks a step pause.
+        session_id = session_id_of(inference_id)
+        known = waiting.get(session_id)
+        if known is None or _WAITING_RANK.get(value, 9) < _WAITING_RANK.get(known, 9):
+            waiting[session_id] = value
+    return waiting
+
+
+_WAITING_RANK = {
+    search.WaitingOn.BUDGET.value: 0,
+    search.WaitingOn.APPROVAL.value: 1,
+    search.WaitingOn.STEP.value: 2,
+}
 
 
 #: Up to this many matches, `most_recent` reads them all and sorts them itself.

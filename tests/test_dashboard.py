@@ -30,8 +30,11 @@ from geppetto_temporal.dashboard import TOKEN_COOKIE, SessionFilter, create_app,
 from geppetto_temporal.dashboard._app import CSRF_COOKIE, NOTICES
 from geppetto_temporal.errors import InferenceCancelled
 from geppetto_temporal.turns import InferenceStatus
+from tests import toolbox
 from tests.browser import ARTIFACTS as BROWSER_ARTIFACTS
 from tests.browser import chromium_for, launched
+from tests.scripts import calls_then_answer
+from tests.test_approvals import guarded, key, pending, tool_uses
 
 ARTIFACTS = BROWSER_ARTIFACTS / "dashboard"
 TOKEN = "dashboard-test-token"
@@ -423,3 +426,94 @@ async def test_posts_need_this_site_and_the_cookie_pair(
         assert TOKEN_COOKIE in http.cookies and CSRF_COOKIE not in http.cookies
         cookie_only = await http.post(cancel, data=form, headers=fetch)
         assert cookie_only.status_code == 403 and "cookie" in cookie_only.text
+
+
+async def test_pending_approvals_page_in_chromium(
+    client: Client, new_session: Any, browser: Browser, worker: Any
+) -> None:
+    """Pending approvals across sessions, decided with the page's buttons (CSP, CSRF as everywhere)."""
+    a, b = key(), key()
+    tools, _ = await new_session(calls_then_answer(guarded(a), guarded(b), answer="{tool_results}"))
+    calc = {"name": "calculate", "arguments": {"expression": "6 * 7"}}
+    over, _ = await new_session(
+        calls_then_answer(calc, calc, answer="{tool_results}"),
+        configure=lambda e: e.budget(max_tool_calls=1, on_exceeded="pause"),
+    )
+    asking = await tools.start_inference("two guarded things")
+    pausing = await over.start_inference("compute twice")
+    first, second = await pending(asking, 2)
+    [budget] = await pending(pausing)
+
+    async with serve(create_app(client)) as base:
+        context = await browser.new_context(viewport={"width": 1360, "height": 900})
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+
+        # The session list says who waits on a person (visibility lags: the list refreshes).
+        await page.goto(base + "/")
+        await expect(
+            page.locator(f'tr[data-session="{tools.session_id}"] .badge.waiting')
+        ).to_have_text("waiting on a person: approval", timeout=15_000)
+        await expect(
+            page.locator(f'tr[data-session="{over.session_id}"] .badge.waiting')
+        ).to_have_text("waiting on a person: budget", timeout=15_000)
+
+        await page.goto(base + "/approvals")
+        await expect(page.locator("h1")).to_have_text("Pending approvals")
+        row = page.locator(f'tr[data-call="{first.call_id}"]')
+        await expect(row).to_be_visible(timeout=15_000)
+        await expect(row).to_contain_text("guarded_tool")
+        await expect(row).to_contain_text(a)
+        await expect(page.locator(f'tr[data-call="{second.call_id}"]')).to_be_visible()
+        budget_row = page.locator(f'tr[data-call="{budget.call_id}"]')
+        await expect(budget_row).to_contain_text("max_tool_calls is 1", timeout=15_000)
+        await expect(budget_row.locator(".always-button")).to_have_count(0)
+        await _shot(page, "07-approvals")
+
+        await row.locator(".approve-button").click()
+        await expect(page.locator("#flash")).to_have_text(NOTICES["approved"])
+        deny_row = page.locator(f'tr[data-call="{second.call_id}"]')
+        await deny_row.locator("input.reason").fill("not from the dashboard")
+        await deny_row.locator(".deny-button").click()
+        await expect(page.locator("#flash")).to_have_text(NOTICES["denied"])
+        await page.locator(f'tr[data-call="{budget.call_id}"] .approve-button').click()
+        await expect(page.locator("#flash")).to_have_text(NOTICES["approved"])
+
+        turn = await asyncio.wait_for(asking.wait(), 30)
+        uses = tool_uses(turn.blocks)
+        assert uses[0].payload["result"] == {"done": a} and toolbox.GUARDED_RUNS[a] == 1
+        assert uses[1].payload["error"] == "denied: not from the dashboard"
+        assert toolbox.GUARDED_RUNS.get(b) is None
+        assert len(tool_uses((await asyncio.wait_for(pausing.wait(), 30)).blocks)) == 2
+        await page.goto(base + "/approvals")
+        await expect(page.locator(f'tr[data-call="{first.call_id}"]')).to_have_count(0)
+
+        # The charts page counts the sessions waiting on a person.
+        await page.goto(base + "/charts")
+        await expect(page.locator("body")).to_contain_text("Sessions waiting on a person now")
+        await context.close()
+        assert not errors, f"JavaScript errors: {errors}"
+
+    # A decision needs the form secret and its cookie; a call that no longer waits is refused.
+    async with (
+        serve(create_app(client)) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        decision = {
+            "inference_id": asking.inference_id,
+            "call_id": first.call_id,
+            "decision": "approve",
+        }
+        forged = await http.post("/approvals/decide", data={**decision, "csrf": "guess"})
+        assert forged.status_code == 403
+        # The form secret is the app's: read it from a page that renders a form.
+        session_page = await http.get(f"/sessions/{tools.session_id}")
+        found = re.search(r'name="csrf" value="([^"]+)"', session_page.text)
+        assert found is not None
+        late = await http.post(
+            "/approvals/decide",
+            data={**decision, "csrf": found.group(1)},
+            headers={"X-Requested-With": "fetch"},
+        )
+        assert late.status_code == 409 and late.json()["code"] == "approval-not-pending", late.text

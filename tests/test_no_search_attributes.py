@@ -27,8 +27,10 @@ from geppetto_temporal import EngineBuilder, Session, connect, list_sessions, se
 from geppetto_temporal import schedules as sch
 from geppetto_temporal.dashboard import create_app
 from geppetto_temporal.devserver import find_temporal_binary
+from geppetto_temporal.sessions import waiting_on_person
 from geppetto_temporal.testing import ScriptedModelServer
 from tests.conftest import scripted_endpoints_env
+from tests.scripts import calls_then_answer
 from tests.servers import dev_server
 from tests.waiting import eventually
 from tests.workers import GEPPETTO, WorkerProcs, unique_queue
@@ -131,6 +133,30 @@ async def test_schedule_worker_list_and_dashboard_without_search_attributes(
         direct = await Session.create(plain_client, spec, task_queue=queue)
         answer = await (await direct.start_inference("hello")).wait()
         assert answer.blocks[-1].text == "You said: hello"
+
+        # Waiting on a person works without `GeppettoWaitingOn` (never upserted), and the
+        # dashboard's approvals page asks the running inferences themselves.
+        calc = {"name": "calculate", "arguments": {"expression": "6 * 7"}}
+        calc_url = model_server.add_script(calls_then_answer(calc, answer="Saw {tool_results}"))
+        asking = await Session.create(
+            plain_client,
+            EngineBuilder("openai:scripted").base_url(calc_url).require_approval("calc*"),
+            task_queue=queue,
+        )
+        handle = await asking.start_inference("compute")
+        [ask] = await eventually(
+            handle.pending_approvals, bool, within=30, what="the call to wait for approval"
+        )
+        waiting = await handle.workflow_handle.describe()
+        assert waiting.typed_search_attributes.get(search.WAITING_ON) is None
+        assert await waiting_on_person(plain_client) == {}
+        transport = httpx.ASGITransport(app=create_app(plain_client))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8800") as http:
+            approvals = await http.get("/approvals")
+        assert approvals.status_code == 200 and f'data-call="{ask.call_id}"' in approvals.text
+        await handle.approve(ask.call_id)
+        assert "42" in (await handle.wait()).last_text
+        await asking.close()
 
         # Listing: counts are unknown, not zero, and the CLI says why.
         found = {s.session_id: s for s in await list_sessions(plain_client)}

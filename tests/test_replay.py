@@ -130,6 +130,14 @@ SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     "first-prompt": ("session", "inference-1", "inference-2"),
     # Approvals (approve with remember, deny), step mode, a budget stop: one inference each.
     "human-in-the-loop": ("session", "inference-1", "inference-2", "inference-3"),
+    # A budget pause, step mode switched at run time, a deadline that approves, a session budget.
+    "live-decisions": (
+        "session",
+        "inference-1",
+        "inference-2",
+        "inference-3",
+        "inference-4",
+    ),
     "max-iterations": ("session", "inference-1"),
     "multi-turn": ("session", "inference-1", "inference-2", "inference-3"),
     "plain-text": ("session", "inference-1"),
@@ -159,6 +167,7 @@ SCENARIO_SINCE = {
     "typed-output": "v0-12",
     "sub-agent": "v0-12",
     "mcp": "v0-13",
+    "live-decisions": "v0-13",
 }
 
 

@@ -43,6 +43,7 @@ class SessionUpdate(StrEnum):
 
     START_INFERENCE = "start_inference"
     CLOSE = "close"
+    SET_STEP_MODE = "set_step_mode"
 
 
 class SessionSignal(StrEnum):
@@ -68,3 +69,4 @@ class InferenceUpdate(StrEnum):
     APPROVE = "approve"
     DENY = "deny"
     CONTINUE_STEP = "continue_step"
+    SET_STEP_MODE = "set_step_mode"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from temporalio.contrib.workflow_streams import WorkflowStreamState
@@ -35,6 +35,10 @@ INFERENCE_FEATURES: tuple[str, ...] = (LIVE_DELTAS,)
 #: Inference feature, given only by a session that keeps search attributes (the namespace
 #: has them registered): the inference upserts its outcome, usage and end time once, as it ends.
 INFERENCE_SEARCH_ATTRIBUTES = "indexed"
+#: Session and inference feature: an inference waiting on a person sets `GeppettoWaitingOn`
+#: (`geppetto_temporal.search.WAITING_ON`) while it waits. Given only to sessions started
+#: where that attribute is registered, so no workflow upserts an unknown attribute.
+WAITING_ATTRIBUTE = "waiting-attribute"
 #: Patch id: a session with a `payload_limit` does not continue-as-new with a larger input.
 CARRY_LIMIT_PATCH = "carry-limit"
 #: Patch id: an inference continues as new between steps (recorded only by runs that do).
@@ -109,6 +113,37 @@ class QueuedPrompt(WireModel):
     source: str | None = None
 
 
+class Budget(WireModel):
+    """Limits on a whole session's inferences (docs/approvals.md); None: no limit."""
+
+    max_total_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_tool_calls: int | None = Field(default=None, ge=0)
+    #: `stop`: the inference ends `budget_exceeded`; `pause`: it asks a person to continue.
+    on_exceeded: Literal["stop", "pause"] = "stop"
+
+
+class SessionBudgetInput(WireModel):
+    """A session's budget and what its earlier inferences used of it, given to each inference."""
+
+    budget: Budget
+    usage: Usage = Usage()
+    tool_calls: int = 0
+
+
+class StepModeRequest(WireModel):
+    """The `set_step_mode` updates' argument: step mode on or off from now on."""
+
+    enabled: bool = True
+    auto_continue_seconds: float | None = Field(default=None, gt=0)
+
+
+class StepModeResponse(WireModel):
+    """The session's `set_step_mode` update's answer: its running inference, if any."""
+
+    active_inference_id: str | None = None
+
+
 class SessionState(WireModel):
     """Everything a session carries across continue-as-new.
 
@@ -129,6 +164,10 @@ class SessionState(WireModel):
     closing: bool = False
     #: Tool names a person approved "for the rest of the session" (docs/approvals.md).
     approved_tools: list[str] = Field(default_factory=list)
+    #: The session's budget across its inferences (docs/approvals.md); None: none.
+    budget: Budget | None = None
+    #: Tool calls its inferences made (the session budget's `max_tool_calls`).
+    tool_calls: int = 0
 
 
 class SessionInput(WireModel):
@@ -216,6 +255,10 @@ class SessionStatus(WireModel):
     usage: Usage
     provider: str
     model: str
+    #: The session's budget (None: none); `usage` and `tool_calls` are what it has used,
+    #: counted when each inference ends.
+    budget: Budget | None = None
+    tool_calls: int = 0
 
     @property
     def cost_usd(self) -> float:
@@ -289,6 +332,10 @@ class InferenceCarry(WireModel):
     approved_tools: list[str] = Field(default_factory=list)
     #: Typed output: answers already sent back to the model for failing the schema.
     output_retries: int = 0
+    #: A person let the inference go over its budget (a budget pause approved).
+    budget_lifted: bool = False
+    #: Step mode as switched at run time (`set_step_mode`), overriding the engine's.
+    step_mode: StepModeRequest | None = None
 
 
 class InferenceInput(WireModel):
@@ -313,6 +360,8 @@ class InferenceInput(WireModel):
     #: How this inference runs, set by the session that starts it (`INFERENCE_FEATURES`):
     #: decided by the input, so a run recorded without a feature replays without it.
     features: list[str] = Field(default_factory=list)
+    #: The session's budget, and what its earlier inferences used of it.
+    session_budget: SessionBudgetInput | None = None
 
     def with_ids(self, inference_id: str) -> InferenceInput:
         """This input with the session and inference ids filled in from the workflow id."""
@@ -341,6 +390,9 @@ class PendingApproval(WireModel):
     #: When it is denied if still undecided; None: it waits until decided or cancelled.
     deadline: datetime | None = None
     inference_id: str = ""
+    #: `tool`: a tool call; `budget`: the inference went over a budget whose policy is to
+    #: pause, and asks to continue (`tool` is then `budget`, `arguments` the reason).
+    kind: Literal["tool", "budget"] = "tool"
 
 
 class ApprovalDecision(WireModel):
@@ -403,6 +455,8 @@ class InferenceResult(WireModel):
     iterations: int = 0
     #: Tool names a person approved for the rest of the session during this inference.
     approved_tools: list[str] = Field(default_factory=list)
+    #: Tool calls the model made (counted against a session budget).
+    tool_calls: int = 0
 
     def with_ids(self, inference_id: str) -> InferenceResult:
         """This result with the inference and session ids filled in where left out."""

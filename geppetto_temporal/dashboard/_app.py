@@ -42,10 +42,16 @@ from geppetto_temporal.contract import (
 from geppetto_temporal.dashboard._charts import BAR_WIDTH, fleet_charts
 from geppetto_temporal.dashboard._data import (
     SessionFilter,
+    list_pending_approvals,
     list_schedule_rows,
     list_session_rows,
 )
-from geppetto_temporal.errors import GeppettoError, InvalidSessionIdError, SessionNotFoundError
+from geppetto_temporal.errors import (
+    ApprovalNotPendingError,
+    GeppettoError,
+    InvalidSessionIdError,
+    SessionNotFoundError,
+)
 from geppetto_temporal.events import Event, event_to_json
 from geppetto_temporal.offline import read_session, request_close
 from geppetto_temporal.search import SessionSearchStatus, search_attributes_missing
@@ -79,10 +85,18 @@ NOTICES: dict[str, str] = {
         "Close pending: no worker is running this session's task queue; Temporal holds "
         "the request and the session closes when a worker polls again."
     ),
+    "approved": "Approved: the call runs (or the inference goes on over its budget).",
+    "approved-remember": "Approved, and the tool's later calls in this session run without asking.",
+    "denied": "Denied: the call does not run, and the model gets the reason.",
 }
 FAILURES: dict[str, str] = {
     "cancel-failed": "Cancel failed: the session could not be reached or has ended.",
     "close-failed": "Close failed: the session refused it (it may be closed already).",
+    "approval-not-pending": (
+        "Not decided: that call no longer waits (decided elsewhere, past its deadline, "
+        "or its inference ended)."
+    ),
+    "decision-failed": "The decision failed: the inference could not be reached.",
 }
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -652,6 +666,60 @@ def create_app(
             schedules, error = [], getattr(err, "message", "") or str(err)
         return dash.render("schedules.html", schedules=schedules, error=error, nav="schedules")
 
+    @app.get("/approvals", response_class=HTMLResponse)
+    async def approvals_page(request: Request) -> HTMLResponse:
+        rows, error = await _approvals_or_error(client)
+        return dash.render(
+            "approvals.html",
+            rows=rows,
+            error=error,
+            nav="approvals",
+            # Unknown codes show nothing: the address is anyone's text.
+            flash=NOTICES.get(request.query_params.get("done") or ""),
+            flash_error=FAILURES.get(request.query_params.get("failed") or ""),
+        )
+
+    @app.get("/fragments/approvals", response_class=HTMLResponse)
+    async def approvals_fragment() -> HTMLResponse:
+        rows, error = await _approvals_or_error(client)
+        return dash.render("_approval_rows.html", rows=rows, error=error)
+
+    @app.post("/approvals/decide")
+    async def decide(request: Request) -> Response:
+        form = await _form(request)
+        problem = dash.csrf_problem(request, form)
+        if problem is not None:
+            return PlainTextResponse(f"403 Forbidden: {problem}", 403)
+        inference_id = form.get("inference_id", "")
+        call_id = form.get("call_id", "")
+        decision = form.get("decision", "")
+        if not _possible_id(inference_id) or not call_id or decision not in _DECISIONS:
+            return PlainTextResponse("400 Bad Request: inference_id, call_id, decision", 400)
+        handle = ExecutionHandle(client, inference_id)
+        try:
+            if decision == "deny":
+                reason = form.get("reason", "").strip()[:500] or "denied in the dashboard"
+                await handle.deny(call_id, reason=reason)
+            else:
+                await handle.approve(call_id, remember=decision == "always")
+            ok, code = True, _DECISIONS[decision]
+            message = NOTICES[code]
+        except ApprovalNotPendingError:
+            ok, code = False, "approval-not-pending"
+            message = FAILURES[code]
+        except (RPCError, WorkflowUpdateFailedError, GeppettoError) as err:
+            ok, code = False, "decision-failed"
+            message = f"{FAILURES[code]} ({getattr(err, 'message', '') or err})"
+        if _wants_json(request):
+            return Response(
+                json.dumps({"ok": ok, "code": code, "message": message}),
+                status_code=200 if ok else 409,
+                media_type="application/json",
+            )
+        return RedirectResponse(
+            "/approvals?" + ("done=" if ok else "failed=") + code, status_code=303
+        )
+
     @app.get("/charts", response_class=HTMLResponse)
     async def charts_page() -> HTMLResponse:
         error = None
@@ -815,6 +883,17 @@ async def _unindexed_reason(client: Client) -> str | None:
         return await search_attributes_missing(client)
     except RPCError:
         return None
+
+
+#: The decide form's `decision` values and the notice each ends with.
+_DECISIONS = {"approve": "approved", "always": "approved-remember", "deny": "denied"}
+
+
+async def _approvals_or_error(client: Client) -> tuple[Iterable[Any], str | None]:
+    try:
+        return await list_pending_approvals(client), None
+    except RPCError as err:
+        return [], f"cannot list pending approvals: {err.message or err.status.name}"
 
 
 async def _rows_or_error(

@@ -7,7 +7,8 @@ Every number is a visibility count or the sum of sessions' search attributes:
 * tokens and cost per model, over the sessions active in the last 7 days (their
   whole totals: the search attributes hold a session's sums, not a per-day split);
 * scheduled-prompt runs of the last 7 days by outcome (one count per execution
-  status), and runs the schedules skipped for overlap (from their descriptions).
+  status), and runs the schedules skipped for overlap (from their descriptions);
+* sessions waiting on a person now, by what they wait for (`GeppettoWaitingOn`).
 
 The page draws them as server-rendered SVG bars (no script, no chart library), so
 they pass the same CSP as every other page.
@@ -25,8 +26,13 @@ from temporalio.client import Client
 from geppetto_temporal._render import format_cost
 from geppetto_temporal.contract import INFERENCE_WORKFLOW, SCHEDULED_PROMPT_WORKFLOW
 from geppetto_temporal.schedules import list_schedules
-from geppetto_temporal.search import SessionSearchStatus
-from geppetto_temporal.sessions import SessionInfo, most_recent, sessions_query
+from geppetto_temporal.search import SessionSearchStatus, WaitingOn
+from geppetto_temporal.sessions import (
+    SessionInfo,
+    most_recent,
+    sessions_query,
+    waiting_on_person,
+)
 
 #: Sessions read at most for the per-model charts (the most recently active).
 MAX_SESSIONS = 5000
@@ -172,6 +178,17 @@ async def schedule_runs(client: Client, now: datetime) -> Chart:
     )
 
 
+async def waiting_sessions(client: Client) -> Chart:
+    waiting = list((await waiting_on_person(client)).values())
+    kinds = [kind.value for kind in WaitingOn]
+    return Chart(
+        "waiting-on-a-person",
+        "Sessions waiting on a person now",
+        [Bar(k, waiting.count(k), str(waiting.count(k))) for k in kinds],
+        f"{len(waiting)} session(s): a tool approval, a budget pause or a step-mode pause",
+    )
+
+
 async def fleet_charts(client: Client, now: datetime | None = None) -> list[Chart]:
     """Every chart of the page, scaled for drawing."""
     now = now or datetime.now(UTC)
@@ -180,6 +197,7 @@ async def fleet_charts(client: Client, now: datetime | None = None) -> list[Char
         sessions_by_status(client),
         per_model(client, now),
         schedule_runs(client, now),
+        waiting_sessions(client),
     ]
     charts: list[Chart] = []
     for part in await asyncio.gather(*parts):

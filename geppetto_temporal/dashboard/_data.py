@@ -10,6 +10,7 @@ care which source answered.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,13 +18,24 @@ from typing import Any
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from geppetto_temporal.client import Session
-from geppetto_temporal.contract import SESSION_WORKFLOW
+from geppetto_temporal.client import ExecutionHandle, Session
+from geppetto_temporal.contract import (
+    INFERENCE_WORKFLOW,
+    SESSION_WORKFLOW,
+    PendingApproval,
+    session_id_of,
+)
 from geppetto_temporal.errors import SessionError
 from geppetto_temporal.offline import workers_of
 from geppetto_temporal.schedules import ScheduleInfo, list_schedules
-from geppetto_temporal.search import SessionSearchStatus, search_attributes_registered
-from geppetto_temporal.sessions import SessionInfo, most_recent, sessions_query
+from geppetto_temporal.search import SessionSearchStatus, WaitingOn, search_attributes_registered
+from geppetto_temporal.sessions import (
+    SessionInfo,
+    most_recent,
+    sessions_query,
+    waiting_inferences,
+    waiting_on_person,
+)
 
 #: How long one session's `status` query may take before the row shows it as unanswered.
 STATUS_QUERY_TIMEOUT = timedelta(seconds=2)
@@ -55,6 +67,8 @@ class SessionRow:
     task_queue: str | None = None
     #: Set when no worker polls the open session's task queue: says so, and since when.
     no_worker: str | None = None
+    #: What a person is asked for (approval | budget | step), when the session waits on one.
+    waiting_on: str | None = None
 
     @property
     def model_label(self) -> str:
@@ -121,6 +135,7 @@ def _row_from_info(info: SessionInfo) -> SessionRow:
         note=None if info.indexed else "no search attributes: counts unavailable",
         open=info.execution_status == "Running",
         task_queue=info.task_queue,
+        waiting_on=info.waiting_on,
     )
 
 
@@ -225,7 +240,86 @@ async def list_session_rows(
         rows = await _rows_from_visibility(client, limit)
     rows = [row for row in rows if filters.matches(row)]
     await _complete_open_rows(client, rows)
+    if any(row.open for row in rows):
+        waiting = await waiting_on_person(client)
+        for row in rows:
+            row.waiting_on = waiting.get(row.session_id) if row.open else None
     return rows
+
+
+@dataclass
+class ApprovalRow:
+    """A call (or a budget pause) waiting for a person, on the approvals page."""
+
+    session_id: str
+    inference_id: str
+    call_id: str
+    #: `tool` or `budget`.
+    kind: str
+    tool: str
+    arguments: str
+    asked_at: datetime
+    deadline: datetime | None = None
+
+
+#: Running inferences asked at most for their pending approvals on one page.
+MAX_WAITING = 200
+
+
+def _arguments_text(pending: PendingApproval) -> str:
+    args = pending.arguments
+    if pending.kind == "budget" and isinstance(args, dict):
+        return str(args.get("reason", ""))
+    return args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+
+
+async def list_pending_approvals(client: Client) -> list[ApprovalRow]:
+    """The calls waiting for a decision across sessions, oldest first.
+
+    The inferences to ask come from `GeppettoWaitingOn` (one visibility call); where
+    it is not registered, from every running inference. Each answers its
+    `pending_approvals` query (a worker is needed); one that does not is left out.
+    """
+    asking = (WaitingOn.APPROVAL.value, WaitingOn.BUDGET.value)
+    if await search_attributes_registered(client):
+        ids = [
+            i for i, kind in await waiting_inferences(client, limit=MAX_WAITING) if kind in asking
+        ]
+    else:
+        ids = [
+            execution.id
+            async for execution in client.list_workflows(
+                f"WorkflowType = '{INFERENCE_WORKFLOW}' AND ExecutionStatus = 'Running'",
+                limit=MAX_WAITING,
+            )
+        ]
+    semaphore = asyncio.Semaphore(QUERY_CONCURRENCY)
+
+    async def pending_of(inference_id: str) -> list[PendingApproval]:
+        try:
+            async with semaphore:
+                return await asyncio.wait_for(
+                    ExecutionHandle(client, inference_id).pending_approvals(),
+                    STATUS_QUERY_TIMEOUT.total_seconds(),
+                )
+        except Exception:  # ended meanwhile, or no worker answers: not listed
+            return []
+
+    rows = [
+        ApprovalRow(
+            session_id=session_id_of(p.inference_id),
+            inference_id=p.inference_id,
+            call_id=p.call_id,
+            kind=p.kind,
+            tool=p.tool,
+            arguments=_arguments_text(p),
+            asked_at=p.asked_at,
+            deadline=p.deadline,
+        )
+        for found in await asyncio.gather(*(pending_of(i) for i in ids))
+        for p in found
+    ]
+    return sorted(rows, key=lambda row: row.asked_at)
 
 
 async def _complete_open_rows(client: Client, rows: list[SessionRow]) -> None:

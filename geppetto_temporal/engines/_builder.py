@@ -129,9 +129,14 @@ class EngineBuilder:
             raise ConfigurationError("require_approval needs at least one non-empty pattern")
         return self._with_tools(require_approval=(*self._spec.tools.require_approval, *patterns))
 
-    def approval_timeout(self, seconds: float | None) -> EngineBuilder:
-        """Deny a call still undecided this long after it was asked about (default: wait forever)."""
-        return self._with_tools(approval_timeout_seconds=seconds)
+    def approval_timeout(self, seconds: float | None, *, on_timeout: str = "deny") -> EngineBuilder:
+        """Decide a call still undecided this long after it was asked about (default: wait forever).
+
+        `on_timeout` is the decision: `deny` (the default) or `approve`.
+        """
+        if on_timeout not in ("deny", "approve"):
+            raise ConfigurationError(f"on_timeout must be 'deny' or 'approve', not {on_timeout!r}")
+        return self._with_tools(approval_timeout_seconds=seconds, approval_on_timeout=on_timeout)
 
     def budget(
         self,
@@ -139,12 +144,20 @@ class EngineBuilder:
         max_total_tokens: int | None = None,
         max_cost_usd: float | None = None,
         max_tool_calls: int | None = None,
+        on_exceeded: str = "stop",
     ) -> EngineBuilder:
-        """Stop an inference with status `budget_exceeded` once it goes over one of these."""
+        """Limit an inference; over one of these it stops with status `budget_exceeded`.
+
+        `on_exceeded="pause"` asks a person instead, like a tool approval: approved, the
+        inference goes on without budget limits; denied, it stops.
+        """
+        if on_exceeded not in ("stop", "pause"):
+            raise ConfigurationError(f"on_exceeded must be 'stop' or 'pause', not {on_exceeded!r}")
         return self._with(
             max_total_tokens=max_total_tokens,
             max_cost_usd=max_cost_usd,
             max_tool_calls=max_tool_calls,
+            budget_on_exceeded=on_exceeded,
         )
 
     def step_mode(

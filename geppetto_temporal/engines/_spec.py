@@ -8,7 +8,7 @@ where is the worker's decision (`geppetto_temporal.engines.EndpointRegistry`).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -93,6 +93,10 @@ class EngineSpec(WireModel):
     max_total_tokens: int | None = Field(default=None, ge=1)
     max_cost_usd: float | None = Field(default=None, gt=0)
     max_tool_calls: int | None = Field(default=None, ge=0)
+    #: `stop` (the default): over a budget the inference ends `budget_exceeded`; `pause`:
+    #: it asks a person to continue, as a tool approval does (approved: no budget limits
+    #: this inference any more; denied: it stops).
+    budget_on_exceeded: Literal["stop", "pause"] = "stop"
     #: Step mode (docs/approvals.md): pause after an LLM step that asked for tools and after
     #: the tools ran, until `ExecutionHandle.continue_step()`, or this many seconds when set.
     step_mode: bool = False

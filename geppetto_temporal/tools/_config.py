@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import ConfigDict, Field
 
@@ -55,6 +56,8 @@ class ToolConfig(WireModel):
     approved_tools: tuple[str, ...] = ()
     #: A call still undecided this long after it was asked about is denied; None: wait forever.
     approval_timeout_seconds: float | None = Field(default=None, gt=0)
+    #: What the approval timeout decides: `deny` (the default) or `approve`.
+    approval_on_timeout: Literal["deny", "approve"] = "deny"
 
 
 class ToolActivityOptions(WireModel):

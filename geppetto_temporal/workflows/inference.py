@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         MCP_TOOLS_PATCH,
         TOOL_CALL_ACTIVITY,
         TYPED_OUTPUT_PATCH,
+        WAITING_ATTRIBUTE,
         ApprovalDecision,
         BlockRange,
         ContinueStep,
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         LLMStepInput,
         LLMStepResult,
         PendingApproval,
+        StepModeRequest,
         StepPause,
         ToolCallInput,
         ToolCallResult,
@@ -218,6 +220,10 @@ class InferenceWorkflow:
         # servers that could not list theirs, with why.
         self._mcp_tools: list[McpToolDef] = []
         self._mcp_down: dict[str, str] = {}
+        #: A person approved going over the budget (a budget pause): no budget applies now.
+        self._budget_lifted = carry.budget_lifted if carry else False
+        #: Step mode as switched at run time (`set_step_mode`); None: the engine's.
+        self._step_mode: StepModeRequest | None = carry.step_mode if carry else None
 
     def _emit(
         self,
@@ -278,9 +284,10 @@ class InferenceWorkflow:
         Returns the call it decided.
         """
         pending = self._pending[decision.call_id]
-        if decision.remember and pending.tool not in self._remembered:
+        remember = decision.remember and pending.kind == "tool"  # a budget pause is not a tool
+        if remember and pending.tool not in self._remembered:
             self._remembered.append(pending.tool)
-        self._decisions[decision.call_id] = (True, "remember" if decision.remember else None)
+        self._decisions[decision.call_id] = (True, "remember" if remember else None)
         return pending
 
     @approve.validator
@@ -324,6 +331,20 @@ class InferenceWorkflow:
                 type=ErrorType.NOT_PAUSED,
                 non_retryable=True,
             )
+
+    @workflow.update(name=InferenceUpdate.SET_STEP_MODE)
+    def set_step_mode(self, request: StepModeRequest) -> StepModeRequest:
+        """Switch step mode on or off from the next pause on; off also ends a current pause.
+
+        State only (no command): the loop reads it where it would pause.
+        """
+        self._step_mode = request
+        if not request.enabled and self._pause is not None:
+            self._continued = True
+        return request
+
+    def _stepping(self, spec: EngineSpec) -> bool:
+        return self._step_mode.enabled if self._step_mode is not None else spec.step_mode
 
     @workflow.query(name=InferenceQuery.RUNS)
     def runs(self) -> list[InferenceRun]:
@@ -416,9 +437,9 @@ class InferenceWorkflow:
                     status = InferenceStatus.COMPLETED
                     break
                 # Typed output that fails its schema (only engines with `output` get here).
-                over = self._over_budget(spec, usage, 0)
+                over = await self._budget_check(spec, usage, 0, step)
                 if over is not None:
-                    status, error = InferenceStatus.BUDGET_EXCEEDED, over
+                    status, error = self._budget_status(), over
                     break
                 retry = self._output_retry(spec, result.output_error, step)
                 if retry is None:
@@ -433,16 +454,15 @@ class InferenceWorkflow:
                     continue
                 status, error = InferenceStatus.FAILED, retry
                 break
-            over = self._over_budget(spec, usage, len(calls))
+            over = await self._budget_check(spec, usage, len(calls), step)
             if over is not None:
                 # Every call still gets a result: the turn must stay a valid conversation.
-                blocks.extend(
-                    tool_use_block(c.call_id or "", error=f"not run: {over}") for c in calls
-                )
-                status, error = InferenceStatus.BUDGET_EXCEEDED, over
+                status, error = self._budget_status(), over
+                why = "cancelled before it ran" if self._cancel_requested else f"not run: {over}"
+                blocks.extend(tool_use_block(c.call_id or "", error=why) for c in calls)
                 break
             self._tool_calls += len(calls)
-            if spec.step_mode and not await self._step_pause(
+            if self._stepping(spec) and not await self._step_pause(
                 spec, "after_inference", step, f"{len(calls)} tool call(s): {_call_names(calls)}"
             ):
                 blocks.extend(
@@ -462,7 +482,7 @@ class InferenceWorkflow:
             if abort_reason is not None:
                 status, error = InferenceStatus.FAILED, abort_reason
                 break
-            if spec.step_mode and not await self._step_pause(
+            if self._stepping(spec) and not await self._step_pause(
                 spec, "after_tools", step, f"{len(results)} tool result(s)"
             ):
                 status = InferenceStatus.CANCELLED
@@ -502,6 +522,7 @@ class InferenceWorkflow:
             metadata=metadata,
             iterations=self._iterations,
             approved_tools=self._remembered,
+            tool_calls=self._tool_calls,
         )
 
     async def _list_mcp_tools(self, spec: EngineSpec) -> None:
@@ -596,35 +617,102 @@ class InferenceWorkflow:
             f"(after {self._output_retries} of {retries} retries, step {step})"
         )
 
-    def _over_budget(self, spec: EngineSpec, usage: Usage, calls: int) -> str | None:
-        """Which budget the loop would go over by running these calls and another step, if any.
+    def _over_budget(self, spec: EngineSpec, usage: Usage, calls: int) -> tuple[str, bool] | None:
+        """Which budget the loop would go over by running these calls and another step, if
+        any, and whether its policy is to pause (ask a person) rather than stop.
 
-        Only engines with a budget (None by default) can answer anything but None,
-        so a history recorded without budgets takes the same path.
+        Only engines or sessions with a budget (None by default) can answer anything but
+        None, so a history recorded without budgets takes the same path.
         """
+        if self._budget_lifted:
+            return None
+        pause = spec.budget_on_exceeded == "pause"
         if spec.max_total_tokens is not None and usage.total_tokens > spec.max_total_tokens:
             return (
                 f"budget exceeded: {usage.total_tokens} tokens used, "
                 f"max_total_tokens is {spec.max_total_tokens}"
-            )
+            ), pause
         if spec.max_cost_usd is not None and usage.cost_usd > spec.max_cost_usd:
             return (
                 f"budget exceeded: ${usage.cost_usd:.6f} spent, "
                 f"max_cost_usd is ${spec.max_cost_usd:.6f}"
-            )
+            ), pause
         if spec.max_tool_calls is not None and self._tool_calls + calls > spec.max_tool_calls:
             return (
                 f"budget exceeded: {self._tool_calls + calls} tool calls requested, "
                 f"max_tool_calls is {spec.max_tool_calls}"
-            )
+            ), pause
+        return self._over_session_budget(usage, calls)
+
+    def _over_session_budget(self, usage: Usage, calls: int) -> tuple[str, bool] | None:
+        """As `_over_budget`, for the session's budget: its earlier inferences' use plus this one's."""
+        given = self._input.session_budget
+        if given is None:
+            return None
+        budget, pause = given.budget, given.budget.on_exceeded == "pause"
+        used = given.usage + usage
+        if budget.max_total_tokens is not None and used.total_tokens > budget.max_total_tokens:
+            return (
+                f"session budget exceeded: {used.total_tokens} tokens used, "
+                f"max_total_tokens is {budget.max_total_tokens}"
+            ), pause
+        if budget.max_cost_usd is not None and used.cost_usd > budget.max_cost_usd:
+            return (
+                f"session budget exceeded: ${used.cost_usd:.6f} spent, "
+                f"max_cost_usd is ${budget.max_cost_usd:.6f}"
+            ), pause
+        tool_calls = given.tool_calls + self._tool_calls + calls
+        if budget.max_tool_calls is not None and tool_calls > budget.max_tool_calls:
+            return (
+                f"session budget exceeded: {tool_calls} tool calls requested, "
+                f"max_tool_calls is {budget.max_tool_calls}"
+            ), pause
         return None
+
+    async def _budget_check(
+        self, spec: EngineSpec, usage: Usage, calls: int, step: int
+    ) -> str | None:
+        """None to go on, else why the loop stops: over a budget, and not let go on by a person.
+
+        A budget whose policy is `pause` asks, like a tool approval (`kind="budget"`);
+        approved, no budget limits this inference any more.
+        """
+        over = self._over_budget(spec, usage, calls)
+        if over is None:
+            return None
+        reason, pause = over
+        if not pause:
+            return reason
+        call_id = f"budget:{step}"
+        refused = await self._await_decision(
+            spec,
+            call_id,
+            "budget",
+            {"reason": reason},
+            ToolCall(id=call_id, name="budget", input=reason),
+            kind="budget",
+        )
+        if refused is None:
+            self._budget_lifted = True
+            return None
+        return f"{reason} ({refused})"
+
+    def _budget_status(self) -> InferenceStatus:
+        # A cancel that arrived while a budget pause waited ends the inference as cancelled.
+        return (
+            InferenceStatus.CANCELLED if self._cancel_requested else InferenceStatus.BUDGET_EXCEEDED
+        )
 
     async def _step_pause(self, spec: EngineSpec, phase: str, step: int, summary: str) -> bool:
         """Step mode: wait for `continue_step` (or the auto-continue); False if cancelled.
 
         Only engines in step mode pause, so histories recorded without it replay as they ran.
         """
-        timeout = spec.step_auto_continue_seconds
+        timeout = (
+            self._step_mode.auto_continue_seconds
+            if self._step_mode is not None
+            else spec.step_auto_continue_seconds
+        )
         now = workflow.now()
         deadline = now + timedelta(seconds=timeout) if timeout is not None else None
         self._pause = StepPause(
@@ -635,6 +723,7 @@ class InferenceWorkflow:
             deadline=deadline,
         )
         self._continued = False
+        self._index_waiting()
         self._emit(
             DebuggerPauseEvent(
                 pause_id=self._pause.pause_id,
@@ -644,6 +733,7 @@ class InferenceWorkflow:
             ),
             step=step,
         )
+        cancelled = False
         try:
             await workflow.wait_condition(
                 lambda: self._continued or self._cancel_requested,
@@ -652,10 +742,35 @@ class InferenceWorkflow:
         except builtins.TimeoutError:  # auto-continue
             pass
         except asyncio.CancelledError:
-            return False
+            cancelled = True
         finally:
             self._pause = None
-        return not self._cancel_requested
+        # Not in `finally`: an evicted workflow runs that outside the workflow's loop.
+        self._index_waiting()
+        return not cancelled and not self._cancel_requested
+
+    def _index_waiting(self) -> None:
+        """Keep `GeppettoWaitingOn` current: what a person is asked for, or unset.
+
+        Only inferences given the feature (by sessions started where the attribute is
+        registered) upsert, and only when the value changes: one event when waiting
+        starts and one when it ends, none while it lasts.
+        """
+        if WAITING_ATTRIBUTE not in self._input.features:
+            return
+        kinds = {p.kind for call_id, p in self._pending.items() if call_id not in self._decisions}
+        value: str | None = None
+        if "budget" in kinds:
+            value = search.WaitingOn.BUDGET.value
+        elif kinds:
+            value = search.WaitingOn.APPROVAL.value
+        elif self._pause is not None and not self._continued:
+            value = search.WaitingOn.STEP.value
+        updates = search.changed_updates(
+            workflow.info().typed_search_attributes, {search.WAITING_ON: value}
+        )
+        if updates:
+            workflow.upsert_search_attributes(updates)
 
     def _needs_approval(self, spec: EngineSpec, name: str, opts: ToolActivityOptions) -> bool:
         # Decided by the recorded step result and the engine, so replay takes the same path.
@@ -664,42 +779,67 @@ class InferenceWorkflow:
             return False
         return opts.approval or any(fnmatch.fnmatchcase(name, p) for p in tools.require_approval)
 
-    async def _await_decision(self, spec: EngineSpec, call: Block, name: str) -> str | None:
+    async def _await_decision(
+        self,
+        spec: EngineSpec,
+        call_id: str,
+        name: str,
+        arguments: Any,
+        tool_call: ToolCall,
+        *,
+        kind: str = "tool",
+    ) -> str | None:
         """Wait in the workflow for a person's decision on a call: None to run it, else why not.
 
         Waiting schedules nothing (no activity, no timer unless the engine sets an
-        approval timeout), so it costs no history events and holds no worker.
+        approval timeout), so it costs no history events and holds no worker; with the
+        waiting search attribute, one upsert when the inference starts and stops waiting.
         """
-        call_id = call.call_id or ""
         timeout = spec.tools.approval_timeout_seconds
         now = workflow.now()
         deadline = now + timedelta(seconds=timeout) if timeout is not None else None
         self._pending[call_id] = PendingApproval(
             call_id=call_id,
             tool=name,
-            arguments=call.payload.get(PayloadKey.ARGS),
+            arguments=arguments,
             asked_at=now,
             deadline=deadline,
             inference_id=self._input.inference_id,
+            kind="budget" if kind == "budget" else "tool",
         )
-        self._emit(ApprovalRequestedEvent(tool_call=_tool_call(call), deadline=deadline))
+        self._index_waiting()
+        self._emit(
+            ApprovalRequestedEvent(
+                tool_call=tool_call,
+                deadline=deadline,
+                kind="budget" if kind == "budget" else "tool",
+            )
+        )
+        cancelled = False
         try:
             await workflow.wait_condition(
                 lambda: call_id in self._decisions,
                 timeout=timedelta(seconds=timeout) if timeout is not None else None,
             )
         except builtins.TimeoutError:  # temporalio.exceptions.TimeoutError is imported
-            self._decisions[call_id] = (False, f"no decision within {timeout:g} s")
+            if spec.tools.approval_on_timeout == "approve":
+                self._decisions[call_id] = (True, f"approved: no decision within {timeout:g} s")
+            else:
+                self._decisions[call_id] = (False, f"no decision within {timeout:g} s")
         except asyncio.CancelledError:
-            return "cancelled before it ran"
+            cancelled = True
         finally:
             del self._pending[call_id]
+        # Not in `finally`: an evicted workflow runs that outside the workflow's loop.
+        self._index_waiting()
+        if cancelled:
+            return "cancelled before it ran"
         approved, note = self._decisions[call_id]
         self._emit(
             ApprovalDecidedEvent(
                 tool_call_id=call_id,
                 approved=approved,
-                reason=None if approved else note,
+                reason=None if approved and note in (None, "remember") else note,
                 remember=approved and note == "remember",
             )
         )
@@ -858,7 +998,9 @@ class InferenceWorkflow:
                     )
                 )
             if self._needs_approval(spec, name, opts):
-                refused = await self._await_decision(spec, call, name)
+                refused = await self._await_decision(
+                    spec, call_id, name, call.payload.get(PayloadKey.ARGS), _tool_call(call)
+                )
                 if refused is not None:
                     return finished(ToolCallResult(call_id=call_id, error=refused))
             async with limit:

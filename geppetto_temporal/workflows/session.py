@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         PREFIX_BY_REFERENCE,
         SEARCH_ATTRIBUTES_PATCH,
         SESSION_WORKFLOW,
+        WAITING_ATTRIBUTE,
         BlockRange,
         CancelInferenceRequest,
         CloseRequest,
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         InferenceResult,
         PromptLookup,
         QueuedPrompt,
+        SessionBudgetInput,
         SessionInput,
         SessionPhase,
         SessionQuery,
@@ -44,6 +46,8 @@ with workflow.unsafe.imports_passed_through():
         SessionUpdate,
         StartInferenceRequest,
         StartInferenceResponse,
+        StepModeRequest,
+        StepModeResponse,
         SubmitPromptRequest,
         TurnLookup,
         TurnRecord,
@@ -126,6 +130,8 @@ class SessionWorkflow:
             usage=self._state.usage,
             provider=self._engine.provider,
             model=self._engine.model,
+            budget=self._state.budget,
+            tool_calls=self._state.tool_calls,
         )
 
     @workflow.query(name=SessionQuery.IS_RUNNING)
@@ -184,6 +190,23 @@ class SessionWorkflow:
         return self._engine
 
     # ---- updates and signals --------------------------------------------
+
+    @workflow.update(name=SessionUpdate.SET_STEP_MODE)
+    def set_step_mode(self, request: StepModeRequest) -> StepModeResponse:
+        """Step mode for the session's next prompts (its engine); returns the running inference.
+
+        State only (no command). The caller switches the running inference itself
+        (`ExecutionHandle.set_step_mode`): a message from here would be a command.
+        """
+        self._engine = self._engine.model_copy(
+            update={
+                "step_mode": request.enabled,
+                "step_auto_continue_seconds": request.auto_continue_seconds,
+            }
+        )
+        return StepModeResponse(
+            active_inference_id=self._active.inference_id if self._active is not None else None
+        )
 
     @workflow.update(name=SessionUpdate.START_INFERENCE)
     async def start_inference(self, request: StartInferenceRequest) -> StartInferenceResponse:
@@ -440,6 +463,7 @@ class SessionWorkflow:
                     prefix_end=prefix_end,
                     prefix_last_id=self._state.blocks[prefix_end - 1].id if prefix_end else None,
                     features=features,
+                    session_budget=self._session_budget(),
                 ),
                 id=inference_id,
                 # The workflow id already names the session and the inference's number.
@@ -468,6 +492,9 @@ class SessionWorkflow:
         that first asks.
         """
         features = list(INFERENCE_FEATURES)
+        if self._search_attributes and WAITING_ATTRIBUTE in self._features:
+            # Only where `GeppettoWaitingOn` is registered (docs/approvals.md).
+            features.append(WAITING_ATTRIBUTE)
         if not (
             self._search_attributes
             and self._uses(SEARCH_ATTRIBUTES_PATCH)
@@ -483,6 +510,15 @@ class SessionWorkflow:
         )
         return features, TypedSearchAttributes(
             [SearchAttributePair(key, value) for key, value in wanted.items()]
+        )
+
+    def _session_budget(self) -> SessionBudgetInput | None:
+        """The session's budget and what it used so far (None without one: input unchanged)."""
+        budget = self._state.budget
+        if budget is None:
+            return None
+        return SessionBudgetInput(
+            budget=budget, usage=self._state.usage, tool_calls=self._state.tool_calls
         )
 
     def _engine_for_inference(self, output: OutputSpec | None = None) -> EngineSpec:
@@ -524,6 +560,7 @@ class SessionWorkflow:
             # The child leaves out what the session already knows (ids, provider).
             record.metadata = record.metadata.merged(result.metadata)
             self._state.usage = self._state.usage + result.usage
+            self._state.tool_calls += result.tool_calls
             for name in result.approved_tools:
                 if name not in self._state.approved_tools:
                     self._state.approved_tools.append(name)

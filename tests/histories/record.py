@@ -37,8 +37,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from geppetto_temporal import (
     BlockKind,
+    Budget,
     Endpoint,
     EngineBuilder,
+    ExecutionHandle,
     InferenceCancelled,
     InferenceFailed,
     InferenceStatus,
@@ -106,6 +108,7 @@ class Recorder:
         scenario: str,
         script: dict[str, Any],
         configure: Callable[[EngineBuilder], EngineBuilder] | None = None,
+        budget: Budget | None = None,
     ) -> tuple[Session, str]:
         base_url = self.server.add_script(script)
         builder = EngineBuilder("openai:scripted").base_url(base_url)
@@ -113,7 +116,11 @@ class Recorder:
         if configure is not None:
             builder = configure(builder)
         session = await Session.create(
-            self.client, builder, session_id=f"history-{scenario}", task_queue=TASK_QUEUE
+            self.client,
+            builder,
+            session_id=f"history-{scenario}",
+            task_queue=TASK_QUEUE,
+            budget=budget,
         )
         return session, base_url
 
@@ -522,6 +529,70 @@ async def mcp(rec: Recorder) -> Session:
     return session
 
 
+async def live_decisions(rec: Recorder) -> Session:
+    """A budget pause approved, step mode switched at run time, a deadline that approves,
+    a session budget stop; the inferences set and unset `GeppettoWaitingOn`."""
+    calc = {"name": "calculate", "arguments": {"expression": "6 * 7"}}
+    session, _ = await rec.session(
+        "live-decisions",
+        calls_then_answer(calc, calc, answer="Done: {tool_results}"),
+        budget=Budget(max_tool_calls=6),
+    )
+    base = await session.engine()
+
+    def engine() -> EngineBuilder:  # a builder changes in place: a fresh one each time
+        return EngineBuilder(base)
+
+    async def waiting(handle: ExecutionHandle, count: int) -> list[Any]:
+        for _ in range(400):
+            found = await handle.pending_approvals()
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.05)
+        check(False, f"{handle.inference_id}: never {count} pending approvals")
+        return []
+
+    # 1: over a budget that pauses; approved, it goes on.
+    handle = await session.start_inference(
+        "compute twice", engine=engine().budget(max_tool_calls=1, on_exceeded="pause")
+    )
+    [over] = await waiting(handle, 1)
+    check(over.kind == "budget", f"expected a budget pause: {over}")
+    await handle.approve(over.call_id)
+    await handle.wait()
+    # 2: approvals pending, then step mode switched on for the session and this inference,
+    # which pauses after its tools; switched off there, it goes on.
+    handle = await session.start_inference(
+        "compute, asking", engine=engine().require_approval("calc*")
+    )
+    calls = await waiting(handle, 2)
+    check(await session.set_step_mode(True) == handle.inference_id, "step mode not switched")
+    for call in calls:
+        await handle.approve(call.call_id)
+    for _ in range(400):
+        pause = await handle.paused()
+        if pause is not None:
+            break
+        await asyncio.sleep(0.05)
+    check(pause is not None and pause.pause_id == "after_tools:1", f"not paused: {pause}")
+    await handle.set_step_mode(False)
+    await handle.wait()
+    # 3: a deadline that approves (step mode off again for the session first).
+    check(await session.set_step_mode(False) is None, "an inference still runs")
+    handle = await session.start_inference(
+        "compute, nobody answers",
+        engine=engine().require_approval("calc*").approval_timeout(0.5, on_timeout="approve"),
+    )
+    turn = await handle.wait()
+    check(turn.last_text.startswith("Done: "), f"unexpected answer {turn.last_text!r}")
+    # 4: the session's budget (six tool calls) is spent: it stops.
+    handle = await session.start_inference("compute once more", engine=engine())
+    err = await expect(InferenceFailed, handle.wait())
+    check("session budget exceeded" in str(err), f"expected a session budget stop: {err}")
+    await session.close()
+    return session
+
+
 @contextlib.contextmanager
 def mcp_servers(wanted: bool) -> Iterator[list[McpServer]]:
     """The `mcp` scenario's servers: `docs` over stdio, `web` over HTTP in a subprocess."""
@@ -572,6 +643,7 @@ SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "first-prompt": first_prompt,
     "human-in-the-loop": human_in_the_loop,
     "mcp": mcp,
+    "live-decisions": live_decisions,
 }
 
 

@@ -21,21 +21,61 @@
     setTimeout(loop, REFRESH_MS);
   }
 
-  // ---- the session list ------------------------------------------------------------
-  const rows = document.getElementById("session-rows");
+  // ---- the session list (and the pending approvals: a table body naming its fragment) ----
+  const rows = document.querySelector("tbody[data-refresh]");
+  let refreshRows = async () => undefined;
   if (rows) {
     const stamp = document.getElementById("refreshed");
-    repeat(async () => {
+    refreshRows = async () => {
+      // Not while a person types a reason: the fresh rows would drop it.
+      const typing = () =>
+        [...rows.querySelectorAll("input[type=text]")].some(
+          (input) => input.value || input === document.activeElement,
+        );
+      if (typing()) return;
       try {
         const response = await fetch(rows.dataset.refresh, { headers: FETCH_HEADERS });
         if (!response.ok) {
           stamp.textContent = `refresh failed: HTTP ${response.status}`;
           return;
         }
-        rows.innerHTML = await response.text();
+        const html = await response.text();
+        if (typing()) return; // began while the rows were fetched
+        rows.innerHTML = html;
         stamp.textContent = `updated ${new Date().toLocaleTimeString()}`;
       } catch (err) {
         stamp.textContent = `refresh failed: ${err}`;
+      }
+    };
+    repeat(refreshRows);
+  }
+
+  // ---- the pending approvals: approve or deny without leaving the page ---------------
+  const approvals = document.getElementById("approval-rows");
+  if (approvals) {
+    const notice = document.getElementById("flash");
+    approvals.addEventListener("submit", async (submit) => {
+      const form = submit.target;
+      if (!(form instanceof HTMLFormElement)) return;
+      submit.preventDefault();
+      // The clicked button says which decision (approve, always, deny).
+      const body = new URLSearchParams(new FormData(form, submit.submitter));
+      for (const button of form.querySelectorAll("button")) button.disabled = true;
+      try {
+        const response = await fetch(form.action, { method: "POST", headers: FETCH_HEADERS, body });
+        const answer = await response
+          .json()
+          .catch(() => ({ ok: false, message: `HTTP ${response.status}` }));
+        notice.hidden = false;
+        notice.textContent = answer.message;
+        notice.className = answer.ok ? "flash" : "flash error";
+      } catch (err) {
+        notice.hidden = false;
+        notice.textContent = `${form.action}: ${err}`;
+        notice.className = "flash error";
+      } finally {
+        for (const input of form.querySelectorAll("input[type=text]")) input.value = "";
+        await refreshRows();
       }
     });
   }
