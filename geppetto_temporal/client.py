@@ -48,6 +48,7 @@ from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.errors import (
     ApprovalNotPendingError,
     BudgetExceeded,
+    ContextWindowExceeded,
     ErrorType,
     GeppettoError,
     InferenceCancelled,
@@ -317,7 +318,8 @@ class ExecutionHandle:
         """Wait for the inference and return its turn.
 
         Raises `InferenceCancelled`, `InferenceFailed` (`BudgetExceeded` when a
-        budget stopped it) or `MaxIterationsReached`,
+        budget stopped it, `ContextWindowExceeded` when the request could not be made
+        to fit the model's window) or `MaxIterationsReached`,
         each carrying the partial turn in `.turn`. When it returns, the session
         has recorded the turn: `turns()` shows it and the next prompt is accepted.
         """
@@ -337,6 +339,17 @@ class ExecutionHandle:
                 inference_id=self.inference_id,
                 raw=last.text if last is not None and last.kind == BlockKind.LLM_TEXT else "",
                 problem=(result.error or "").removeprefix(f"{OUTPUT_INVALID}: "),
+            )
+        if result.error_type == ErrorType.CONTEXT_WINDOW_EXCEEDED:
+            details = result.error_details or {}
+            tokens, window = details.get("tokens"), details.get("context_window")
+            raise ContextWindowExceeded(
+                message.rstrip(": "),
+                turn=turn,
+                inference_id=self.inference_id,
+                tried=str(details.get("tried") or ""),
+                tokens=tokens if isinstance(tokens, int) else None,
+                context_window=window if isinstance(window, int) else None,
             )
         error_class = {
             InferenceStatus.CANCELLED: InferenceCancelled,

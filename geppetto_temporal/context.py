@@ -182,6 +182,53 @@ class Omitted:
     summary: str | None = None
 
 
+class ContextDecision(WireModel):
+    """What a conversation's requests leave out, as an LLM step's result records it.
+
+    Recorded once, by the step that decides it (`LLMStepResult.context`); the
+    inference workflow keeps the latest (`context` query, and its continue-as-new
+    carry) and each later step's input names the step that recorded it
+    (`LLMStepInput.context_step`), so a worker that did not run that step reads it
+    instead of compacting anew (docs/context.md, "Where the compacted view is kept").
+    Its size does not grow with the conversation: block ids and the summary.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Turns before this block are left out.
+    kept_from: str | None = None
+    #: (the latest turn's user block, its first step kept): the steps between are left out.
+    steps: tuple[str, str] | None = None
+    #: Tool results up to this block that are longer than the policy's `stub_min_chars`
+    #: are sent as a note with their size (stubs go oldest first, so a watermark says it).
+    stubbed_through: str | None = None
+    #: The summary of the turns left out (strategy `summarize`).
+    summary: str | None = None
+    #: In a step's record: the summary is the one recorded earlier (not repeated).
+    summary_kept: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return self == ContextDecision()
+
+    def record_after(self, earlier: ContextDecision | None) -> ContextDecision | None:
+        """What a step records when this decision follows `earlier`: None if unchanged,
+        else this decision without the summary text when `earlier` already holds it."""
+        earlier = earlier or ContextDecision()
+        if self == earlier:
+            return None
+        if self.summary is not None and self.summary == earlier.summary:
+            return self.model_copy(update={"summary": None, "summary_kept": True})
+        return self
+
+    def applied_to(self, earlier: ContextDecision | None) -> ContextDecision:
+        """The whole decision a record (`record_after`) stands for, given the one before it."""
+        if not self.summary_kept:
+            return self
+        summary = earlier.summary if earlier is not None else None
+        return self.model_copy(update={"summary": summary, "summary_kept": False})
+
+
 @dataclass(frozen=True)
 class ContextState:
     """What a worker remembers of a conversation's latest request, to size and shape the next."""
@@ -198,6 +245,42 @@ class ContextState:
     def continues(self, blocks: Sequence[Block]) -> bool:
         """Whether `blocks` extend the conversation this state was taken from."""
         return 0 < self.blocks <= len(blocks) and blocks[self.blocks - 1].id == self.last_id
+
+    @classmethod
+    def from_decision(
+        cls, decision: ContextDecision, full: Sequence[Block], policy: ContextPolicy
+    ) -> ContextState:
+        """The state a recorded decision stands for in `full` (without a reported size:
+        the next request is estimated block by block)."""
+        omitted = Omitted(
+            kept_from=decision.kept_from, steps=decision.steps, summary=decision.summary
+        )
+        through = _index(full, decision.stubbed_through, -1)
+        sent = {b.id for b in _view(full, frozenset(), omitted).blocks}
+        stubbed = frozenset(
+            b.id
+            for b in full[: through + 1]
+            if b.kind == BlockKind.TOOL_USE
+            and b.id in sent
+            and len(_result_text(b)) > policy.stub_min_chars
+        )
+        return cls(
+            blocks=len(full),
+            last_id=full[-1].id if full else "",
+            prompt_tokens=None,
+            stubbed=stubbed,
+            omitted=omitted,
+        )
+
+    def decision(self, full: Sequence[Block]) -> ContextDecision:
+        """This state as a decision to record (`full`: the conversation it applies to)."""
+        through = max((i for i, b in enumerate(full) if b.id in self.stubbed), default=None)
+        return ContextDecision(
+            kept_from=self.omitted.kept_from,
+            steps=self.omitted.steps,
+            stubbed_through=full[through].id if through is not None else None,
+            summary=self.omitted.summary,
+        )
 
 
 @dataclass

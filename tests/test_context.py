@@ -16,12 +16,26 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Replayer
 
-from geppetto_temporal import BlockKind, EngineBuilder, InferenceFailed
-from geppetto_temporal.context import ContextPolicy, estimate_tokens, plan_context
+from geppetto_temporal import (
+    BlockKind,
+    ContextWindowExceeded,
+    EngineBuilder,
+    InferenceFailed,
+    Session,
+    create_worker,
+)
+from geppetto_temporal.context import (
+    ContextDecision,
+    ContextPolicy,
+    ContextState,
+    estimate_tokens,
+    plan_context,
+)
 from geppetto_temporal.engines import EngineSpec
 from geppetto_temporal.engines._errors import classify_error
 from geppetto_temporal.engines.anthropic_messages import sdk_base_url
 from geppetto_temporal.errors import ErrorType
+from geppetto_temporal.retry import RetrySpec
 from geppetto_temporal.events import ContextCompactedEvent, Event
 from geppetto_temporal.testing import ChatCompletionsWire, ScriptedModelServer
 from geppetto_temporal.turns import (
@@ -33,7 +47,9 @@ from geppetto_temporal.turns import (
     tool_use_block,
     user_block,
 )
+from geppetto_temporal.tools import ToolRegistry
 from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
+from tests.conftest import scripted_endpoints
 
 
 def long_prompt(n: int, chars: int = 1200) -> str:
@@ -171,6 +187,49 @@ def test_plan_leaves_out_whole_steps_of_a_long_loop_and_remembers() -> None:
     kept = [b.call_id for b in nxt.blocks if b.kind == BlockKind.TOOL_CALL]
     assert kept == [f"c{i}" for i in range(31 - len(kept), 31)]
     assert kept == [b.call_id for b in nxt.blocks if b.kind == BlockKind.TOOL_USE]
+
+
+def test_a_recorded_decision_stands_for_the_plan() -> None:
+    """What a step records is enough for a worker without memory to send the same view."""
+    blocks: list[Block] = [system_block("Be brief.", block_id="system-prompt")]
+    for i in range(4):
+        blocks += [
+            user_block(long_prompt(i, 400)),
+            tool_call_block(f"c{i}", "padded_tool", {"key": "k", "chars": 2000}),
+            tool_use_block(f"c{i}", result=f"r{i} " + "." * 2000),
+            llm_text_block(f"answer {i}"),
+        ]
+    blocks.append(user_block("go"))
+    for i in range(20):
+        blocks += [
+            tool_call_block(f"d{i}", "padded_tool", {"key": "k", "chars": 1000}),
+            tool_use_block(f"d{i}", result=f"d{i} " + "." * 1000),
+        ]
+    policy = ContextPolicy()
+    plan = plan_context(blocks, window=1500, policy=policy)
+    assert plan.compacted and plan.stubbed and plan.dropped_turns and plan.dropped_steps
+    state = plan.state(blocks, plan.tokens_after)
+    decision = state.decision(blocks)
+    # Block ids and nothing else: its size does not grow with the conversation.
+    assert decision.kept_from and decision.steps and decision.stubbed_through
+    assert len(decision.model_dump_json(exclude_defaults=True)) < 150
+    loaded = ContextState.from_decision(decision, blocks, policy)
+    assert loaded.stubbed == state.stubbed and loaded.omitted == state.omitted
+    more = [*blocks, tool_call_block("e", "padded_tool", {}), tool_use_block("e", result="ok")]
+    from_memory = plan_context(more, window=1500, policy=policy, previous=state)
+    from_record = plan_context(more, window=1500, policy=policy, previous=loaded)
+    assert [b.model_dump() for b in from_record.blocks] == [
+        b.model_dump() for b in from_memory.blocks
+    ]
+    # A step records a decision once; a later one that keeps the summary does not repeat it.
+    summarized = decision.model_copy(update={"summary": "S"})
+    assert summarized.record_after(None) == summarized
+    assert summarized.record_after(summarized) is None
+    later = summarized.model_copy(update={"stubbed_through": "x"})
+    record = later.record_after(summarized)
+    assert record is not None and record.summary is None and record.summary_kept
+    assert record.applied_to(summarized) == later
+    assert ContextDecision().empty and not decision.empty
 
 
 def test_plan_truncates_a_new_tool_result_larger_than_the_window() -> None:
@@ -394,16 +453,23 @@ async def test_oversized_prompt_fails_typed_then_the_session_goes_on(
         return builder.context_window(1000) if window_known else builder
 
     session, base_url = await new_session(script, configure=configure)
-    with pytest.raises(InferenceFailed) as failed:
+    with pytest.raises(ContextWindowExceeded) as failed:
         await (await session.start_inference(long_prompt(0, 6000))).wait()
+    assert isinstance(failed.value, InferenceFailed)  # existing handlers still catch it
     assert "context window" in str(failed.value)
+    assert failed.value.turn is not None and failed.value.tokens is not None
+    assert failed.value.tokens > 1000
     if window_known:
         # Refused before any request: the worker knew it could not fit.
         assert "more than the model's context window of 1000" in str(failed.value)
+        assert failed.value.context_window == 1000
+        assert "larger than the window" in failed.value.tried
         assert statuses(model_server, base_url) == []
     else:
         # One request, refused; nothing older to leave out, so no second try.
         assert "nothing more can be left out" in str(failed.value)
+        assert failed.value.context_window is None
+        assert "nothing more could be left out" in failed.value.tried
         assert statuses(model_server, base_url) == [400]
     turn = await (await session.start_inference("hi")).wait()
     assert turn.last_text == "Noted."
@@ -411,3 +477,123 @@ async def test_oversized_prompt_fails_typed_then_the_session_goes_on(
     users = [b.text for b in (await session.transcript()).blocks if b.kind == BlockKind.USER]
     assert users == [long_prompt(0, 6000), "hi"]
     assert statuses(model_server, base_url)[-1] == 200
+
+
+async def test_compaction_that_cannot_fit_fails_typed_then_the_session_goes_on(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    # The window is unknown to the engine; the provider's is 300 tokens. The second prompt
+    # alone is larger: its request is refused, compacted (the first turn left out), and
+    # refused again.
+    script = {"context_window": 300, "rules": [{"name": "ack", "reply": {"text": "Noted."}}]}
+    session, base_url = await new_session(script, configure=lambda b: b.no_tools())
+    assert (await (await session.start_inference(long_prompt(0, 800))).wait()).last_text
+    with pytest.raises(ContextWindowExceeded) as failed:
+        await (await session.start_inference(long_prompt(1, 1300))).wait()
+    assert "retried once" in failed.value.tried and "left out 1 earlier turns" in failed.value.tried
+    assert failed.value.tokens is not None and failed.value.tokens > 300
+    assert statuses(model_server, base_url) == [200, 400, 400]
+    # Usable: the next prompt's refused request is compacted (both turns out) and answered.
+    turn = await (await session.start_inference("hi")).wait()
+    assert turn.last_text == "Noted."
+    assert statuses(model_server, base_url)[-2:] == [400, 200]
+
+
+SUMMARY_SCRIPT_RULE = {
+    "name": "summary",
+    "when": {"last_user_contains": "Conversation to summarise"},
+    "reply": {"text": "SUMMARY: the user sent numbered prompts."},
+}
+
+
+async def test_a_retried_step_does_not_summarise_again(
+    new_session: Any, model_server: ScriptedModelServer
+) -> None:
+    # The third prompt's request is the first compacted one (turn 0 left out and summarised);
+    # the model fails it once with a 500, and the step is retried.
+    script = {
+        "context_window": 1000,
+        "rules": [
+            SUMMARY_SCRIPT_RULE,
+            {
+                "name": "flaky",
+                "when": {"last_user_contains": "Prompt number 2."},
+                "reply": {"text": "Noted."},
+                "faults": [{"status": 500}],
+            },
+            {"name": "ack", "reply": {"text": "Noted."}},
+        ],
+    }
+    session, base_url = await new_session(
+        script,
+        configure=lambda b: (
+            b.no_tools()
+            .context_window(1000)
+            .context_policy("summarize")
+            .llm_activity(retry=RetrySpec(initial_interval_seconds=0.1, maximum_attempts=3))
+        ),
+    )
+    for n in range(3):
+        assert (await (await session.start_inference(long_prompt(n))).wait()).last_text
+    bodies = [r.body for r in model_server.requests(base_url)]
+    summaries = [b for b in bodies if "Conversation to summarise" in str(b["messages"][-1])]
+    assert statuses(model_server, base_url) == [200, 200, 200, 500, 200]
+    # One summary, written by the failed attempt and taken over by the retry, whose
+    # request carries it; its usage is counted once, in the step that succeeded.
+    assert len(summaries) == 1
+    assert "SUMMARY: the user sent numbered prompts." in str(bodies[-1]["messages"])
+    turns = await session.turns()
+    usage = turns[-1].metadata.usage
+    assert usage is not None
+    wire = ChatCompletionsWire()
+    assert (
+        usage.input_tokens
+        == wire.parse(bodies[-1]).estimated_tokens + wire.parse(summaries[0]).estimated_tokens
+    )
+
+
+async def test_another_worker_continues_from_the_recorded_decision(
+    client: Client, tool_registry: ToolRegistry, model_server: ScriptedModelServer
+) -> None:
+    """A worker that ran none of the session's steps sends what the first one decided:
+    it reads the decision (and its summary) from the workflows, and writes no summary."""
+    script = {
+        "context_window": 1000,
+        "rules": [SUMMARY_SCRIPT_RULE, {"name": "ack", "reply": {"text": "Noted."}}],
+    }
+    base_url = model_server.add_script(script)
+    queue = f"context-{uuid.uuid4().hex[:8]}"
+    builder = (
+        EngineBuilder("openai:scripted")
+        .base_url(base_url)
+        .llm_activity(heartbeat_seconds=5)
+        .no_tools()
+        .context_window(1000)
+        .context_policy("summarize")
+    )
+
+    def worker() -> Any:
+        return create_worker(
+            client,
+            task_queue=queue,
+            tools=tool_registry,
+            endpoints=scripted_endpoints(model_server.url),
+        )
+
+    async with worker():
+        session = await Session.create(
+            client, builder, session_id=f"test-{uuid.uuid4().hex[:10]}", task_queue=queue
+        )
+        for n in range(4):
+            assert (await (await session.start_inference(long_prompt(n))).wait()).last_text
+    first = [r.body["messages"] for r in model_server.requests(base_url)]
+    assert sum("Conversation to summarise" in str(m[-1]) for m in first) >= 1
+    async with worker():  # a new worker: no memory of the session
+        assert (await (await session.start_inference("hi")).wait()).last_text == "Noted."
+    requests = [r.body["messages"] for r in model_server.requests(base_url)]
+    [sent] = requests[len(first) :]  # one request: no summary written anew
+    # The same turns left out, the same summary: the first worker's last request, plus
+    # its answer and the new prompt.
+    assert sent[:-2] == first[-1]
+    assert sent[-1] == {"role": "user", "content": "hi"}
+    assert any("SUMMARY: the user sent numbered prompts." in str(m) for m in sent)

@@ -28,7 +28,7 @@ from geppetto_temporal.activities._models import (
     reported_model,
     with_ids,
 )
-from geppetto_temporal.context import estimate_text_tokens
+from geppetto_temporal.context import ContextDecision, estimate_text_tokens
 from geppetto_temporal.engines._errors import classify_error
 from geppetto_temporal.engines._factory import EngineFactory
 from geppetto_temporal.engines._output import settle_output
@@ -251,7 +251,10 @@ class InferenceActivities:
             else [*(t.definition() for t in allowed), *map(agent_definition, spec.agents)]
         )
         # Only what is sent changes; `blocks` (and the turn) keep everything.
-        context = self._context.plan(input.inference_id, blocks, definitions, spec)
+        start = await self._context.start(
+            input.inference_id, input.step, input.context_step, blocks, spec, self._decision
+        )
+        context = self._context.plan(blocks, definitions, spec, start)
         publisher = (
             StepEventPublisher(
                 message_id=message_id_for(input.inference_id, input.step),
@@ -267,7 +270,7 @@ class InferenceActivities:
         async with publisher or contextlib.nullcontext():
             try:
                 context = await self._context.stream(
-                    context, engine, blocks, definitions, spec, output, publisher
+                    context, engine, blocks, definitions, spec, output, publisher, heartbeat
                 )
             except asyncio.CancelledError:
                 details = activity.cancellation_details()
@@ -323,7 +326,16 @@ class InferenceActivities:
             if name in allowed_names
         }
         self._remember_own(input.inference_id, [*own, *new_blocks])
-        self._context.remember(input.inference_id, context, blocks, output.usage.input_tokens)
+        decision = self._context.remember(
+            input.inference_id,
+            input.step,
+            start,
+            context,
+            blocks,
+            output.usage.input_tokens,
+            spec,
+            input.context_step,
+        )
         text = "".join(b.text for b in new_blocks if b.kind == BlockKind.LLM_TEXT)
         from_blocks = spec.stream_events and rebuildable(tail, text, live=input.live)
         return LLMStepResult(
@@ -339,7 +351,27 @@ class InferenceActivities:
             events=[] if from_blocks else tail,
             events_from_blocks=from_blocks,
             output_error=output_error,
+            context=decision,
         )
+
+    async def _decision(self, inference_id: str) -> ContextDecision | None:
+        """The compaction decision an inference's workflow keeps (`context` query).
+
+        A closed inference (the session's previous one) answers too, replayed on a
+        worker; one that predates the query answers nothing (None: compact anew).
+        """
+        try:
+            decision: ContextDecision | None = (
+                await activity.client()
+                .get_workflow_handle(inference_id)
+                .query("context", result_type=ContextDecision | None)  # type: ignore[arg-type]
+            )
+        except Exception as err:
+            activity.logger.info(
+                "no context decision from %s (compacting anew): %s", inference_id, err
+            )
+            return None
+        return decision
 
     @activity.defn(name=INFERENCE_BLOCKS_ACTIVITY)
     async def inference_blocks(self, input: InferenceBlocksInput) -> InferenceBlocks:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from temporalio import activity
@@ -16,11 +18,14 @@ from temporalio.exceptions import ApplicationError
 
 from geppetto_temporal._redact import redact
 from geppetto_temporal.activities._events import StepEventPublisher
+from geppetto_temporal.activities._heartbeat import Heartbeat
 from geppetto_temporal.context import (
+    ContextDecision,
     ContextPlan,
     ContextState,
     context_window_for,
     estimate_text_tokens,
+    estimate_tokens,
     plan_context,
     summary_request,
     with_summary,
@@ -31,13 +36,40 @@ from geppetto_temporal.engines._step import ProviderEngine, StepOutput
 from geppetto_temporal.errors import ErrorType
 from geppetto_temporal.events import ContextCompactedEvent
 from geppetto_temporal.tools._tool import ToolDefinition
-from geppetto_temporal.turns import Block
+from geppetto_temporal.turns import Block, Usage
 from geppetto_temporal.workflows._models import previous_inference_id
 
 #: Conversations whose latest request a worker remembers (a miss estimates every block).
 _STATES = 256
 #: The longest summary asked for (tokens).
 _SUMMARY_MAX_TOKENS = 512
+#: Key of the heartbeat detail that keeps a summary written by an attempt for its retry.
+SUMMARY_DETAIL_KEY = "geppetto-context-summary"
+
+#: Reads the decision a workflow (an inference) keeps (its `context` query); None if none.
+DecisionLoader = Callable[[str], Awaitable[ContextDecision | None]]
+
+
+@dataclass(frozen=True)
+class ContextStart:
+    """Where a step's compaction starts from, and what its inference's workflow holds."""
+
+    #: The state to plan from (None: nothing known, every block estimated).
+    previous: ContextState | None
+    #: The decision the inference's workflow keeps (None: none of its steps recorded one);
+    #: the step records its decision only if it differs from this one.
+    held: ContextDecision | None
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A worker's memory of an inference's latest request here."""
+
+    state: ContextState
+    #: The decision in force after that request.
+    decision: ContextDecision
+    #: The step of the inference whose result recorded `decision` (None: none did).
+    recorded_in: int | None
 
 
 def _window(spec: EngineSpec) -> int | None:
@@ -62,27 +94,79 @@ def _event(
     )
 
 
+def context_window_exceeded(
+    message: str, *, tried: str, tokens: int | None, window: int | None
+) -> ApplicationError:
+    """The step's final error when the request cannot be made to fit; its details (what
+    was tried, the sizes) reach the client's `ContextWindowExceeded`."""
+    details = {"tried": tried, "tokens": tokens, "context_window": window}
+    return ApplicationError(
+        message, details, type=ErrorType.CONTEXT_WINDOW_EXCEEDED, non_retryable=True
+    )
+
+
 class ContextKeeper:
-    """Sizes each request from the previous one's reported tokens and compacts it per policy."""
+    """Sizes each request from the previous one's reported tokens and compacts it per policy.
+
+    The decision of what to leave out is kept by the workflows, by reference
+    (`ContextDecision`): a worker that did not run the previous step reads it with a
+    query instead of compacting anew, and a summary is written once per span.
+    """
 
     def __init__(self) -> None:
         # Per inference, its latest request here; the next inference of the session
         # starts from its predecessor's.
-        self._states: OrderedDict[str, ContextState] = OrderedDict()
+        self._states: OrderedDict[str, _Known] = OrderedDict()
 
-    def _previous(self, inference_id: str) -> ContextState | None:
-        state = self._states.get(inference_id)
-        if state is None:
-            earlier = previous_inference_id(inference_id)
-            state = self._states.get(earlier) if earlier else None
-        return state
+    async def start(
+        self,
+        inference_id: str,
+        step: int,
+        context_step: int | None,
+        blocks: list[Block],
+        spec: EngineSpec,
+        load: DecisionLoader,
+    ) -> ContextStart:
+        """Where this step starts: this worker's memory when it holds the decision the
+        workflow names (`context_step`), else the decision read from the workflow (or,
+        for an inference's first step, from the session's previous inference)."""
+        policy = spec.context_policy
+        if policy.strategy == "off":
+            return ContextStart(previous=None, held=None)
+        known = self._states.get(inference_id)
+        if known is not None and known.recorded_in == context_step:
+            held = known.decision if context_step is not None else None
+            return ContextStart(previous=known.state, held=held)
+        if context_step is not None:
+            decision = await load(inference_id)
+            if decision is None:
+                return ContextStart(previous=None, held=None)
+            return ContextStart(
+                previous=ContextState.from_decision(decision, blocks, policy), held=decision
+            )
+        earlier = previous_inference_id(inference_id)
+        if earlier is None or step > 1:
+            # A later step with nothing recorded: its first step had nothing to inherit.
+            return ContextStart(previous=None, held=None)
+        known = self._states.get(earlier)
+        if known is not None and known.state.continues(blocks):
+            return ContextStart(previous=known.state, held=None)
+        window = _window(spec)
+        if window is not None and estimate_tokens(blocks) <= window * policy.threshold:
+            return ContextStart(previous=None, held=None)  # nothing to leave out anyway
+        decision = await load(earlier)
+        if decision is None or decision.empty:
+            return ContextStart(previous=None, held=None)
+        return ContextStart(
+            previous=ContextState.from_decision(decision, blocks, policy), held=None
+        )
 
     def plan(
         self,
-        inference_id: str,
         blocks: list[Block],
         definitions: list[ToolDefinition],
         spec: EngineSpec,
+        start: ContextStart,
     ) -> ContextPlan:
         """What this step sends; raises `ContextWindowExceeded` for a prompt that cannot fit."""
         window = _window(spec)
@@ -95,7 +179,7 @@ class ContextKeeper:
             blocks,
             window=window,
             policy=spec.context_policy,
-            previous=self._previous(inference_id),
+            previous=start.previous,
             fixed_tokens=fixed,
         )
         if (
@@ -103,36 +187,71 @@ class ContextKeeper:
             and spec.context_policy.strategy != "off"
             and plan.protected_tokens > window
         ):
-            raise ApplicationError(
+            raise context_window_exceeded(
                 f"{spec.spec_string}: the latest prompt (with the system prompt and the tool "
                 f"results it waits on) is about {plan.protected_tokens} tokens, more than the "
                 f"model's context window of {window}; shorten it or use a model with a larger "
                 "window (the session stays usable)",
-                type=ErrorType.CONTEXT_WINDOW_EXCEEDED,
-                non_retryable=True,
+                tried="nothing: the latest prompt alone is larger than the window",
+                tokens=plan.protected_tokens,
+                window=window,
             )
         return plan
 
     def remember(
-        self, inference_id: str, plan: ContextPlan, blocks: list[Block], prompt_tokens: int
-    ) -> None:
-        """Keep what a successful step sent and what the provider said it cost."""
-        self._states[inference_id] = plan.state(blocks, prompt_tokens or None)
+        self,
+        inference_id: str,
+        step: int,
+        start: ContextStart,
+        plan: ContextPlan,
+        blocks: list[Block],
+        prompt_tokens: int,
+        spec: EngineSpec,
+        context_step: int | None,
+    ) -> ContextDecision | None:
+        """Keep what a successful step sent and what the provider said it cost; returns
+        what the step's result records (None: the workflow's decision still holds)."""
+        if spec.context_policy.strategy == "off":
+            return None
+        state = plan.state(blocks, prompt_tokens or None)
+        decision = state.decision(blocks)
+        record = decision.record_after(start.held)
+        if record is not None and start.held is None and decision.empty:
+            record = None  # nothing left out, and nothing recorded before
+        recorded_in = step if record is not None else context_step
+        self._states[inference_id] = _Known(state, decision, recorded_in)
         self._states.move_to_end(inference_id)
         while len(self._states) > _STATES:
             self._states.popitem(last=False)
+        return record
 
     @staticmethod
     async def _summarized(
-        plan: ContextPlan, engine: ProviderEngine, blocks: list[Block], spec: EngineSpec
+        plan: ContextPlan,
+        engine: ProviderEngine,
+        blocks: list[Block],
+        spec: EngineSpec,
+        heartbeat: Heartbeat | None,
     ) -> ContextPlan:
         """With strategy `summarize`: `plan` with a summary of the turns it left out, written
-        by the same model; a failed summary leaves the plain note (the step goes on)."""
+        by the same model; a failed summary leaves the plain note (the step goes on).
+
+        A summary is written once per span: it goes into the step's heartbeat details,
+        so a retry of the step (on any worker) takes it from there, with its usage.
+        """
         if spec.context_policy.strategy != "summarize":
             return plan
         request = summary_request(blocks, plan, window=_window(spec))
         if request is None:
             return plan
+        span = [plan.started_from.kept_from, plan.omitted.kept_from, plan.started_from.summary]
+        for detail in activity.info().heartbeat_details:
+            kept = detail.get(SUMMARY_DETAIL_KEY) if isinstance(detail, dict) else None
+            if isinstance(kept, dict) and kept.get("span") == span:
+                activity.logger.info("reusing the summary an earlier attempt wrote")
+                return with_summary(
+                    plan, kept.get("text"), Usage.model_validate(kept.get("usage") or {})
+                )
         summary_spec = spec.model_copy(
             update={"max_tokens": min(spec.max_tokens or _SUMMARY_MAX_TOKENS, _SUMMARY_MAX_TOKENS)}
         )
@@ -145,7 +264,14 @@ class ContextKeeper:
                 redact(f"{type(err).__name__}: {err}"),
             )
             return with_summary(plan, None, output.usage)
-        return with_summary(plan, output.text.strip() or None, output.usage)
+        text = output.text.strip() or None
+        if heartbeat is not None:
+            usage = output.usage.model_dump(mode="json", exclude_defaults=True)
+            heartbeat.keep(
+                SUMMARY_DETAIL_KEY,
+                {SUMMARY_DETAIL_KEY: {"span": span, "text": text, "usage": usage}},
+            )
+        return with_summary(plan, text, output.usage)
 
     @staticmethod
     def _refused_as_too_long(err: Exception, spec: EngineSpec, output: StepOutput) -> bool:
@@ -168,11 +294,12 @@ class ContextKeeper:
         spec: EngineSpec,
         output: StepOutput,
         publisher: StepEventPublisher | None,
+        heartbeat: Heartbeat | None = None,
     ) -> ContextPlan:
         """Run the provider call on `plan`; if the provider refuses it as too long, compact
         harder and try once more. Returns the plan that was answered."""
         window = _window(spec)
-        plan = await self._summarized(plan, engine, blocks, spec)
+        plan = await self._summarized(plan, engine, blocks, spec, heartbeat)
         if plan.compacted:
             activity.logger.info("context compacted: %s", plan.describe())
             if publisher is not None:
@@ -191,15 +318,17 @@ class ContextKeeper:
         harder = plan_context(
             blocks, window=window, policy=spec.context_policy, previous=sent, goal=goal
         )
-        harder = await self._summarized(harder, engine, blocks, spec)
+        harder = await self._summarized(harder, engine, blocks, spec, heartbeat)
         if not harder.compacted:
-            raise ApplicationError(
+            raise context_window_exceeded(
                 f"{spec.spec_string} refused the request (about {plan.tokens_after} tokens, "
                 f"{plan.describe()}) as longer than its context window, and nothing more can "
                 f"be left out: the latest prompt and the tool results it waits on are about "
                 f"{plan.protected_tokens} tokens; shorten it or use a model with a larger window",
-                type=ErrorType.CONTEXT_WINDOW_EXCEEDED,
-                non_retryable=True,
+                tried=f"sent about {plan.tokens_after} tokens ({plan.describe()}); refused, and "
+                "nothing more could be left out",
+                tokens=plan.tokens_after,
+                window=window,
             )
         activity.logger.info("context compacted after a refusal: %s", harder.describe())
         if publisher is not None:
@@ -208,13 +337,16 @@ class ContextKeeper:
             await engine.stream_step(harder.blocks, definitions, spec, output)
         except Exception as err:
             if self._refused_as_too_long(err, spec, output):
-                raise ApplicationError(
+                raise context_window_exceeded(
                     f"{spec.spec_string} refused the request as longer than its context window, "
                     f"also after compacting it from about {harder.tokens_before} to about "
                     f"{harder.tokens_after} tokens ({harder.describe()}) and retrying once; "
                     "set the engine's context_window lower or use a model with a larger window",
-                    type=ErrorType.CONTEXT_WINDOW_EXCEEDED,
-                    non_retryable=True,
+                    tried=f"compacted from about {harder.tokens_before} to about "
+                    f"{harder.tokens_after} tokens ({harder.describe()}) and retried once; "
+                    "refused again",
+                    tokens=harder.tokens_after,
+                    window=window,
                 ) from None
             raise
         return harder

@@ -8,6 +8,7 @@ from pydantic import Field
 from temporalio import activity
 
 from geppetto_temporal._wire import WireModel
+from geppetto_temporal.context import ContextDecision
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.tools._config import ToolActivityOptions, ToolErrorHandling
 from geppetto_temporal.turns import Block, Usage
@@ -47,6 +48,9 @@ class LLMStepInput(WireModel):
     #: The inference's `live` feature: the workflow published this step's `start`, deltas
     #: go to the worker's live channel and only coarse `partial` batches are signalled.
     live: bool = False
+    #: The step of this inference whose result recorded the compaction decision in force
+    #: (`LLMStepResult.context`; the workflow keeps it, `context` query). None: none did.
+    context_step: int | None = None
 
 
 def reported_model(model: str | None, spec: EngineSpec) -> str | None:
@@ -75,6 +79,9 @@ class LLMStepResult(WireModel):
     #: Typed output: the step answered (no tool calls) and the answer fails the engine's
     #: schema, for this reason. Always None for engines without `output`.
     output_error: str | None = None
+    #: What the requests leave out from this step on, when this step decided anew
+    #: (docs/context.md): recorded once, referenced by later steps (`context_step`).
+    context: ContextDecision | None = None
 
 
 class ToolCallInput(WireModel):

@@ -10,6 +10,7 @@ from pydantic import Field
 from temporalio.contrib.workflow_streams import WorkflowStreamState
 
 from geppetto_temporal._wire import WireModel
+from geppetto_temporal.context import ContextDecision
 from geppetto_temporal.engines._output import OutputSpec
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, Usage
@@ -36,6 +37,10 @@ INFERENCE_CONTINUE_AS_NEW_PATCH = "inference-continue-as-new"
 #: Patch id: a typed-output answer that fails its schema is retried or fails the inference
 #: (recorded only by inferences that meet such an answer).
 TYPED_OUTPUT_PATCH = "typed-output"
+#: Patch id: the inference keeps the compaction decision its steps record, names it in each
+#: step's input, and reports a context-window failure's type (recorded only by inferences
+#: that compact or fail so).
+CONTEXT_DECISIONS_PATCH = "context-decisions"
 
 
 def inference_workflow_id(session_id: str, n: int) -> str:
@@ -280,6 +285,9 @@ class InferenceCarry(WireModel):
     approved_tools: list[str] = Field(default_factory=list)
     #: Typed output: answers already sent back to the model for failing the schema.
     output_retries: int = 0
+    #: The compaction decision in force, and the step whose result recorded it.
+    context: ContextDecision | None = None
+    context_step: int | None = None
 
 
 class InferenceInput(WireModel):
@@ -394,6 +402,10 @@ class InferenceResult(WireModel):
     iterations: int = 0
     #: Tool names a person approved for the rest of the session during this inference.
     approved_tools: list[str] = Field(default_factory=list)
+    #: For a failure the client maps onto its own exception (`ErrorType`), its type and
+    #: details (only `ContextWindowExceeded` so far: what was tried, the sizes).
+    error_type: str | None = None
+    error_details: dict[str, Any] | None = None
 
     def with_ids(self, inference_id: str) -> InferenceResult:
         """This result with the inference and session ids filled in where left out."""

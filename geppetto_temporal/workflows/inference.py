@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         ToolCallInput,
         ToolCallResult,
     )
+    from geppetto_temporal.context import ContextDecision
     from geppetto_temporal.engines._output import OUTPUT_INVALID, retry_block
     from geppetto_temporal.engines._spec import AgentTool, EngineSpec
     from geppetto_temporal.errors import ErrorType
@@ -79,6 +80,7 @@ with workflow.unsafe.imports_passed_through():
         user_block,
     )
     from geppetto_temporal.workflows._models import (
+        CONTEXT_DECISIONS_PATCH,
         INFERENCE_CONTINUE_AS_NEW_PATCH,
         INFERENCE_WORKFLOW,
         LIVE_DELTAS,
@@ -200,6 +202,10 @@ class InferenceWorkflow:
         self._continued = False
         # Usage of the sub-agents that finished since the loop last took it.
         self._agent_usage = Usage()
+        # What the LLM requests leave out (docs/context.md): the decision a step recorded
+        # last, and that step; the next steps' inputs name it, not carry it.
+        self._context: ContextDecision | None = carry.context if carry else None
+        self._context_step: int | None = carry.context_step if carry else None
 
     def _emit(
         self,
@@ -307,6 +313,12 @@ class InferenceWorkflow:
                 non_retryable=True,
             )
 
+    @workflow.query(name="context")
+    def context(self) -> ContextDecision | None:
+        """The compaction decision in force (what requests leave out), for a worker that
+        did not run the step that recorded it."""
+        return self._context
+
     @workflow.query(name="runs")
     def runs(self) -> list[InferenceRun]:
         """The earlier runs of this inference (it continued as new), oldest first."""
@@ -335,6 +347,8 @@ class InferenceWorkflow:
         stop_reason: str | None = None
         status = InferenceStatus.MAX_ITERATIONS
         error: str | None = None
+        error_type: str | None = None
+        error_details: dict[str, Any] | None = None
         first_step = carry.step if carry else 1
         self._iterations = first_step - 1
         for step in range(first_step, spec.max_iterations + 1):
@@ -352,6 +366,7 @@ class InferenceWorkflow:
                     status = InferenceStatus.CANCELLED
                 else:
                     status, error = InferenceStatus.FAILED, describe_activity_error(err)
+                    error_type, error_details = self._typed_failure(err)
                     self._emit(ErrorEvent(error_string=error), step=step)
                     partial = partial_text(err)
                     if partial:
@@ -362,6 +377,9 @@ class InferenceWorkflow:
                             )
                         )
                 break
+            if result.context is not None and workflow.patched(CONTEXT_DECISIONS_PATCH):
+                self._context = result.context.applied_to(self._context)
+                self._context_step = step
             blocks.extend(result.blocks)
             # The activity saw all of these: its input and its own output.
             self._known = self._base + len(blocks)
@@ -481,7 +499,26 @@ class InferenceWorkflow:
             metadata=metadata,
             iterations=self._iterations,
             approved_tools=self._remembered,
+            error_type=error_type,
+            error_details=error_details,
         )
+
+    @staticmethod
+    def _typed_failure(err: ActivityError) -> tuple[str | None, dict[str, Any] | None]:
+        """The type and details of a step failure the client raises as its own exception.
+
+        Only a context-window failure so far; the patch is asked only then, so other
+        failures (and histories recorded before) take the path they took.
+        """
+        cause = err.__cause__
+        if (
+            isinstance(cause, ApplicationError)
+            and cause.type == ErrorType.CONTEXT_WINDOW_EXCEEDED
+            and workflow.patched(CONTEXT_DECISIONS_PATCH)
+        ):
+            first = cause.details[0] if cause.details else None
+            return cause.type, first if isinstance(first, dict) else None
+        return None, None
 
     def _typed_output_path(self) -> bool:
         """Whether a failed typed-output answer is handled (retry or failure), not completed.
@@ -658,6 +695,8 @@ class InferenceWorkflow:
             tool_calls=self._tool_calls,
             approved_tools=self._remembered,
             output_retries=self._output_retries,
+            context=self._context,
+            context_step=self._context_step,
         )
         workflow.continue_as_new(
             # The ids follow from the workflow id, as in the first run.
@@ -704,6 +743,7 @@ class InferenceWorkflow:
                 prefix_last_id=input.prefix_last_id,
                 earlier_runs=self._runs,
                 live=self._live,
+                context_step=self._context_step,
             ),
             result_type=LLMStepResult,
             start_to_close_timeout=timedelta(seconds=spec.llm_timeout_seconds),
