@@ -34,6 +34,7 @@ from geppetto_temporal._cli_session import EngineOptions, open_cli_session
 from geppetto_temporal._render import (
     escape_controls,
     format_call,
+    format_compaction,
     format_tool_call,
     format_usage,
     one_line,
@@ -43,6 +44,7 @@ from geppetto_temporal.client import ExecutionHandle, Session
 from geppetto_temporal.engines._builder import EngineBuilder
 from geppetto_temporal.errors import GeppettoError, SessionBusyError
 from geppetto_temporal.events import (
+    ContextCompactedEvent,
     ErrorEvent,
     Event,
     FinalEvent,
@@ -302,6 +304,8 @@ class ReplyPrinter:
                 self._line(f"  ← error: {_one_line(result.removeprefix('Error: '))}", "red")
             else:
                 self._line(f"  ← {_one_line(result)}", "green")
+        elif isinstance(event, ContextCompactedEvent):
+            self._line(f"  [{format_compaction(event)}]", "dim")
         elif isinstance(event, InferenceFinishedEvent):
             self.end_line()
             self.finished = event

@@ -7,12 +7,15 @@ session keeps every block.
 
 from __future__ import annotations
 
+import io
+import json
 import uuid
 from typing import Any
 
 import anthropic
 import openai
 import pytest
+from rich.console import Console
 from temporalio.client import Client
 from temporalio.worker import Replayer
 
@@ -24,6 +27,8 @@ from geppetto_temporal import (
     Session,
     create_worker,
 )
+from geppetto_temporal._render import StreamPrinter, format_compaction
+from geppetto_temporal.chat import ReplyPrinter
 from geppetto_temporal.context import (
     ContextDecision,
     ContextPolicy,
@@ -35,9 +40,10 @@ from geppetto_temporal.engines import EngineSpec
 from geppetto_temporal.engines._errors import classify_error
 from geppetto_temporal.engines.anthropic_messages import sdk_base_url
 from geppetto_temporal.errors import ErrorType
-from geppetto_temporal.retry import RetrySpec
 from geppetto_temporal.events import ContextCompactedEvent, Event
+from geppetto_temporal.retry import RetrySpec
 from geppetto_temporal.testing import ChatCompletionsWire, ScriptedModelServer
+from geppetto_temporal.tools import ToolRegistry
 from geppetto_temporal.turns import (
     Block,
     PayloadKey,
@@ -47,7 +53,6 @@ from geppetto_temporal.turns import (
     tool_use_block,
     user_block,
 )
-from geppetto_temporal.tools import ToolRegistry
 from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 from tests.conftest import scripted_endpoints
 
@@ -356,10 +361,15 @@ async def test_summarize_sends_a_summary_of_the_turns_left_out(
     assert users == prompts
 
 
+def _payload(payloads: Any) -> dict[str, Any]:
+    data = json.loads(payloads.payloads[0].data) if payloads.payloads else {}
+    return data if isinstance(data, dict) else {}
+
+
 async def test_long_tool_loop_with_large_results_completes(
     new_session: Any, model_server: ScriptedModelServer, client: Client
 ) -> None:
-    steps = 30
+    steps = 200
     key = uuid.uuid4().hex
     call = {"name": "padded_tool", "arguments": {"key": key, "chars": 1600, "last": steps}}
     script = {
@@ -377,7 +387,7 @@ async def test_long_tool_loop_with_large_results_completes(
             .max_iterations(steps + 5)
             .context_window(1500)
             # Compaction goes on across the inference's continue-as-new.
-            .steps_per_run(10)
+            .steps_per_run(150)
         ),
     )
     handle = await session.start_inference("collect the parts")
@@ -387,9 +397,9 @@ async def test_long_tool_loop_with_large_results_completes(
     # The turn keeps every result whole; only what was sent had stubs or left steps out.
     assert len(results) == steps
     assert all(len(b.payload[PayloadKey.RESULT]) == 1600 for b in results)
-    assert set(statuses(model_server, base_url)) == {200}
     requests = model_server.requests(base_url)
     assert len(requests) == steps + 1
+    assert {r.status for r in requests} == {200}
     tool_messages = [
         [m["content"] for m in r.body["messages"] if m["role"] == "tool"] for r in requests
     ]
@@ -400,7 +410,7 @@ async def test_long_tool_loop_with_large_results_completes(
     last = requests[-1].body["messages"]
     assert last[0] == {"role": "user", "content": "collect the parts"}
     assert last[1]["role"] == "system" and "earlier steps of this turn" in last[1]["content"]
-    assert len(tool_messages[-1]) < steps
+    assert len(tool_messages[-1]) < 20  # of 200
     assert tool_messages[-1][-1].startswith(f"FINAL {steps} ")  # the open result goes whole
     events = compactions(await events_of(handle))
     assert events and max(e.dropped_steps for e in events) > 0
@@ -409,6 +419,24 @@ async def test_long_tool_loop_with_large_results_completes(
     history = await handle.workflow_handle.fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes
     assert started.continued_execution_run_id, "expected the inference to continue as new"
+    # The decision travels by reference: recorded by the steps that changed it (here, with
+    # results of a quarter of the window, nearly every step), a few block ids whatever the
+    # loop's length, and named by the steps' inputs; the new run got it in its carry.
+    assert _payload(started.input)["carry"]["context"]["steps"]
+    recorded = [
+        _payload(e.activity_task_completed_event_attributes.result).get("context")
+        for e in history.events
+        if e.HasField("activity_task_completed_event_attributes")
+    ]
+    named = [
+        _payload(e.activity_task_scheduled_event_attributes.input).get("context_step")
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "geppetto.llm_step"
+    ]
+    decisions = [d for d in recorded if d is not None]
+    assert 0 < len(decisions) <= len(named) and all(n is not None for n in named)
+    assert max(len(json.dumps(d)) for d in decisions) < 200
     replayer = Replayer(
         workflows=WORKFLOWS, data_converter=client.data_converter, workflow_runner=workflow_runner()
     )
@@ -597,3 +625,35 @@ async def test_another_worker_continues_from_the_recorded_decision(
     assert sent[:-2] == first[-1]
     assert sent[-1] == {"role": "user", "content": "hi"}
     assert any("SUMMARY: the user sent numbered prompts." in str(m) for m in sent)
+
+
+def test_printers_show_a_compaction_in_one_line() -> None:
+    event = ContextCompactedEvent(
+        reason="proactive",
+        tokens_before=1320,
+        tokens_after=880,
+        context_window=1500,
+        stubbed_tool_results=["call_1", "call_2"],
+        stubbed_total=5,
+        dropped_turns=3,
+        summarized_turns=3,
+        dropped_steps=4,
+        dropped_blocks=27,
+    )
+    expected = (
+        "[context compacted: ~1,320 → ~880 tokens of 1,500; stubbed 2 tool results (5 in all), "
+        "left out 3 turns, 3 summarised, left out 4 steps, 27 blocks out]"
+    )
+    for printer in (StreamPrinter, ReplyPrinter):
+        out = io.StringIO()
+        console = Console(file=out, width=300, color_system=None)
+        shown = printer(console)
+        if isinstance(shown, StreamPrinter):
+            shown.handle(event)
+        else:
+            shown.show(event)
+        assert out.getvalue().strip().splitlines() == [expected], printer
+    reactive = ContextCompactedEvent(reason="reactive", tokens_before=900, tokens_after=450)
+    assert format_compaction(reactive) == (
+        "context compacted after a refusal: ~900 → ~450 tokens; nothing left out"
+    )

@@ -140,6 +140,14 @@ SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     "tool-loop": ("session", "inference-1"),
     "typed-output": ("session", "inference-1"),
     "sub-agent": ("session", "inference-1", "inference-1-agent-1"),
+    # Compacted requests across a continue-as-new, then a ContextWindowExceeded and a prompt.
+    "context-compaction": (
+        "session",
+        "inference-1-run-1",
+        "inference-1",
+        "inference-2",
+        "inference-3",
+    ),
     # The inference continued as new twice: its earlier runs, and its last run.
     "long-loop": (
         "session",
@@ -157,6 +165,7 @@ SCENARIO_SINCE = {
     "human-in-the-loop": "v0-11",
     "typed-output": "v0-12",
     "sub-agent": "v0-12",
+    "context-compaction": "v0-13",
 }
 
 
@@ -165,6 +174,8 @@ def expected_history_files() -> list[str]:
     for tag in HISTORY_SETS:
         for scenario, kinds in SCENARIO_FILES.items():
             since = SCENARIO_SINCE.get(scenario, HISTORY_SETS[0])
+            if since not in HISTORY_SETS:
+                continue  # a scenario whose first set is not recorded yet
             if HISTORY_SETS.index(tag) >= HISTORY_SETS.index(since):
                 names += [f"{tag}-{scenario}-{kind}.json" for kind in kinds]
     return names
