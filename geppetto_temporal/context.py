@@ -41,21 +41,42 @@ CHARS_PER_TOKEN = 4
 #: Per block: a message's role and framing cost a few tokens of their own.
 BLOCK_OVERHEAD_TOKENS = 4
 
-#: Input windows in tokens of common models (the most a request may hold).
+#: Input windows in tokens of common models (the most a request may hold), matched exactly
+#: or by longest prefix. Checked against the providers' model pages on 2026-12-06 (sources in
+#: docs/context.md, "The window table"); where a page gives the window of input and output
+#: together, the input share is used when the page states one (gpt-5), else the window.
+#: A value too small only compacts early; one too large leaves it to the provider's refusal.
 DEFAULT_CONTEXT_WINDOWS: Mapping[str, int] = {
-    # OpenAI (gpt-5: 400k in total, of which at most 272k input)
-    "gpt-5": 272_000,
+    # OpenAI (platform.openai.com/docs/models)
+    "gpt-5": 272_000,  # 400,000 in all, of which at most 272,000 input
+    "gpt-5-chat": 128_000,  # gpt-5-chat-latest
     "gpt-4.1": 1_047_576,
+    "gpt-4.5": 128_000,  # gpt-4.5-preview
     "gpt-4o": 128_000,
+    "chatgpt-4o": 128_000,
     "gpt-4-turbo": 128_000,
+    "gpt-4-1106": 128_000,  # gpt-4-1106-preview (GPT-4 Turbo)
+    "gpt-4-0125": 128_000,  # gpt-4-0125-preview (GPT-4 Turbo)
+    "gpt-4-32k": 32_768,
     "gpt-4": 8_192,
     "gpt-3.5-turbo": 16_385,
+    "gpt-3.5-turbo-instruct": 4_096,
     "o1": 200_000,
+    "o1-preview": 128_000,
     "o1-mini": 128_000,
     "o3": 200_000,
     "o4-mini": 200_000,
-    # Anthropic
+    # Anthropic (platform.claude.com/docs: models overview, context windows): 200,000 unless
+    # the model has the 1M window by default (4.6 on; earlier ones only with a retired beta).
     "claude-": 200_000,
+    "claude-2.0": 100_000,
+    "claude-instant": 100_000,
+    "claude-opus-4-6": 1_000_000,
+    "claude-opus-4-7": 1_000_000,
+    "claude-opus-4-8": 1_000_000,
+    "claude-sonnet-4-6": 1_000_000,
+    "claude-opus-5": 1_000_000,
+    "claude-sonnet-5": 1_000_000,
 }
 
 

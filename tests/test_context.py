@@ -33,6 +33,7 @@ from geppetto_temporal.context import (
     ContextDecision,
     ContextPolicy,
     ContextState,
+    context_window_for,
     estimate_tokens,
     plan_context,
 )
@@ -657,3 +658,18 @@ def test_printers_show_a_compaction_in_one_line() -> None:
     assert format_compaction(reactive) == (
         "context compacted after a refusal: ~900 → ~450 tokens; nothing left out"
     )
+
+
+def test_window_table_matches_the_longest_prefix() -> None:
+    assert context_window_for("openai", "gpt-4o-mini") == 128_000
+    assert context_window_for("openai", "gpt-4-0613") == 8_192
+    assert context_window_for("openai", "gpt-4-32k-0613") == 32_768
+    assert context_window_for("openai", "gpt-4-1106-preview") == 128_000
+    assert context_window_for("openai", "gpt-5-mini") == 272_000
+    assert context_window_for("openai", "gpt-5-chat-latest") == 128_000
+    assert context_window_for("openai", "o1-preview-2024-09-12") == 128_000
+    assert context_window_for("anthropic", "claude-sonnet-4-5-20250929") == 200_000
+    assert context_window_for("anthropic", "claude-sonnet-4-6") == 1_000_000
+    assert context_window_for("anthropic", "claude-2.0") == 100_000
+    assert context_window_for("openai", "my-local-model") is None
+    assert context_window_for("openai", "gpt-4o", 32_000) == 32_000
