@@ -223,31 +223,43 @@ class ContextDecision(WireModel):
     #: Tool results up to this block that are longer than the policy's `stub_min_chars`
     #: are sent as a note with their size (stubs go oldest first, so a watermark says it).
     stubbed_through: str | None = None
-    #: The summary of the turns left out (strategy `summarize`).
+    #: The summary of the turns left out (strategy `summarize`). A step's record carries
+    #: the text only when that step wrote it; later records name where it is (`summary_in`).
     summary: str | None = None
-    #: In a step's record: the summary is the one recorded earlier (not repeated).
-    summary_kept: bool = False
+    #: The inference whose recorded decisions hold the summary's text (the one that wrote it).
+    summary_in: str | None = None
 
     @property
     def empty(self) -> bool:
         return self == ContextDecision()
 
-    def record_after(self, earlier: ContextDecision | None) -> ContextDecision | None:
-        """What a step records when this decision follows `earlier`: None if unchanged,
-        else this decision without the summary text when `earlier` already holds it."""
-        earlier = earlier or ContextDecision()
-        if self == earlier:
-            return None
-        if self.summary is not None and self.summary == earlier.summary:
-            return self.model_copy(update={"summary": None, "summary_kept": True})
-        return self
+    def same_as(self, other: ContextDecision | None) -> bool:
+        """Whether both leave out the same (a summary compared by where it was written)."""
+        other = other or ContextDecision()
+        if self.summary_in is not None or other.summary_in is not None:
+            return self.model_copy(update={"summary": None}) == other.model_copy(
+                update={"summary": None}
+            )
+        return self == other
+
+    def recorded(self, *, wrote_summary: bool) -> ContextDecision:
+        """This decision as a step records it: the summary's text only if the step wrote
+        it (or nothing says where it is)."""
+        if wrote_summary or self.summary_in is None:
+            return self
+        return self.model_copy(update={"summary": None})
 
     def applied_to(self, earlier: ContextDecision | None) -> ContextDecision:
-        """The whole decision a record (`record_after`) stands for, given the one before it."""
-        if not self.summary_kept:
-            return self
-        summary = earlier.summary if earlier is not None else None
-        return self.model_copy(update={"summary": summary, "summary_kept": False})
+        """The decision a record stands for, given the one before it: a record without the
+        summary's text keeps the earlier text of the same summary."""
+        if (
+            self.summary is None
+            and self.summary_in is not None
+            and earlier is not None
+            and earlier.summary_in == self.summary_in
+        ):
+            return self.model_copy(update={"summary": earlier.summary})
+        return self
 
 
 @dataclass(frozen=True)
@@ -293,14 +305,16 @@ class ContextState:
             omitted=omitted,
         )
 
-    def decision(self, full: Sequence[Block]) -> ContextDecision:
-        """This state as a decision to record (`full`: the conversation it applies to)."""
+    def decision(self, full: Sequence[Block], summary_in: str | None = None) -> ContextDecision:
+        """This state as a decision (`full`: the conversation it applies to; `summary_in`:
+        the inference that wrote its summary)."""
         through = max((i for i, b in enumerate(full) if b.id in self.stubbed), default=None)
         return ContextDecision(
             kept_from=self.omitted.kept_from,
             steps=self.omitted.steps,
             stubbed_through=full[through].id if through is not None else None,
             summary=self.omitted.summary,
+            summary_in=summary_in if self.omitted.summary is not None else None,
         )
 
 

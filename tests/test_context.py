@@ -227,14 +227,15 @@ def test_a_recorded_decision_stands_for_the_plan() -> None:
     assert [b.model_dump() for b in from_record.blocks] == [
         b.model_dump() for b in from_memory.blocks
     ]
-    # A step records a decision once; a later one that keeps the summary does not repeat it.
-    summarized = decision.model_copy(update={"summary": "S"})
-    assert summarized.record_after(None) == summarized
-    assert summarized.record_after(summarized) is None
-    later = summarized.model_copy(update={"stubbed_through": "x"})
-    record = later.record_after(summarized)
-    assert record is not None and record.summary is None and record.summary_kept
-    assert record.applied_to(summarized) == later
+    # A step records a summary's text once; later records name the inference that wrote it.
+    written = decision.model_copy(update={"summary": "S", "summary_in": "s/inference/3"})
+    assert written.recorded(wrote_summary=True) == written
+    later = written.model_copy(update={"stubbed_through": "x"})
+    record = later.recorded(wrote_summary=False)
+    assert record.summary is None and record.summary_in == "s/inference/3"
+    assert record.applied_to(written) == later
+    assert later.same_as(record) and not later.same_as(written)
+    assert record.applied_to(None).summary is None  # the reader fetches it from its inference
     assert ContextDecision().empty and not decision.empty
 
 
@@ -615,16 +616,29 @@ async def test_another_worker_continues_from_the_recorded_decision(
         )
         for n in range(4):
             assert (await (await session.start_inference(long_prompt(n))).wait()).last_text
+        # A short prompt leaves out nothing more: its step records the decision it
+        # inherited, naming the inference that wrote the summary instead of repeating it.
+        hi = await session.start_inference("hi")
+        assert (await hi.wait()).last_text == "Noted."
     first = [r.body["messages"] for r in model_server.requests(base_url)]
     assert sum("Conversation to summarise" in str(m[-1]) for m in first) >= 1
+    history = await hi.workflow_handle.fetch_history()
+    [record] = [
+        _payload(e.activity_task_completed_event_attributes.result)["context"]
+        for e in history.events
+        if e.HasField("activity_task_completed_event_attributes")
+    ]
+    assert "summary" not in record
+    assert record["summary_in"].startswith(f"{session.session_id}/inference/")
+    assert int(record["summary_in"].rsplit("/", 1)[1]) < 5  # an earlier inference wrote it
     async with worker():  # a new worker: no memory of the session
-        assert (await (await session.start_inference("hi")).wait()).last_text == "Noted."
+        assert (await (await session.start_inference("again")).wait()).last_text == "Noted."
     requests = [r.body["messages"] for r in model_server.requests(base_url)]
     [sent] = requests[len(first) :]  # one request: no summary written anew
-    # The same turns left out, the same summary: the first worker's last request, plus
-    # its answer and the new prompt.
+    # The same turns left out, the same summary (read from the inference that wrote it):
+    # the first worker's last request, plus its answer and the new prompt.
     assert sent[:-2] == first[-1]
-    assert sent[-1] == {"role": "user", "content": "hi"}
+    assert sent[-1] == {"role": "user", "content": "again"}
     assert any("SUMMARY: the user sent numbered prompts." in str(m) for m in sent)
 
 

@@ -59,6 +59,8 @@ class ContextStart:
     #: The decision the inference's workflow keeps (None: none of its steps recorded one);
     #: the step records its decision only if it differs from this one.
     held: ContextDecision | None
+    #: The inference that wrote the summary `previous` carries (None: no summary).
+    summary_in: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,14 +137,20 @@ class ContextKeeper:
             return ContextStart(previous=None, held=None)
         known = self._states.get(inference_id)
         if known is not None and known.recorded_in == context_step:
-            held = known.decision if context_step is not None else None
-            return ContextStart(previous=known.state, held=held)
-        if context_step is not None:
-            decision = await load(inference_id)
-            if decision is None:
-                return ContextStart(previous=None, held=None)
             return ContextStart(
-                previous=ContextState.from_decision(decision, blocks, policy), held=decision
+                previous=known.state,
+                held=known.decision if context_step is not None else None,
+                summary_in=known.decision.summary_in,
+            )
+        if context_step is not None:
+            held = await load(inference_id)
+            if held is None:
+                return ContextStart(previous=None, held=None)
+            decision = await self._with_summary_text(held, load)
+            return ContextStart(
+                previous=ContextState.from_decision(decision, blocks, policy),
+                held=held,
+                summary_in=decision.summary_in,
             )
         earlier = previous_inference_id(inference_id)
         if earlier is None or step > 1:
@@ -150,16 +158,34 @@ class ContextKeeper:
             return ContextStart(previous=None, held=None)
         known = self._states.get(earlier)
         if known is not None and known.state.continues(blocks):
-            return ContextStart(previous=known.state, held=None)
+            return ContextStart(
+                previous=known.state, held=None, summary_in=known.decision.summary_in
+            )
         window = _window(spec)
         if window is not None and estimate_tokens(blocks) <= window * policy.threshold:
             return ContextStart(previous=None, held=None)  # nothing to leave out anyway
-        decision = await load(earlier)
-        if decision is None or decision.empty:
+        inherited = await load(earlier)
+        if inherited is None or inherited.empty:
             return ContextStart(previous=None, held=None)
+        decision = await self._with_summary_text(inherited, load)
         return ContextStart(
-            previous=ContextState.from_decision(decision, blocks, policy), held=None
+            previous=ContextState.from_decision(decision, blocks, policy),
+            held=None,
+            summary_in=decision.summary_in,
         )
+
+    @staticmethod
+    async def _with_summary_text(
+        decision: ContextDecision, load: DecisionLoader
+    ) -> ContextDecision:
+        """`decision` with its summary's text, read from the inference that wrote it when
+        the decision only names it; without it (unreadable), a plain note stands in."""
+        if decision.summary is not None or decision.summary_in is None:
+            return decision
+        origin = await load(decision.summary_in)
+        if origin is not None and origin.summary_in == decision.summary_in and origin.summary:
+            return decision.model_copy(update={"summary": origin.summary})
+        return decision.model_copy(update={"summary_in": None})
 
     def plan(
         self,
@@ -214,10 +240,12 @@ class ContextKeeper:
         if spec.context_policy.strategy == "off":
             return None
         state = plan.state(blocks, prompt_tokens or None)
-        decision = state.decision(blocks)
-        record = decision.record_after(start.held)
-        if record is not None and start.held is None and decision.empty:
-            record = None  # nothing left out, and nothing recorded before
+        before = start.previous.omitted.summary if start.previous is not None else None
+        wrote = plan.omitted.summary is not None and plan.omitted.summary != before
+        decision = state.decision(blocks, inference_id if wrote else start.summary_in)
+        record = None
+        if not decision.same_as(start.held):
+            record = decision.recorded(wrote_summary=wrote)
         recorded_in = step if record is not None else context_step
         self._states[inference_id] = _Known(state, decision, recorded_in)
         self._states.move_to_end(inference_id)
