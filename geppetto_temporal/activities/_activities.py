@@ -251,8 +251,13 @@ class InferenceActivities:
             else [*(t.definition() for t in allowed), *map(agent_definition, spec.agents)]
         )
         # Only what is sent changes; `blocks` (and the turn) keep everything.
+        inherited = (
+            (input.context_from, input.context_from_step)
+            if input.context_from is not None and input.context_from_step is not None
+            else None
+        )
         start = await self._context.start(
-            input.inference_id, input.step, input.context_step, blocks, spec, self._decision
+            input.inference_id, input.context_step, inherited, blocks, spec, self._decision
         )
         context = self._context.plan(blocks, definitions, spec, start)
         publisher = (

@@ -22,10 +22,10 @@ from geppetto_temporal.activities._heartbeat import Heartbeat
 from geppetto_temporal.context import (
     ContextDecision,
     ContextPlan,
+    ContextPolicy,
     ContextState,
     context_window_for,
     estimate_text_tokens,
-    estimate_tokens,
     plan_context,
     summary_request,
     with_summary,
@@ -37,7 +37,6 @@ from geppetto_temporal.errors import ErrorType
 from geppetto_temporal.events import ContextCompactedEvent
 from geppetto_temporal.tools._tool import ToolDefinition
 from geppetto_temporal.turns import Block, Usage
-from geppetto_temporal.workflows._models import previous_inference_id
 
 #: Conversations whose latest request a worker remembers (a miss estimates every block).
 _STATES = 256
@@ -123,22 +122,22 @@ class ContextKeeper:
     async def start(
         self,
         inference_id: str,
-        step: int,
         context_step: int | None,
+        context_from: tuple[str, int] | None,
         blocks: list[Block],
         spec: EngineSpec,
         load: DecisionLoader,
     ) -> ContextStart:
         """Where this step starts: this worker's memory when it holds the decision the
-        workflow names (`context_step`), else the decision read from the workflow (or,
-        for an inference's first step, from the session's previous inference)."""
+        workflow names (`context_step`, else the session's: `context_from`, an earlier
+        inference and its step), else that decision read from the workflow holding it."""
         policy = spec.context_policy
         if policy.strategy == "off":
             return ContextStart(previous=None, held=None)
         known = self._states.get(inference_id)
         if known is not None and known.recorded_in == context_step:
             return ContextStart(
-                previous=known.state,
+                previous=self._remembered(known, blocks, policy),
                 held=known.decision if context_step is not None else None,
                 summary_in=known.decision.summary_in,
             )
@@ -152,18 +151,16 @@ class ContextKeeper:
                 held=held,
                 summary_in=decision.summary_in,
             )
-        earlier = previous_inference_id(inference_id)
-        if earlier is None or step > 1:
-            # A later step with nothing recorded: its first step had nothing to inherit.
-            return ContextStart(previous=None, held=None)
+        if context_from is None:
+            return ContextStart(previous=None, held=None)  # nothing left out so far
+        earlier, earlier_step = context_from
         known = self._states.get(earlier)
-        if known is not None and known.state.continues(blocks):
+        if known is not None and known.recorded_in == earlier_step:
             return ContextStart(
-                previous=known.state, held=None, summary_in=known.decision.summary_in
+                previous=self._remembered(known, blocks, policy),
+                held=None,
+                summary_in=known.decision.summary_in,
             )
-        window = _window(spec)
-        if window is not None and estimate_tokens(blocks) <= window * policy.threshold:
-            return ContextStart(previous=None, held=None)  # nothing to leave out anyway
         inherited = await load(earlier)
         if inherited is None or inherited.empty:
             return ContextStart(previous=None, held=None)
@@ -173,6 +170,14 @@ class ContextKeeper:
             held=None,
             summary_in=decision.summary_in,
         )
+
+    @staticmethod
+    def _remembered(known: _Known, blocks: list[Block], policy: ContextPolicy) -> ContextState:
+        """The remembered state, or its decision alone when `blocks` do not extend the
+        conversation it was taken from (its reported size then says nothing)."""
+        if known.state.continues(blocks):
+            return known.state
+        return ContextState.from_decision(known.decision, blocks, policy)
 
     @staticmethod
     async def _with_summary_text(

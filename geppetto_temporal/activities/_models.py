@@ -51,6 +51,10 @@ class LLMStepInput(WireModel):
     #: The step of this inference whose result recorded the compaction decision in force
     #: (`LLMStepResult.context`; the workflow keeps it, `context` query). None: none did.
     context_step: int | None = None
+    #: With no `context_step`: the earlier inference of the session whose workflow holds
+    #: the decision in force, and the step of it that recorded it.
+    context_from: str | None = None
+    context_from_step: int | None = None
 
 
 def reported_model(model: str | None, spec: EngineSpec) -> str | None:

@@ -125,6 +125,10 @@ class SessionState(WireModel):
     closing: bool = False
     #: Tool names a person approved "for the rest of the session" (docs/approvals.md).
     approved_tools: list[str] = Field(default_factory=list)
+    #: The inference whose workflow holds the compaction decision in force, and the step
+    #: that recorded it (docs/context.md): the next inference's first step starts there.
+    context_from: str | None = None
+    context_from_step: int | None = None
 
 
 class SessionInput(WireModel):
@@ -312,6 +316,10 @@ class InferenceInput(WireModel):
     #: How this inference runs, set by the session that starts it (`INFERENCE_FEATURES`):
     #: decided by the input, so a run recorded without a feature replays without it.
     features: list[str] = Field(default_factory=list)
+    #: The session's compaction decision in force: the earlier inference that holds it,
+    #: and the step of that inference that recorded it (`SessionState.context_from`).
+    context_from: str | None = None
+    context_from_step: int | None = None
 
     def with_ids(self, inference_id: str) -> InferenceInput:
         """This input with the session and inference ids filled in from the workflow id."""
@@ -406,6 +414,9 @@ class InferenceResult(WireModel):
     #: details (only `ContextWindowExceeded` so far: what was tried, the sizes).
     error_type: str | None = None
     error_details: dict[str, Any] | None = None
+    #: The step whose result recorded the compaction decision in force at the end (the
+    #: workflow holds it: `context` query); None when none of its steps recorded one.
+    context_step: int | None = None
 
     def with_ids(self, inference_id: str) -> InferenceResult:
         """This result with the inference and session ids filled in where left out."""

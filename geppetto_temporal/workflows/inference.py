@@ -501,6 +501,7 @@ class InferenceWorkflow:
             approved_tools=self._remembered,
             error_type=error_type,
             error_details=error_details,
+            context_step=self._context_step,
         )
 
     @staticmethod
@@ -744,6 +745,9 @@ class InferenceWorkflow:
                 earlier_runs=self._runs,
                 live=self._live,
                 context_step=self._context_step,
+                # Until a step of its own records one, the session's decision is in force.
+                context_from=input.context_from if self._context_step is None else None,
+                context_from_step=input.context_from_step if self._context_step is None else None,
             ),
             result_type=LLMStepResult,
             start_to_close_timeout=timedelta(seconds=spec.llm_timeout_seconds),
