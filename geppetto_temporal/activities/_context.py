@@ -2,7 +2,9 @@
 
 Runs in the LLM activity only: the workflow, the turn and the session's
 transcript never see a compacted view, so nothing is lost and replay (which runs
-no activity) never recomputes one.
+no activity) never recomputes one. What it decides to leave out is recorded once
+in the step's result (`ContextDecision`) and referenced from then on, so another
+worker, a retry or the next prompt continues from it instead of deciding anew.
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ class ContextKeeper:
     """
 
     def __init__(self) -> None:
-        # Per inference, its latest request here; the next inference of the session
-        # starts from its predecessor's.
+        # Per inference, its latest request here and the decision in force after it; the
+        # next inference of the session starts from the one the session names.
         self._states: OrderedDict[str, _Known] = OrderedDict()
 
     async def start(
