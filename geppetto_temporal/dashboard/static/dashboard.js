@@ -92,7 +92,7 @@
   // One line per compaction, as the CLI prints it (format_compaction in _render.py).
   function compaction(event) {
     const n = (value) => (value || 0).toLocaleString("en-US");
-    const window = event.context_window ? ` of ${n(event.context_window)}` : "";
+    const ofWindow = event.context_window ? ` of ${n(event.context_window)}` : "";
     const head = `context compacted${event.reason === "reactive" ? " after a refusal" : ""}`;
     const stubbed = (event.stubbed_tool_results || []).length;
     const truncated = (event.truncated_tool_results || []).length;
@@ -108,7 +108,7 @@
     if (event.dropped_steps) what.push(`left out ${event.dropped_steps} steps`);
     if (event.dropped_blocks) what.push(`${event.dropped_blocks} blocks out`);
     return (
-      `${head}: ~${n(event.tokens_before)} → ~${n(event.tokens_after)} tokens${window}; ` +
+      `${head}: ~${n(event.tokens_before)} → ~${n(event.tokens_after)} tokens${ofWindow}; ` +
       (what.join(", ") || "nothing left out")
     );
   }
