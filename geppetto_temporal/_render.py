@@ -17,6 +17,7 @@ from rich.text import Text
 
 from geppetto_temporal._subscribe import WORKER_BACK, WORKER_WAIT
 from geppetto_temporal.events import (
+    ContextCompactedEvent,
     ErrorEvent,
     Event,
     FinalEvent,
@@ -173,6 +174,32 @@ def format_usage(usage: Usage | None, *, interrupted: bool = False) -> str:
     return f"{usage.input_tokens} in / {usage.output_tokens} out tokens"
 
 
+def format_compaction(event: ContextCompactedEvent) -> str:
+    """A `context-compacted` event in one line: sizes, then what was left out (docs/context.md).
+
+    The dashboard's live view writes the same line (`compaction()` in dashboard.js).
+    """
+    window = f" of {event.context_window:,}" if event.context_window else ""
+    head = "context compacted" + (" after a refusal" if event.reason == "reactive" else "")
+    what = []
+    if event.truncated_tool_results:
+        what.append(f"truncated {len(event.truncated_tool_results)} new tool results")
+    if event.stubbed_tool_results or event.stubbed_total:
+        what.append(
+            f"stubbed {len(event.stubbed_tool_results)} tool results ({event.stubbed_total} in all)"
+        )
+    if event.dropped_turns:
+        summarized = f", {event.summarized_turns} summarised" if event.summarized_turns else ""
+        what.append(f"left out {event.dropped_turns} turns{summarized}")
+    if event.dropped_steps:
+        what.append(f"left out {event.dropped_steps} steps")
+    if event.dropped_blocks:
+        what.append(f"{event.dropped_blocks} blocks out")
+    return f"{head}: ~{event.tokens_before:,} → ~{event.tokens_after:,} tokens{window}; " + (
+        ", ".join(what) or "nothing left out"
+    )
+
+
 def was_interrupted(status: InferenceStatus | str | None) -> bool:
     """Whether an inference with this status was cut short (its usage is a lower bound)."""
     return status == InferenceStatus.CANCELLED
@@ -252,6 +279,8 @@ class StreamPrinter:
                 self._line(f"  ← error: {_short(result.removeprefix('Error: '))}", "red")
             else:
                 self._line(f"  ← {_short(result)}", "green")
+        elif isinstance(event, ContextCompactedEvent):
+            self._line(f"  [{format_compaction(event)}]", "dim")
         elif isinstance(event, InferenceFinishedEvent):
             self.end_line()
         elif (notice := worker_notice(event)) is not None:

@@ -34,6 +34,7 @@ from geppetto_temporal._cli_session import EngineOptions, open_cli_session
 from geppetto_temporal._render import (
     escape_controls,
     format_call,
+    format_compaction,
     format_tool_call,
     format_usage,
     one_line,
@@ -52,6 +53,7 @@ from geppetto_temporal.errors import (
 from geppetto_temporal.events import (
     ApprovalDecidedEvent,
     ApprovalRequestedEvent,
+    ContextCompactedEvent,
     DebuggerPauseEvent,
     ErrorEvent,
     Event,
@@ -350,6 +352,8 @@ class ReplyPrinter:
                 soft_wrap=True,
             )
             self._mid_line = True
+        elif isinstance(event, ContextCompactedEvent):
+            self._line(f"  [{format_compaction(event)}]", "dim")
         elif isinstance(event, InferenceFinishedEvent):
             self.end_line()
             self.finished = event

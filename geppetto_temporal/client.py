@@ -42,6 +42,7 @@ from geppetto_temporal._inputs import (
 )
 from geppetto_temporal._known_blocks import KnownBlocks
 from geppetto_temporal._subscribe import POLL_COOLDOWN, follow_inference
+from geppetto_temporal.context import ContextDecision
 from geppetto_temporal.contract import (
     DEFAULT_TASK_QUEUE,
     SESSION_FEATURES,
@@ -82,6 +83,7 @@ from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.errors import (
     ApprovalNotPendingError,
     BudgetExceeded,
+    ContextWindowExceeded,
     ErrorType,
     GeppettoError,
     InferenceCancelled,
@@ -140,6 +142,15 @@ async def fetch_blocks(
         SessionQuery.BLOCKS, BlockRange(start=start, end=end), result_type=list[Block]
     )
     return blocks
+
+
+async def fetch_context_decision(client: Client, inference_id: str) -> ContextDecision | None:
+    """The compaction decision an inference keeps (docs/context.md), asked of its workflow."""
+    decision: ContextDecision | None = await client.get_workflow_handle(inference_id).query(
+        InferenceQuery.CONTEXT,
+        result_type=ContextDecision | None,  # type: ignore[arg-type]
+    )
+    return decision
 
 
 def new_session_id() -> str:
@@ -340,7 +351,8 @@ class ExecutionHandle:
         """Wait for the inference and return its turn.
 
         Raises `InferenceCancelled`, `InferenceFailed` (`BudgetExceeded` when a
-        budget stopped it) or `MaxIterationsReached`,
+        budget stopped it, `ContextWindowExceeded` when the request could not be made
+        to fit the model's window) or `MaxIterationsReached`,
         each carrying the partial turn in `.turn`. When it returns, the session
         has recorded the turn: `turns()` shows it and the next prompt is accepted.
         """
@@ -360,6 +372,17 @@ class ExecutionHandle:
                 inference_id=self.inference_id,
                 raw=last.text if last is not None and last.kind == BlockKind.LLM_TEXT else "",
                 problem=(result.error or "").removeprefix(f"{OUTPUT_INVALID}: "),
+            )
+        if result.error_type == ErrorType.CONTEXT_WINDOW_EXCEEDED:
+            details = result.error_details or {}
+            tokens, window = details.get("tokens"), details.get("context_window")
+            raise ContextWindowExceeded(
+                message.rstrip(": "),
+                turn=turn,
+                inference_id=self.inference_id,
+                tried=str(details.get("tried") or ""),
+                tokens=tokens if isinstance(tokens, int) else None,
+                context_window=window if isinstance(window, int) else None,
             )
         error_class = {
             InferenceStatus.CANCELLED: InferenceCancelled,

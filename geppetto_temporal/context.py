@@ -41,21 +41,42 @@ CHARS_PER_TOKEN = 4
 #: Per block: a message's role and framing cost a few tokens of their own.
 BLOCK_OVERHEAD_TOKENS = 4
 
-#: Input windows in tokens of common models (the most a request may hold).
+#: Input windows in tokens of common models (the most a request may hold), matched exactly
+#: or by longest prefix. Checked against the providers' model pages on 2026-12-06 (sources in
+#: docs/context.md, "The window table"); where a page gives the window of input and output
+#: together, the input share is used when the page states one (gpt-5), else the window.
+#: A value too small only compacts early; one too large leaves it to the provider's refusal.
 DEFAULT_CONTEXT_WINDOWS: Mapping[str, int] = {
-    # OpenAI (gpt-5: 400k in total, of which at most 272k input)
-    "gpt-5": 272_000,
+    # OpenAI (platform.openai.com/docs/models)
+    "gpt-5": 272_000,  # 400,000 in all, of which at most 272,000 input
+    "gpt-5-chat": 128_000,  # gpt-5-chat-latest
     "gpt-4.1": 1_047_576,
+    "gpt-4.5": 128_000,  # gpt-4.5-preview
     "gpt-4o": 128_000,
+    "chatgpt-4o": 128_000,
     "gpt-4-turbo": 128_000,
+    "gpt-4-1106": 128_000,  # gpt-4-1106-preview (GPT-4 Turbo)
+    "gpt-4-0125": 128_000,  # gpt-4-0125-preview (GPT-4 Turbo)
+    "gpt-4-32k": 32_768,
     "gpt-4": 8_192,
     "gpt-3.5-turbo": 16_385,
+    "gpt-3.5-turbo-instruct": 4_096,
     "o1": 200_000,
+    "o1-preview": 128_000,
     "o1-mini": 128_000,
     "o3": 200_000,
     "o4-mini": 200_000,
-    # Anthropic
+    # Anthropic (platform.claude.com/docs: models overview, context windows): 200,000 unless
+    # the model has the 1M window by default (4.6 on; earlier ones only with a retired beta).
     "claude-": 200_000,
+    "claude-2.0": 100_000,
+    "claude-instant": 100_000,
+    "claude-opus-4-6": 1_000_000,
+    "claude-opus-4-7": 1_000_000,
+    "claude-opus-4-8": 1_000_000,
+    "claude-sonnet-4-6": 1_000_000,
+    "claude-opus-5": 1_000_000,
+    "claude-sonnet-5": 1_000_000,
 }
 
 
@@ -182,6 +203,65 @@ class Omitted:
     summary: str | None = None
 
 
+class ContextDecision(WireModel):
+    """What a conversation's requests leave out, as an LLM step's result records it.
+
+    Recorded once, by the step that decides it (`LLMStepResult.context`); the
+    inference workflow keeps the latest (`context` query, and its continue-as-new
+    carry) and each later step's input names the step that recorded it
+    (`LLMStepInput.context_step`), so a worker that did not run that step reads it
+    instead of compacting anew (docs/context.md, "Where the compacted view is kept").
+    Its size does not grow with the conversation: block ids and the summary.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Turns before this block are left out.
+    kept_from: str | None = None
+    #: (the latest turn's user block, its first step kept): the steps between are left out.
+    steps: tuple[str, str] | None = None
+    #: Tool results up to this block that are longer than the policy's `stub_min_chars`
+    #: are sent as a note with their size (stubs go oldest first, so a watermark says it).
+    stubbed_through: str | None = None
+    #: The summary of the turns left out (strategy `summarize`). A step's record carries
+    #: the text only when that step wrote it; later records name where it is (`summary_in`).
+    summary: str | None = None
+    #: The inference whose recorded decisions hold the summary's text (the one that wrote it).
+    summary_in: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == ContextDecision()
+
+    def same_as(self, other: ContextDecision | None) -> bool:
+        """Whether both leave out the same (a summary compared by where it was written)."""
+        other = other or ContextDecision()
+        if self.summary_in is not None or other.summary_in is not None:
+            return self.model_copy(update={"summary": None}) == other.model_copy(
+                update={"summary": None}
+            )
+        return self == other
+
+    def recorded(self, *, wrote_summary: bool) -> ContextDecision:
+        """This decision as a step records it: the summary's text only if the step wrote
+        it (or nothing says where it is)."""
+        if wrote_summary or self.summary_in is None:
+            return self
+        return self.model_copy(update={"summary": None})
+
+    def applied_to(self, earlier: ContextDecision | None) -> ContextDecision:
+        """The decision a record stands for, given the one before it: a record without the
+        summary's text keeps the earlier text of the same summary."""
+        if (
+            self.summary is None
+            and self.summary_in is not None
+            and earlier is not None
+            and earlier.summary_in == self.summary_in
+        ):
+            return self.model_copy(update={"summary": earlier.summary})
+        return self
+
+
 @dataclass(frozen=True)
 class ContextState:
     """What a worker remembers of a conversation's latest request, to size and shape the next."""
@@ -198,6 +278,44 @@ class ContextState:
     def continues(self, blocks: Sequence[Block]) -> bool:
         """Whether `blocks` extend the conversation this state was taken from."""
         return 0 < self.blocks <= len(blocks) and blocks[self.blocks - 1].id == self.last_id
+
+    @classmethod
+    def from_decision(
+        cls, decision: ContextDecision, full: Sequence[Block], policy: ContextPolicy
+    ) -> ContextState:
+        """The state a recorded decision stands for in `full` (without a reported size:
+        the next request is estimated block by block)."""
+        omitted = Omitted(
+            kept_from=decision.kept_from, steps=decision.steps, summary=decision.summary
+        )
+        through = _index(full, decision.stubbed_through, -1)
+        sent = {b.id for b in _view(full, frozenset(), omitted).blocks}
+        stubbed = frozenset(
+            b.id
+            for b in full[: through + 1]
+            if b.kind == BlockKind.TOOL_USE
+            and b.id in sent
+            and len(_result_text(b)) > policy.stub_min_chars
+        )
+        return cls(
+            blocks=len(full),
+            last_id=full[-1].id if full else "",
+            prompt_tokens=None,
+            stubbed=stubbed,
+            omitted=omitted,
+        )
+
+    def decision(self, full: Sequence[Block], summary_in: str | None = None) -> ContextDecision:
+        """This state as a decision (`full`: the conversation it applies to; `summary_in`:
+        the inference that wrote its summary)."""
+        through = max((i for i, b in enumerate(full) if b.id in self.stubbed), default=None)
+        return ContextDecision(
+            kept_from=self.omitted.kept_from,
+            steps=self.omitted.steps,
+            stubbed_through=full[through].id if through is not None else None,
+            summary=self.omitted.summary,
+            summary_in=summary_in if self.omitted.summary is not None else None,
+        )
 
 
 @dataclass

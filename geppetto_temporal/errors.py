@@ -127,6 +127,33 @@ class BudgetExceeded(InferenceFailed):
     """The inference went over one of its engine's budgets (tokens, cost, tool calls); `turn` is kept."""
 
 
+class ContextWindowExceeded(InferenceFailed):
+    """The request could not be made to fit the model's context window (docs/context.md).
+
+    Raised by `wait()` when the latest prompt (with the tool results it waits on) is
+    larger than the window, or when compaction could not get the request under it
+    (the provider refused it again after a compacted retry). The session stays
+    usable: the next prompt's request leaves this turn out like any old turn.
+    `tried` says what was done, `tokens` the (estimated) size of the request refused
+    or judged too large, `context_window` the model's window when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        turn: Turn | None,
+        inference_id: str,
+        tried: str = "",
+        tokens: int | None = None,
+        context_window: int | None = None,
+    ) -> None:
+        super().__init__(message, turn=turn, inference_id=inference_id)
+        self.tried = tried
+        self.tokens = tokens
+        self.context_window = context_window
+
+
 class OutputValidationError(InferenceFailed):
     """Typed output: the answer did not validate (docs/typed-output.md); `turn` is kept.
 

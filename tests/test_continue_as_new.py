@@ -21,6 +21,7 @@ from geppetto_temporal import (
     connect,
     create_worker,
 )
+from geppetto_temporal.contract import SessionInput
 from geppetto_temporal.events import FinalEvent
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools.examples import calculate
@@ -292,4 +293,10 @@ async def test_compaction_goes_on_across_a_sessions_continue_as_new(
     assert len([m for m in last if m["role"] == "user"]) < len(prompts)
     users = [b.text for b in (await session.transcript()).blocks if b.kind == "user"]
     assert users == prompts
+    # The new run carried the reference to the decision in force, not the decision.
+    history = await session.workflow_handle.fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    [carried] = await can_client.data_converter.decode(started.input.payloads, [SessionInput])
+    assert isinstance(carried, SessionInput) and carried.state.context_from is not None
+    assert carried.state.context_from.startswith(f"{session.session_id}/inference/")
     await session.close()

@@ -149,6 +149,14 @@ SCENARIO_FILES: dict[str, tuple[str, ...]] = {
     "typed-output": ("session", "inference-1"),
     "sub-agent": ("session", "inference-1", "inference-1-agent-1"),
     "mcp": ("session", "inference-1"),
+    # Compacted requests across a continue-as-new, then a ContextWindowExceeded and a prompt.
+    "context-compaction": (
+        "session",
+        "inference-1-run-1",
+        "inference-1",
+        "inference-2",
+        "inference-3",
+    ),
     # The inference continued as new twice: its earlier runs, and its last run.
     "long-loop": (
         "session",
@@ -168,6 +176,7 @@ SCENARIO_SINCE = {
     "sub-agent": "v0-12",
     "mcp": "v0-13",
     "live-decisions": "v0-13",
+    "context-compaction": "v0-13",
 }
 
 

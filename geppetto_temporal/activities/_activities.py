@@ -17,8 +17,8 @@ from geppetto_temporal.activities._context import ContextKeeper
 from geppetto_temporal.activities._events import StepEventPublisher, rebuildable
 from geppetto_temporal.activities._heartbeat import Heartbeat, heartbeating
 from geppetto_temporal.activities._logging import install_expected_failure_filter
-from geppetto_temporal.client import fetch_blocks
-from geppetto_temporal.context import estimate_text_tokens
+from geppetto_temporal.client import fetch_blocks, fetch_context_decision
+from geppetto_temporal.context import ContextDecision, estimate_text_tokens
 from geppetto_temporal.contract import (
     INFERENCE_BLOCKS_ACTIVITY,
     LLM_STEP_ACTIVITY,
@@ -266,7 +266,15 @@ class InferenceActivities:
             ]
         )
         # Only what is sent changes; `blocks` (and the turn) keep everything.
-        context = self._context.plan(input.inference_id, blocks, definitions, spec)
+        inherited = (
+            (input.context_from, input.context_from_step)
+            if input.context_from is not None and input.context_from_step is not None
+            else None
+        )
+        start = await self._context.start(
+            input.inference_id, input.context_step, inherited, blocks, spec, self._decision
+        )
+        context = self._context.plan(blocks, definitions, spec, start)
         publisher = (
             StepEventPublisher(
                 message_id=message_id_for(input.inference_id, input.step),
@@ -282,7 +290,7 @@ class InferenceActivities:
         async with publisher or contextlib.nullcontext():
             try:
                 context = await self._context.stream(
-                    context, engine, blocks, definitions, spec, output, publisher
+                    context, engine, blocks, definitions, spec, output, publisher, heartbeat
                 )
             except asyncio.CancelledError:
                 details = activity.cancellation_details()
@@ -342,7 +350,16 @@ class InferenceActivities:
             if block.kind == BlockKind.TOOL_CALL and name in mcp_tools:
                 options[name] = _mcp_options(mcp_tools[name], spec.tools)
         self._remember_own(input.inference_id, [*own, *new_blocks])
-        self._context.remember(input.inference_id, context, blocks, output.usage.input_tokens)
+        decision = self._context.remember(
+            input.inference_id,
+            input.step,
+            start,
+            context,
+            blocks,
+            output.usage.input_tokens,
+            spec,
+            input.context_step,
+        )
         text = "".join(b.text for b in new_blocks if b.kind == BlockKind.LLM_TEXT)
         from_blocks = spec.stream_events and rebuildable(tail, text, live=input.live)
         return LLMStepResult(
@@ -358,7 +375,23 @@ class InferenceActivities:
             events=[] if from_blocks else tail,
             events_from_blocks=from_blocks,
             output_error=output_error,
+            context=decision,
         )
+
+    async def _decision(self, inference_id: str) -> ContextDecision | None:
+        """The compaction decision an inference's workflow keeps (`context` query).
+
+        A closed inference (the session's previous one) answers too, replayed on a
+        worker; one that predates the query answers nothing (None: compact anew).
+        """
+        try:
+            decision = await fetch_context_decision(activity.client(), inference_id)
+        except Exception as err:
+            activity.logger.info(
+                "no context decision from %s (compacting anew): %s", inference_id, err
+            )
+            return None
+        return decision
 
     @activity.defn(name=INFERENCE_BLOCKS_ACTIVITY)
     async def inference_blocks(self, input: InferenceBlocksInput) -> InferenceBlocks:

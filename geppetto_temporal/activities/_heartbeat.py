@@ -27,6 +27,15 @@ class Heartbeat:
         if self._enabled:
             activity.heartbeat(*details)
 
+    def keep(self, key: str, detail: dict[str, Any]) -> None:
+        """Send `detail` along with the others, replacing an earlier detail with this `key`.
+
+        The last details of a failed attempt reach its retry
+        (`activity.info().heartbeat_details`), on whichever worker it runs.
+        """
+        others = [d for d in self.details if not (isinstance(d, dict) and key in d)]
+        self.set(*others, detail)
+
     def beat(self) -> None:
         """One heartbeat with the current details."""
         if self._enabled:

@@ -47,6 +47,7 @@ from geppetto_temporal.contract._schedules import (
 )
 from geppetto_temporal.contract._workflows import (
     CARRY_LIMIT_PATCH,
+    CONTEXT_DECISIONS_PATCH,
     INFERENCE_CONTINUE_AS_NEW_PATCH,
     INFERENCE_FEATURES,
     INFERENCE_SEARCH_ATTRIBUTES,
@@ -98,6 +99,7 @@ from geppetto_temporal.contract._workflows import (
 __all__ = [
     "AWAIT_PROMPT_ACTIVITY",
     "CARRY_LIMIT_PATCH",
+    "CONTEXT_DECISIONS_PATCH",
     "DEFAULT_TASK_QUEUE",
     "DELIVER_PROMPT_ACTIVITY",
     "INFERENCE_BLOCKS_ACTIVITY",

@@ -8,6 +8,7 @@ from pydantic import Field
 from temporalio import activity
 
 from geppetto_temporal._wire import WireModel
+from geppetto_temporal.context import ContextDecision
 from geppetto_temporal.contract._workflows import InferenceRun, session_id_of
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.mcp._models import McpToolDef
@@ -47,6 +48,13 @@ class LLMStepInput(WireModel):
     #: The MCP tools to offer (docs/mcp.md), as the inference's `geppetto.mcp_tools`
     #: activity recorded them: the step never asks a server for its list.
     mcp_tools: list[McpToolDef] = Field(default_factory=list)
+    #: The step of this inference whose result recorded the compaction decision in force
+    #: (`LLMStepResult.context`; the workflow keeps it, `context` query). None: none did.
+    context_step: int | None = None
+    #: With no `context_step`: the earlier inference of the session whose workflow holds
+    #: the decision in force, and the step of it that recorded it.
+    context_from: str | None = None
+    context_from_step: int | None = None
 
 
 def reported_model(model: str | None, spec: EngineSpec) -> str | None:
@@ -75,6 +83,9 @@ class LLMStepResult(WireModel):
     #: Typed output: the step answered (no tool calls) and the answer fails the engine's
     #: schema, for this reason. Always None for engines without `output`.
     output_error: str | None = None
+    #: What the requests leave out from this step on, when this step decided anew
+    #: (docs/context.md): recorded once, referenced by later steps (`context_step`).
+    context: ContextDecision | None = None
 
 
 class ToolCallInput(WireModel):

@@ -61,6 +61,7 @@ class InferenceQuery(StrEnum):
     PENDING_APPROVALS = "pending_approvals"
     PAUSED = "paused"
     RUNS = "runs"
+    CONTEXT = "context"
 
 
 class InferenceUpdate(StrEnum):

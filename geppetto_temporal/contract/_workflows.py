@@ -10,6 +10,7 @@ from pydantic import Field
 from temporalio.contrib.workflow_streams import WorkflowStreamState
 
 from geppetto_temporal._wire import WireModel
+from geppetto_temporal.context import ContextDecision
 from geppetto_temporal.engines._output import OutputSpec
 from geppetto_temporal.engines._spec import EngineSpec
 from geppetto_temporal.turns import Block, InferenceStatus, Turn, TurnMetadata, Usage
@@ -49,6 +50,10 @@ TYPED_OUTPUT_PATCH = "typed-output"
 #: Inferences of engines with MCP servers list their tools in an activity first
 #: (docs/mcp.md); asked only for such engines.
 MCP_TOOLS_PATCH = "mcp-tools"
+#: Patch id: the inference keeps the compaction decision its steps record, names it in each
+#: step's input, and reports a context-window failure's type (recorded only by inferences
+#: that compact or fail so).
+CONTEXT_DECISIONS_PATCH = "context-decisions"
 
 
 def inference_workflow_id(session_id: str, n: int) -> str:
@@ -168,6 +173,10 @@ class SessionState(WireModel):
     budget: Budget | None = None
     #: Tool calls its inferences made (the session budget's `max_tool_calls`).
     tool_calls: int = 0
+    #: The inference whose workflow holds the compaction decision in force, and the step
+    #: that recorded it (docs/context.md): the next inference's first step starts there.
+    context_from: str | None = None
+    context_from_step: int | None = None
 
 
 class SessionInput(WireModel):
@@ -336,6 +345,9 @@ class InferenceCarry(WireModel):
     budget_lifted: bool = False
     #: Step mode as switched at run time (`set_step_mode`), overriding the engine's.
     step_mode: StepModeRequest | None = None
+    #: The compaction decision in force, and the step whose result recorded it.
+    context: ContextDecision | None = None
+    context_step: int | None = None
 
 
 class InferenceInput(WireModel):
@@ -362,6 +374,10 @@ class InferenceInput(WireModel):
     features: list[str] = Field(default_factory=list)
     #: The session's budget, and what its earlier inferences used of it.
     session_budget: SessionBudgetInput | None = None
+    #: The session's compaction decision in force: the earlier inference that holds it,
+    #: and the step of that inference that recorded it (`SessionState.context_from`).
+    context_from: str | None = None
+    context_from_step: int | None = None
 
     def with_ids(self, inference_id: str) -> InferenceInput:
         """This input with the session and inference ids filled in from the workflow id."""
@@ -457,6 +473,13 @@ class InferenceResult(WireModel):
     approved_tools: list[str] = Field(default_factory=list)
     #: Tool calls the model made (counted against a session budget).
     tool_calls: int = 0
+    #: For a failure the client maps onto its own exception (`ErrorType`), its type and
+    #: details (only `ContextWindowExceeded` so far: what was tried, the sizes).
+    error_type: str | None = None
+    error_details: dict[str, Any] | None = None
+    #: The step whose result recorded the compaction decision in force at the end (the
+    #: workflow holds it: `context` query); None when none of its steps recorded one.
+    context_step: int | None = None
 
     def with_ids(self, inference_id: str) -> InferenceResult:
         """This result with the inference and session ids filled in where left out."""

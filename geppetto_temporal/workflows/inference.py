@@ -28,7 +28,9 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from geppetto_temporal import search
+    from geppetto_temporal.context import ContextDecision
     from geppetto_temporal.contract import (
+        CONTEXT_DECISIONS_PATCH,
         INFERENCE_BLOCKS_ACTIVITY,
         INFERENCE_CONTINUE_AS_NEW_PATCH,
         INFERENCE_SEARCH_ATTRIBUTES,
@@ -224,6 +226,10 @@ class InferenceWorkflow:
         self._budget_lifted = carry.budget_lifted if carry else False
         #: Step mode as switched at run time (`set_step_mode`); None: the engine's.
         self._step_mode: StepModeRequest | None = carry.step_mode if carry else None
+        # What the LLM requests leave out (docs/context.md): the decision a step recorded
+        # last, and that step; the next steps' inputs name it, not carry it.
+        self._context: ContextDecision | None = carry.context if carry else None
+        self._context_step: int | None = carry.context_step if carry else None
 
     def _emit(
         self,
@@ -346,6 +352,12 @@ class InferenceWorkflow:
     def _stepping(self, spec: EngineSpec) -> bool:
         return self._step_mode.enabled if self._step_mode is not None else spec.step_mode
 
+    @workflow.query(name=InferenceQuery.CONTEXT)
+    def context(self) -> ContextDecision | None:
+        """The compaction decision in force (what requests leave out), for a worker that
+        did not run the step that recorded it."""
+        return self._context
+
     @workflow.query(name=InferenceQuery.RUNS)
     def runs(self) -> list[InferenceRun]:
         """The earlier runs of this inference (it continued as new), oldest first."""
@@ -374,6 +386,8 @@ class InferenceWorkflow:
         stop_reason: str | None = None
         status = InferenceStatus.MAX_ITERATIONS
         error: str | None = None
+        error_type: str | None = None
+        error_details: dict[str, Any] | None = None
         first_step = carry.step if carry else 1
         self._iterations = first_step - 1
         if spec.mcp and workflow.patched(MCP_TOOLS_PATCH):
@@ -393,6 +407,7 @@ class InferenceWorkflow:
                     status = InferenceStatus.CANCELLED
                 else:
                     status, error = InferenceStatus.FAILED, describe_activity_error(err)
+                    error_type, error_details = self._typed_failure(err)
                     self._emit(ErrorEvent(error_string=error), step=step)
                     partial = partial_text(err)
                     if partial:
@@ -403,6 +418,9 @@ class InferenceWorkflow:
                             )
                         )
                 break
+            if result.context is not None and workflow.patched(CONTEXT_DECISIONS_PATCH):
+                self._context = result.context.applied_to(self._context)
+                self._context_step = step
             blocks.extend(result.blocks)
             # The activity saw all of these: its input and its own output.
             self._known = self._base + len(blocks)
@@ -523,6 +541,9 @@ class InferenceWorkflow:
             iterations=self._iterations,
             approved_tools=self._remembered,
             tool_calls=self._tool_calls,
+            error_type=error_type,
+            error_details=error_details,
+            context_step=self._context_step,
         )
 
     async def _list_mcp_tools(self, spec: EngineSpec) -> None:
@@ -595,6 +616,23 @@ class InferenceWorkflow:
         updates = search.changed_updates(workflow.info().typed_search_attributes, wanted)
         if updates:
             workflow.upsert_search_attributes(updates)
+
+    @staticmethod
+    def _typed_failure(err: ActivityError) -> tuple[str | None, dict[str, Any] | None]:
+        """The type and details of a step failure the client raises as its own exception.
+
+        Only a context-window failure so far; the patch is asked only then, so other
+        failures (and histories recorded before) take the path they took.
+        """
+        cause = err.__cause__
+        if (
+            isinstance(cause, ApplicationError)
+            and cause.type == ErrorType.CONTEXT_WINDOW_EXCEEDED
+            and workflow.patched(CONTEXT_DECISIONS_PATCH)
+        ):
+            first = cause.details[0] if cause.details else None
+            return cause.type, first if isinstance(first, dict) else None
+        return None, None
 
     def _typed_output_path(self) -> bool:
         """Whether a failed typed-output answer is handled (retry or failure), not completed.
@@ -890,6 +928,8 @@ class InferenceWorkflow:
             tool_calls=self._tool_calls,
             approved_tools=self._remembered,
             output_retries=self._output_retries,
+            context=self._context,
+            context_step=self._context_step,
         )
         workflow.continue_as_new(
             # The ids follow from the workflow id, as in the first run.
@@ -937,6 +977,10 @@ class InferenceWorkflow:
                 earlier_runs=self._runs,
                 live=self._live,
                 mcp_tools=self._mcp_tools,
+                context_step=self._context_step,
+                # Until a step of its own records one, the session's decision is in force.
+                context_from=input.context_from if self._context_step is None else None,
+                context_from_step=input.context_from_step if self._context_step is None else None,
             ),
             result_type=LLMStepResult,
             start_to_close_timeout=timedelta(seconds=spec.llm_timeout_seconds),

@@ -464,6 +464,8 @@ class SessionWorkflow:
                     prefix_last_id=self._state.blocks[prefix_end - 1].id if prefix_end else None,
                     features=features,
                     session_budget=self._session_budget(),
+                    context_from=self._state.context_from,
+                    context_from_step=self._state.context_from_step,
                 ),
                 id=inference_id,
                 # The workflow id already names the session and the inference's number.
@@ -564,6 +566,11 @@ class SessionWorkflow:
             for name in result.approved_tools:
                 if name not in self._state.approved_tools:
                     self._state.approved_tools.append(name)
+            if result.context_step is not None:
+                # Set only by inferences past the `context-decisions` patch: a reference
+                # (docs/context.md), never the decision itself.
+                self._state.context_from = active.inference_id
+                self._state.context_from_step = result.context_step
         else:
             record.metadata = record.metadata.model_copy(
                 update={"status": InferenceStatus.FAILED, "error": error}

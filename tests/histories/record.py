@@ -38,6 +38,7 @@ from temporalio.testing import WorkflowEnvironment
 from geppetto_temporal import (
     BlockKind,
     Budget,
+    ContextWindowExceeded,
     Endpoint,
     EngineBuilder,
     ExecutionHandle,
@@ -74,6 +75,18 @@ async def slow_sleep(seconds: float) -> dict[str, float]:
     _slow_tool_calls += 1
     await asyncio.sleep(seconds)
     return {"slept": seconds}
+
+
+_padded_calls = 0
+
+
+@tool
+def padded(chars: int) -> str:
+    """A result of `chars` characters, `FINAL` from the fourth call on (context-compaction)."""
+    global _padded_calls
+    _padded_calls += 1
+    head = "FINAL" if _padded_calls >= 4 else "part"
+    return (f"{head} {_padded_calls} " + "." * chars)[:chars]
 
 
 class ScenarioError(AssertionError):
@@ -593,6 +606,51 @@ async def live_decisions(rec: Recorder) -> Session:
     return session
 
 
+async def context_compaction(rec: Recorder) -> Session:
+    """A tool loop whose requests are compacted, across a continue-as-new; then a prompt
+    larger than the window (ContextWindowExceeded), and one more that works (v0-13 on)."""
+    script = {
+        "context_window": 1000,
+        "rules": [
+            {"name": "ack", "when": {"last_user_contains": "hi"}, "reply": {"text": "hello"}},
+            {
+                "name": "answer",
+                "when": {"tool_results_contain": "FINAL"},
+                "reply": {"text": "four parts"},
+            },
+            {
+                "name": "part",
+                "reply": {"tool_calls": [{"name": "padded", "arguments": {"chars": 1600}}]},
+            },
+        ],
+    }
+    session, base_url = await rec.session(
+        "context-compaction",
+        script,
+        lambda b: b.tools("padded").context_window(1000).max_iterations(8).steps_per_run(4),
+    )
+    handle = await session.start_inference("collect four parts")
+    turn = await handle.wait()
+    check(turn.last_text == "four parts", f"unexpected answer {turn.last_text!r}")
+    compacted = [e async for e in handle.events() if e.type == "context-compacted"]
+    check(len(compacted) >= 1, "expected the loop's requests to be compacted")
+    runs = [
+        w.run_id async for w in rec.client.list_workflows(f"WorkflowId = '{handle.inference_id}'")
+    ][::-1]
+    check(len(runs) == 2, f"expected two runs, got {len(runs)}")
+    rec.extra.append(("inference-1-run-1", handle.inference_id, runs[0]))
+    failed = await expect(ContextWindowExceeded, (await session.start_inference("x" * 6000)).wait())
+    check(failed.context_window == 1000, f"unexpected error {failed!r}")
+    turn = await (await session.start_inference("hi")).wait()
+    check(turn.last_text == "hello", f"unexpected text {turn.last_text!r}")
+    check(
+        all(r.status in (200, None) for r in rec.server.requests(base_url)),
+        "the model refused a request",
+    )
+    await session.close()
+    return session
+
+
 @contextlib.contextmanager
 def mcp_servers(wanted: bool) -> Iterator[list[McpServer]]:
     """The `mcp` scenario's servers: `docs` over stdio, `web` over HTTP in a subprocess."""
@@ -644,6 +702,7 @@ SCENARIOS: dict[str, Callable[[Recorder], Awaitable[Session]]] = {
     "human-in-the-loop": human_in_the_loop,
     "mcp": mcp,
     "live-decisions": live_decisions,
+    "context-compaction": context_compaction,
 }
 
 
@@ -716,7 +775,7 @@ async def record(tag: str | None, names: list[str]) -> list[tuple[str, WorkflowH
                 create_worker(
                     client,
                     task_queue=TASK_QUEUE,
-                    tools=[get_weather, calculate, current_time, slow_sleep],
+                    tools=[get_weather, calculate, current_time, slow_sleep, padded],
                     endpoints=[Endpoint("scripted", server.url, key_env="OPENAI_API_KEY")],
                     mcp_servers=servers,
                 )

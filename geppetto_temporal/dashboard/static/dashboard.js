@@ -129,6 +129,30 @@
     return `${call.name}(${inner})`;
   }
 
+  // One line per compaction, as the CLI prints it (format_compaction in _render.py).
+  function compaction(event) {
+    const n = (value) => (value || 0).toLocaleString("en-US");
+    const ofWindow = event.context_window ? ` of ${n(event.context_window)}` : "";
+    const head = `context compacted${event.reason === "reactive" ? " after a refusal" : ""}`;
+    const stubbed = (event.stubbed_tool_results || []).length;
+    const truncated = (event.truncated_tool_results || []).length;
+    const what = [];
+    if (truncated) what.push(`truncated ${truncated} new tool results`);
+    if (stubbed || event.stubbed_total) {
+      what.push(`stubbed ${stubbed} tool results (${event.stubbed_total || 0} in all)`);
+    }
+    if (event.dropped_turns) {
+      const summarized = event.summarized_turns ? `, ${event.summarized_turns} summarised` : "";
+      what.push(`left out ${event.dropped_turns} turns${summarized}`);
+    }
+    if (event.dropped_steps) what.push(`left out ${event.dropped_steps} steps`);
+    if (event.dropped_blocks) what.push(`${event.dropped_blocks} blocks out`);
+    return (
+      `${head}: ~${n(event.tokens_before)} → ~${n(event.tokens_after)} tokens${ofWindow}; ` +
+      (what.join(", ") || "nothing left out")
+    );
+  }
+
   function segment(segments, event, kind) {
     const key = `${event.meta.message_id || ""}/${kind}`;
     let el = segments.get(key);
@@ -183,6 +207,9 @@
       case "inference-finished":
         const detail = event.error && event.error !== event.status ? ` (${event.error})` : "";
         line(`finished ${event.status}`, `finished: ${event.status}${detail}`);
+        break;
+      case "context-compacted":
+        line("info", compaction(event));
         break;
       case "info":
       case "log": {
