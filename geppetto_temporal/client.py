@@ -1013,7 +1013,7 @@ class Session:
             RPCStatusCode.UNAVAILABLE,
             RPCStatusCode.CANCELLED,
             RPCStatusCode.INTERNAL,
-        ):
+        ) or "no poller seen" in (err.message or ""):
             # Queries and updates need a worker to answer them.
             return SessionError(
                 f"session {self.session_id} did not answer ({err.message or err.status.name}); "

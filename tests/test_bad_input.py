@@ -54,6 +54,7 @@ from tests.conftest import TASK_QUEUE, scripted_endpoints
 from tests.servers import dev_server
 from tests.test_cli import _SCRUBBED_ENV, GEPPETTO
 from tests.test_dashboard import serve
+from tests.waiting import eventually
 from tests.workers import wait_until
 
 PLAIN_QUEUE = "geppetto-plain-tests"
@@ -117,6 +118,12 @@ async def test_oversized_prompt_is_refused_at_the_door_and_the_session_answers_n
     session = await plain_session(plain_client, model_server, ECHO)
     first = await (await session.start_inference("hello")).wait()
     assert first.last_text == "You said: hello"
+    # `wait()` returns when the inference ends; the session records the turn just after.
+    await eventually(
+        session.status,
+        lambda s: s.turn_count == 1 and s.active_inference_id is None,
+        what="the session recording its first turn",
+    )
     before = await history_length(plain_client, session.session_id)
 
     with pytest.raises(PromptTooLargeError) as submitted:

@@ -193,3 +193,31 @@ async def test_the_live_endpoint_serves_a_step_from_any_position() -> None:
     finally:
         await server.close()
     assert hub.url is None
+
+
+async def test_a_reader_that_catches_up_gets_the_kinds_in_the_order_they_streamed() -> None:
+    # Reasoning, then the answer, then more reasoning: a reader that connects after all of
+    # it (or resumes in the middle) gets them interleaved as they streamed, runs of one
+    # kind as one piece, never one kind first and then the other.
+    step = LiveHub().open("m1", attempt=1)
+    for kind, delta in [
+        ("partial-thinking", "First "),
+        ("partial-thinking", "think. "),
+        ("partial", "The "),
+        ("partial", "answer."),
+        ("partial-thinking", " Then check."),
+    ]:
+        step.add(kind, delta)
+    step.close()
+    got = [piece async for piece in step.follow({})]
+    assert got == [
+        ("partial-thinking", 0, "First think. "),
+        ("partial", 0, "The answer."),
+        ("partial-thinking", 13, " Then check."),
+    ]
+    resumed = [piece async for piece in step.follow({"partial": 2, "partial-thinking": 8})]
+    assert resumed == [
+        ("partial-thinking", 8, "ink. "),
+        ("partial", 2, "e answer."),
+        ("partial-thinking", 13, " Then check."),
+    ]

@@ -190,7 +190,7 @@ async def _row_from_execution(
             status = await Session.attach(client, execution.id).status(
                 rpc_timeout=STATUS_QUERY_TIMEOUT
             )
-    except (TimeoutError, SessionError) as err:
+    except (TimeoutError, SessionError, RPCError) as err:
         row.note = f"no answer to the status query ({err})"
         return row
     # Same vocabulary as the GeppettoStatus search attribute: closing counts as closed.
@@ -352,7 +352,7 @@ async def _complete_open_rows(client: Client, rows: list[SessionRow]) -> None:
                 status = await Session.attach(client, row.session_id).status(
                     rpc_timeout=STATUS_QUERY_TIMEOUT
                 )
-        except (TimeoutError, SessionError):
+        except (TimeoutError, SessionError, RPCError):
             return
         row.queued_prompts = status.queued_prompts
         row.active_inference_id = status.active_inference_id

@@ -33,10 +33,15 @@ class _Text:
 
     def since(self, pos: int) -> str:
         """The text from absolute position `pos` to the end."""
-        if pos >= self.length:
+        return self.between(pos, self.length)
+
+    def between(self, pos: int, end: int) -> str:
+        """The text from absolute position `pos` up to `end`."""
+        if pos >= min(end, self.length):
             return ""
         i = max(bisect.bisect_right(self.starts, pos) - 1, 0)
-        return "".join(self.parts[i:])[pos - self.starts[i] :]
+        j = bisect.bisect_left(self.starts, end)
+        return "".join(self.parts[i:j])[pos - self.starts[i] : end - self.starts[i]]
 
 
 class LiveStep:
@@ -50,6 +55,10 @@ class LiveStep:
         self.attempt = attempt
         self.done = False
         self._texts = {kind: _Text() for kind in KINDS}
+        #: Every delta in the order it arrived: (kind, position, length). Readers follow
+        #: it, so a reader that catches up gets the kinds interleaved as they streamed
+        #: (reasoning before the answer it led to), not one kind and then the other.
+        self._log: list[tuple[str, int, int]] = []
         self._changed = asyncio.Event()
 
     @property
@@ -61,7 +70,9 @@ class LiveStep:
     def add(self, kind: str, delta: str) -> None:
         """Append a delta of `kind` (`partial` or `partial-thinking`)."""
         if delta and not self.done:
-            self._texts[kind].append(delta)
+            text = self._texts[kind]
+            self._log.append((kind, text.length, len(delta)))
+            text.append(delta)
             self._wake()
 
     def length(self, kind: str) -> int:
@@ -88,14 +99,21 @@ class LiveStep:
         show its readers the connection is alive.
         """
         pos = {kind: start.get(kind, 0) for kind in KINDS}
+        cursor = 0
         while True:
             changed = self._changed
-            for kind in KINDS:
-                delta = self._texts[kind].since(pos[kind])
-                if delta:
-                    yield kind, pos[kind], delta
-                    pos[kind] += len(delta)
-            if self.done and all(pos[k] >= self._texts[k].length for k in KINDS):
+            while cursor < len(self._log):
+                # A run of deltas of one kind goes out as one piece.
+                kind, at, size = self._log[cursor]
+                end = at + size
+                cursor += 1
+                while cursor < len(self._log) and self._log[cursor][0] == kind:
+                    end = self._log[cursor][1] + self._log[cursor][2]
+                    cursor += 1
+                if pos[kind] < end:
+                    yield kind, pos[kind], self._texts[kind].between(pos[kind], end)
+                    pos[kind] = end
+            if self.done:
                 return
             try:
                 await asyncio.wait_for(changed.wait(), idle)
