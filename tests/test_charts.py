@@ -59,6 +59,15 @@ async def test_charts_page(client: Client, worker: Any, model_server: ScriptedMo
                 float(await hours.nth(i).get_attribute("data-value") or 0) for i in (22, 23)
             ]
             assert sum(last_two) >= 2
+            # Both inferences ended today, completed: in today's usage, and in the outcomes.
+            completed = page.locator('#inference-outcomes g.bar[data-label="completed"]')
+            assert float(await completed.get_attribute("data-value") or 0) >= 2
+            await expect(page.locator("#inference-outcomes g.bar")).to_have_count(5)
+            days = page.locator("#tokens-per-day g.bar")
+            await expect(days).to_have_count(7)
+            today = float(await days.nth(6).get_attribute("data-value") or 0)
+            assert today >= usage.total_tokens
+            await expect(page.locator("#cost-per-day g.bar")).to_have_count(7)
             idle = page.locator('#sessions-by-status g.bar[data-label="idle"]')
             assert float(await idle.get_attribute("data-value") or 0) >= 1
             outcomes = page.locator("#schedule-runs g.bar")

@@ -3,6 +3,9 @@
 Every number is a visibility count or the sum of sessions' search attributes:
 
 * inferences started per hour over the last 24 hours (one count per hour);
+* inference outcomes of the last 7 days, with failure and cancellation rates (one count
+  per `GeppettoStatus`);
+* tokens and cost per day over the last 7 days (the ended inferences' own attributes);
 * sessions by status now (one count per status);
 * tokens and cost per model, over the sessions active in the last 7 days (their
   whole totals: the search attributes hold a session's sums, not a per-day split);
@@ -26,7 +29,15 @@ from temporalio.client import Client
 from geppetto_temporal._render import format_cost
 from geppetto_temporal.contract import INFERENCE_WORKFLOW, SCHEDULED_PROMPT_WORKFLOW
 from geppetto_temporal.schedules import list_schedules
-from geppetto_temporal.search import SessionSearchStatus, WaitingOn
+from geppetto_temporal.search import (
+    COST_USD,
+    INPUT_TOKENS,
+    LAST_ACTIVITY,
+    OUTPUT_TOKENS,
+    STATUS,
+    SessionSearchStatus,
+    WaitingOn,
+)
 from geppetto_temporal.sessions import (
     SessionInfo,
     most_recent,
@@ -178,6 +189,72 @@ async def schedule_runs(client: Client, now: datetime) -> Chart:
     )
 
 
+#: Inference outcomes, as their `GeppettoStatus` says once they end.
+_OUTCOMES = ("completed", "cancelled", "failed", "max_iterations", "budget_exceeded")
+#: Inferences read at most for the per-day charts (the most recently started).
+MAX_INFERENCES = 5000
+
+
+def _inferences_since(since: datetime) -> str:
+    return (
+        f"WorkflowType = '{INFERENCE_WORKFLOW}' AND ExecutionStatus != 'ContinuedAsNew' "
+        f"AND StartTime >= '{_stamp(since)}'"
+    )
+
+
+async def inference_outcomes(client: Client, now: datetime) -> Chart:
+    base = _inferences_since(now - timedelta(days=7))
+    counts = await _counts(client, [f"{base} AND {STATUS.name} = '{o}'" for o in _OUTCOMES])
+    ended = sum(counts)
+    return Chart(
+        "inference-outcomes",
+        "Inference outcomes (last 7 days): failure and cancellation rates",
+        [
+            Bar(o, n, f"{n} ({n / ended:.0%})" if ended else "0")
+            for o, n in zip(_OUTCOMES, counts, strict=True)
+        ],
+        f"{ended} inference(s) ended, sub-agents' included; only inferences of sessions "
+        "that keep search attributes are counted",
+    )
+
+
+async def usage_per_day(client: Client, now: datetime) -> tuple[Chart, Chart]:
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    days = [today - timedelta(days=d) for d in range(6, -1, -1)]
+    tokens = dict.fromkeys(days, 0.0)
+    cost = dict.fromkeys(days, 0.0)
+    seen = 0
+    query = f"{_inferences_since(days[0])} AND {STATUS.name} != 'running'"
+    async for execution in client.list_workflows(query, limit=MAX_INFERENCES):
+        seen += 1
+        if "/agent/" in execution.id:
+            continue  # a sub-agent's usage is in its parent's already
+        attributes = execution.typed_search_attributes
+        ended = attributes.get(LAST_ACTIVITY) or execution.close_time or execution.start_time
+        day = ended.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        if day not in tokens:
+            continue
+        tokens[day] += (attributes.get(INPUT_TOKENS) or 0) + (attributes.get(OUTPUT_TOKENS) or 0)
+        cost[day] += attributes.get(COST_USD) or 0.0
+    note = f"{seen} inference(s) ended in the last 7 days" + (
+        f" (the {MAX_INFERENCES} most recent)" if seen >= MAX_INFERENCES else ""
+    )
+    return (
+        Chart(
+            "tokens-per-day",
+            "Tokens per day (UTC, input + output)",
+            [Bar(d.strftime("%m-%d"), v, f"{int(v):,}") for d, v in tokens.items()],
+            note,
+        ),
+        Chart(
+            "cost-per-day",
+            "Estimated cost per day (UTC)",
+            [Bar(d.strftime("%m-%d"), v, format_cost(v)) for d, v in cost.items()],
+            note,
+        ),
+    )
+
+
 async def waiting_sessions(client: Client) -> Chart:
     waiting = list((await waiting_on_person(client)).values())
     kinds = [kind.value for kind in WaitingOn]
@@ -194,6 +271,8 @@ async def fleet_charts(client: Client, now: datetime | None = None) -> list[Char
     now = now or datetime.now(UTC)
     parts: list[Awaitable[Chart | tuple[Chart, Chart]]] = [
         inferences_per_hour(client, now),
+        inference_outcomes(client, now),
+        usage_per_day(client, now),
         sessions_by_status(client),
         per_model(client, now),
         schedule_runs(client, now),
