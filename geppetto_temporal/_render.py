@@ -17,6 +17,8 @@ from rich.text import Text
 
 from geppetto_temporal._subscribe import WORKER_BACK, WORKER_WAIT
 from geppetto_temporal.events import (
+    AgentFinishedEvent,
+    AgentStartedEvent,
     ContextCompactedEvent,
     ErrorEvent,
     Event,
@@ -200,6 +202,17 @@ def format_compaction(event: ContextCompactedEvent) -> str:
     )
 
 
+def format_agent(event: AgentStartedEvent | AgentFinishedEvent) -> tuple[str, str]:
+    """(line, style) for a sub-agent's start or end, naming the inference to open."""
+    if isinstance(event, AgentStartedEvent):
+        return f"  ⇢ agent {event.agent} started ({event.agent_inference_id})", "cyan"
+    if event.status == InferenceStatus.COMPLETED:
+        usage = f", {format_usage(event.usage)}" if event.usage else ""
+        return f"  ⇠ agent {event.agent} finished{usage}", "green"
+    why = f": {_short(event.error)}" if event.error else ""
+    return f"  ⇠ agent {event.agent} {event.status.value}{why}", "red"
+
+
 def was_interrupted(status: InferenceStatus | str | None) -> bool:
     """Whether an inference with this status was cut short (its usage is a lower bound)."""
     return status == InferenceStatus.CANCELLED
@@ -281,6 +294,8 @@ class StreamPrinter:
                 self._line(f"  ← {_short(result)}", "green")
         elif isinstance(event, ContextCompactedEvent):
             self._line(f"  [{format_compaction(event)}]", "dim")
+        elif isinstance(event, AgentStartedEvent | AgentFinishedEvent):
+            self._line(*format_agent(event))
         elif isinstance(event, InferenceFinishedEvent):
             self.end_line()
         elif (notice := worker_notice(event)) is not None:

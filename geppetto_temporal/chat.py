@@ -33,6 +33,7 @@ from geppetto_temporal._cli_errors import describe_error
 from geppetto_temporal._cli_session import EngineOptions, open_cli_session
 from geppetto_temporal._render import (
     escape_controls,
+    format_agent,
     format_call,
     format_compaction,
     format_tool_call,
@@ -51,6 +52,8 @@ from geppetto_temporal.errors import (
     SessionBusyError,
 )
 from geppetto_temporal.events import (
+    AgentFinishedEvent,
+    AgentStartedEvent,
     ApprovalDecidedEvent,
     ApprovalRequestedEvent,
     ContextCompactedEvent,
@@ -354,6 +357,8 @@ class ReplyPrinter:
             self._mid_line = True
         elif isinstance(event, ContextCompactedEvent):
             self._line(f"  [{format_compaction(event)}]", "dim")
+        elif isinstance(event, AgentStartedEvent | AgentFinishedEvent):
+            self._line(*format_agent(event))
         elif isinstance(event, InferenceFinishedEvent):
             self.end_line()
             self.finished = event

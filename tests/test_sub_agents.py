@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
+from rich.console import Console
 from temporalio.client import Client
 
 from geppetto_temporal import (
@@ -17,6 +19,8 @@ from geppetto_temporal import (
     InferenceCancelled,
     InferenceStatus,
 )
+from geppetto_temporal._render import StreamPrinter
+from geppetto_temporal.chat import ReplyPrinter
 from geppetto_temporal.contract import InferenceResult
 from geppetto_temporal.events import AgentFinishedEvent, AgentStartedEvent, FinalEvent
 from geppetto_temporal.testing import ScriptedModelServer
@@ -142,6 +146,41 @@ async def test_coordinator_runs_two_sub_agents_in_parallel(
         assert child_events[0].type == "inference-started"
         assert child_events[-1].type == "inference-finished"
         assert {e.meta.session_id for e in child_events} == {session.session_id}
+
+
+async def test_the_cli_and_chat_show_sub_agents_start_and_finish(new_session: Any) -> None:
+    session, _ = await new_session(TEAM, configure=_team())
+    handle = await session.start_inference("otters")
+    events = [e async for e in handle.events()]
+    await handle.wait()
+    for printer in (StreamPrinter, ReplyPrinter):
+        out = io.StringIO()
+        shown = printer(Console(file=out, width=300, color_system=None))
+        for event in events:
+            if isinstance(shown, StreamPrinter):
+                shown.handle(event)
+            else:
+                shown.show(event)
+        lines = out.getvalue().splitlines()
+        started = [line.strip() for line in lines if "⇢ agent" in line]
+        finished = [line.strip() for line in lines if "⇠ agent" in line]
+        # Each child by name with the inference id a person opens it by, then its end.
+        assert sorted(started) == sorted(
+            f"⇢ agent {name} started ({handle.inference_id}/agent/{call})"
+            for name, call in _agent_calls(events)
+        ), printer
+        assert sorted(finished) == [
+            "⇠ agent researcher finished, 30 in / 3 out tokens",
+            "⇠ agent writer finished, 40 in / 4 out tokens",
+        ], printer
+
+
+def _agent_calls(events: list[Any]) -> list[tuple[str, str]]:
+    return [
+        (e.agent, e.agent_inference_id.rsplit("/", 1)[1])
+        for e in events
+        if isinstance(e, AgentStartedEvent)
+    ]
 
 
 @pytest.mark.parametrize("steps_per_run", [None, 1])
