@@ -755,7 +755,7 @@ async def _serve_gateway(
             token=token,
             task_queue=task_queue,
             cors_origins=cors_origins,
-            known_tools=registry.names() if runtime.server else None,
+            known_tools=registry.names if runtime.server else None,
         )
         config = uvicorn.Config(
             app,
