@@ -262,6 +262,30 @@ async def test_a_repeated_prompt_with_the_same_idempotency_key_runs_once(gw: Gat
     assert len(turns) == 2
 
 
+async def test_approvals_are_listed_and_decided_over_http(gw: Gateways) -> None:
+    engine = {**gw.engine, "tools": {**gw.engine["tools"], "require_approval": ["get_*"]}}
+    created = await gw.http.post(f"{gw.a}/v1/sessions", json={"engine": engine})
+    session_id = created.json()["session_id"]
+    links = (await gw.prompt(session_id, "weather please")).json()["links"]
+    got: list[Frame] = []
+    async with gw.http.stream("GET", gw.a + links["events"]) as stream:
+        async for frame in frames(stream):
+            got.append(frame)
+            if frame.data and frame.json()["type"] == "approval-requested":
+                pending = (await gw.http.get(gw.b + links["approvals"])).json()
+                assert [p["tool"] for p in pending] == ["get_weather"]
+                url = f"{gw.b}{links['approvals']}/{pending[0]['call_id']}"
+                decided = await gw.http.post(url, json={"approve": True})
+                assert decided.status_code == 200, decided.text
+                again = await gw.http.post(url, json={"approve": False, "reason": "late"})
+                assert again.status_code == 409
+                assert again.headers["content-type"] == "application/problem+json"
+    types = [e["type"] for _, e in _events(got)]
+    assert types.index("approval-requested") < types.index("approval-decided")
+    assert types.index("approval-decided") < types.index("tool-call-execution-result")
+    assert _text(_events(got)).startswith("It is ")
+
+
 # ---- formats -----------------------------------------------------------------------------
 
 
