@@ -41,6 +41,12 @@ _POLL_QUERY = "__temporal_workflow_stream_poll"
 #: A query no worker answers (the workflow's worker died, or none polls its queue) is
 #: asked again after these delays, the last one repeating: a subscriber outlives a crash.
 _RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
+#: Deadlines of a query's successive attempts, then none. A query that reaches an
+#: inference as it closes can go unanswered for 30 s (seen on the dev server, by
+#: tests/test_gateway.py) while the same query asked again is answered at once; a
+#: query that needs long (a long closed run replayed on a worker) gets more time at
+#: each attempt, then all it needs.
+_QUERY_DEADLINES = (2.0, 5.0, 10.0, 20.0, 40.0)
 #: Errors that say the question itself is wrong: asking again will not help.
 _FINAL_STATUSES = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
 
@@ -53,8 +59,14 @@ async def _ask(handle: WorkflowHandle[Any, Any], query: str, *args: Any, result_
     """A query, asked again while no worker answers it."""
     attempt = 0
     while True:
+        limit = _QUERY_DEADLINES[attempt] if attempt < len(_QUERY_DEADLINES) else None
         try:
-            result: T = await handle.query(query, *args, result_type=result_type)
+            result: T = await handle.query(
+                query,
+                *args,
+                result_type=result_type,
+                rpc_timeout=timedelta(seconds=limit) if limit is not None else None,
+            )
             return result
         except RPCError as err:
             if err.status in _FINAL_STATUSES:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -455,7 +456,10 @@ async def test_token_required_off_loopback_and_problems_are_json(gw: Gateways) -
     rebound = await gw.http.get(f"{gw.a}/v1/sessions", headers={"Host": "evil.example"})
     assert rebound.status_code == 403
 
+    named = {"engine": gw.engine, "session_id": f"gw-named-{uuid.uuid4().hex[:8]}"}
+    assert (await gw.http.post(f"{gw.a}/v1/sessions", json=named)).status_code == 201
     problems = [
+        (await gw.http.post(f"{gw.b}/v1/sessions", json=named), 409),
         (await gw.http.get(f"{gw.a}/v1/sessions/test-nosuchsession"), 404),
         (await gw.http.post(f"{gw.a}/v1/sessions/x/prompts", json={}), 422),
         (await gw.http.post(f"{gw.a}/v1/sessions", json={"engine": "nope:x"}), 422),

@@ -8,6 +8,7 @@ request and resumes any stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Collection
 from importlib import resources
@@ -191,6 +192,12 @@ def create_app(
                     f"known: {', '.join(sorted(tools)) or 'none'}",
                 )
         spec = _engine(body)
+        if body.session_id is not None:
+            with contextlib.suppress(SessionNotFoundError):
+                await describe_session(client, body.session_id)
+                raise Problem(
+                    409, f"session {body.session_id} already exists", session_id=body.session_id
+                )
         session = await Session.create(
             client, spec, session_id=body.session_id, task_queue=task_queue
         )
