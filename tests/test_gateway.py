@@ -443,6 +443,16 @@ async def test_session_stream_follows_inferences_until_the_session_closes(gw: Ga
     assert [e["type"] for _, e in events][-2:] == ["inference-finished", "session-closed"]
     assert all(ident.startswith("1:") for ident, _ in events[:-1])
     assert _text(events) == "You said: first"
+    # The session stream resumes too, on the other replica.
+    url = f"{gw.b}/v1/sessions/{session_id}/events"
+    _, rest = await _collect(gw.http, url, headers={"Last-Event-ID": events[1][0]})
+    after = _events(rest)
+
+    def shape(evs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, Any]]:
+        return [(e["type"], e.get("meta", {}).get("seq")) for _, e in evs if e["type"] != "partial"]
+
+    assert shape(after) == shape(events[2:])
+    assert _text(after) == _text(events[2:])
 
 
 # ---- safety ------------------------------------------------------------------------------

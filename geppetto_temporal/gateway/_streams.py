@@ -4,7 +4,7 @@ Every frame has an `id:` (see `_cursor`); a caught-up stream sends a keep-alive 
 every `keepalive` seconds; the inference stream ends after its terminal event
 (`inference-finished`, the AI SDK's `[DONE]`, AG-UI's `RUN_FINISHED` / `RUN_ERROR`);
 the session stream ends after `session-closed`. A session stream's ids are
-`<inference number>:<inference id>`.
+`<inference number>:<id within that inference>`.
 """
 
 from __future__ import annotations
