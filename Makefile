@@ -55,7 +55,7 @@ plain-install:
 	.venv-plain/bin/python -m pip install --quiet --upgrade pip
 	.venv-plain/bin/python -m pip install --quiet .
 	.venv-plain/bin/python -c 'import geppetto_temporal, geppetto_temporal.client, geppetto_temporal.worker; print("import geppetto_temporal: ok")'
-	@! .venv-plain/bin/python -m pip list --format=freeze | grep -iE '^(fastapi|uvicorn|starlette|jinja2|typer|rich|opentelemetry-sdk|mcp)==' \
+	@! .venv-plain/bin/python -m pip list --format=freeze | grep -iE '^(fastapi|uvicorn|starlette|jinja2|typer|rich|opentelemetry-sdk|mcp|ag-ui-protocol)==' \
 		|| { echo "the plain install pulled in an extra's package (above)"; exit 1; }
-	@echo "plain install: no fastapi, uvicorn, starlette, jinja2, typer, rich, opentelemetry-sdk or mcp"
+	@echo "plain install: no fastapi, uvicorn, starlette, jinja2, typer, rich, opentelemetry-sdk, mcp or ag-ui-protocol"
 	rm -rf .venv-plain

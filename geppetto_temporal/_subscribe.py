@@ -43,6 +43,12 @@ _POLL_QUERY = "__temporal_workflow_stream_poll"
 #: A query no worker answers (the workflow's worker died, or none polls its queue) is
 #: asked again after these delays, the last one repeating: a subscriber outlives a crash.
 _RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
+#: Deadlines of a query's successive attempts, then none. A query that reaches an
+#: inference as it closes can go unanswered for 30 s (seen on the dev server, by
+#: tests/test_gateway.py) while the same query asked again is answered at once; a
+#: query that needs long (a long closed run replayed on a worker) gets more time at
+#: each attempt, then all it needs.
+_QUERY_DEADLINES = (2.0, 5.0, 10.0, 20.0, 40.0)
 #: Errors that say the question itself is wrong: asking again will not help.
 _FINAL_STATUSES = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
 #: One attempt's own bound: a worker that has just died leaves a query unanswered rather
@@ -84,8 +90,13 @@ async def _ask(
     bound = limit.total_seconds() if limit is not None else None
     attempt = 0
     while True:
+        # Short first attempts (a stalled query is asked again soon), growing to the
+        # attempt's own bound, and never past the overall `limit`.
+        scheduled = _QUERY_DEADLINES[attempt] if attempt < len(_QUERY_DEADLINES) else None
+        timeout = attempt_timeout if scheduled is None else min(scheduled, attempt_timeout)
         left = None if bound is None else bound - (loop.time() - started)
-        timeout = attempt_timeout if left is None else max(min(attempt_timeout, left), 0.5)
+        if left is not None:
+            timeout = max(min(timeout, left), 0.5)
         try:
             result: T = await handle.query(
                 query, *args, result_type=result_type, rpc_timeout=timedelta(seconds=timeout)

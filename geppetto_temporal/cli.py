@@ -694,6 +694,98 @@ async def _serve_dashboard(
             raise typer.Exit(1)
 
 
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", "-p", min=0, max=65535, help="Port to serve on.")
+    ] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="GEPPETTO_GATEWAY_TOKEN",
+            help="Require Authorization: Bearer <token> (required off loopback; $GEPPETTO_GATEWAY_TOKEN).",
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin", help="A browser origin allowed to call the API (repeatable)."
+        ),
+    ] = None,
+    tools: ToolsOption = None,
+    example_tools: ExamplesOption = False,
+    task_queue: Annotated[str, typer.Option("--task-queue")] = DEFAULT_TASK_QUEUE,
+) -> None:
+    """Serve the web gateway: the HTTP API and resumable event streams (docs/gateway.md)."""
+    with _user_errors():
+        require_extra("gateway", "geppetto serve")
+    from geppetto_temporal._bind import UnsafeBindError, check_bind
+
+    try:
+        check_bind(host, token, what="the gateway", token_env="GEPPETTO_GATEWAY_TOKEN")
+    except UnsafeBindError as err:
+        _error(str(err))
+        raise typer.Exit(2) from None
+    with _user_errors():
+        registry = _load_tools(tools, example_tools)
+    _run(
+        _serve_gateway(host, port, token, list(cors_origin or []), registry, task_queue),
+        sigterm_exit=0,
+    )
+
+
+async def _serve_gateway(
+    host: str,
+    port: int,
+    token: str | None,
+    cors_origins: list[str],
+    registry: ToolRegistry,
+    task_queue: str,
+) -> None:
+    import uvicorn
+
+    # Lazy: the web stack is imported only by this command.
+    from geppetto_temporal.gateway import create_app
+
+    async with open_runtime(tools=registry, task_queue=task_queue, log=_progress) as runtime:
+        app = create_app(
+            runtime.client,
+            token=token,
+            task_queue=task_queue,
+            cors_origins=cors_origins,
+            known_tools=registry.names if runtime.server else None,
+        )
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        server = _dashboard_server_class()(config)
+        shown = f"[{host}]" if ":" in host else host
+        _progress(
+            f"gateway on http://{shown}:{port}/ (API docs at /docs)"
+            + (" (bearer token required)" if token else "")
+            + "; Ctrl-C to stop"
+        )
+        serving = asyncio.ensure_future(server.serve())
+        try:
+            await asyncio.shield(serving)
+        except asyncio.CancelledError:
+            server.should_exit = True
+            await serving
+            raise
+        if not server.started:
+            raise typer.Exit(1)
+
+
 @app.callback()
 def _options(
     debug: Annotated[

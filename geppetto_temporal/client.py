@@ -8,6 +8,7 @@ can attach to either by id and pick up where another left off.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -127,6 +128,13 @@ def _update_id() -> str:
     # Temporal's default is a 36-character UUID, repeated in six events of every
     # update; 64 random bits are as unique for the updates of one session.
     return uuid.uuid4().hex[:16]
+
+
+def _keyed_update_id(idempotency_key: str | None) -> str | None:
+    """The update id of a keyed `start_inference`: the same key, the same update."""
+    if idempotency_key is None:
+        return None
+    return "key-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
 
 
 def _has_external_storage(client: Client) -> bool:
@@ -875,6 +883,7 @@ class Session:
         *,
         engine: EngineLike | None = None,
         output_type: type[BaseModel] | None = None,
+        idempotency_key: str | None = None,
     ) -> ExecutionHandle:
         """Start an inference for `prompt` and return its handle.
 
@@ -883,6 +892,9 @@ class Session:
         valid text, `PromptTooLargeError` for one too large to carry (before any
         call to Temporal). `engine` switches the session's engine from this prompt on.
         `output_type` asks this prompt alone for typed output (docs/typed-output.md).
+        `idempotency_key` makes a repeat of the call return the inference the first
+        one started (the key names the update, which Temporal de-duplicates within
+        the session's current run).
         """
         self._check_prompt(prompt)
         request = StartInferenceRequest(
@@ -891,19 +903,26 @@ class Session:
             after_inference_id=self._last_finished,
             output=build_output_spec(output_type) if output_type is not None else None,
         )
-        handle = await self._start(request)
+        handle = await self._start(request, _keyed_update_id(idempotency_key))
         if engine is not None:  # the session now runs this engine
             self._output_type = _output_model(engine)
         handle.output_type = output_type or self._output_type
         return handle
 
-    async def _start(self, request: StartInferenceRequest) -> ExecutionHandle:
+    async def _start(
+        self, request: StartInferenceRequest, update_id: str | None = None
+    ) -> ExecutionHandle:
         start = self._pending_start
         # A prompt's own output type travels in the update (the start input has no place for it).
-        if start is not None and start.takes_first_prompt and request.output is None:
+        if (
+            start is not None
+            and start.takes_first_prompt
+            and request.output is None
+            and update_id is None
+        ):
             return await self._start_with_prompt(start, request)
         try:
-            response = await self._update_start(request)
+            response = await self._update_start(request, update_id)
         except SessionBusyError as busy:
             # The running inference may in fact be over: its result is out before
             # the session records it. If so, ask the session to wait for it.
@@ -913,7 +932,7 @@ class Session:
             if await ExecutionHandle(self.client, active).is_running():
                 raise
             response = await self._update_start(
-                request.model_copy(update={"after_inference_id": active})
+                request.model_copy(update={"after_inference_id": active}), update_id
             )
         return ExecutionHandle(self.client, response.inference_id, session=self)
 
@@ -940,7 +959,9 @@ class Session:
             prompt, session_id=self.session_id, external_storage=_has_external_storage(self.client)
         )
 
-    async def _update_start(self, request: StartInferenceRequest) -> StartInferenceResponse:
+    async def _update_start(
+        self, request: StartInferenceRequest, update_id: str | None = None
+    ) -> StartInferenceResponse:
         start = self._pending_start
         try:
             response: StartInferenceResponse
@@ -951,7 +972,7 @@ class Session:
                     SessionUpdate.START_INFERENCE,
                     request,
                     start_workflow_operation=start.with_update(),
-                    id=_update_id(),
+                    id=update_id or _update_id(),
                     result_type=StartInferenceResponse,
                 )
                 self._pending_start = None
@@ -959,7 +980,7 @@ class Session:
                 response = await self._handle.execute_update(
                     SessionUpdate.START_INFERENCE,
                     request,
-                    id=_update_id(),
+                    id=update_id or _update_id(),
                     result_type=StartInferenceResponse,
                 )
             return response

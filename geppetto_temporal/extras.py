@@ -18,6 +18,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "dashboard": ("fastapi", "uvicorn", "jinja2", "typer", "rich"),
     "otel": ("opentelemetry",),
     "mcp": ("mcp",),
+    "gateway": ("fastapi", "uvicorn", "ag_ui", "typer", "rich"),
 }
 
 

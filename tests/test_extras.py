@@ -20,7 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: What the extras bring, as a plain install lacks them (opentelemetry's API is a
 #: dependency of the provider SDKs; its SDK is what the otel extra adds).
-ABSENT = ("fastapi", "uvicorn", "starlette", "jinja2", "typer", "rich", "opentelemetry.sdk", "mcp")
+ABSENT = (
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "jinja2",
+    "typer",
+    "rich",
+    "opentelemetry.sdk",
+    "mcp",
+    "ag_ui",
+)
 
 #: Modules that exist only for the command line, the chat and the web servers.
 EXTRA_MODULES = {
@@ -29,6 +39,7 @@ EXTRA_MODULES = {
     "geppetto_temporal.demo",
     "geppetto_temporal.codec_server",
     "geppetto_temporal.dashboard",
+    "geppetto_temporal.gateway",
     "geppetto_temporal._render",
 }
 
@@ -62,7 +73,8 @@ def test_core_dependencies_leave_out_the_web_and_terminal_stacks() -> None:
     }
     assert core.isdisjoint({"fastapi", "uvicorn", "starlette", "jinja2", "typer", "rich"})
     extras = project["optional-dependencies"]
-    assert {"cli", "dashboard", "otel", "mcp", "all"} <= set(extras)
+    assert {"cli", "dashboard", "otel", "mcp", "gateway", "all"} <= set(extras)
+    assert any(dep.startswith("ag-ui-protocol") for dep in extras["gateway"])
     assert any(dep.startswith("typer") for dep in extras["cli"])
     assert any(dep.startswith("fastapi") for dep in extras["dashboard"])
     assert project["scripts"]["geppetto"] == "geppetto_temporal._main:main"
@@ -89,9 +101,13 @@ print(json.dumps(failed))
     # Only the CLI, chat and web modules (and the private CLI helpers) need an extra, and
     # each fails for a module of an extra, not for a missing library dependency.
     for name, missing in failed.items():
-        assert name.startswith(("geppetto_temporal._cli_", "geppetto_temporal.dashboard.")) or (
-            name in EXTRA_MODULES
-        ), name
+        assert name.startswith(
+            (
+                "geppetto_temporal._cli_",
+                "geppetto_temporal.dashboard.",
+                "geppetto_temporal.gateway.",
+            )
+        ) or (name in EXTRA_MODULES), name
         assert missing.split(".")[0] in {m for mods in EXTRAS.values() for m in mods}, missing
     assert "geppetto_temporal.client" not in failed
     assert "geppetto_temporal.worker" not in failed
@@ -130,3 +146,25 @@ runpy.run_module("geppetto_temporal._main", run_name="__main__")
     assert result.returncode == 1, result.stderr
     assert "pip install 'geppetto-temporal[dashboard]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_without_the_gateway_extra_names_the_install_command() -> None:
+    hook = """
+import importlib.abc, sys
+class _NoGateway(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "ag_ui":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NoGateway())
+import runpy
+sys.argv = ["geppetto", "serve"]
+runpy.run_module("geppetto_temporal._main", run_name="__main__")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", hook], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "pip install 'geppetto-temporal[gateway]'" in lines[0]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -28,6 +26,8 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
+from geppetto_temporal._bind import bearer_token, host_of, is_loopback, same_secret
+from geppetto_temporal._bind import check_bind as _check_bind
 from geppetto_temporal._inputs import check_existing_id
 from geppetto_temporal._render import format_call, format_cost
 from geppetto_temporal.client import ExecutionHandle, Session
@@ -71,7 +71,6 @@ SSE_KEEPALIVE_SECONDS = 15.0
 MAX_SHOWN = 4000
 #: The statuses the session list's filter offers (those of `GeppettoStatus`).
 STATUS_CHOICES = tuple(status.value for status in SessionSearchStatus)
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 #: What a page may say after an action: `?done=<code>` / `?failed=<code>` show these texts
 #: and nothing else, so a link cannot put its own words in the page.
@@ -115,32 +114,15 @@ class DashboardConfigError(GeppettoError):
     """The dashboard cannot start as configured (e.g. a public address without a token)."""
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address) is this machine only."""
-    name = host.strip().strip("[]").lower()
-    if name in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse a non-loopback address without a token."""
-    if not is_loopback(host) and not token:
-        raise DashboardConfigError(
-            f"the dashboard on {host} would be reachable from other machines: "
-            "give it a token with --token or GEPPETTO_DASHBOARD_TOKEN "
-            "(or bind it to 127.0.0.1)"
-        )
+    """Refuse a non-loopback address without a token (the rule `geppetto_temporal._bind` shares)."""
+    _check_bind(host, token, error=DashboardConfigError)
 
 
 # ---- security --------------------------------------------------------------------------
 
 
-def _same(a: str | None, b: str) -> bool:
-    return a is not None and hmac.compare_digest(a.encode(), b.encode())
+_same = same_secret
 
 
 def _host_and_port(netloc: str, default_port: int) -> tuple[str, int] | None:
@@ -214,10 +196,7 @@ class _Gate:
                 await refused(scope, receive, send)
                 return
         if self.token is None:
-            host = (request.headers.get("host") or "").rsplit(":", 1)[0]
-            if request.headers.get("host", "").startswith("["):
-                host = request.headers["host"].split("]", 1)[0] + "]"
-            if not is_loopback(host):
+            if not is_loopback(host_of(request.headers.get("host") or "")):
                 response: Response = PlainTextResponse(
                     "403 Forbidden: this dashboard only answers to localhost names", 403
                 )
@@ -235,8 +214,7 @@ class _Gate:
             )
             await response(scope, receive, send)
             return
-        authorization = request.headers.get("authorization", "")
-        bearer = authorization[7:].strip() if authorization.lower().startswith("bearer ") else None
+        bearer = bearer_token(request.headers.get("authorization", ""))
         if not (
             _same(supplied, self.token)
             or _same(bearer, self.token)
@@ -452,8 +430,7 @@ class _Dashboard:
             return "missing or stale form secret (reload the page)"
         if _same(request.cookies.get(CSRF_COOKIE), self.form_secret):
             return None
-        authorization = request.headers.get("authorization", "")
-        bearer = authorization[7:].strip() if authorization.lower().startswith("bearer ") else None
+        bearer = bearer_token(request.headers.get("authorization", ""))
         if self._token is not None and _same(bearer, self._token):
             return None
         return "missing form cookie (reload the page; cookies must be enabled)"
