@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import fnmatch
 import json
 from datetime import timedelta
@@ -162,6 +163,22 @@ def _tool_call(block: Block) -> ToolCall:
     return ToolCall(
         id=block.call_id or "", name=str(block.payload.get(PayloadKey.NAME, "")), input=text
     )
+
+
+@dataclasses.dataclass
+class _LoopState:
+    """What one run of the tool loop has found so far; the step that ends it sets `status`."""
+
+    usage: Usage
+    model: str | None
+    first_step: int
+    stop_reason: str | None = None
+    #: Until a step says otherwise, running out of steps is how the loop ends.
+    status: InferenceStatus = InferenceStatus.MAX_ITERATIONS
+    error: str | None = None
+    #: A failure the client raises as its own exception (`ErrorType`), and its details.
+    error_type: str | None = None
+    error_details: dict[str, Any] | None = None
 
 
 @workflow.defn(name=INFERENCE_WORKFLOW)
@@ -376,143 +393,188 @@ class InferenceWorkflow:
             return await loop
 
     async def _loop(self, input: InferenceInput) -> InferenceResult:
+        """geppetto's tool loop (docs/architecture.md, "The tool loop"): ask the model; if it
+        answered without tool calls, done; else run the calls and ask again, until
+        `max_iterations`. Each step below ends the loop by setting `run.status`."""
         spec = input.engine
-        blocks = self._blocks
         carry = self._carry
         if carry is None:
             self._emit(InferenceStartedEvent(prompt=input.turn.prompt))
-        usage = carry.usage if carry else Usage()
-        model: str | None = (carry.model if carry else None) or spec.model
-        stop_reason: str | None = None
-        status = InferenceStatus.MAX_ITERATIONS
-        error: str | None = None
-        error_type: str | None = None
-        error_details: dict[str, Any] | None = None
-        first_step = carry.step if carry else 1
-        self._iterations = first_step - 1
+        run = _LoopState(
+            usage=carry.usage if carry else Usage(),
+            model=(carry.model if carry else None) or spec.model,
+            first_step=carry.step if carry else 1,
+        )
+        self._iterations = run.first_step - 1
         if spec.mcp and workflow.patched(MCP_TOOLS_PATCH):
             await self._list_mcp_tools(spec)
-        for step in range(first_step, spec.max_iterations + 1):
+        for step in range(run.first_step, spec.max_iterations + 1):
             self._iterations = step
             if self._cancel_requested:
-                status = InferenceStatus.CANCELLED
+                run.status = InferenceStatus.CANCELLED
                 break
-            try:
-                result = await self._llm_step(input, spec, blocks, step)
-            except asyncio.CancelledError:
-                status = InferenceStatus.CANCELLED
-                break
-            except ActivityError as err:
-                if self._cancel_requested:
-                    status = InferenceStatus.CANCELLED
-                else:
-                    status, error = InferenceStatus.FAILED, describe_activity_error(err)
-                    error_type, error_details = self._typed_failure(err)
-                    self._emit(ErrorEvent(error_string=error), step=step)
-                    partial = partial_text(err)
-                    if partial:
-                        blocks.append(
-                            llm_text_block(
-                                partial,
-                                metadata={BlockMetaKey.INTERRUPTED: True, "failed": True},
-                            )
-                        )
-                break
-            if result.context is not None and workflow.patched(CONTEXT_DECISIONS_PATCH):
-                self._context = result.context.applied_to(self._context)
-                self._context_step = step
-            blocks.extend(result.blocks)
-            # The activity saw all of these: its input and its own output.
-            self._known = self._base + len(blocks)
-            if blocks:
-                self._known_last_id = blocks[-1].id
-            usage = usage + result.usage
-            # A step names the model only when the provider reported another than the engine's.
-            model, stop_reason = result.model or spec.model, result.stop_reason
-            text = "".join(b.text for b in result.blocks if b.kind == BlockKind.LLM_TEXT)
-            attempt = next((b.metadata.get(BlockMetaKey.ATTEMPT, 1) for b in result.blocks), None)
-            if result.events_from_blocks:
-                if not self._live:
-                    self._emit(StartEvent(), step=step, attempt=attempt)
-                if text:
-                    self._emit(PartialEvent(delta=text), step=step, attempt=attempt)
-            for live in result.events:
-                self._events.publish(live)
-            if result.interrupted:
-                self._emit(
-                    InterruptEvent(text=text), step=step, usage=result.usage, attempt=attempt
-                )
-            else:
-                self._emit(FinalEvent(text=text), step=step, usage=result.usage, attempt=attempt)
-            if result.interrupted or self._cancel_requested:
-                status = InferenceStatus.CANCELLED
+            result = await self._ask_model(input, spec, step, run)
+            if result is None:
                 break
             calls = pending_tool_calls(result.blocks)
             for call in calls:
                 self._emit(ToolCallEvent(tool_call=_tool_call(call)), step=step)
             if not calls:
-                if result.output_error is None or not self._typed_output_path():
-                    status = InferenceStatus.COMPLETED
+                if await self._answered(spec, result, step, run):
                     break
-                # Typed output that fails its schema (only engines with `output` get here).
-                over = await self._budget_check(spec, usage, 0, step)
-                if over is not None:
-                    status, error = self._budget_status(), over
-                    break
-                retry = self._output_retry(spec, result.output_error, step)
-                if retry is None:
-                    blocks.append(retry_block(result.output_error))
-                    self._emit(
-                        InfoEvent(
-                            message="output-retry",
-                            data={"problem": result.output_error, "retry": self._output_retries},
-                        ),
-                        step=step,
-                    )
-                    continue
-                status, error = InferenceStatus.FAILED, retry
+                continue  # a typed-output retry: ask again
+            if not await self._act(input, spec, calls, result, step, run):
                 break
-            over = await self._budget_check(spec, usage, len(calls), step)
-            if over is not None:
-                # Every call still gets a result: the turn must stay a valid conversation.
-                status, error = self._budget_status(), over
-                why = "cancelled before it ran" if self._cancel_requested else f"not run: {over}"
-                blocks.extend(tool_use_block(c.call_id or "", error=why) for c in calls)
-                break
-            self._tool_calls += len(calls)
-            if self._stepping(spec) and not await self._step_pause(
-                spec, "after_inference", step, f"{len(calls)} tool call(s): {_call_names(calls)}"
+            if step < spec.max_iterations and self._time_for_a_new_run(
+                spec, step - run.first_step + 1
             ):
-                blocks.extend(
-                    tool_use_block(c.call_id or "", error="cancelled before it ran") for c in calls
-                )
-                status = InferenceStatus.CANCELLED
-                break
-            results, abort_reason, cancelled = await self._run_tools(
-                input, spec, calls, result.tool_options
-            )
-            blocks.extend(results)
-            if spec.agents:  # the sub-agents' usage is this inference's too
-                usage, self._agent_usage = usage + self._agent_usage, Usage()
-            if cancelled or self._cancel_requested:
-                status = InferenceStatus.CANCELLED
-                break
-            if abort_reason is not None:
-                status, error = InferenceStatus.FAILED, abort_reason
-                break
-            if self._stepping(spec) and not await self._step_pause(
-                spec, "after_tools", step, f"{len(results)} tool result(s)"
-            ):
-                status = InferenceStatus.CANCELLED
-                break
-            if step < spec.max_iterations and self._time_for_a_new_run(spec, step - first_step + 1):
                 try:
                     await self._wait_for_handlers()
                 except asyncio.CancelledError:
-                    status = InferenceStatus.CANCELLED
+                    run.status = InferenceStatus.CANCELLED
                     break
                 if not self._cancel_requested:
-                    self._continue_as_new(input, step + 1, usage, model)
+                    self._continue_as_new(input, step + 1, run.usage, run.model)
+        return await self._finish(input, spec, run)
+
+    async def _ask_model(
+        self, input: InferenceInput, spec: EngineSpec, step: int, run: _LoopState
+    ) -> LLMStepResult | None:
+        """One LLM step: its blocks recorded and its events published; None when it ended
+        the inference (cancelled, interrupted, or failed after its retries)."""
+        blocks = self._blocks
+        try:
+            result = await self._llm_step(input, spec, blocks, step)
+        except asyncio.CancelledError:
+            run.status = InferenceStatus.CANCELLED
+            return None
+        except ActivityError as err:
+            if self._cancel_requested:
+                run.status = InferenceStatus.CANCELLED
+                return None
+            run.status, run.error = InferenceStatus.FAILED, describe_activity_error(err)
+            run.error_type, run.error_details = self._typed_failure(err)
+            self._emit(ErrorEvent(error_string=run.error), step=step)
+            partial = partial_text(err)
+            if partial:
+                blocks.append(
+                    llm_text_block(
+                        partial, metadata={BlockMetaKey.INTERRUPTED: True, "failed": True}
+                    )
+                )
+            return None
+        if result.context is not None and workflow.patched(CONTEXT_DECISIONS_PATCH):
+            self._context = result.context.applied_to(self._context)
+            self._context_step = step
+        blocks.extend(result.blocks)
+        # The activity saw all of these: its input and its own output.
+        self._known = self._base + len(blocks)
+        if blocks:
+            self._known_last_id = blocks[-1].id
+        run.usage = run.usage + result.usage
+        # A step names the model only when the provider reported another than the engine's.
+        run.model, run.stop_reason = result.model or spec.model, result.stop_reason
+        self._publish_step(result, step)
+        if result.interrupted or self._cancel_requested:
+            run.status = InferenceStatus.CANCELLED
+            return None
+        return result
+
+    def _publish_step(self, result: LLMStepResult, step: int) -> None:
+        """The step's events: rebuilt from its blocks when it sent none, then its end."""
+        text = "".join(b.text for b in result.blocks if b.kind == BlockKind.LLM_TEXT)
+        attempt = next((b.metadata.get(BlockMetaKey.ATTEMPT, 1) for b in result.blocks), None)
+        if result.events_from_blocks:
+            if not self._live:
+                self._emit(StartEvent(), step=step, attempt=attempt)
+            if text:
+                self._emit(PartialEvent(delta=text), step=step, attempt=attempt)
+        for live in result.events:
+            self._events.publish(live)
+        if result.interrupted:
+            self._emit(InterruptEvent(text=text), step=step, usage=result.usage, attempt=attempt)
+        else:
+            self._emit(FinalEvent(text=text), step=step, usage=result.usage, attempt=attempt)
+
+    async def _answered(
+        self, spec: EngineSpec, result: LLMStepResult, step: int, run: _LoopState
+    ) -> bool:
+        """The model answered without tool calls: done, unless a typed-output answer
+        fails its schema (then False: ask again with what was wrong, or fail)."""
+        if result.output_error is None or not self._typed_output_path():
+            run.status = InferenceStatus.COMPLETED
+            return True
+        # Typed output that fails its schema (only engines with `output` get here).
+        over = await self._budget_check(spec, run.usage, 0, step)
+        if over is not None:
+            run.status, run.error = self._budget_status(), over
+            return True
+        retry = self._output_retry(spec, result.output_error, step)
+        if retry is not None:
+            run.status, run.error = InferenceStatus.FAILED, retry
+            return True
+        self._blocks.append(retry_block(result.output_error))
+        self._emit(
+            InfoEvent(
+                message="output-retry",
+                data={"problem": result.output_error, "retry": self._output_retries},
+            ),
+            step=step,
+        )
+        return False
+
+    async def _act(
+        self,
+        input: InferenceInput,
+        spec: EngineSpec,
+        calls: list[Block],
+        result: LLMStepResult,
+        step: int,
+        run: _LoopState,
+    ) -> bool:
+        """Run the step's tool calls (within the budget, after a step-mode pause); False
+        when that ended the inference."""
+        blocks = self._blocks
+        over = await self._budget_check(spec, run.usage, len(calls), step)
+        if over is not None:
+            # Every call still gets a result: the turn must stay a valid conversation.
+            run.status, run.error = self._budget_status(), over
+            why = "cancelled before it ran" if self._cancel_requested else f"not run: {over}"
+            blocks.extend(tool_use_block(c.call_id or "", error=why) for c in calls)
+            return False
+        self._tool_calls += len(calls)
+        if self._stepping(spec) and not await self._step_pause(
+            spec, "after_inference", step, f"{len(calls)} tool call(s): {_call_names(calls)}"
+        ):
+            blocks.extend(
+                tool_use_block(c.call_id or "", error="cancelled before it ran") for c in calls
+            )
+            run.status = InferenceStatus.CANCELLED
+            return False
+        results, abort_reason, cancelled = await self._run_tools(
+            input, spec, calls, result.tool_options
+        )
+        blocks.extend(results)
+        if spec.agents:  # the sub-agents' usage is this inference's too
+            run.usage, self._agent_usage = run.usage + self._agent_usage, Usage()
+        if cancelled or self._cancel_requested:
+            run.status = InferenceStatus.CANCELLED
+            return False
+        if abort_reason is not None:
+            run.status, run.error = InferenceStatus.FAILED, abort_reason
+            return False
+        if self._stepping(spec) and not await self._step_pause(
+            spec, "after_tools", step, f"{len(results)} tool result(s)"
+        ):
+            run.status = InferenceStatus.CANCELLED
+            return False
+        return True
+
+    async def _finish(
+        self, input: InferenceInput, spec: EngineSpec, run: _LoopState
+    ) -> InferenceResult:
+        """The inference's last event, search attributes and result."""
+        status, error = run.status, run.error
         if status == InferenceStatus.MAX_ITERATIONS:
             error = (
                 f"max iterations ({spec.max_iterations}) reached with tool calls still being made"
@@ -520,16 +582,16 @@ class InferenceWorkflow:
         elif status == InferenceStatus.CANCELLED and error is None:
             error = "cancelled"
         self._status = status
-        self._emit(InferenceFinishedEvent(status=status, error=error), usage=usage)
-        self._index(spec, status, usage)
+        self._emit(InferenceFinishedEvent(status=status, error=error), usage=run.usage)
+        self._index(spec, status, run.usage)
         # The ids are left to the session (and the client) to fill in: the result
         # is stored twice, in this history and in the session's.
         metadata = input.turn.metadata.model_copy(
             update={
                 "provider": spec.provider,
-                "model": model,
-                "usage": usage,
-                "stop_reason": stop_reason,
+                "model": run.model,
+                "usage": run.usage,
+                "stop_reason": run.stop_reason,
                 "status": status,
                 "error": error,
             }
@@ -541,8 +603,8 @@ class InferenceWorkflow:
             iterations=self._iterations,
             approved_tools=self._remembered,
             tool_calls=self._tool_calls,
-            error_type=error_type,
-            error_details=error_details,
+            error_type=run.error_type,
+            error_details=run.error_details,
             context_step=self._context_step,
         )
 
@@ -1000,97 +1062,15 @@ class InferenceWorkflow:
         calls: list[Block],
         options: dict[str, ToolActivityOptions],
     ) -> tuple[list[Block], str | None, bool]:
-        """Run a step's tool calls, at most `max_parallel_tools` at once, results in call order."""
-        config = spec.tools
-        limit = asyncio.Semaphore(config.max_parallel_tools)
+        """Run a step's tool calls, at most `max_parallel_tools` at once, results in call order.
 
-        def finished(outcome: ToolCallResult) -> ToolCallResult:
-            if outcome.error is not None:
-                text, is_error = f"Error: {outcome.error}", True
-            else:
-                text, is_error = json.dumps(outcome.result), False
-            text, full_length = shorten(text)
-            self._emit(
-                ToolCallExecutionResultEvent(
-                    tool_result=ToolResult(id=outcome.call_id, result=text),
-                    is_error=is_error,
-                    truncated_from=full_length,
-                )
-            )
-            return outcome
-
-        async def run_one(call: Block) -> ToolCallResult:
-            call_id = call.call_id or ""
-            name = str(call.payload.get(PayloadKey.NAME, ""))
-            agent = next((a for a in spec.agents if a.name == name), None)
-            opts = _AGENT_OPTIONS if agent is not None else options.get(name)
-            down = self._mcp_down_server(name) if opts is None else None
-            if down is not None:
-                return finished(ToolCallResult(call_id=call_id, error=down))
-            if opts is None:
-                return finished(
-                    ToolCallResult(
-                        call_id=call_id,
-                        error=f"unknown tool {name!r}: no tool of that name is available to this model",
-                    )
-                )
-            if call.metadata.get(BlockMetaKey.ARGS_INVALID):
-                raw = str(call.payload.get(PayloadKey.ARGS, ""))[:200]
-                return finished(
-                    ToolCallResult(
-                        call_id=call_id, error=f"arguments for {name} are not valid JSON: {raw!r}"
-                    )
-                )
-            if self._needs_approval(spec, name, opts):
-                refused = await self._await_decision(
-                    spec, call_id, name, call.payload.get(PayloadKey.ARGS), _tool_call(call)
-                )
-                if refused is not None:
-                    return finished(ToolCallResult(call_id=call_id, error=refused))
-            async with limit:
-                self._emit(ToolCallExecuteEvent(tool_call=_tool_call(call)))
-                if agent is not None:
-                    return finished(await self._run_agent(input, spec, agent, call))
-                call_input = ToolCallInput(
-                    call_id=call_id,
-                    name=name,
-                    args=call.payload.get(PayloadKey.ARGS),
-                    error_handling=config.error_handling,
-                    timeout_seconds=opts.timeout_seconds,
-                    mcp_server=opts.mcp_server,
-                    mcp_tool=opts.mcp_tool,
-                )
-                timeout = timedelta(seconds=opts.timeout_seconds) + _TOOL_TIMEOUT_GRACE
-                try:
-                    if opts.local:
-                        # Decided by the LLM step's recorded result, so replay takes the same path.
-                        outcome = await workflow.execute_local_activity(
-                            TOOL_CALL_ACTIVITY,
-                            call_input,
-                            result_type=ToolCallResult,
-                            start_to_close_timeout=timeout,
-                            retry_policy=opts.retry.to_retry_policy(),
-                            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
-                            summary=f"tool {name}",
-                        )
-                    else:
-                        outcome = await workflow.execute_activity(
-                            TOOL_CALL_ACTIVITY,
-                            call_input,
-                            result_type=ToolCallResult,
-                            start_to_close_timeout=timeout,
-                            heartbeat_timeout=timedelta(seconds=config.heartbeat_seconds),
-                            retry_policy=opts.retry.to_retry_policy(),
-                            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
-                            summary=f"tool {name}",
-                        )
-                except ActivityError as err:
-                    outcome = ToolCallResult(
-                        call_id=call_id, error=f"{name}: {describe_activity_error(err)}"
-                    )
-                return finished(outcome)
-
-        tasks = [asyncio.create_task(run_one(call)) for call in calls]
+        Returns the results, why the inference aborts (`error_handling` abort), and
+        whether a cancel arrived while they ran.
+        """
+        limit = asyncio.Semaphore(spec.tools.max_parallel_tools)
+        tasks = [
+            asyncio.create_task(self._run_call(input, spec, call, options, limit)) for call in calls
+        ]
         cancelled = False
         try:
             await asyncio.wait(tasks)
@@ -1116,9 +1096,107 @@ class InferenceWorkflow:
                 tool_use_block(outcome.call_id, result=outcome.result, error=outcome.error)
             )
         abort_reason = None
-        if first_error is not None and config.error_handling == ToolErrorHandling.ABORT:
+        if first_error is not None and spec.tools.error_handling == ToolErrorHandling.ABORT:
             abort_reason = f"tool call failed and error_handling is abort: {first_error}"
         return results, abort_reason, cancelled
+
+    async def _run_call(
+        self,
+        input: InferenceInput,
+        spec: EngineSpec,
+        call: Block,
+        options: dict[str, ToolActivityOptions],
+        limit: asyncio.Semaphore,
+    ) -> ToolCallResult:
+        """One tool call: refused (unknown tool, server down, bad arguments, denied), or
+        run as its activity or sub-agent once a slot is free; its result event sent."""
+        call_id = call.call_id or ""
+        name = str(call.payload.get(PayloadKey.NAME, ""))
+        agent = next((a for a in spec.agents if a.name == name), None)
+        opts = _AGENT_OPTIONS if agent is not None else options.get(name)
+        refused = self._refusal(call, name, opts)
+        if refused is None and opts is not None and self._needs_approval(spec, name, opts):
+            refused = await self._await_decision(
+                spec, call_id, name, call.payload.get(PayloadKey.ARGS), _tool_call(call)
+            )
+        if refused is not None or opts is None:
+            return self._tool_finished(ToolCallResult(call_id=call_id, error=refused))
+        async with limit:
+            self._emit(ToolCallExecuteEvent(tool_call=_tool_call(call)))
+            if agent is not None:
+                return self._tool_finished(await self._run_agent(input, spec, agent, call))
+            return self._tool_finished(await self._execute_tool(spec, call, name, opts))
+
+    def _refusal(self, call: Block, name: str, opts: ToolActivityOptions | None) -> str | None:
+        """Why a call cannot run at all, before anyone is asked: None when it can."""
+        down = self._mcp_down_server(name) if opts is None else None
+        if down is not None:
+            return down
+        if opts is None:
+            return f"unknown tool {name!r}: no tool of that name is available to this model"
+        if call.metadata.get(BlockMetaKey.ARGS_INVALID):
+            raw = str(call.payload.get(PayloadKey.ARGS, ""))[:200]
+            return f"arguments for {name} are not valid JSON: {raw!r}"
+        return None
+
+    async def _execute_tool(
+        self, spec: EngineSpec, call: Block, name: str, opts: ToolActivityOptions
+    ) -> ToolCallResult:
+        """The call's `geppetto.tool_call` activity (local when the tool asks for it)."""
+        call_id = call.call_id or ""
+        call_input = ToolCallInput(
+            call_id=call_id,
+            name=name,
+            args=call.payload.get(PayloadKey.ARGS),
+            error_handling=spec.tools.error_handling,
+            timeout_seconds=opts.timeout_seconds,
+            mcp_server=opts.mcp_server,
+            mcp_tool=opts.mcp_tool,
+        )
+        timeout = timedelta(seconds=opts.timeout_seconds) + _TOOL_TIMEOUT_GRACE
+        try:
+            outcome: ToolCallResult
+            if opts.local:
+                # Decided by the LLM step's recorded result, so replay takes the same path.
+                outcome = await workflow.execute_local_activity(
+                    TOOL_CALL_ACTIVITY,
+                    call_input,
+                    result_type=ToolCallResult,
+                    start_to_close_timeout=timeout,
+                    retry_policy=opts.retry.to_retry_policy(),
+                    cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+                    summary=f"tool {name}",
+                )
+            else:
+                outcome = await workflow.execute_activity(
+                    TOOL_CALL_ACTIVITY,
+                    call_input,
+                    result_type=ToolCallResult,
+                    start_to_close_timeout=timeout,
+                    heartbeat_timeout=timedelta(seconds=spec.tools.heartbeat_seconds),
+                    retry_policy=opts.retry.to_retry_policy(),
+                    cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+                    summary=f"tool {name}",
+                )
+            return outcome
+        except ActivityError as err:
+            return ToolCallResult(call_id=call_id, error=f"{name}: {describe_activity_error(err)}")
+
+    def _tool_finished(self, outcome: ToolCallResult) -> ToolCallResult:
+        """Send the call's `tool-call-execution-result` event."""
+        if outcome.error is not None:
+            text, is_error = f"Error: {outcome.error}", True
+        else:
+            text, is_error = json.dumps(outcome.result), False
+        text, full_length = shorten(text)
+        self._emit(
+            ToolCallExecutionResultEvent(
+                tool_result=ToolResult(id=outcome.call_id, result=text),
+                is_error=is_error,
+                truncated_from=full_length,
+            )
+        )
+        return outcome
 
     async def _run_agent(
         self, input: InferenceInput, spec: EngineSpec, agent: AgentTool, call: Block
