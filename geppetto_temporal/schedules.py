@@ -42,7 +42,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from geppetto_temporal._inputs import check_new_session_id, check_prompt
-from geppetto_temporal.client import EngineLike, _to_spec
+from geppetto_temporal.client._common import EngineLike, _to_spec
 from geppetto_temporal.contract import (
     DEFAULT_TASK_QUEUE,
     SCHEDULED_PROMPT_WORKFLOW,
