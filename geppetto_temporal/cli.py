@@ -655,43 +655,47 @@ def _dashboard_server_class() -> type[Any]:
     return DashboardServer
 
 
+async def _serve_asgi(app: Any, host: str, port: int, banner: str) -> None:
+    """Serve `app` until Ctrl-C or SIGTERM: uvicorn's graceful shutdown first, then the
+    caller's (worker drain, server stop); exit 1 if it could not start (port taken)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        # Open streams (SSE) would otherwise hold Ctrl-C up indefinitely.
+        timeout_graceful_shutdown=2,
+    )
+    server = _dashboard_server_class()(config)
+    shown = f"[{host}]" if ":" in host else host
+    _progress(f"{banner.format(url=f'http://{shown}:{port}/')}; Ctrl-C to stop")
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await serving
+        raise
+    if not server.started:
+        raise typer.Exit(1)
+
+
 async def _serve_dashboard(
     host: str, port: int, token: str | None, registry: ToolRegistry, task_queue: str
 ) -> None:
-    import uvicorn
-
     from geppetto_temporal.dashboard import create_app
 
     async with open_runtime(tools=registry, task_queue=task_queue, log=_progress) as runtime:
-        app = create_app(runtime.client, token=token)
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            # Open live views (SSE) would otherwise hold Ctrl-C up indefinitely.
-            timeout_graceful_shutdown=2,
-        )
-        server = _dashboard_server_class()(config)
-        shown = f"[{host}]" if ":" in host else host
-        _progress(
-            f"dashboard on http://{shown}:{port}/"
+        banner = (
+            "dashboard on {url}"
             + (" (token required: open it once with ?token=...)" if token else "")
             + (f"; Temporal UI {runtime.server.ui_url}" if runtime.server else "")
-            + "; Ctrl-C to stop"
         )
-        serving = asyncio.ensure_future(server.serve())
-        try:
-            await asyncio.shield(serving)
-        except asyncio.CancelledError:
-            # Ctrl-C or SIGTERM: uvicorn's graceful shutdown, then the worker's and the server's.
-            server.should_exit = True
-            await serving
-            raise
-        if not server.started:
-            raise typer.Exit(1)
+        await _serve_asgi(create_app(runtime.client, token=token), host, port, banner)
 
 
 @app.command()
@@ -746,8 +750,6 @@ async def _serve_gateway(
     registry: ToolRegistry,
     task_queue: str,
 ) -> None:
-    import uvicorn
-
     # Lazy: the web stack is imported only by this command.
     from geppetto_temporal.gateway import create_app
 
@@ -759,31 +761,10 @@ async def _serve_gateway(
             cors_origins=cors_origins,
             known_tools=registry.names if runtime.server else None,
         )
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
+        banner = "gateway on {url} (API docs at /docs)" + (
+            " (bearer token required)" if token else ""
         )
-        server = _dashboard_server_class()(config)
-        shown = f"[{host}]" if ":" in host else host
-        _progress(
-            f"gateway on http://{shown}:{port}/ (API docs at /docs)"
-            + (" (bearer token required)" if token else "")
-            + "; Ctrl-C to stop"
-        )
-        serving = asyncio.ensure_future(server.serve())
-        try:
-            await asyncio.shield(serving)
-        except asyncio.CancelledError:
-            server.should_exit = True
-            await serving
-            raise
-        if not server.started:
-            raise typer.Exit(1)
+        await _serve_asgi(app, host, port, banner)
 
 
 @app.callback()
