@@ -12,13 +12,23 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
+from temporalio.worker import (
+    ExecuteWorkflowInput,
+    Interceptor,
+    Replayer,
+    UnsandboxedWorkflowRunner,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+)
 
 from geppetto_temporal import BlockKind, ExecutionHandle, InferenceCancelled, InferenceStatus
-from geppetto_temporal.contract import InferenceRun
+from geppetto_temporal.connection import DATA_CONVERTER
+from geppetto_temporal.contract import InferenceResult, InferenceRun
 from geppetto_temporal.events import (
     FinalEvent,
     InferenceFinishedEvent,
@@ -28,6 +38,7 @@ from geppetto_temporal.events import (
 )
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import PayloadKey
+from geppetto_temporal.workflows.inference import InferenceWorkflow
 from tests.scripts import LOOPING
 
 #: Tool steps before the model answers; with two steps per run the loop spans four runs.
@@ -193,3 +204,55 @@ async def test_cancel_around_a_handover_ends_the_loop_with_every_call_answered(
     assert nxt.inference_id != handle.inference_id
     await nxt.cancel()
     await ExecutionHandle.attach(client, nxt.inference_id).result()
+
+
+#: The last run of an inference cancelled while its LLM step was scheduled and not yet
+#: started (recorded from the test above on a loaded machine): the step then started,
+#: finished with a tool call before it saw the cancel, and the loop stopped there.
+CANCELLED_WHILE_STEP_SCHEDULED = (
+    Path(__file__).parent / "histories" / "cases" / "cancel-while-step-scheduled.json"
+)
+
+
+class _KeepResult(Interceptor):
+    """Keeps what each replayed workflow returned."""
+
+    def __init__(self) -> None:
+        self.results: list[Any] = []
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor]:
+        results = self.results
+
+        class Inbound(WorkflowInboundInterceptor):
+            async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+                result = await super().execute_workflow(input)
+                results.append(result)
+                return result
+
+        return Inbound
+
+
+async def test_a_step_that_outran_the_cancel_gets_its_calls_answered() -> None:
+    # Replayed, the run takes the same path as it did live, deterministically: the step's
+    # result arrives after the cancel, with a tool call in it.
+    data = json.loads(CANCELLED_WHILE_STEP_SCHEDULED.read_text(encoding="utf-8"))
+    started = data["events"][0]["workflowExecutionStartedEventAttributes"]
+    history = WorkflowHistory.from_json(started["workflowId"], data)
+    kept = _KeepResult()
+    replayer = Replayer(
+        workflows=[InferenceWorkflow],
+        data_converter=DATA_CONVERTER,
+        # Unsandboxed, so the interceptor's list is this module's.
+        workflow_runner=UnsandboxedWorkflowRunner(),
+        interceptors=[kept],
+    )
+    await replayer.replay_workflow(history)
+    [result] = kept.results
+    assert isinstance(result, InferenceResult) and result.status == InferenceStatus.CANCELLED
+    # The step's call is in the turn, and answered: the turn stays a valid conversation.
+    calls = [b.call_id for b in result.blocks if b.kind == BlockKind.TOOL_CALL]
+    answered = {b.call_id: b for b in result.blocks if b.kind == BlockKind.TOOL_USE}
+    assert calls and set(calls) == set(answered)
+    assert answered[calls[-1]].payload[PayloadKey.ERROR] == "cancelled before it ran"

@@ -404,6 +404,13 @@ class InferenceWorkflow:
             else:
                 self._emit(FinalEvent(text=text), step=step, usage=result.usage, attempt=attempt)
             if result.interrupted or self._cancel_requested:
+                # The step may have finished with tool calls although the cancel reached it
+                # (it completed before it saw the cancel): each gets a result, or the turn is
+                # no valid conversation. Only the result's blocks change, no command.
+                blocks.extend(
+                    tool_use_block(c.call_id or "", error="cancelled before it ran")
+                    for c in pending_tool_calls(result.blocks)
+                )
                 status = InferenceStatus.CANCELLED
                 break
             calls = pending_tool_calls(result.blocks)
