@@ -35,6 +35,9 @@ TYPED_OUTPUT_PATCH = "typed-output"
 #: Inferences of engines with MCP servers list their tools in an activity first
 #: (docs/mcp.md); asked only for such engines.
 MCP_TOOLS_PATCH = "mcp-tools"
+#: Patch id: a cancelled scheduled run withdraws its prompt (cancels the inference it
+#: became) whatever step the cancel reached, and waits for the delivery to settle first.
+SCHEDULED_WITHDRAW_PATCH = "scheduled-withdraw"
 
 
 def inference_workflow_id(session_id: str, n: int) -> str:
