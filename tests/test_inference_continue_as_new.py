@@ -38,6 +38,7 @@ from geppetto_temporal.events import (
 )
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import PayloadKey
+from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
 from geppetto_temporal.workflows.inference import InferenceWorkflow
 from tests.scripts import LOOPING
 
@@ -256,3 +257,39 @@ async def test_a_step_that_outran_the_cancel_gets_its_calls_answered() -> None:
     answered = {b.call_id: b for b in result.blocks if b.kind == BlockKind.TOOL_USE}
     assert calls and set(calls) == set(answered)
     assert answered[calls[-1]].payload[PayloadKey.ERROR] == "cancelled before it ran"
+
+
+def _case(name: str) -> WorkflowHistory:
+    data = json.loads((Path(__file__).parent / "histories" / "cases" / name).read_text("utf-8"))
+    started = data["events"][0]["workflowExecutionStartedEventAttributes"]
+    return WorkflowHistory.from_json(started["workflowId"], data)
+
+
+def _splits_a_handover(history: WorkflowHistory) -> bool:
+    """Whether a workflow task starts between the local tool's marker and the handover."""
+    types = [e.event_type for e in history.events]
+    markers = [
+        e.marker_recorded_event_attributes.marker_name
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        else ""
+        for e in history.events
+    ]
+    tool = markers.index("core_local_activity")
+    end = types.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW)
+    return EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED in types[tool:end]
+
+
+async def test_a_handover_split_over_two_workflow_tasks_replays() -> None:
+    # A run that continued as new after one step whose local tool's result it got a
+    # workflow task after the one that scheduled it (a query made the worker complete
+    # the task meanwhile): the local-activity marker, an empty task, then the rest.
+    # Replay hands the tool's result over in the first task. With the rule asked after
+    # the tools, `patched()` then ran a task early, missed the marker, and a query on
+    # such a run failed its replay; the rule is now asked before the tools.
+    history = _case("handover-split-task.json")
+    assert _splits_a_handover(history)
+    # As a worker replays the run to answer a query on it: same converter and sandbox.
+    replayer = Replayer(
+        workflows=list(WORKFLOWS), data_converter=DATA_CONVERTER, workflow_runner=workflow_runner()
+    )
+    await replayer.replay_workflow(history)

@@ -47,6 +47,7 @@ from geppetto_temporal.contract._schedules import (
 )
 from geppetto_temporal.contract._workflows import (
     CARRY_LIMIT_PATCH,
+    INFERENCE_CONTINUE_AS_NEW_EARLY_PATCH,
     INFERENCE_CONTINUE_AS_NEW_PATCH,
     INFERENCE_FEATURES,
     LIVE_DELTAS,
@@ -95,6 +96,7 @@ __all__ = [
     "DEFAULT_TASK_QUEUE",
     "DELIVER_PROMPT_ACTIVITY",
     "INFERENCE_BLOCKS_ACTIVITY",
+    "INFERENCE_CONTINUE_AS_NEW_EARLY_PATCH",
     "INFERENCE_CONTINUE_AS_NEW_PATCH",
     "INFERENCE_FEATURES",
     "INFERENCE_WORKFLOW",

@@ -29,6 +29,9 @@ INFERENCE_FEATURES: tuple[str, ...] = (LIVE_DELTAS,)
 CARRY_LIMIT_PATCH = "carry-limit"
 #: Patch id: an inference continues as new between steps (recorded only by runs that do).
 INFERENCE_CONTINUE_AS_NEW_PATCH = "inference-continue-as-new"
+#: Patch id: the continue-as-new after a step is decided before its tools run, so replay
+#: decides it in the same workflow task (recorded only by runs that are due by then).
+INFERENCE_CONTINUE_AS_NEW_EARLY_PATCH = "inference-continue-as-new-early"
 #: Patch id: a typed-output answer that fails its schema is retried or fails the inference
 #: (recorded only by inferences that meet such an answer).
 TYPED_OUTPUT_PATCH = "typed-output"

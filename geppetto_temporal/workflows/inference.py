@@ -29,6 +29,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     from geppetto_temporal.contract import (
         INFERENCE_BLOCKS_ACTIVITY,
+        INFERENCE_CONTINUE_AS_NEW_EARLY_PATCH,
         INFERENCE_CONTINUE_AS_NEW_PATCH,
         INFERENCE_WORKFLOW,
         LIVE_DELTAS,
@@ -455,6 +456,12 @@ class InferenceWorkflow:
                 )
                 status = InferenceStatus.CANCELLED
                 break
+            # Decided before the tools run, not after: local tools' results can reach a
+            # replay a workflow task earlier than they reached the run, and `patched()`
+            # asked there would answer differently (see `_hand_over_early`).
+            early = step < spec.max_iterations and self._hand_over_early(
+                spec, step - first_step + 1
+            )
             results, abort_reason, cancelled = await self._run_tools(
                 input, spec, calls, result.tool_options
             )
@@ -472,7 +479,11 @@ class InferenceWorkflow:
             ):
                 status = InferenceStatus.CANCELLED
                 break
-            if step < spec.max_iterations and self._time_for_a_new_run(spec, step - first_step + 1):
+            if early or (
+                early is None
+                and step < spec.max_iterations
+                and self._time_for_a_new_run(spec, step - first_step + 1)
+            ):
                 try:
                     await self._wait_for_handlers()
                 except asyncio.CancelledError:
@@ -689,6 +700,30 @@ class InferenceWorkflow:
         )
         return None if approved else f"denied: {note}"
 
+    def _continue_as_new_due(self, spec: EngineSpec, steps_in_run: int) -> bool:
+        return (
+            spec.steps_per_run is not None and steps_in_run >= spec.steps_per_run
+        ) or workflow.info().is_continue_as_new_suggested()
+
+    def _hand_over_early(self, spec: EngineSpec, steps_in_run: int) -> bool | None:
+        """Whether to continue as new after this step's tools, decided before they run.
+
+        True: continue as new (this run recorded the `inference-continue-as-new-early`
+        marker). None: undecided, `_time_for_a_new_run` decides after the tools, as
+        before: the run is not due yet, or it was recorded before this rule (no marker).
+
+        Why before: a local activity's result reaches a replay in the workflow task that
+        scheduled it, while the run may have had it a task later (a query can make the
+        worker complete the task while the tool runs). `patched()` asked after the tools
+        then ran a task earlier on replay than live, before the worker was told of the
+        marker, and answered no: "patch marker encountered ... but no corresponding change
+        command". Asked here, it runs in the task that delivered the LLM step's result,
+        both live and on replay.
+        """
+        if not self._continue_as_new_due(spec, steps_in_run):
+            return None
+        return True if workflow.patched(INFERENCE_CONTINUE_AS_NEW_EARLY_PATCH) else None
+
     def _time_for_a_new_run(self, spec: EngineSpec, steps_in_run: int) -> bool:
         """Whether to continue as new before the next step.
 
@@ -696,9 +731,7 @@ class InferenceWorkflow:
         that do continue as new record its marker, and a run recorded before this
         version (which never did) replays as it ran.
         """
-        due = (
-            spec.steps_per_run is not None and steps_in_run >= spec.steps_per_run
-        ) or workflow.info().is_continue_as_new_suggested()
+        due = self._continue_as_new_due(spec, steps_in_run)
         return due and workflow.patched(INFERENCE_CONTINUE_AS_NEW_PATCH)
 
     async def _wait_for_handlers(self) -> None:
