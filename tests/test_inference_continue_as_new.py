@@ -12,13 +12,23 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
+from temporalio.worker import (
+    ExecuteWorkflowInput,
+    Interceptor,
+    Replayer,
+    UnsandboxedWorkflowRunner,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+)
 
 from geppetto_temporal import BlockKind, ExecutionHandle, InferenceCancelled, InferenceStatus
-from geppetto_temporal.contract import InferenceRun
+from geppetto_temporal.connection import DATA_CONVERTER
+from geppetto_temporal.contract import InferenceResult, InferenceRun
 from geppetto_temporal.events import (
     FinalEvent,
     InferenceFinishedEvent,
@@ -28,6 +38,8 @@ from geppetto_temporal.events import (
 )
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.turns import PayloadKey
+from geppetto_temporal.worker._worker import WORKFLOWS, workflow_runner
+from geppetto_temporal.workflows.inference import InferenceWorkflow
 from tests.scripts import LOOPING
 
 #: Tool steps before the model answers; with two steps per run the loop spans four runs.
@@ -193,3 +205,91 @@ async def test_cancel_around_a_handover_ends_the_loop_with_every_call_answered(
     assert nxt.inference_id != handle.inference_id
     await nxt.cancel()
     await ExecutionHandle.attach(client, nxt.inference_id).result()
+
+
+#: The last run of an inference cancelled while its LLM step was scheduled and not yet
+#: started (recorded from the test above on a loaded machine): the step then started,
+#: finished with a tool call before it saw the cancel, and the loop stopped there.
+CANCELLED_WHILE_STEP_SCHEDULED = (
+    Path(__file__).parent / "histories" / "cases" / "cancel-while-step-scheduled.json"
+)
+
+
+class _KeepResult(Interceptor):
+    """Keeps what each replayed workflow returned."""
+
+    def __init__(self) -> None:
+        self.results: list[Any] = []
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor]:
+        results = self.results
+
+        class Inbound(WorkflowInboundInterceptor):
+            async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+                result = await super().execute_workflow(input)
+                results.append(result)
+                return result
+
+        return Inbound
+
+
+async def test_a_step_that_outran_the_cancel_gets_its_calls_answered() -> None:
+    # Replayed, the run takes the same path as it did live, deterministically: the step's
+    # result arrives after the cancel, with a tool call in it.
+    data = json.loads(CANCELLED_WHILE_STEP_SCHEDULED.read_text(encoding="utf-8"))
+    started = data["events"][0]["workflowExecutionStartedEventAttributes"]
+    history = WorkflowHistory.from_json(started["workflowId"], data)
+    kept = _KeepResult()
+    replayer = Replayer(
+        workflows=[InferenceWorkflow],
+        data_converter=DATA_CONVERTER,
+        # Unsandboxed, so the interceptor's list is this module's.
+        workflow_runner=UnsandboxedWorkflowRunner(),
+        interceptors=[kept],
+    )
+    await replayer.replay_workflow(history)
+    [result] = kept.results
+    assert isinstance(result, InferenceResult) and result.status == InferenceStatus.CANCELLED
+    # The step's call is in the turn, and answered: the turn stays a valid conversation.
+    calls = [b.call_id for b in result.blocks if b.kind == BlockKind.TOOL_CALL]
+    answered = {b.call_id: b for b in result.blocks if b.kind == BlockKind.TOOL_USE}
+    assert calls and set(calls) == set(answered)
+    assert answered[calls[-1]].payload[PayloadKey.ERROR] == "cancelled before it ran"
+
+
+def _case(name: str) -> WorkflowHistory:
+    data = json.loads((Path(__file__).parent / "histories" / "cases" / name).read_text("utf-8"))
+    started = data["events"][0]["workflowExecutionStartedEventAttributes"]
+    return WorkflowHistory.from_json(started["workflowId"], data)
+
+
+def _splits_a_handover(history: WorkflowHistory) -> bool:
+    """Whether a workflow task starts between the local tool's marker and the handover."""
+    types = [e.event_type for e in history.events]
+    markers = [
+        e.marker_recorded_event_attributes.marker_name
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        else ""
+        for e in history.events
+    ]
+    tool = markers.index("core_local_activity")
+    end = types.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW)
+    return EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED in types[tool:end]
+
+
+async def test_a_handover_split_over_two_workflow_tasks_replays() -> None:
+    # A run that continued as new after one step whose local tool's result it got a
+    # workflow task after the one that scheduled it (a query made the worker complete
+    # the task meanwhile): the local-activity marker, an empty task, then the rest.
+    # Replay hands the tool's result over in the first task. With the rule asked after
+    # the tools, `patched()` then ran a task early, missed the marker, and a query on
+    # such a run failed its replay; the rule is now asked before the tools.
+    history = _case("handover-split-task.json")
+    assert _splits_a_handover(history)
+    # As a worker replays the run to answer a query on it: same converter and sandbox.
+    replayer = Replayer(
+        workflows=list(WORKFLOWS), data_converter=DATA_CONVERTER, workflow_runner=workflow_runner()
+    )
+    await replayer.replay_workflow(history)

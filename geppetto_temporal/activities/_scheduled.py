@@ -20,11 +20,14 @@ from geppetto_temporal.contract import (
     DeliverPromptInput,
     DeliverPromptResult,
     InferenceResult,
+    PromptLookup,
     PromptOutcome,
 )
 from geppetto_temporal.errors import ErrorType, SessionClosedError
 from geppetto_temporal.turns import BlockKind, InferenceStatus
 
+#: The await activity's heartbeat details once its run is cancelled and it withdraws the prompt.
+WITHDRAWING = "withdrawing the prompt"
 #: How often the await activity asks the session whether a queued prompt has started.
 POLL_INTERVAL_SECONDS = (0.05, 1.0)
 
@@ -54,35 +57,37 @@ async def deliver_scheduled_prompt(input: DeliverPromptInput) -> DeliverPromptRe
 
 @activity.defn(name=AWAIT_PROMPT_ACTIVITY)
 async def await_scheduled_prompt(input: AwaitPromptInput) -> PromptOutcome:
-    """Wait until the prompt has left the session's queue, then for its inference's result."""
+    """Wait until the prompt has left the session's queue, then for its inference's result.
+
+    Cancelled (overlap policy cancel-other) at any point, it takes the prompt with it: a
+    queued prompt is cancelled as soon as it starts, a running one at once. With
+    `withdraw`, it only does that, for a run cancelled before this activity could.
+    """
     client = activity.client()
     session = Session.attach(client, input.session_id)
-    async with heartbeating():
-        delay, max_delay = POLL_INTERVAL_SECONDS
-        while True:
-            lookup = await session.prompt_by_key(input.idempotency_key)
-            if lookup.inference_id is not None:
-                break
-            if lookup.status is not None:
-                # Recorded without running (the session was closed before it ran).
-                return PromptOutcome(status=lookup.status, error=lookup.error)
-            if not lookup.received:
+    async with heartbeating() as beat:
+        if input.withdraw:
+            return await _withdraw(session, input.idempotency_key)
+        try:
+            lookup = await _started(session, input.idempotency_key)
+            if lookup.inference_id is None:
+                if lookup.status is not None:
+                    # Recorded without running (the session was closed before it ran).
+                    return PromptOutcome(status=lookup.status, error=lookup.error)
                 raise ApplicationError(
                     f"session {input.session_id} has no record of the prompt "
                     f"{input.idempotency_key!r}",
                     type=ErrorType.INVALID_REQUEST,
                     non_retryable=True,
                 )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay)
-        inference_id = lookup.inference_id
-        inference = client.get_workflow_handle(inference_id, result_type=InferenceResult)
-        try:
+            inference_id = lookup.inference_id
+            inference = client.get_workflow_handle(inference_id, result_type=InferenceResult)
             result = await inference.result()
         except asyncio.CancelledError:
-            # The run was cancelled (overlap policy cancel-other): take the inference with it.
+            # The run was cancelled: take the prompt with it, queued or running.
+            beat.set(WITHDRAWING)
             with contextlib.suppress(Exception):
-                await session.cancel_active(inference_id=inference_id)
+                await _withdraw(session, input.idempotency_key)
             raise
         except WorkflowFailureError as err:
             return PromptOutcome(
@@ -97,6 +102,36 @@ async def await_scheduled_prompt(input: AwaitPromptInput) -> PromptOutcome:
         answer=answer,
         error=result.error,
         usage=result.usage,
+    )
+
+
+async def _started(session: Session, idempotency_key: str) -> PromptLookup:
+    """The prompt's record once it is no longer queued: its inference, how it was recorded
+    without running, or (never received) neither."""
+    delay, max_delay = POLL_INTERVAL_SECONDS
+    while True:
+        lookup = await session.prompt_by_key(idempotency_key)
+        if lookup.inference_id is not None or lookup.status is not None or not lookup.received:
+            return lookup
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay)
+
+
+async def _withdraw(session: Session, idempotency_key: str) -> PromptOutcome:
+    """Cancel the prompt's inference, waiting for it to start if the prompt is queued.
+
+    A signal cannot be taken back, so a queued prompt runs, and is cancelled as it starts.
+    Idempotent: cancelling a finished inference does nothing.
+    """
+    lookup = await _started(session, idempotency_key)
+    if lookup.inference_id is None:
+        return PromptOutcome(
+            status=lookup.status or InferenceStatus.CANCELLED,
+            error=lookup.error or "not delivered",
+        )
+    await session.cancel_active(inference_id=lookup.inference_id)
+    return PromptOutcome(
+        status=InferenceStatus.CANCELLED, inference_id=lookup.inference_id, error="cancelled"
     )
 
 

@@ -64,6 +64,9 @@ class AwaitPromptInput(WireModel):
 
     session_id: str
     idempotency_key: str
+    #: Instead of waiting for the answer, cancel the prompt (once it has started, if it is
+    #: queued): a cancelled run's clean-up, whatever step the cancel reached it at.
+    withdraw: bool = False
 
 
 class PromptOutcome(WireModel):

@@ -44,6 +44,9 @@ WAITING_ATTRIBUTE = "waiting-attribute"
 CARRY_LIMIT_PATCH = "carry-limit"
 #: Patch id: an inference continues as new between steps (recorded only by runs that do).
 INFERENCE_CONTINUE_AS_NEW_PATCH = "inference-continue-as-new"
+#: Patch id: the continue-as-new after a step is decided before its tools run, so replay
+#: decides it in the same workflow task (recorded only by runs that are due by then).
+INFERENCE_CONTINUE_AS_NEW_EARLY_PATCH = "inference-continue-as-new-early"
 #: Patch id: a typed-output answer that fails its schema is retried or fails the inference
 #: (recorded only by inferences that meet such an answer).
 TYPED_OUTPUT_PATCH = "typed-output"
@@ -54,6 +57,9 @@ MCP_TOOLS_PATCH = "mcp-tools"
 #: step's input, and reports a context-window failure's type (recorded only by inferences
 #: that compact or fail so).
 CONTEXT_DECISIONS_PATCH = "context-decisions"
+#: Patch id: a cancelled scheduled run withdraws its prompt (cancels the inference it
+#: became) whatever step the cancel reached, and waits for the delivery to settle first.
+SCHEDULED_WITHDRAW_PATCH = "scheduled-withdraw"
 
 
 def inference_workflow_id(session_id: str, n: int) -> str:

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from geppetto_temporal.contract import (
         CONTEXT_DECISIONS_PATCH,
         INFERENCE_BLOCKS_ACTIVITY,
+        INFERENCE_CONTINUE_AS_NEW_EARLY_PATCH,
         INFERENCE_CONTINUE_AS_NEW_PATCH,
         INFERENCE_SEARCH_ATTRIBUTES,
         INFERENCE_WORKFLOW,
@@ -179,6 +180,9 @@ class _LoopState:
     #: A failure the client raises as its own exception (`ErrorType`), and its details.
     error_type: str | None = None
     error_details: dict[str, Any] | None = None
+    #: This step's continue-as-new, decided before its tools ran (`_hand_over_early`):
+    #: True, False (not this step), or None (decided after the tools, as before).
+    hand_over: bool | None = None
 
 
 @workflow.defn(name=INFERENCE_WORKFLOW)
@@ -425,8 +429,10 @@ class InferenceWorkflow:
                 continue  # a typed-output retry: ask again
             if not await self._act(input, spec, calls, result, step, run):
                 break
-            if step < spec.max_iterations and self._time_for_a_new_run(
-                spec, step - run.first_step + 1
+            if run.hand_over or (
+                run.hand_over is None
+                and step < spec.max_iterations
+                and self._time_for_a_new_run(spec, step - run.first_step + 1)
             ):
                 try:
                     await self._wait_for_handlers()
@@ -476,6 +482,13 @@ class InferenceWorkflow:
         run.model, run.stop_reason = result.model or spec.model, result.stop_reason
         self._publish_step(result, step)
         if result.interrupted or self._cancel_requested:
+            # The step may have finished with tool calls although the cancel reached it
+            # (it completed before it saw the cancel): each gets a result, or the turn is
+            # no valid conversation. Only the result's blocks change, no command.
+            blocks.extend(
+                tool_use_block(c.call_id or "", error="cancelled before it ran")
+                for c in pending_tool_calls(result.blocks)
+            )
             run.status = InferenceStatus.CANCELLED
             return None
         return result
@@ -551,6 +564,12 @@ class InferenceWorkflow:
             )
             run.status = InferenceStatus.CANCELLED
             return False
+        # Decided before the tools run, not after: local tools' results can reach a
+        # replay a workflow task earlier than they reached the run, and `patched()`
+        # asked there would answer differently (see `_hand_over_early`).
+        run.hand_over = step < spec.max_iterations and self._hand_over_early(
+            spec, step - run.first_step + 1
+        )
         results, abort_reason, cancelled = await self._run_tools(
             input, spec, calls, result.tool_options
         )
@@ -945,6 +964,30 @@ class InferenceWorkflow:
         )
         return None if approved else f"denied: {note}"
 
+    def _continue_as_new_due(self, spec: EngineSpec, steps_in_run: int) -> bool:
+        return (
+            spec.steps_per_run is not None and steps_in_run >= spec.steps_per_run
+        ) or workflow.info().is_continue_as_new_suggested()
+
+    def _hand_over_early(self, spec: EngineSpec, steps_in_run: int) -> bool | None:
+        """Whether to continue as new after this step's tools, decided before they run.
+
+        True: continue as new (this run recorded the `inference-continue-as-new-early`
+        marker). None: undecided, `_time_for_a_new_run` decides after the tools, as
+        before: the run is not due yet, or it was recorded before this rule (no marker).
+
+        Why before: a local activity's result reaches a replay in the workflow task that
+        scheduled it, while the run may have had it a task later (a query can make the
+        worker complete the task while the tool runs). `patched()` asked after the tools
+        then ran a task earlier on replay than live, before the worker was told of the
+        marker, and answered no: "patch marker encountered ... but no corresponding change
+        command". Asked here, it runs in the task that delivered the LLM step's result,
+        both live and on replay.
+        """
+        if not self._continue_as_new_due(spec, steps_in_run):
+            return None
+        return True if workflow.patched(INFERENCE_CONTINUE_AS_NEW_EARLY_PATCH) else None
+
     def _time_for_a_new_run(self, spec: EngineSpec, steps_in_run: int) -> bool:
         """Whether to continue as new before the next step.
 
@@ -952,9 +995,7 @@ class InferenceWorkflow:
         that do continue as new record its marker, and a run recorded before this
         version (which never did) replays as it ran.
         """
-        due = (
-            spec.steps_per_run is not None and steps_in_run >= spec.steps_per_run
-        ) or workflow.info().is_continue_as_new_suggested()
+        due = self._continue_as_new_due(spec, steps_in_run)
         return due and workflow.patched(INFERENCE_CONTINUE_AS_NEW_PATCH)
 
     async def _wait_for_handlers(self) -> None:
