@@ -121,6 +121,7 @@ HISTORY_SETS = (
     "v0-11",
     "v0-12",
     "v0-13",
+    "v0-14",
 )
 #: Each scenario of `record.py` and the histories it keeps (`<set>-<scenario>-<kind>.json`).
 SCENARIO_FILES: dict[str, tuple[str, ...]] = {
