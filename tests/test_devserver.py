@@ -248,6 +248,22 @@ async def test_search_attributes_registered(data_dir: Path) -> None:
         EmbeddedServer(data_dir, search_attributes={"X": "Float"})
 
 
+async def test_a_database_from_an_earlier_version_gets_the_newer_search_attributes(
+    data_dir: Path,
+) -> None:
+    # The server's `--search-attribute` flags register attributes only when it creates its
+    # database: a user upgrading keeps a database without the attributes added since.
+    async with EmbeddedServer(data_dir, search_attributes={"GeppettoSession": "Keyword"}) as old:
+        pass
+    assert not _alive(old.pid)
+    wanted = {"GeppettoSession": "Keyword", "GeppettoWaitingOn": "Keyword"}
+    async with EmbeddedServer(data_dir, search_attributes=wanted) as new:
+        assert new.pid != old.pid
+        attributes = await _custom_search_attributes(new.address)
+        assert attributes["GeppettoWaitingOn"] == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+        assert attributes["GeppettoSession"] == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+
+
 async def test_keep_running_and_stop_server(data_dir: Path) -> None:
     async with EmbeddedServer(data_dir, keep_running=True) as info:
         pass

@@ -344,8 +344,8 @@ async def _wait_ready(
     data_dir: Path,
     search_attributes: Mapping[str, str],
 ) -> Client:
-    """Poll until the frontend answers and ``search_attributes`` (registered by the CLI at
-    startup, possibly after the frontend is up) are listed; return a connected client."""
+    """Poll until the frontend answers, register whichever ``search_attributes`` the
+    server does not have yet, and return a connected client."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READY_TIMEOUT
     last_error = "no attempt made"
@@ -363,11 +363,10 @@ async def _wait_ready(
             await client.workflow_service.describe_namespace(
                 DescribeNamespaceRequest(namespace=NAMESPACE), timeout=rpc_timeout
             )
-            existing = await _list_search_attributes(client)
-            missing = sorted(search_attributes.keys() - existing.keys())
-            if not missing:
-                return client
-            last_error = f"search attributes not registered yet: {', '.join(missing)}"
+            # `--search-attribute` registers them only when the server creates its
+            # database; a database from an earlier version lacks the newer ones: add them.
+            await _ensure_search_attributes(client, search_attributes)
+            return client
         except Exception as e:
             last_error = f"{type(e).__name__}: {e}"
         if loop.time() >= deadline:
