@@ -14,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from geppetto_temporal import Endpoint, EngineBuilder, Session, connect, create_worker, search
+from geppetto_temporal.devserver._process import PORT_RANGE_ENV
 from geppetto_temporal.storage import payload_storage
 from geppetto_temporal.testing import ScriptedModelServer
 from geppetto_temporal.tools import ToolRegistry
@@ -29,6 +30,19 @@ SECRET_API_KEY = "sk-test-" + "S3CR3T" * 6
 TASK_QUEUE = "geppetto-tests"
 #: Payloads above this go to the test payload store; low, so the tests exercise it.
 PAYLOAD_THRESHOLD = 64 * 1024
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest-xdist process (`make test` runs three) draws ports from its own slice of
+    the range, for its own servers and the `geppetto` processes it starts (they inherit
+    the environment): two processes never pick the same free port at the same moment."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if worker.startswith("gw") and count > 1:
+        index = int(worker[2:])
+        size = (32767 - 20000 + 1) // count
+        low = 20000 + index * size
+        os.environ[PORT_RANGE_ENV] = f"{low}-{low + size - 1}"
 
 
 def scripted_endpoints(url: str) -> list[Endpoint]:

@@ -321,7 +321,10 @@ def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert default_data_dir() == tmp_path / "home" / ".local" / "share" / "geppetto"
 
 
-def test_unused_port_is_below_the_ephemeral_range_and_bindable() -> None:
+def test_unused_port_is_below_the_ephemeral_range_and_bindable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(_process.PORT_RANGE_ENV, raising=False)  # the default range
     low, _high = (
         int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
     )
@@ -335,6 +338,21 @@ def test_unused_port_is_below_the_ephemeral_range_and_bindable() -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
             sock.listen()
+
+
+def test_a_port_range_from_the_environment_is_where_ports_come_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What keeps parallel test processes (and the servers they start) off each other's ports.
+    monkeypatch.setenv(_process.PORT_RANGE_ENV, "31000-31009")
+    seen = {devserver.unused_port({31000}) for _ in range(30)}
+    assert seen and seen <= set(range(31001, 31010))
+    monkeypatch.setenv(_process.PORT_RANGE_ENV, "31000")
+    with pytest.raises(DevServerError, match="GEPPETTO_PORT_RANGE='31000' is not a port range"):
+        devserver.unused_port()
+    monkeypatch.setenv(_process.PORT_RANGE_ENV, "80-90")
+    with pytest.raises(DevServerError, match="within 1024-65535"):
+        devserver.unused_port()
 
 
 @pytest.fixture

@@ -268,10 +268,30 @@ def _port_free(port: int) -> bool:
     return True
 
 
+#: `LOW-HIGH`: draw ports from this range instead (inclusive). For processes that must
+#: never draw the same port, such as parallel test runners: give each its own range.
+PORT_RANGE_ENV = "GEPPETTO_PORT_RANGE"
+
+
+def _pick_range() -> range:
+    value = os.environ.get(PORT_RANGE_ENV)
+    if not value:
+        return _PICK_RANGE
+    try:
+        low, high = (int(part) for part in value.split("-"))
+    except ValueError:
+        raise DevServerError(
+            f"{PORT_RANGE_ENV}={value!r} is not a port range such as 20000-24000"
+        ) from None
+    if not 1024 <= low <= high <= 65535:
+        raise DevServerError(f"{PORT_RANGE_ENV}={value!r} is not within 1024-65535")
+    return range(low, high + 1)
+
+
 def unused_port(exclude: Collection[int] = ()) -> int:
     """A TCP port on 127.0.0.1 that nothing uses now, drawn at random below the kernel's
     ephemeral port range, so outgoing connections cannot take it before it is bound."""
-    candidates = [port for port in _PICK_RANGE if port not in exclude]
+    candidates = [port for port in _pick_range() if port not in exclude]
     random.shuffle(candidates)
     for port in candidates[:200]:
         if _port_free(port):
