@@ -11,6 +11,7 @@ replies, tool arguments) ever goes into them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -39,6 +40,8 @@ logger = logging.getLogger("geppetto_temporal.worker")
 
 #: How long a retry's first line waits for the previous attempt's failure (one describe).
 _DESCRIBE_TIMEOUT = timedelta(seconds=2)
+#: How long an attempt waits for the line saying why the one before failed.
+_REASON_WAIT = timedelta(seconds=1)
 #: A failure longer than this is cut: the line stays one line.
 _REASON_MAX = 240
 
@@ -107,10 +110,14 @@ class _ActivityOpLog(ActivityInboundInterceptor):
             info.activity_type, input.args[0] if input.args else None, info.workflow_id or "?"
         )
         if info.attempt > 1:
-            # Beside the attempt, not before it: a slow describe must not delay its heartbeats.
             said = asyncio.create_task(_say_retry(info, what))
             _SAYING.add(said)
             said.add_done_callback(_SAYING.discard)
+            # The previous attempt's failure is on record only while this one is pending:
+            # give the describe a moment first (one that finishes quickly would take the
+            # record with it), but never long enough to delay the attempt's heartbeats.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(said), _REASON_WAIT.total_seconds())
         key = next(self._ledger.keys)
         self._ledger.running[key] = _Running(what, info.attempt, time.monotonic())
         ok = False
