@@ -13,6 +13,7 @@ the same frames for the same event and position on any replica.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -89,8 +90,9 @@ class Translator:
         return [event_to_json(event)]
 
 
-class _StepTracking(Translator):
-    """A translator that opens and closes the parts of each LLM step itself."""
+class _StepTracking(Translator, ABC):
+    """A translator that opens and closes the parts of each LLM step itself; a format says
+    how in the five abstract methods."""
 
     def __init__(self) -> None:
         self.step_open = False
@@ -116,20 +118,25 @@ class _StepTracking(Translator):
             return out + self.step_ended(event, max(len(text), before.text), before.thinking)
         return self.other(event)
 
+    @abstractmethod
     def step_started(self, event: StartEvent) -> list[str]:
-        raise NotImplementedError
+        """Frames that open an LLM step."""
 
+    @abstractmethod
     def text(self, event: Event, delta: str, at: int) -> list[str]:
-        raise NotImplementedError
+        """Frames for `delta` of the step's answer, which starts at character `at`."""
 
+    @abstractmethod
     def thinking(self, event: Event, delta: str, at: int) -> list[str]:
-        raise NotImplementedError
+        """Frames for `delta` of the step's reasoning, which starts at character `at`."""
 
+    @abstractmethod
     def step_ended(self, event: Event, text: int, thinking: int) -> list[str]:
-        raise NotImplementedError
+        """Frames that close a step that streamed `text` and `thinking` characters."""
 
+    @abstractmethod
     def other(self, event: Event) -> list[str]:
-        raise NotImplementedError
+        """Frames for any other event (none if the format has no part for it)."""
 
 
 class AiSdkTranslator(_StepTracking):
