@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from temporalio.exceptions import ApplicationError
 
+from geppetto_temporal._config_file import read_tables
 from geppetto_temporal.engines._spec import EngineSpec, Provider
 from geppetto_temporal.errors import ConfigurationError, ErrorType
 
@@ -360,25 +360,11 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
     Keys: `base_url` (required), `key_env`, `providers` (a list), `headers`
     (a table of header name to environment variable).
     """
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as err:
-        raise ConfigurationError(f"cannot read endpoints file {path}: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigurationError(f"endpoints file {path} is not valid TOML: {err}") from None
-    tables = data.get("endpoints", {})
-    if not isinstance(tables, dict):
-        raise ConfigurationError(f"endpoints file {path}: [endpoints] must be a table")
     out: list[Endpoint] = []
-    for name, table in tables.items():
-        if not isinstance(table, dict) or not isinstance(table.get("base_url"), str):
+    keys = {"base_url", "key_env", "providers", "headers"}
+    for name, table in read_tables(path, "endpoints", "endpoints file", keys).items():
+        if not isinstance(table.get("base_url"), str):
             raise ConfigurationError(f"endpoints file {path}: [endpoints.{name}] needs base_url")
-        unknown = set(table) - {"base_url", "key_env", "providers", "headers"}
-        if unknown:
-            raise ConfigurationError(
-                f"endpoints file {path}: [endpoints.{name}] has unknown keys "
-                f"{', '.join(sorted(unknown))}"
-            )
         providers = table.get("providers")
         out.append(
             Endpoint(

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geppetto_temporal._config_file import read_tables
 from geppetto_temporal._redact import register_secret
 from geppetto_temporal.errors import ConfigurationError
 from geppetto_temporal.mcp._models import SERVER_NAME_PATTERN
@@ -172,23 +172,9 @@ _FILE_KEYS = {"command", "url", "env", "headers", "cwd", "timeout", "approval"}
 
 def load_mcp_file(path: Path) -> list[McpServer]:
     """Servers from a TOML file: one `[mcp.NAME]` table each (docs/mcp.md)."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as err:
-        raise ConfigurationError(f"cannot read MCP file {path}: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigurationError(f"MCP file {path} is not valid TOML: {err}") from None
-    tables = data.get("mcp", {})
-    if not isinstance(tables, dict):
-        raise ConfigurationError(f"MCP file {path}: [mcp] must be a table")
     servers: list[McpServer] = []
-    for name, table in tables.items():
+    for name, table in read_tables(path, "mcp", "MCP file", _FILE_KEYS).items():
         where = f"MCP file {path}: [mcp.{name}]"
-        if not isinstance(table, dict):
-            raise ConfigurationError(f"{where} must be a table")
-        unknown = set(table) - _FILE_KEYS
-        if unknown:
-            raise ConfigurationError(f"{where} has unknown keys {', '.join(sorted(unknown))}")
         command = table.get("command")
         if isinstance(command, str):
             command = shlex.split(command)
