@@ -154,6 +154,31 @@ def partial_text(err: ActivityError) -> str | None:
     return None
 
 
+def _budget_breach(
+    label: str,
+    max_total_tokens: int | None,
+    max_cost_usd: float | None,
+    max_tool_calls: int | None,
+    used: Usage,
+    tool_calls: int,
+) -> str | None:
+    """Which limit of a budget (`label`: the inference's or the session's) `used` and
+    `tool_calls` go over, said for the model and the person; None within it."""
+    if max_total_tokens is not None and used.total_tokens > max_total_tokens:
+        return (
+            f"{label} exceeded: {used.total_tokens} tokens used, "
+            f"max_total_tokens is {max_total_tokens}"
+        )
+    if max_cost_usd is not None and used.cost_usd > max_cost_usd:
+        return f"{label} exceeded: ${used.cost_usd:.6f} spent, max_cost_usd is ${max_cost_usd:.6f}"
+    if max_tool_calls is not None and tool_calls > max_tool_calls:
+        return (
+            f"{label} exceeded: {tool_calls} tool calls requested, "
+            f"max_tool_calls is {max_tool_calls}"
+        )
+    return None
+
+
 def _call_names(calls: list[Block]) -> str:
     return ", ".join(str(c.payload.get(PayloadKey.NAME, "")) for c in calls)
 
@@ -745,22 +770,16 @@ class InferenceWorkflow:
         """
         if self._budget_lifted:
             return None
-        pause = spec.budget_on_exceeded == "pause"
-        if spec.max_total_tokens is not None and usage.total_tokens > spec.max_total_tokens:
-            return (
-                f"budget exceeded: {usage.total_tokens} tokens used, "
-                f"max_total_tokens is {spec.max_total_tokens}"
-            ), pause
-        if spec.max_cost_usd is not None and usage.cost_usd > spec.max_cost_usd:
-            return (
-                f"budget exceeded: ${usage.cost_usd:.6f} spent, "
-                f"max_cost_usd is ${spec.max_cost_usd:.6f}"
-            ), pause
-        if spec.max_tool_calls is not None and self._tool_calls + calls > spec.max_tool_calls:
-            return (
-                f"budget exceeded: {self._tool_calls + calls} tool calls requested, "
-                f"max_tool_calls is {spec.max_tool_calls}"
-            ), pause
+        over = _budget_breach(
+            "budget",
+            spec.max_total_tokens,
+            spec.max_cost_usd,
+            spec.max_tool_calls,
+            usage,
+            self._tool_calls + calls,
+        )
+        if over is not None:
+            return over, spec.budget_on_exceeded == "pause"
         return self._over_session_budget(usage, calls)
 
     def _over_session_budget(self, usage: Usage, calls: int) -> tuple[str, bool] | None:
@@ -768,25 +787,16 @@ class InferenceWorkflow:
         given = self._input.session_budget
         if given is None:
             return None
-        budget, pause = given.budget, given.budget.on_exceeded == "pause"
-        used = given.usage + usage
-        if budget.max_total_tokens is not None and used.total_tokens > budget.max_total_tokens:
-            return (
-                f"session budget exceeded: {used.total_tokens} tokens used, "
-                f"max_total_tokens is {budget.max_total_tokens}"
-            ), pause
-        if budget.max_cost_usd is not None and used.cost_usd > budget.max_cost_usd:
-            return (
-                f"session budget exceeded: ${used.cost_usd:.6f} spent, "
-                f"max_cost_usd is ${budget.max_cost_usd:.6f}"
-            ), pause
-        tool_calls = given.tool_calls + self._tool_calls + calls
-        if budget.max_tool_calls is not None and tool_calls > budget.max_tool_calls:
-            return (
-                f"session budget exceeded: {tool_calls} tool calls requested, "
-                f"max_tool_calls is {budget.max_tool_calls}"
-            ), pause
-        return None
+        budget = given.budget
+        over = _budget_breach(
+            "session budget",
+            budget.max_total_tokens,
+            budget.max_cost_usd,
+            budget.max_tool_calls,
+            given.usage + usage,
+            given.tool_calls + self._tool_calls + calls,
+        )
+        return None if over is None else (over, budget.on_exceeded == "pause")
 
     async def _budget_check(
         self, spec: EngineSpec, usage: Usage, calls: int, step: int
