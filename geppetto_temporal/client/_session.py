@@ -84,6 +84,7 @@ from geppetto_temporal.errors import (
     SessionNotFoundError,
 )
 from geppetto_temporal.events import Event
+from geppetto_temporal.offline import no_poller
 from geppetto_temporal.turns import Turn
 
 
@@ -503,7 +504,7 @@ class Session:
             RPCStatusCode.UNAVAILABLE,
             RPCStatusCode.CANCELLED,
             RPCStatusCode.INTERNAL,
-        ) or "no poller seen" in (err.message or ""):
+        ) or no_poller(err):
             # Queries and updates need a worker to answer them.
             return SessionError(
                 f"session {self.session_id} did not answer ({err.message or err.status.name}); "
