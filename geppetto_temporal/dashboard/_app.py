@@ -28,6 +28,7 @@ from temporalio.service import RPCError
 
 from geppetto_temporal._bind import bearer_token, host_of, is_loopback, same_secret
 from geppetto_temporal._bind import check_bind as _check_bind
+from geppetto_temporal._idle import Idle, with_idle_ticks
 from geppetto_temporal._inputs import check_existing_id
 from geppetto_temporal._render import format_call, format_cost
 from geppetto_temporal.client import ExecutionHandle, Session
@@ -52,7 +53,7 @@ from geppetto_temporal.errors import (
     InvalidSessionIdError,
     SessionNotFoundError,
 )
-from geppetto_temporal.events import Event, event_to_json
+from geppetto_temporal.events import event_to_json
 from geppetto_temporal.offline import read_session, request_close
 from geppetto_temporal.search import SessionSearchStatus, search_attributes_missing
 from geppetto_temporal.turns import Block, BlockKind, BlockMetaKey, PayloadKey, Usage
@@ -550,39 +551,21 @@ async def _event_stream(
     handle: ExecutionHandle, from_seq: int, keepalive: float
 ) -> AsyncIterator[str]:
     """Relay an inference's events as SSE: `id: <seq>` and the event's geppetto JSON."""
-    queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue(maxsize=1024)
-
-    async def pump() -> None:
-        try:
-            async for event in handle.events(from_seq):
-                await queue.put(event)
-            await queue.put(None)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            await queue.put(err)
-
-    task = asyncio.create_task(pump())
+    yield "retry: 2000\n\n"
     try:
-        yield "retry: 2000\n\n"
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), keepalive)
-            except TimeoutError:
-                yield ": keepalive\n\n"
-                continue
-            if item is None:
-                yield "event: end\ndata: {}\n\n"
-                return
-            if isinstance(item, BaseException):
-                message = getattr(item, "message", "") or str(item) or repr(item)
-                yield f"event: stream-error\ndata: {json.dumps({'error': message})}\n\n"
-                return
-            yield f"id: {item.meta.seq}\ndata: {event_to_json(item)}\n\n"
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        # Closed with this stream (a browser that goes away), so its reader stops at once.
+        ticks = with_idle_ticks(handle.events(from_seq), keepalive, buffer=1024)
+        async with contextlib.aclosing(ticks):
+            async for item in ticks:
+                if isinstance(item, Idle):
+                    yield ": keepalive\n\n"
+                    continue
+                yield f"id: {item.meta.seq}\ndata: {event_to_json(item)}\n\n"
+    except Exception as err:
+        message = getattr(err, "message", "") or str(err) or repr(err)
+        yield f"event: stream-error\ndata: {json.dumps({'error': message})}\n\n"
+        return
+    yield "event: end\ndata: {}\n\n"
 
 
 def create_app(

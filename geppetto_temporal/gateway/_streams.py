@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from temporalio.client import Client
 
+from geppetto_temporal._idle import Idle, with_idle_ticks
 from geppetto_temporal.client import ExecutionHandle
 from geppetto_temporal.contract import inference_workflow_id
 from geppetto_temporal.errors import GeppettoError
@@ -109,41 +110,21 @@ async def sse_body(
     `event: error` frame (a JSON problem, no traceback) and the stream ends; the client
     reconnects with its last id.
     """
-    queue: asyncio.Queue[tuple[str, str] | BaseException | None] = asyncio.Queue(maxsize=256)
-
-    async def pump() -> None:
-        try:
-            async for frame in frames:
-                await queue.put(frame)
-            await queue.put(None)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            await queue.put(err)
-
-    task = asyncio.create_task(pump())
+    yield b"retry: 1000\n\n"
     try:
-        yield b"retry: 1000\n\n"
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), keepalive)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                if isinstance(item, GeppettoError):
-                    detail = str(item)
-                else:
-                    _log.exception("event stream failed", exc_info=item)
-                    detail = "the event stream failed; reconnect with the last event id"
-                problem = {"type": "about:blank", "title": "stream error", "detail": detail}
-                yield f"event: error\ndata: {json.dumps(problem)}\n\n".encode()
-                return
-            ident, data = item
-            yield f"id: {ident}\ndata: {data}\n\n".encode()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        # Closed with this stream (a client that goes away), so its reader stops at once.
+        async with contextlib.aclosing(with_idle_ticks(frames, keepalive)) as ticks:
+            async for item in ticks:
+                if isinstance(item, Idle):
+                    yield b": keep-alive\n\n"
+                    continue
+                ident, data = item
+                yield f"id: {ident}\ndata: {data}\n\n".encode()
+    except Exception as err:
+        if isinstance(err, GeppettoError):
+            detail = str(err)
+        else:
+            _log.exception("event stream failed", exc_info=err)
+            detail = "the event stream failed; reconnect with the last event id"
+        problem = {"type": "about:blank", "title": "stream error", "detail": detail}
+        yield f"event: error\ndata: {json.dumps(problem)}\n\n".encode()
